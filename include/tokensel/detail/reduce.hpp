@@ -1,0 +1,53 @@
+// tokensel internals: the canonical fp32 summation order.
+//
+// Bit-identical CPU and CUDA results need one summation order that both backends follow. A
+// contiguous sum of n values uses 32 lanes: lane l accumulates x[l], x[l+32], x[l+64], ... in
+// ascending order, then the lanes are combined pairwise as a warp shuffle-down tree does
+// (l += l+16, then l+8, l+4, l+2, l+1). On the CPU the 32 independent lanes vectorise; on the GPU
+// they are the 32 threads of a warp. Column sums (down the rows of a row-major map) are plain
+// ascending loops per column, which both backends do the same way.
+#pragma once
+
+#include <array>
+
+#include "tokensel/config.hpp"
+#include "tokensel/element.hpp"
+
+TOKENSEL_BEGIN_NAMESPACE
+namespace detail {
+
+inline constexpr int canonical_lanes = 32;
+
+/// Combines 32 lane partials in the warp-tree order.
+inline float combine_lanes(std::array<float, canonical_lanes>& lane) noexcept {
+  for (int width = canonical_lanes / 2; width >= 1; width /= 2) {
+    for (int l = 0; l < width; ++l) lane[l] = lane[l] + lane[l + width];
+  }
+  return lane[0];
+}
+
+/// Canonical sum of f(x[i * stride]) for i in [0, n), f widening to fp32.
+template <class T, class F>
+inline float canonical_sum(const T* x, index_t n, index_t stride, F&& f) noexcept {
+  std::array<float, canonical_lanes> lane{};
+  index_t i = 0;
+  if (stride == 1) {
+    for (; i + canonical_lanes <= n; i += canonical_lanes) {
+      for (int l = 0; l < canonical_lanes; ++l) lane[l] += f(x[i + l]);
+    }
+  } else {
+    for (; i + canonical_lanes <= n; i += canonical_lanes) {
+      for (int l = 0; l < canonical_lanes; ++l) lane[l] += f(x[(i + l) * stride]);
+    }
+  }
+  for (int l = 0; i + l < n; ++l) lane[l] += f(x[(i + l) * stride]);
+  return combine_lanes(lane);
+}
+
+template <class T>
+inline float canonical_sum(const T* x, index_t n, index_t stride = 1) noexcept {
+  return canonical_sum(x, n, stride, [](T v) { return to_float(v); });
+}
+
+}  // namespace detail
+TOKENSEL_END_NAMESPACE

@@ -1,0 +1,85 @@
+// tokensel: head reduction M[i, j] = op_h A[h, i, j] (spec 1.1), accumulated in fp32.
+#pragma once
+
+#include <algorithm>
+#include <string>
+
+#include "tokensel/config.hpp"
+#include "tokensel/detail/parallel.hpp"
+#include "tokensel/element.hpp"
+#include "tokensel/error.hpp"
+#include "tokensel/policy.hpp"
+#include "tokensel/tensor_view.hpp"
+
+TOKENSEL_BEGIN_NAMESPACE
+
+/// How heads are combined: mean (sum / heads), sum, or elementwise max.
+enum class head_reduction { mean, sum, max };
+
+inline const char* to_string(head_reduction op) noexcept {
+  switch (op) {
+    case head_reduction::mean: return "mean";
+    case head_reduction::sum: return "sum";
+    case head_reduction::max: return "max";
+  }
+  return "?";
+}
+
+namespace detail {
+/// max that keeps a NaN (so bad input reaches the finiteness check instead of vanishing).
+inline float max_nan(float a, float b) noexcept { return (b > a || b != b) ? b : a; }
+
+inline void check_heads_present(index_t heads, index_t rows, index_t cols) {
+  if (heads == 0 && rows * cols != 0) fail(errc::shape_mismatch, "attention.extent(0)", heads, "no heads to reduce");
+}
+}  // namespace detail
+
+/// Writes M = op over heads of attention [heads, q, k] into out [q, k].
+/// Sums run over heads in ascending order (fp32); mean divides the sum by the head count.
+/// Rows are independent, so every policy gives the same bits.
+template <cpu_policy Policy, element T>
+void reduce_heads(const Policy& policy, const head_attention_view<T>& attention, head_reduction op,
+                  const matrix_view<float>& out) {
+  const index_t heads = attention.extent(0), rows = attention.extent(1), cols = attention.extent(2);
+  if (out.extent(0) != rows || out.extent(1) != cols) {
+    detail::fail(errc::shape_mismatch, "reduce_heads.out",
+                 std::to_string(out.extent(0)) + "x" + std::to_string(out.extent(1)),
+                 "must be " + std::to_string(rows) + "x" + std::to_string(cols));
+  }
+  detail::check_heads_present(heads, rows, cols);
+  const bool fast = attention.inner_contiguous() && out.inner_contiguous();
+  detail::parallel_for(policy, rows, [&](index_t i) {
+    float* o = cols == 0 ? nullptr : &out(i, 0);
+    const index_t ostride = out.stride(1);
+    auto put = [&](index_t j) -> float& { return fast ? o[j] : o[j * ostride]; };
+    for (index_t h = 0; h < heads; ++h) {
+      const T* a = cols == 0 ? nullptr : &attention(h, i, 0);
+      const index_t astride = attention.stride(2);
+      if (h == 0) {
+        if (fast) {
+          for (index_t j = 0; j < cols; ++j) o[j] = to_float(a[j]);
+        } else {
+          for (index_t j = 0; j < cols; ++j) put(j) = to_float(a[j * astride]);
+        }
+      } else if (op == head_reduction::max) {
+        if (fast) {
+          for (index_t j = 0; j < cols; ++j) o[j] = detail::max_nan(o[j], to_float(a[j]));
+        } else {
+          for (index_t j = 0; j < cols; ++j) put(j) = detail::max_nan(put(j), to_float(a[j * astride]));
+        }
+      } else {
+        if (fast) {
+          for (index_t j = 0; j < cols; ++j) o[j] += to_float(a[j]);
+        } else {
+          for (index_t j = 0; j < cols; ++j) put(j) += to_float(a[j * astride]);
+        }
+      }
+    }
+    if (op == head_reduction::mean) {
+      const auto hf = static_cast<float>(heads);
+      for (index_t j = 0; j < cols; ++j) put(j) = put(j) / hf;
+    }
+  });
+}
+
+TOKENSEL_END_NAMESPACE
