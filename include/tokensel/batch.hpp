@@ -5,6 +5,7 @@
 
 #include <span>
 #include <string>
+#include <type_traits>
 
 #include "tokensel/config.hpp"
 #include "tokensel/detail/parallel.hpp"
@@ -41,8 +42,10 @@ inline void check_selection_batch(const selection_batch& out, index_t batch, std
   if (!out.indices.inner_contiguous()) fail(errc::invalid_argument, std::string(method) + ".out.indices.stride(1)", out.indices.stride(1), "rows must be unit-stride");
 }
 
-/// Runs one_sample(b, std::span<token_index> row) -> Result for every sample under the policy;
+/// Runs one_sample(b, std::span<token_index> row[, inner_policy]) -> Result for every sample;
 /// writes counts[b] = result.count and, when results is non-empty, results[b] = result.
+/// Samples run in parallel under threaded_policy; a batch of one hands the policy to the sample
+/// instead (when one_sample takes a third, policy argument), so one image still uses every thread.
 template <class Policy, class Result, class OneSample>
 void run_batch(const Policy& policy, index_t batch, const selection_batch& out, std::span<Result> results,
                std::string_view method, OneSample&& one_sample) {
@@ -51,9 +54,27 @@ void run_batch(const Policy& policy, index_t batch, const selection_batch& out, 
     fail(errc::shape_mismatch, std::string(method) + ".results.size()", results.size(), "must be 0 or the batch size " + std::to_string(batch));
   }
   const index_t capacity = out.indices.extent(1);
+  auto row_of = [&](index_t b) {
+    return std::span<token_index>(capacity == 0 ? nullptr : &out.indices(b, 0), static_cast<std::size_t>(capacity));
+  };
+  constexpr bool takes_policy =
+      std::is_invocable_v<OneSample&, index_t, std::span<token_index>, const sequential_policy&>;
+  if constexpr (takes_policy) {
+    if (batch == 1) {
+      Result r = one_sample(index_t{0}, row_of(0), policy);
+      out.counts[0] = static_cast<token_index>(r.count);
+      if (!results.empty()) results[0] = r;
+      return;
+    }
+  }
   parallel_for(policy, batch, [&](index_t b) {
-    std::span<token_index> row(capacity == 0 ? nullptr : &out.indices(b, 0), static_cast<std::size_t>(capacity));
-    Result r = one_sample(b, row);
+    Result r = [&] {
+      if constexpr (takes_policy) {
+        return one_sample(b, row_of(b), sequential_policy{});
+      } else {
+        return one_sample(b, row_of(b));
+      }
+    }();
     out.counts[b] = static_cast<token_index>(r.count);
     if (!results.empty()) results[b] = r;
   });

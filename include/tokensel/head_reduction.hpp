@@ -6,6 +6,7 @@
 
 #include "tokensel/config.hpp"
 #include "tokensel/detail/parallel.hpp"
+#include "tokensel/detail/scratch.hpp"
 #include "tokensel/element.hpp"
 #include "tokensel/error.hpp"
 #include "tokensel/policy.hpp"
@@ -34,6 +35,36 @@ inline void check_heads_present(index_t heads, index_t rows, index_t cols) {
 }
 }  // namespace detail
 
+namespace detail {
+/// Row i of the head-reduced map into row[0, cols): the same arithmetic as reduce_heads
+/// (ascending heads, fp32, mean = sum / heads), so fused statistics match the two-pass path.
+template <element T>
+void reduce_heads_row(const head_attention_view<T>& attention, index_t i, head_reduction op, float* row) {
+  const index_t heads = attention.extent(0), cols = attention.extent(2);
+  const index_t astride = attention.stride(2);
+  for (index_t h = 0; h < heads; ++h) {
+    const T* a = &attention(h, i, 0);
+    if (h == 0) {
+      if (astride == 1) {
+        for (index_t j = 0; j < cols; ++j) row[j] = to_float(a[j]);
+      } else {
+        for (index_t j = 0; j < cols; ++j) row[j] = to_float(a[j * astride]);
+      }
+    } else if (op == head_reduction::max) {
+      for (index_t j = 0; j < cols; ++j) row[j] = max_nan(row[j], to_float(a[j * astride]));
+    } else if (astride == 1) {
+      for (index_t j = 0; j < cols; ++j) row[j] += to_float(a[j]);
+    } else {
+      for (index_t j = 0; j < cols; ++j) row[j] += to_float(a[j * astride]);
+    }
+  }
+  if (op == head_reduction::mean) {
+    const auto hf = static_cast<float>(heads);
+    for (index_t j = 0; j < cols; ++j) row[j] = row[j] / hf;
+  }
+}
+}  // namespace detail
+
 /// Writes M = op over heads of attention [heads, q, k] into out [q, k].
 /// Sums run over heads in ascending order (fp32); mean divides the sum by the head count.
 /// Rows are independent, so every policy gives the same bits.
@@ -47,37 +78,15 @@ void reduce_heads(const Policy& policy, const head_attention_view<T>& attention,
                  "must be " + std::to_string(rows) + "x" + std::to_string(cols));
   }
   detail::check_heads_present(heads, rows, cols);
-  const bool fast = attention.inner_contiguous() && out.inner_contiguous();
+  if (cols == 0) return;
   detail::parallel_for(policy, rows, [&](index_t i) {
-    float* o = cols == 0 ? nullptr : &out(i, 0);
-    const index_t ostride = out.stride(1);
-    auto put = [&](index_t j) -> float& { return fast ? o[j] : o[j * ostride]; };
-    for (index_t h = 0; h < heads; ++h) {
-      const T* a = cols == 0 ? nullptr : &attention(h, i, 0);
-      const index_t astride = attention.stride(2);
-      if (h == 0) {
-        if (fast) {
-          for (index_t j = 0; j < cols; ++j) o[j] = to_float(a[j]);
-        } else {
-          for (index_t j = 0; j < cols; ++j) put(j) = to_float(a[j * astride]);
-        }
-      } else if (op == head_reduction::max) {
-        if (fast) {
-          for (index_t j = 0; j < cols; ++j) o[j] = detail::max_nan(o[j], to_float(a[j]));
-        } else {
-          for (index_t j = 0; j < cols; ++j) put(j) = detail::max_nan(put(j), to_float(a[j * astride]));
-        }
-      } else {
-        if (fast) {
-          for (index_t j = 0; j < cols; ++j) o[j] += to_float(a[j]);
-        } else {
-          for (index_t j = 0; j < cols; ++j) put(j) += to_float(a[j * astride]);
-        }
-      }
-    }
-    if (op == head_reduction::mean) {
-      const auto hf = static_cast<float>(heads);
-      for (index_t j = 0; j < cols; ++j) put(j) = put(j) / hf;
+    if (out.inner_contiguous()) {
+      detail::reduce_heads_row(attention, i, op, &out(i, 0));
+    } else {
+      detail::scratch_scope scratch;
+      auto row = scratch.take<float>(static_cast<std::size_t>(cols));
+      detail::reduce_heads_row(attention, i, op, row.data());
+      for (index_t j = 0; j < cols; ++j) out(i, j) = row[j];
     }
   });
 }
