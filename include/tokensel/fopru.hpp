@@ -13,6 +13,7 @@
 #include <span>
 #include <string>
 
+#include "tokensel/attention_source.hpp"
 #include "tokensel/batch.hpp"
 #include "tokensel/config.hpp"
 #include "tokensel/detail/scratch.hpp"
@@ -85,16 +86,15 @@ inline index_t keep_count(index_t n, const config& cfg) {
   return detail::retained(grid.rows, cfg.ratio) * grid.cols;
 }
 
-/// One sample: attention [heads, N, N] of the penultimate layer (N includes CLS when skip_cls).
-/// Writes keep_count(n) patch indices, ascending, into out.
-template <cpu_policy Policy, element T>
-result select(const Policy& policy, const head_attention_view<T>& attention, const config& cfg,
-              std::span<token_index> out) {
+/// One sample: the penultimate layer's attention [heads, N, N] (N includes CLS when skip_cls), or
+/// its Q/K source. Writes keep_count(n) patch indices, ascending, into out.
+template <cpu_policy Policy, attention_source Source>
+result select(const Policy& policy, const Source& attention, const config& cfg, std::span<token_index> out) {
   validate(cfg);
-  const index_t tokens = attention.extent(1);
-  if (attention.extent(2) != tokens) {
+  const index_t tokens = query_tokens(attention);
+  if (key_tokens(attention) != tokens) {
     tokensel::detail::fail(errc::shape_mismatch, "fopru.attention",
-                           std::to_string(attention.extent(1)) + "x" + std::to_string(attention.extent(2)),
+                           std::to_string(tokens) + "x" + std::to_string(key_tokens(attention)),
                            "queries and keys must be the same tokens");
   }
   const token_range patches = cfg.skip_cls ? token_range::skip_cls(tokens) : token_range::all(tokens);
@@ -131,10 +131,11 @@ void select(const Policy& policy, const attention_view<T>& batch, const config& 
                               });
 }
 
-/// Ragged batch: one [heads, N_b, N_b] view per sample (AnyRes views, video frames, mixed sizes).
-template <cpu_policy Policy, element T>
-void select(const Policy& policy, std::span<const head_attention_view<T>> batch, const config& cfg,
-            const selection_batch& out, std::span<result> results = {}) {
+/// Ragged batch: one source per sample ([heads, N_b, N_b] views or Q/K sources: AnyRes views,
+/// video frames, mixed sizes).
+template <cpu_policy Policy, attention_source Source>
+void select(const Policy& policy, std::span<const Source> batch, const config& cfg, const selection_batch& out,
+            std::span<result> results = {}) {
   tokensel::detail::run_batch(policy, static_cast<index_t>(batch.size()), out, results, "fopru",
                               [&](index_t b, std::span<token_index> row, const auto& inner) {
                                 return select(inner, batch[b], cfg, row);

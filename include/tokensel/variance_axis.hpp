@@ -12,6 +12,7 @@
 #include "tokensel/detail/validate.hpp"
 #include "tokensel/element.hpp"
 #include "tokensel/head_reduction.hpp"
+#include "tokensel/attention_source.hpp"
 #include "tokensel/map_sums.hpp"
 #include "tokensel/policy.hpp"
 #include "tokensel/tensor_view.hpp"
@@ -48,15 +49,15 @@ inline double population_variance(std::span<const float> x) noexcept {
   return acc / static_cast<double>(x.size());
 }
 
-/// Significance of every token of a square map attention [heads, n, n] (already restricted to the
-/// tokens of interest), head-reduced by op; writes Sig into significance [n].
-/// Means are fp32 sums divided by n (fp32); variances in double.
-template <cpu_policy Policy, element T>
-variance_axis_result variance_axis_significance(const Policy& policy, const head_attention_view<T>& attention,
-                                                head_reduction op, std::span<float> significance) {
-  const index_t n = attention.extent(1);
-  if (attention.extent(2) != n) {
-    detail::fail(errc::shape_mismatch, "variance_axis.attention", std::to_string(attention.extent(1)) + "x" + std::to_string(attention.extent(2)),
+/// Significance of every token of a square map (attention [heads, n, n] already restricted to the
+/// tokens of interest, or a Q/K source with that window), head-reduced by op; writes Sig into
+/// significance [n]. Means are fp32 sums divided by n (fp32); variances in double.
+template <cpu_policy Policy, attention_source Source>
+variance_axis_result variance_axis_significance(const Policy& policy, const Source& attention, head_reduction op,
+                                                std::span<float> significance) {
+  const index_t n = query_tokens(attention);
+  if (key_tokens(attention) != n) {
+    detail::fail(errc::shape_mismatch, "variance_axis.attention", std::to_string(n) + "x" + std::to_string(key_tokens(attention)),
                  "map must be square");
   }
   if (static_cast<index_t>(significance.size()) != n) {
