@@ -43,7 +43,7 @@ struct config {
   fopru::strategy strategy = fopru::strategy::rank;
   head_reduction heads = head_reduction::mean;     ///< paper eq. 2: mean
   bool skip_cls = true;                            ///< token 0 is CLS: use the patch submatrix
-  std::optional<token_grid> grid;                  ///< row strategy; default: square grid of the patches
+  std::optional<token_grid> grid{};                  ///< row strategy; default: square grid of the patches
   row_reduction row_score = row_reduction::sum;    ///< row strategy: sum (paper) or mean
 };
 

@@ -49,5 +49,17 @@ inline float canonical_sum(const T* x, index_t n, index_t stride = 1) noexcept {
   return canonical_sum(x, n, stride, [](T v) { return to_float(v); });
 }
 
+/// Dot product of two contiguous fp32 rows in the canonical order (lane l accumulates the
+/// products a[i] * b[i] for i = l mod 32, each product rounded before the add).
+inline float canonical_dot(const float* a, const float* b, index_t n) noexcept {
+  std::array<float, canonical_lanes> lane{};
+  index_t i = 0;
+  for (; i + canonical_lanes <= n; i += canonical_lanes) {
+    for (int l = 0; l < canonical_lanes; ++l) lane[l] += a[i + l] * b[i + l];
+  }
+  for (int l = 0; i + l < n; ++l) lane[l] += a[i + l] * b[i + l];
+  return combine_lanes(lane);
+}
+
 }  // namespace detail
 TOKENSEL_END_NAMESPACE
