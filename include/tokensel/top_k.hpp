@@ -3,6 +3,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <span>
 #include <string>
 
@@ -41,9 +42,12 @@ template <class T, class Rank>
 index_t select_k(const tensor_view<const T, 1>& scores, index_t k, std::span<token_index> out, index_order order,
                  std::string_view name) {
   const index_t n = scores.extent(0);
-  check_count(k, n, std::string(name) + ".k");
-  check_capacity(out.size(), k, std::string(name) + ".out.size()");
-  check_finite(scores, std::string(name) + ".scores");
+  // Parameter names are built only on failure: the hot path must not allocate.
+  if (k < 0 || k > n) check_count(k, n, std::string(name) + ".k");
+  if (static_cast<index_t>(out.size()) < k) check_capacity(out.size(), k, std::string(name) + ".out.size()");
+  for (index_t i = 0; i < n; ++i) {
+    if (!std::isfinite(to_float(scores(i)))) check_finite(scores, std::string(name) + ".scores");
+  }
   if (k == 0) return 0;
   scratch_scope scratch;
   auto key = scratch.take<float>(static_cast<std::size_t>(n));
