@@ -13,6 +13,7 @@
 #include <span>
 #include <string>
 
+#include "tokensel/attention_source.hpp"
 #include "tokensel/config.hpp"
 #include "tokensel/detail/parallel.hpp"
 #include "tokensel/detail/scratch.hpp"
@@ -21,6 +22,7 @@
 #include "tokensel/error.hpp"
 #include "tokensel/head_reduction.hpp"
 #include "tokensel/map_sums.hpp"
+#include "tokensel/qk_statistics.hpp"
 #include "tokensel/policy.hpp"
 #include "tokensel/tensor_view.hpp"
 #include "tokensel/token_range.hpp"
@@ -101,17 +103,19 @@ inline void contribution_degree(const matrix_view<const float>& map, std::span<f
   contribution_degree(seq, map, out);
 }
 
-/// One sample's attention [heads, N, N]: reduces the heads with op over the square sub-map
-/// range x range (CLS-free patch submatrix by default; not renormalised) and writes the
-/// contribution degree of its range.count tokens into out. Bit-identical to reduce_heads on the
-/// restricted attention followed by contribution_degree on that map; the reduced map itself is
-/// never stored on the sequential path (map_sums streams it row by row).
-template <cpu_policy Policy, element T>
-void contribution_degree(const Policy& policy, const head_attention_view<T>& attention, head_reduction op,
+/// One sample's attention [heads, N, N] (a materialised view, or a qk_source whose queries and
+/// keys are the same N tokens): reduces the heads with op over the square sub-map range x range
+/// (CLS-free patch submatrix by default; not renormalised) and writes the contribution degree of
+/// its range.count tokens into out. For a view: bit-identical to reduce_heads on the restricted
+/// attention followed by contribution_degree on that map; the reduced map itself is never stored
+/// on the sequential path (map_sums streams it row by row). For a qk_source: the same column sums
+/// and diagonal, tile by tile from Q and K (O(n) memory per head, never the n x n map).
+template <cpu_policy Policy, attention_source Source>
+void contribution_degree(const Policy& policy, const Source& attention, head_reduction op,
                          const token_range& range, std::span<float> out) {
-  if (attention.extent(1) != attention.extent(2)) {
+  if (query_tokens(attention) != key_tokens(attention)) {
     detail::fail(errc::shape_mismatch, "contribution_degree.attention",
-                 std::to_string(attention.extent(1)) + "x" + std::to_string(attention.extent(2)),
+                 std::to_string(query_tokens(attention)) + "x" + std::to_string(key_tokens(attention)),
                  "queries and keys must be the same tokens");
   }
   const auto sub = restrict_tokens(attention, range);
@@ -126,10 +130,9 @@ void contribution_degree(const Policy& policy, const head_attention_view<T>& att
 }
 
 /// Same over the patches of a CLIP-style sequence (CLS at index 0 skipped): out has N - 1 entries.
-template <cpu_policy Policy, element T>
-void contribution_degree(const Policy& policy, const head_attention_view<T>& attention, head_reduction op,
-                         std::span<float> out) {
-  contribution_degree(policy, attention, op, token_range::skip_cls(attention.extent(1)), out);
+template <cpu_policy Policy, attention_source Source>
+void contribution_degree(const Policy& policy, const Source& attention, head_reduction op, std::span<float> out) {
+  contribution_degree(policy, attention, op, token_range::skip_cls(query_tokens(attention)), out);
 }
 
 TOKENSEL_END_NAMESPACE

@@ -6,12 +6,16 @@
 // layer K on (hidden states, positions; survivors keep their original position ids). Pruning
 // happens once, at prefill. The caller feeds layer K-1's attention; K is recorded in the config
 // for the engine and validated, the selection itself does not depend on it.
+// Input: the materialised attention [heads, q, L], or a qk_source of layer K-1 (queries and keys;
+// causal = true for an LLM): then only the last query row is computed from Q and K (one row of
+// softmax per head, O(L) memory), the visual span being a column window of it.
 #pragma once
 
 #include <cmath>
 #include <span>
 #include <string>
 
+#include "tokensel/attention_source.hpp"
 #include "tokensel/batch.hpp"
 #include "tokensel/config.hpp"
 #include "tokensel/detail/reduce.hpp"
@@ -21,6 +25,8 @@
 #include "tokensel/error.hpp"
 #include "tokensel/head_reduction.hpp"
 #include "tokensel/policy.hpp"
+#include "tokensel/qk_source.hpp"
+#include "tokensel/qk_statistics.hpp"
 #include "tokensel/tensor_view.hpp"
 #include "tokensel/token_range.hpp"
 #include "tokensel/top_k.hpp"
@@ -81,32 +87,52 @@ result select_scores(const vector_view<const T>& scores, const config& cfg, std:
   return res;
 }
 
-/// One sample: attention [heads, q, L] of layer K-1 (prefill: q = L; or only the last query row,
-/// q = 1), visual = [s0, s0 + n) among the L keys. Scores = head reduction of the last query row
-/// over the visual columns; keeps the keep_count(n) highest (ties: lower index), ascending indices
-/// into the span.
+namespace detail {
+/// Head-reduced last query row over the visual columns, from a materialised view.
 template <cpu_policy Policy, element T>
-result select(const Policy&, const head_attention_view<T>& attention, const token_range& visual, const config& cfg,
-              std::span<token_index> out) {
-  validate(cfg);
-  const index_t heads = attention.extent(0), queries = attention.extent(1);
-  check_range(visual, attention.extent(2), "fastv.visual");
-  const index_t n = visual.count;
-  tokensel::detail::check_capacity(out.size(), keep_count(n, cfg), "fastv.out.size()");
-  if (n == 0) return {};
-  if (queries < 1) tokensel::detail::fail(errc::shape_mismatch, "fastv.attention.extent(1)", queries, "needs the last query row");
-  tokensel::detail::check_heads_present(heads, queries, n);
-  tokensel::detail::scratch_scope scratch;
-  auto row = scratch.take<float>(static_cast<std::size_t>(n));
-  tokensel::detail::reduce_heads_row(attention.slice(2, visual.begin, n, "fastv.attention"), queries - 1, cfg.heads, row.data());
-  const auto scores = as_view(std::span<const float>(row), "fastv.scores");
+void last_row(const Policy&, const head_attention_view<T>& attention, const token_range& visual, head_reduction op,
+              float* row) {
+  const index_t queries = attention.extent(1), n = visual.count;
+  tokensel::detail::check_heads_present(attention.extent(0), queries, n);
+  tokensel::detail::reduce_heads_row(attention.slice(2, visual.begin, n, "fastv.attention"), queries - 1, op, row);
   for (index_t j = 0; j < n; ++j) {
     if (!std::isfinite(row[j])) {
       tokensel::detail::fail(errc::non_finite, "fastv.attention[" + std::to_string(queries - 1) + ", " + std::to_string(visual.begin + j) + "]",
                              row[j], "attention values must be finite");
     }
   }
-  return select_scores<float>(scores, cfg, out);
+}
+
+/// Same from Q/K: one row of softmax per head (over every visible key), the span as a column window.
+template <cpu_policy Policy, element T>
+void last_row(const Policy& policy, const qk_source<T>& source, const token_range& visual, head_reduction op,
+              float* row) {
+  const index_t queries = query_tokens(source), n = visual.count;
+  const auto window = restrict_window(source, token_range::all(queries), visual);
+  const index_t last[1] = {queries - 1};
+  reduced_rows(policy, window, op, std::span<const index_t>(last), matrix_view<float>(row, {1, n}, "fastv.scores"));
+}
+}  // namespace detail
+
+/// One sample: attention of layer K-1 as a view [heads, q, L] (prefill: q = L; or only the last
+/// query row, q = 1) or as a qk_source (queries [heads, q, d], keys [kv_heads, L, d]; set causal
+/// for an LLM), visual = [s0, s0 + n) among the L keys. Scores = head reduction of the last query
+/// row over the visual columns; keeps the keep_count(n) highest (ties: lower index), ascending
+/// indices into the span.
+template <cpu_policy Policy, attention_source Source>
+result select(const Policy& policy, const Source& attention, const token_range& visual, const config& cfg,
+              std::span<token_index> out) {
+  validate(cfg);
+  const index_t queries = query_tokens(attention);
+  check_range(visual, key_tokens(attention), "fastv.visual");
+  const index_t n = visual.count;
+  tokensel::detail::check_capacity(out.size(), keep_count(n, cfg), "fastv.out.size()");
+  if (n == 0) return {};
+  if (queries < 1) tokensel::detail::fail(errc::shape_mismatch, "fastv.attention.extent(1)", queries, "needs the last query row");
+  tokensel::detail::scratch_scope scratch;
+  auto row = scratch.take<float>(static_cast<std::size_t>(n));
+  detail::last_row(policy, attention, visual, cfg.heads, row.data());
+  return select_scores<float>(as_view(std::span<const float>(row), "fastv.scores"), cfg, out);
 }
 
 /// Batch [batch, heads, q, L] sharing one visual span.
@@ -114,18 +140,22 @@ template <cpu_policy Policy, element T>
 void select(const Policy& policy, const attention_view<T>& batch, const token_range& visual, const config& cfg,
             const selection_batch& out, std::span<result> results = {}) {
   tokensel::detail::run_batch(policy, tokensel::detail::batch_size(batch), out, results, "fastv",
-                              [&](index_t b, std::span<token_index> row) { return select(policy, batch[b], visual, cfg, row); });
+                              [&](index_t b, std::span<token_index> row, const auto& inner) {
+                                return select(inner, batch[b], visual, cfg, row);
+                              });
 }
 
-/// Ragged batch: one [heads, q_b, L_b] view and one visual span per sample.
-template <cpu_policy Policy, element T>
-void select(const Policy& policy, std::span<const head_attention_view<T>> batch, std::span<const token_range> visual,
+/// Ragged batch: one [heads, q_b, L_b] view (or qk_source) and one visual span per sample.
+template <cpu_policy Policy, attention_source Source>
+void select(const Policy& policy, std::span<const Source> batch, std::span<const token_range> visual,
             const config& cfg, const selection_batch& out, std::span<result> results = {}) {
   if (visual.size() != batch.size()) {
     tokensel::detail::fail(errc::shape_mismatch, "fastv.visual.size()", visual.size(), "must equal the batch size " + std::to_string(batch.size()));
   }
   tokensel::detail::run_batch(policy, static_cast<index_t>(batch.size()), out, results, "fastv",
-                              [&](index_t b, std::span<token_index> row) { return select(policy, batch[b], visual[b], cfg, row); });
+                              [&](index_t b, std::span<token_index> row, const auto& inner) {
+                                return select(inner, batch[b], visual[b], cfg, row);
+                              });
 }
 
 }  // namespace fastv

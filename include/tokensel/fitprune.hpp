@@ -12,6 +12,9 @@
 //     keep (1 - alpha) of Wc and Ws; k_l = floor(mean over samples). Bisection on alpha.
 //   Recipe: per-layer drop counts plus the geometry they were fitted for; scaled to another
 //     visual count n by floor(k_l * n / n_fit) (the official LLaVA-NeXT rule).
+//   Input: a layer's attention is a materialised view [heads, L, L] or a qk_source (its queries
+//     and keys, causal for an LLM, GQA allowed): the region masses are then computed tile by tile
+//     from Q and K (region_mass.hpp), never the L x L map.
 #pragma once
 
 #include <algorithm>
@@ -25,6 +28,7 @@
 #include <utility>
 #include <vector>
 
+#include "tokensel/attention_source.hpp"
 #include "tokensel/batch.hpp"
 #include "tokensel/config.hpp"
 #include "tokensel/detail/scratch.hpp"
@@ -194,15 +198,16 @@ struct layer_result {
 };
 
 /// One sample, one layer. attention: that layer's prefill probabilities [heads, L, L] over the
-/// current (already pruned) sequence; visual: the span of the still-present visual tokens (they
-/// stay contiguous); drop: the layer's count (drops_at). Writes the n - drop kept visual tokens
-/// into kept, ascending, as indices into the current visual set [0, n) (position_tracker maps
-/// them to original positions; sequence_keep to sequence positions).
-template <cpu_policy Policy, element T>
-layer_result prune_layer(const Policy& policy, const head_attention_view<T>& attention, const token_range& visual,
+/// current (already pruned) sequence, or its qk_source (queries and keys of that sequence,
+/// causal); visual: the span of the still-present visual tokens (they stay contiguous); drop: the
+/// layer's count (drops_at). Writes the n - drop kept visual tokens into kept, ascending, as
+/// indices into the current visual set [0, n) (position_tracker maps them to original positions;
+/// sequence_keep to sequence positions).
+template <cpu_policy Policy, attention_source Source>
+layer_result prune_layer(const Policy& policy, const Source& attention, const token_range& visual,
                          index_t drop, const config& cfg, std::span<token_index> kept) {
   validate(cfg);
-  tokensel::detail::check_llm_attention(attention.extent(1), attention.extent(2), visual, "fitprune");
+  tokensel::detail::check_llm_attention(query_tokens(attention), key_tokens(attention), visual, "fitprune");
   const index_t n = visual.count;
   tokensel::detail::check_count(drop, n, "fitprune.drop");
   tokensel::detail::check_capacity(kept.size(), n - drop, "fitprune.kept.size()");
@@ -227,8 +232,8 @@ layer_result prune_layer(const Policy& policy, const head_attention_view<T>& att
 }
 
 /// Same with the default config (max over heads).
-template <cpu_policy Policy, element T>
-layer_result prune_layer(const Policy& policy, const head_attention_view<T>& attention, const token_range& visual,
+template <cpu_policy Policy, attention_source Source>
+layer_result prune_layer(const Policy& policy, const Source& attention, const token_range& visual,
                          index_t drop, std::span<token_index> kept) {
   return prune_layer(policy, attention, visual, drop, config{}, kept);
 }
@@ -243,9 +248,10 @@ void prune_layer(const Policy& policy, const attention_view<T>& batch, const tok
                               });
 }
 
-/// Ragged batch: per-sample attention, visual span and drop count (sizes must match the batch).
-template <cpu_policy Policy, element T>
-void prune_layer(const Policy& policy, std::span<const head_attention_view<T>> batch,
+/// Ragged batch: per-sample attention (views or Q/K sources), visual span and drop count (sizes
+/// must match the batch).
+template <cpu_policy Policy, attention_source Source>
+void prune_layer(const Policy& policy, std::span<const Source> batch,
                  std::span<const token_range> visual, std::span<const index_t> drops, const config& cfg,
                  const selection_batch& out, std::span<layer_result> results = {}) {
   if (visual.size() != batch.size()) {
@@ -581,9 +587,10 @@ class calibrator {
     filled_[at] = 1;
   }
 
-  /// The same from that layer's prefill attention [heads, L, L] of the unpruned model (region_mass).
-  template <cpu_policy Policy, element T>
-  void add_layer(const Policy& policy, index_t sample, index_t layer, const head_attention_view<T>& attention,
+  /// The same from that layer's prefill attention [heads, L, L] of the unpruned model, or its
+  /// qk_source (region_mass).
+  template <cpu_policy Policy, attention_source Source>
+  void add_layer(const Policy& policy, index_t sample, index_t layer, const Source& attention,
                  const token_range& visual, head_reduction op = head_reduction::max) {
     const std::size_t at = slot(sample, layer);
     const index_t n0 = geometry_.visual_tokens;

@@ -16,6 +16,10 @@
 //     after each call) and keeps O(n) state per sample, plus one reduced n x n map of the
 //     complementary layer only when that layer arrives before the pivotal set is complete;
 //   * one-shot: freepruner::select over a layer_stack (a span of per-layer views).
+// Every layer may also be a qk_source (queries and keys of the layer, FlashAttention engines):
+// contribution degrees come from tiled column sums and the complementary rows from
+// reduced_rows, so no n x n map is formed; the selection equals the one from the materialised
+// maps up to fp32 rounding (identical indices except near-ties).
 #pragma once
 
 #include <algorithm>
@@ -27,6 +31,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "tokensel/attention_source.hpp"
 #include "tokensel/batch.hpp"
 #include "tokensel/config.hpp"
 #include "tokensel/contribution_degree.hpp"
@@ -38,6 +43,8 @@
 #include "tokensel/head_reduction.hpp"
 #include "tokensel/iqr_outliers.hpp"
 #include "tokensel/policy.hpp"
+#include "tokensel/qk_source.hpp"
+#include "tokensel/qk_statistics.hpp"
 #include "tokensel/tensor_view.hpp"
 #include "tokensel/token_range.hpp"
 #include "tokensel/top_k.hpp"
@@ -168,12 +175,29 @@ inline index_t max_count(index_t n, const config& cfg) {
   return cfg.budget;
 }
 
-/// One sample's attention maps, one per model layer: layers[i] is layer offset + i, each
-/// [heads, N, N] with the same N (heads may differ). It must cover every layer the config reads
-/// ([lowest_layer(cfg), layers_end(cfg))); other layers in it are ignored.
+namespace detail {
+/// The layer type of a layer_stack<S>: S itself for a source type, the [heads, N, N] view for an
+/// element type (layer_stack<float> holds views, layer_stack<qk_source<float>> Q/K sources).
+template <class S>
+struct stack_layer {
+  using type = S;
+};
 template <element T>
+struct stack_layer<T> {
+  using type = head_attention_view<T>;
+};
+}  // namespace detail
+
+/// One sample's attention, one entry per model layer: layers[i] is layer offset + i, each with the
+/// same N tokens (heads may differ). S is an element type (layers are [heads, N, N] views) or an
+/// attention source type (qk_source<T>: the layer's queries and keys; no map is materialised).
+/// It must cover every layer the config reads ([lowest_layer(cfg), layers_end(cfg))); other
+/// layers in it are ignored.
+template <class S>
+  requires element<S> || attention_source<S>
 struct layer_stack {
-  std::span<const head_attention_view<T>> layers;
+  using layer_type = typename detail::stack_layer<S>::type;
+  std::span<const layer_type> layers;
   index_t offset = 0;
 };
 
@@ -225,14 +249,26 @@ inline void check_k(index_t n, const config& cfg) {
 
 inline std::string layer_name(index_t layer) { return "freepruner.attention[layer " + std::to_string(layer) + "]"; }
 
-/// attention must be [heads >= 1, tokens, tokens].
-template <class T>
-void check_layer_shape(const head_attention_view<T>& a, index_t tokens, index_t layer) {
-  if (a.extent(1) != tokens || a.extent(2) != tokens) {
-    fail(errc::shape_mismatch, layer_name(layer), std::to_string(a.extent(1)) + "x" + std::to_string(a.extent(2)),
+template <element T>
+index_t layer_heads(const head_attention_view<T>& a) noexcept { return a.extent(0); }
+template <element T>
+index_t layer_heads(const qk_source<T>& a) noexcept { return a.heads(); }
+
+/// A view is checked here; a Q/K source is validated as a whole (shapes, finite Q/K), named by layer.
+template <element T>
+void validate_layer(const head_attention_view<T>&, index_t) {}
+template <element T>
+void validate_layer(const qk_source<T>& a, index_t layer) { validate(a, layer_name(layer)); }
+
+/// attention must be [heads >= 1, tokens, tokens] (queries and keys: the same tokens).
+template <attention_source Source>
+void check_layer_shape(const Source& a, index_t tokens, index_t layer) {
+  validate_layer(a, layer);
+  if (query_tokens(a) != tokens || key_tokens(a) != tokens) {
+    fail(errc::shape_mismatch, layer_name(layer), std::to_string(query_tokens(a)) + "x" + std::to_string(key_tokens(a)),
          "must be square with the " + std::to_string(tokens) + " tokens of the other layers");
   }
-  if (a.extent(0) < 1 && tokens > 0) fail(errc::shape_mismatch, layer_name(layer) + ".extent(0)", a.extent(0), "no heads");
+  if (layer_heads(a) < 1 && tokens > 0) fail(errc::shape_mismatch, layer_name(layer) + ".extent(0)", layer_heads(a), "no heads");
 }
 
 inline token_range patch_range(index_t tokens, const config& cfg) {
@@ -240,8 +276,8 @@ inline token_range patch_range(index_t tokens, const config& cfg) {
 }
 
 /// Pivotal stage of one layer: r_l, the running max, r of last_layer, top-k into P.
-template <cpu_policy Policy, element T>
-void pivotal_layer(const Policy& policy, const head_attention_view<T>& attention, const token_range& patches,
+template <cpu_policy Policy, attention_source Source>
+void pivotal_layer(const Policy& policy, const Source& attention, const token_range& patches,
                    const config& cfg, index_t layer, bool first_seen, sample_state& s) {
   const index_t n = s.n;
   tokensel::detail::scratch_scope scratch;
@@ -299,14 +335,51 @@ void complementary_stage(const config& cfg, index_t layer, sample_state& s, RowO
 
 /// Complementary stage straight from the attention of the complementary layer (rows reduced on
 /// demand: |P| rows, never the whole map).
-template <element T>
-void complementary_from_attention(const head_attention_view<T>& attention, const token_range& patches,
+template <cpu_policy Policy, element T>
+void complementary_from_attention(const Policy&, const head_attention_view<T>& attention, const token_range& patches,
                                   const config& cfg, sample_state& s) {
   const auto sub = restrict_tokens(attention, patches);
   complementary_stage(cfg, cfg.complementary_layer, s, [&](index_t p, float* buffer) -> const float* {
     tokensel::detail::reduce_heads_row(sub, p, cfg.heads, buffer);
     return buffer;
   });
+}
+
+/// Same from the Q/K of the complementary layer: the |P| rows in one tiled pass (|P| x n floats).
+template <cpu_policy Policy, element T>
+void complementary_from_attention(const Policy& policy, const qk_source<T>& source, const token_range& patches,
+                                  const config& cfg, sample_state& s) {
+  const index_t n = s.n;
+  tokensel::detail::scratch_scope scratch;
+  auto ids = scratch.take<index_t>(sz(n));
+  auto slot = scratch.take<index_t>(sz(n));  // slot[p]: row of p in rows
+  index_t m = 0;
+  for (index_t p = 0; p < n; ++p) {
+    if (s.in_p[sz(p)] == 0) continue;
+    slot[sz(p)] = m;
+    ids[sz(m++)] = p;
+  }
+  auto rows = scratch.take<float>(sz(m * n));
+  reduced_rows(policy, restrict_tokens(source, patches), cfg.heads, std::span<const index_t>(ids.data(), sz(m)),
+               matrix_view<float>(rows.data(), {m, n}, "freepruner.rows"));
+  complementary_stage(cfg, cfg.complementary_layer, s,
+                      [&](index_t p, float*) -> const float* { return rows.data() + slot[sz(p)] * n; });
+}
+
+/// The reduced patch map of a layer into out [n, n] (streaming selector, complementary layer
+/// before the pivotal set is complete).
+template <cpu_policy Policy, element T>
+void reduced_patch_map(const Policy& policy, const head_attention_view<T>& attention, const token_range& patches,
+                       head_reduction op, const matrix_view<float>& out) {
+  reduce_heads(policy, restrict_tokens(attention, patches), op, out);
+}
+template <cpu_policy Policy, element T>
+void reduced_patch_map(const Policy& policy, const qk_source<T>& source, const token_range& patches,
+                       head_reduction op, const matrix_view<float>& out) {
+  tokensel::detail::scratch_scope scratch;
+  auto ids = scratch.take<index_t>(sz(patches.count));
+  for (index_t p = 0; p < patches.count; ++p) ids[sz(p)] = p;
+  reduced_rows(policy, restrict_tokens(source, patches), op, std::span<const index_t>(ids), out);
 }
 
 /// Writes the selection of one sample (S, or the fixed-mode budget) ascending into out.
@@ -395,19 +468,19 @@ inline void fill_inspection(const sample_state& s, const config& cfg, inspection
   info.fences.assign(s.fences.begin(), s.fences.begin() + s.fence_count);
 }
 
-/// One-shot selection of one sample; layer_of(l) returns the attention [heads, N, N] of model
-/// layer l (only layers the config reads are asked for).
-template <cpu_policy Policy, element T, class LayerOf>
+/// One-shot selection of one sample; layer_of(l) returns the attention source (view [heads, N, N]
+/// or qk_source) of model layer l (only layers the config reads are asked for).
+template <cpu_policy Policy, class LayerOf>
 result select_sample(const Policy& policy, LayerOf&& layer_of, const config& cfg, std::span<token_index> out,
                      inspection* info) {
   validate(cfg);
-  const index_t tokens = layer_of(cfg.first_layer).extent(1);
+  const index_t tokens = query_tokens(layer_of(cfg.first_layer));
   const token_range patches = patch_range(tokens, cfg);
   const index_t n = patches.count;
   tokensel::detail::check_capacity(out.size(), max_count(n, cfg), "freepruner.out.size()");
   check_k(n, cfg);
   for (index_t l = lowest_layer(cfg); l < layers_end(cfg); ++l) {
-    if (uses_layer(cfg, l)) check_layer_shape<T>(layer_of(l), tokens, l);
+    if (uses_layer(cfg, l)) check_layer_shape(layer_of(l), tokens, l);
   }
   tokensel::detail::scratch_scope scratch;
   sample_state s = scratch_state(scratch, n, cfg);
@@ -415,7 +488,7 @@ result select_sample(const Policy& policy, LayerOf&& layer_of, const config& cfg
     for (index_t l = cfg.first_layer; l <= cfg.last_layer; ++l) {
       pivotal_layer(policy, layer_of(l), patches, cfg, l, l == cfg.first_layer, s);
     }
-    complementary_from_attention<T>(layer_of(cfg.complementary_layer), patches, cfg, s);
+    complementary_from_attention(policy, layer_of(cfg.complementary_layer), patches, cfg, s);
   }
   const result res = assemble(s, cfg, out);
   if (info != nullptr) fill_inspection(s, cfg, *info);
@@ -437,23 +510,23 @@ void check_stack(const Views& layers, index_t offset, const config& cfg) {
 
 // ---- one-shot -------------------------------------------------------------------------------
 
-/// One sample from all its layers. Writes the selection (ascending patch indices) into out, which
-/// needs max_count(n, cfg) entries; returns its statistics.
-template <cpu_policy Policy, element T>
-result select(const Policy& policy, const layer_stack<T>& stack, const config& cfg, std::span<token_index> out) {
+/// One sample from all its layers (views or Q/K sources). Writes the selection (ascending patch
+/// indices) into out, which needs max_count(n, cfg) entries; returns its statistics.
+template <cpu_policy Policy, class S>
+result select(const Policy& policy, const layer_stack<S>& stack, const config& cfg, std::span<token_index> out) {
   validate(cfg);
   detail::check_stack(stack.layers, stack.offset, cfg);
-  return detail::select_sample<Policy, T>(
+  return detail::select_sample(
       policy, [&](index_t l) { return stack.layers[detail::sz(l - stack.offset)]; }, cfg, out, nullptr);
 }
 
 /// Same, and fills info with the per-layer pivotal sets, P, C \ P and the fences (allocates).
-template <cpu_policy Policy, element T>
-result select(const Policy& policy, const layer_stack<T>& stack, const config& cfg, std::span<token_index> out,
+template <cpu_policy Policy, class S>
+result select(const Policy& policy, const layer_stack<S>& stack, const config& cfg, std::span<token_index> out,
               inspection& info) {
   validate(cfg);
   detail::check_stack(stack.layers, stack.offset, cfg);
-  return detail::select_sample<Policy, T>(
+  return detail::select_sample(
       policy, [&](index_t l) { return stack.layers[detail::sz(l - stack.offset)]; }, cfg, out, &info);
 }
 
@@ -474,15 +547,16 @@ void select(const Policy& policy, const batch_layer_stack<T>& stack, const confi
   }
   tokensel::detail::run_batch(policy, batch, out, results, "freepruner",
                               [&](index_t b, std::span<token_index> row, const auto& inner) {
-                                return detail::select_sample<std::remove_cvref_t<decltype(inner)>, T>(
+                                return detail::select_sample(
                                     inner, [&](index_t l) { return stack.layers[detail::sz(l - stack.offset)][b]; },
                                     cfg, row, nullptr);
                               });
 }
 
-/// Ragged batch: one layer_stack per sample (AnyRes views, video frames, mixed sizes).
-template <cpu_policy Policy, element T>
-void select(const Policy& policy, std::span<const layer_stack<T>> samples, const config& cfg,
+/// Ragged batch: one layer_stack per sample (AnyRes views, video frames, mixed sizes; views or
+/// Q/K sources).
+template <cpu_policy Policy, class S>
+void select(const Policy& policy, std::span<const layer_stack<S>> samples, const config& cfg,
             const selection_batch& out, std::span<result> results = {}) {
   validate(cfg);
   for (const auto& s : samples) detail::check_stack(s.layers, s.offset, cfg);
@@ -501,7 +575,9 @@ void select(const Policy& policy, std::span<const layer_stack<T>> samples, const
 /// sample) is stored until P is complete; in layer order with the default config (complementary
 /// layer = last_layer) nothing n x n is ever stored, the needed rows are reduced on demand.
 /// Allocates at construction (and the n x n map when needed); reset() reuses the storage.
-/// Results are bit-identical to the one-shot select.
+/// Results are bit-identical to the one-shot select (for Q/K layers when the complementary layer
+/// does not precede the last pivotal layer; otherwise its rows come from a different tiling of the
+/// same softmax and agree to fp32 rounding).
 class selector {
  public:
   /// tokens = N, the extent of every attention map (CLS included when cfg.skip_cls);
@@ -548,7 +624,29 @@ class selector {
       tokensel::detail::fail(errc::shape_mismatch, "freepruner.selector.batch", batch_,
                              "a [heads, N, N] layer needs batch 1; pass [batch, heads, N, N]");
     }
-    add_impl<Policy, T>(policy, layer, [&](index_t) { return attention; });
+    add_impl(policy, layer, [&](index_t) { return attention; });
+  }
+
+  /// Adds one layer of a single-sample selector from its queries and keys (FlashAttention
+  /// engines): no n x n map is formed, except the reduced patch map of the complementary layer
+  /// when it arrives before the last pivotal layer (as for a view).
+  template <cpu_policy Policy, element T>
+  void add_layer(const Policy& policy, index_t layer, const qk_source<T>& source) {
+    if (batch_ != 1) {
+      tokensel::detail::fail(errc::shape_mismatch, "freepruner.selector.batch", batch_,
+                             "a single qk_source layer needs batch 1; pass a span of batch() sources");
+    }
+    add_impl(policy, layer, [&](index_t) -> const qk_source<T>& { return source; });
+  }
+
+  /// Adds one layer for the whole batch from one Q/K source per sample (sources.size() == batch()).
+  template <cpu_policy Policy, element T>
+  void add_layer(const Policy& policy, index_t layer, std::span<const qk_source<T>> sources) {
+    if (static_cast<index_t>(sources.size()) != batch_) {
+      tokensel::detail::fail(errc::shape_mismatch, detail::layer_name(layer) + ".size()", sources.size(),
+                             "must be the selector's batch " + std::to_string(batch_));
+    }
+    add_impl(policy, layer, [&](index_t b) -> const qk_source<T>& { return sources[detail::sz(b)]; });
   }
 
   /// Adds one layer for the whole batch: attention [batch, heads, N, N].
@@ -558,7 +656,7 @@ class selector {
       tokensel::detail::fail(errc::shape_mismatch, detail::layer_name(layer) + ".extent(0)", attention.extent(0),
                              "must be the selector's batch " + std::to_string(batch_));
     }
-    add_impl<Policy, T>(policy, layer, [&](index_t b) { return attention[b]; });
+    add_impl(policy, layer, [&](index_t b) { return attention[b]; });
   }
 
   /// Single sample: writes the selection (ascending) into out (capacity max_count(n, cfg)).
@@ -650,7 +748,7 @@ class selector {
     }
   }
 
-  template <cpu_policy Policy, element T, class SampleOf>
+  template <cpu_policy Policy, class SampleOf>
   void add_impl(const Policy& policy, index_t layer, SampleOf&& sample_of) {
     check_usable();
     if (!uses_layer(cfg_, layer)) {
@@ -662,7 +760,7 @@ class selector {
     if (seen_[detail::sz(layer)] != 0) {
       tokensel::detail::fail(errc::invalid_argument, "freepruner.layer", layer, "already added (call reset() for a new image)");
     }
-    for (index_t b = 0; b < batch_; ++b) detail::check_layer_shape<T>(sample_of(b), tokens_, layer);
+    for (index_t b = 0; b < batch_; ++b) detail::check_layer_shape(sample_of(b), tokens_, layer);
     // Past the checks: a failure from here on (non-finite data) leaves partial state behind.
     broken_ = true;
     const bool pivotal = layer >= cfg_.first_layer && layer <= cfg_.last_layer;
@@ -677,16 +775,16 @@ class selector {
         });
       }
       if (complementary && p_complete) {
-        for_samples(policy, [&](index_t b, const auto&) {
+        for_samples(policy, [&](index_t b, const auto& inner) {
           auto s = state(b);
-          detail::complementary_from_attention<T>(sample_of(b), patches_, cfg_, s);
+          detail::complementary_from_attention(inner, sample_of(b), patches_, cfg_, s);
           fence_count_[detail::sz(b)] = s.fence_count;
         });
         complementary_done_ = true;
       } else if (complementary) {
         if (map_.empty()) map_.resize(detail::sz(batch_ * n_ * n_));
         for_samples(policy, [&](index_t b, const auto& inner) {
-          reduce_heads(inner, restrict_tokens(sample_of(b), patches_), cfg_.heads, stored_map(b));
+          detail::reduced_patch_map(inner, sample_of(b), patches_, cfg_.heads, stored_map(b));
         });
         map_stored_ = true;
       } else if (p_complete && map_stored_) {

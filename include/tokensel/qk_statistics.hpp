@@ -38,6 +38,11 @@ inline constexpr index_t qk_tile_rows = 64;
 namespace detail {
 
 using row_major_f32 = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+/// Logit blocks of at most 32 query rows: Eigen parallelises (OpenMP) and heap-allocates a
+/// product only when the destination may have more than 32 rows at compile time, so this type
+/// keeps every product single-threaded under sequential_policy and allocation-free.
+inline constexpr index_t qk_gemm_rows = 32;
+using logit_block_f32 = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor, qk_gemm_rows, Eigen::Dynamic>;
 
 /// Copies a [n, d] slice of a [heads, n, d] tensor into a row-major fp32 buffer, scaled.
 template <element T>
@@ -71,6 +76,10 @@ void for_each_probability_tile(const Policy& policy, const qk_source<T>& src, st
     parallel_for(policy, kv_heads, [&](index_t g) { load_rows_f32(src.keys, g, all, keys.data() + g * nk * d); });
   }
   const index_t tile = std::min(qk_tile_rows, total);
+  // Keys per product: few enough that Eigen packs the key block on the stack (kc x nc floats;
+  // above EIGEN_STACK_ALLOCATION_LIMIT it would malloc on every product). A multiple of 8.
+  const index_t key_block =
+      std::max<index_t>(8, static_cast<index_t>(EIGEN_STACK_ALLOCATION_LIMIT / sizeof(float)) / std::max<index_t>(d, 1) / 8 * 8);
   auto queries = scratch.take<float>(static_cast<std::size_t>(heads * tile * d));
   auto probs = scratch.take<float>(static_cast<std::size_t>(heads * tile * nk));
 
@@ -81,10 +90,16 @@ void for_each_probability_tile(const Policy& policy, const qk_source<T>& src, st
       float* q = queries.data() + h * tile * d;
       float* p = probs.data() + h * count * nk;
       load_rows_f32(src.queries, h, ids, q);
-      Eigen::Map<const row_major_f32> qm(q, count, d);
       Eigen::Map<const row_major_f32> km(keys.data() + (h / group) * nk * d, nk, d);
-      Eigen::Map<row_major_f32> pm(p, count, nk);
-      pm.noalias() = qm * km.transpose();
+      for (index_t r0 = 0; r0 < count; r0 += qk_gemm_rows) {
+        const index_t rows = std::min(qk_gemm_rows, count - r0);
+        Eigen::Map<const row_major_f32> qm(q + r0 * d, rows, d);
+        Eigen::Map<logit_block_f32> pm(p + r0 * nk, rows, nk);
+        for (index_t j0 = 0; j0 < nk; j0 += key_block) {
+          const index_t w = std::min(key_block, nk - j0);
+          pm.middleCols(j0, w).noalias() = qm * km.middleRows(j0, w).transpose();
+        }
+      }
       for (index_t r = 0; r < count; ++r) {
         float* row = p + r * nk;
         const index_t i = ids[r];

@@ -13,6 +13,11 @@
 // Summation order (bit-identical under every policy and the future CUDA backend): column sums
 // ascending over rows; every row total is detail::canonical_sum over the n visual columns; the
 // masses are canonical_sum over the row totals, then one division.
+//
+// From Q/K (qk_source, FlashAttention engines): the max over heads is not linear, so the masses
+// cannot come from per-head sums; the rows s0 .. L-1 are computed as head-reduced tiles (the
+// softmax over every visible key, then the reduction) and read with the same orders as above, so
+// the results equal the materialised map's to fp32 rounding. Memory: heads x 64 x L floats.
 #pragma once
 
 #include <algorithm>
@@ -21,6 +26,7 @@
 #include <string>
 #include <type_traits>
 
+#include "tokensel/attention_source.hpp"
 #include "tokensel/config.hpp"
 #include "tokensel/detail/parallel.hpp"
 #include "tokensel/detail/reduce.hpp"
@@ -30,6 +36,8 @@
 #include "tokensel/error.hpp"
 #include "tokensel/head_reduction.hpp"
 #include "tokensel/policy.hpp"
+#include "tokensel/qk_source.hpp"
+#include "tokensel/qk_statistics.hpp"
 #include "tokensel/tensor_view.hpp"
 #include "tokensel/token_range.hpp"
 
@@ -137,6 +145,66 @@ region_mass_result region_mass(const Policy& policy, const head_attention_view<T
       }
     });
   }
+
+  const auto nf = static_cast<float>(n);
+  if (!out.self.empty()) {
+    for (index_t j = 0; j < n; ++j) out.self[j] = self_acc[j] / nf;
+  }
+  if (!out.cross.empty()) std::copy(cross_acc.begin(), cross_acc.end(), out.cross.begin());
+  res.self_mass = detail::canonical_sum(totals.data(), n) / nf;
+  if (text > 0) res.cross_mass = detail::canonical_sum(totals.data() + n, text) / static_cast<float>(text);
+  return res;
+}
+
+/// The same from the layer's queries and keys (prefill: queries and keys are the same L tokens
+/// after the source's windows; set causal for an LLM; GQA and an engine LSE are honoured). One
+/// tiled pass over the query rows s0 .. L-1: each row's softmax runs over every visible key, the
+/// heads are reduced, and the n visual columns are read exactly as on the view path (column sums
+/// ascending over rows, canonical row totals).
+template <cpu_policy Policy, element T>
+region_mass_result region_mass(const Policy& policy, const qk_source<T>& attention, const token_range& visual,
+                               head_reduction op, const region_mass_out& out = {}) {
+  validate(attention, "region_mass.qk");
+  const index_t L = query_tokens(attention);
+  detail::check_llm_attention(L, key_tokens(attention), visual, "region_mass");
+  const index_t s0 = visual.begin, n = visual.count, text = L - visual.end();
+  if (!out.cross.empty() && static_cast<index_t>(out.cross.size()) != n) {
+    detail::fail(errc::shape_mismatch, "region_mass.out.cross.size()", out.cross.size(), "must be empty or " + std::to_string(n));
+  }
+  if (!out.self.empty() && static_cast<index_t>(out.self.size()) != n) {
+    detail::fail(errc::shape_mismatch, "region_mass.out.self.size()", out.self.size(), "must be empty or " + std::to_string(n));
+  }
+  region_mass_result res;
+  res.text_rows = text;
+  if (n == 0) return res;
+  detail::check_heads_present(attention.heads(), L, L);
+
+  // Window-relative positions -> absolute query rows and key columns of the source.
+  const index_t row0 = attention.rows().begin + s0, col0 = attention.cols().begin + s0;
+  const index_t rows = n + text, nk = attention.key_count();
+  detail::scratch_scope scratch;
+  auto ids = scratch.take<index_t>(static_cast<std::size_t>(rows));
+  for (index_t r = 0; r < rows; ++r) ids[r] = row0 + r;
+  auto totals = scratch.take<float>(static_cast<std::size_t>(rows));  // row totals, visual rows first
+  auto self_acc = scratch.take_zeroed<float>(static_cast<std::size_t>(n));
+  auto cross_acc = scratch.take_zeroed<float>(static_cast<std::size_t>(n));
+  detail::for_each_reduced_tile(policy, attention, std::span<const index_t>(ids), op,
+                                [&](index_t first, index_t count, const float* m) {
+    detail::parallel_for(policy, count, [&](index_t r) {
+      totals[first + r] = detail::canonical_sum(m + r * nk + col0, n);
+    });
+    // Columns in blocks, each walking the tile's rows in ascending order (visual rows feed self,
+    // text rows cross), continuing the sums of the previous tiles.
+    constexpr index_t block = 64;
+    detail::parallel_for(policy, (n + block - 1) / block, [&](index_t b) {
+      const index_t j0 = b * block, j1 = std::min(n, j0 + block);
+      for (index_t r = 0; r < count; ++r) {
+        const float* row = m + r * nk + col0;
+        float* acc = first + r < n ? self_acc.data() : cross_acc.data();
+        for (index_t j = j0; j < j1; ++j) acc[j] += row[j];
+      }
+    });
+  });
 
   const auto nf = static_cast<float>(n);
   if (!out.self.empty()) {

@@ -10,6 +10,9 @@
 //   Output rows: the dominant tokens ascending (CLS first), then the contextual tokens in target
 //   order. Unlike the other methods, the output holds merged features, so select() writes both
 //   anchor indices (full-sequence, CLS = 0) and the feature rows.
+//   The attention is a materialised view or a qk_source of the feature layer (queries [heads, N
+//   or 1, d], keys [heads, N, d]): then only the CLS row is computed from Q and K (reduced_rows,
+//   sum over heads), O(N) memory per head.
 #pragma once
 
 #include <array>
@@ -19,6 +22,7 @@
 #include <span>
 #include <string>
 
+#include "tokensel/attention_source.hpp"
 #include "tokensel/batch.hpp"
 #include "tokensel/config.hpp"
 #include "tokensel/detail/parallel.hpp"
@@ -28,6 +32,8 @@
 #include "tokensel/element.hpp"
 #include "tokensel/error.hpp"
 #include "tokensel/policy.hpp"
+#include "tokensel/qk_source.hpp"
+#include "tokensel/qk_statistics.hpp"
 #include "tokensel/tensor_view.hpp"
 #include "tokensel/top_k.hpp"
 
@@ -84,16 +90,21 @@ inline std::string at3(std::string_view name, index_t a, index_t b, index_t c) {
   return std::string(name) + "[" + std::to_string(a) + ", " + std::to_string(b) + ", " + std::to_string(c) + "]";
 }
 
-template <class A, class K, class H, class O>
-void check_shapes(const tensor_view<const A, 3>& attention, const tensor_view<const K, 3>& keys,
+template <element A>
+index_t source_heads(const head_attention_view<A>& a) noexcept { return a.extent(0); }
+template <element A>
+index_t source_heads(const qk_source<A>& a) noexcept { return a.heads(); }
+
+template <class Source, class K, class H, class O>
+void check_shapes(const Source& attention, const tensor_view<const K, 3>& keys,
                   const tensor_view<const H, 2>& hidden, const tensor_view<O, 2>& features, const config& cfg) {
   using tokensel::detail::fail;
-  const index_t n = attention.extent(2);
-  if (attention.extent(1) != n && attention.extent(1) != 1) {
-    fail(errc::shape_mismatch, "visionzip.attention.extent(1)", attention.extent(1),
+  const index_t n = key_tokens(attention), queries = query_tokens(attention);
+  if (queries != n && queries != 1) {
+    fail(errc::shape_mismatch, "visionzip.attention.extent(1)", queries,
          "must be the " + std::to_string(n) + " tokens or 1 (the CLS query row only)");
   }
-  if (n > 0 && attention.extent(0) < 1) fail(errc::shape_mismatch, "visionzip.attention.extent(0)", attention.extent(0), "no heads");
+  if (n > 0 && source_heads(attention) < 1) fail(errc::shape_mismatch, "visionzip.attention.extent(0)", source_heads(attention), "no heads");
   if (hidden.extent(0) != n) {
     fail(errc::shape_mismatch, "visionzip.hidden.extent(0)", hidden.extent(0),
          "must equal the " + std::to_string(n) + " tokens of the attention");
@@ -113,10 +124,38 @@ void check_shapes(const tensor_view<const A, 3>& attention, const tensor_view<co
   }
 }
 
+/// s[j - 1] = sum over heads of A[h, 0, j], j = 1 .. n-1 (ascending heads, fp32), from a view.
+template <cpu_policy Policy, element A>
+void cls_scores(const Policy&, const head_attention_view<A>& attention, std::span<float> score) {
+  using tokensel::detail::fail;
+  const index_t heads = attention.extent(0), n = attention.extent(2);
+  for (index_t j = 1; j < n; ++j) {
+    float s = 0.0f;
+    for (index_t h = 0; h < heads; ++h) {
+      const float a = to_float(attention(h, 0, j));
+      if (!std::isfinite(a)) fail(errc::non_finite, detail::at3("visionzip.attention", h, 0, j), a, "values must be finite");
+      s += a;
+    }
+    score[static_cast<std::size_t>(j - 1)] = s;
+  }
+}
+
+/// Same from Q/K: the CLS row of every head's softmax (over all N keys), summed over heads with
+/// the same arithmetic (reduced_rows, head_reduction::sum).
+template <cpu_policy Policy, element A>
+void cls_scores(const Policy& policy, const qk_source<A>& attention, std::span<float> score) {
+  const index_t n = key_tokens(attention);
+  const auto patches = restrict_window(attention, token_range::all(query_tokens(attention)), token_range::skip_cls(n));
+  const index_t cls[1] = {0};
+  reduced_rows(policy, patches, head_reduction::sum, std::span<const index_t>(cls),
+               matrix_view<float>(score.data(), {1, n - 1}, "visionzip.cls_attention"));
+}
+
 }  // namespace detail
 
 /// One sample.
-///   attention [heads, N, N] (or [heads, 1, N]: only the CLS query row 0 is read), CLS at token 0;
+///   attention [heads, N, N] (or [heads, 1, N]: only the CLS query row 0 is read), CLS at token 0,
+///             or its qk_source (queries [heads, N or 1, d], keys [heads, N, d]; scale, GQA);
 ///   keys      [heads, N, d_head] of the same layer (averaged over heads here; any head count);
 ///   hidden    [N, D] features to output (LLaVA: hidden_states[-2], CLS included);
 ///   out       >= keep_count indices: out[0, dominant) = dominant tokens, full-sequence indices
@@ -124,14 +163,14 @@ void check_shapes(const tensor_view<const A, 3>& attention, const tensor_view<co
 ///             index of each contextual token's target, in target (ascending) order;
 ///   features  [>= keep_count, D]: row r is the output token anchored at out[r].
 /// Attention and keys must be finite; hidden states pass through unchecked.
-template <cpu_policy Policy, element A, element K, element H, element O>
-result select(const Policy& policy, const head_attention_view<A>& attention, const tensor_view<const K, 3>& keys,
+template <cpu_policy Policy, attention_source Source, element K, element H, element O>
+result select(const Policy& policy, const Source& attention, const tensor_view<const K, 3>& keys,
               const matrix_view<const H>& hidden, const config& cfg, std::span<token_index> out,
               const matrix_view<O>& features) {
   using tokensel::detail::fail;
   validate(cfg);
   detail::check_shapes(attention, keys, hidden, features, cfg);
-  const index_t n = attention.extent(2);
+  const index_t n = key_tokens(attention);
   const index_t k = keep_count(n, cfg);
   tokensel::detail::check_capacity(out.size(), k, "visionzip.out.size()");
   if (features.extent(0) < k) {
@@ -146,17 +185,8 @@ result select(const Policy& policy, const head_attention_view<A>& attention, con
   tokensel::detail::scratch_scope scratch;
 
   // 1. Dominant: CLS-row attention summed over heads (ascending head order), patches only.
-  const index_t heads = attention.extent(0);
   auto score = scratch.take<float>(static_cast<std::size_t>(n - 1));
-  for (index_t j = 1; j < n; ++j) {
-    float s = 0.0f;
-    for (index_t h = 0; h < heads; ++h) {
-      const float a = to_float(attention(h, 0, j));
-      if (!std::isfinite(a)) fail(errc::non_finite, detail::at3("visionzip.attention", h, 0, j), a, "values must be finite");
-      s += a;
-    }
-    score[static_cast<std::size_t>(j - 1)] = s;
-  }
+  detail::cls_scores(policy, attention, score);
   out[0] = 0;
   top_k<float>(as_view(std::span<const float>(score), "visionzip.cls_attention"), dominant - 1,
                out.subspan(1, static_cast<std::size_t>(dominant - 1)), index_order::ascending);
@@ -268,9 +298,9 @@ void select(const Policy& policy, const attention_view<A>& attention, const tens
                               });
 }
 
-/// Ragged batch: one view per sample for each input and for the output features.
-template <cpu_policy Policy, element A, element K, element H, element O>
-void select(const Policy& policy, std::span<const head_attention_view<A>> attention,
+/// Ragged batch: one view (or qk_source) per sample for each input and for the output features.
+template <cpu_policy Policy, attention_source Source, element K, element H, element O>
+void select(const Policy& policy, std::span<const Source> attention,
             std::span<const tensor_view<const K, 3>> keys, std::span<const matrix_view<const H>> hidden,
             const config& cfg, const selection_batch& out, std::span<const matrix_view<O>> features,
             std::span<result> results = {}) {

@@ -13,14 +13,21 @@ namespace detail {
 
 inline float fast_exp(float x) noexcept {
   constexpr float hi = 88.3762626647949f, lo = -87.3365447505531f;
-  const bool under = !(x >= lo);  // also true for -inf (and NaN, which callers exclude)
-  x = x > hi ? hi : x;
-  x = under ? 0.0f : x;
+  // The clamps are bit masks, not ?: on a float compare: under GCC's default -ftrapping-math a
+  // float compare feeding ?: is not if-converted, and the caller's loop would stay scalar.
+  // keep = 0 for x < lo, -inf and NaN (which callers exclude): those give +0.
+  const std::uint32_t keep = 0u - static_cast<std::uint32_t>(x >= lo);
+  const std::uint32_t over = 0u - static_cast<std::uint32_t>(x > hi);
+  std::uint32_t xb, hb;
+  std::memcpy(&xb, &x, sizeof xb);
+  std::memcpy(&hb, &hi, sizeof hb);
+  xb = ((xb & ~over) | (hb & over)) & keep;  // min(x, hi), then 0 when under
+  std::memcpy(&x, &xb, sizeof x);
   constexpr float log2e = 1.44269504088896341f;
   float fx = x * log2e + 0.5f;
   // floor(fx) without a libm call (fx is within +-128)
   auto n = static_cast<std::int32_t>(fx);
-  n -= (static_cast<float>(n) > fx) ? 1 : 0;
+  n -= static_cast<std::int32_t>(static_cast<float>(n) > fx);
   const float fn = static_cast<float>(n);
   float r = x - fn * 0.693359375f;
   r = r - fn * -2.12194440e-4f;
@@ -35,7 +42,12 @@ inline float fast_exp(float x) noexcept {
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
   const float result = p * scale;
-  return under ? 0.0f : result;
+  std::uint32_t rb;
+  std::memcpy(&rb, &result, sizeof rb);
+  rb &= keep;
+  float out;
+  std::memcpy(&out, &rb, sizeof out);
+  return out;
 }
 
 }  // namespace detail
