@@ -1,10 +1,34 @@
 #!/usr/bin/env bash
-# The test command: installs missing Debian packages, builds the tests, examples and benchmarks
-# (Release) and runs the whole suite with ctest.
+# The test command (CI runs it through .ci/run). Stages, each timed:
+#   1. main build (Release: tests, examples, benchmarks) + ctest, consumer projects included
+#   2. conan create (offline profile) with its test_package
+#   3. libFuzzer targets, FUZZ_SECONDS (default 20) each from the committed seed corpora
+#   4. AddressSanitizer + UndefinedBehaviorSanitizer build + ctest (last: its summary closes the log)
+# TOKENSEL_STAGES (default "main conan fuzz sanitize") picks stages; missing packages are
+# installed first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install-deps.sh
-build=${TOKENSEL_BUILD_DIR:-build}
-cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release
-cmake --build "$build" -j "$(nproc)"
-ctest --test-dir "$build" --output-on-failure -j "$(nproc)"
+stages=" ${TOKENSEL_STAGES:-main conan fuzz sanitize} "
+jobs=${TOKENSEL_JOBS:-$(nproc)}
+export TOKENSEL_JOBS=$jobs
+timing=""
+stage() {  # stage NAME COMMAND...: runs it and records its wall time
+  local name=$1 start=$SECONDS
+  shift
+  echo "==== stage $name"
+  "$@"
+  timing+="$name $((SECONDS - start))s; "
+  echo "==== stage $name took $((SECONDS - start)) s"
+}
+main_stage() {
+  local build=${TOKENSEL_BUILD_DIR:-build}
+  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release
+  cmake --build "$build" -j "$jobs"
+  ctest --test-dir "$build" --output-on-failure -j "$jobs"
+}
+case $stages in *" main "*) stage main main_stage ;; esac
+case $stages in *" conan "*) stage conan bash tools/conan-create.sh ;; esac
+case $stages in *" fuzz "*) FUZZ_SECONDS=${FUZZ_SECONDS:-20} stage fuzz bash tools/fuzz.sh ;; esac
+echo "stage times so far: ${timing:-none}"
+case $stages in *" sanitize "*) echo "==== stage sanitize"; bash tools/sanitize.sh ;; esac

@@ -89,13 +89,20 @@ class splitmix64 {
 
 /// floor((2 i + 1) m / (2 k)): the centre of the i-th of k equal parts of [0, m), in exact integer
 /// arithmetic.
-inline index_t spread(index_t i, index_t m, index_t k) noexcept { return ((2 * i + 1) * m) / (2 * k); }
+inline index_t spread(index_t i, index_t m, index_t k) noexcept {
+  // 128-bit product: (2i + 1) m overflows index_t for huge grids (i < k <= m).
+  return static_cast<index_t>(__extension__(static_cast<__int128>(2 * i + 1) * m) / (2 * k));
+}
 
 /// Extents of a grid argument must be >= 0.
 inline void check_grid_extents(const token_grid& grid, std::string_view name) {
   if (grid.rows < 0 || grid.cols < 0) {
     tokensel::detail::fail(errc::invalid_argument, name, std::to_string(grid.rows) + "x" + std::to_string(grid.cols),
                            "extents must be >= 0");
+  }
+  if (grid.rows > 0 && grid.cols > std::numeric_limits<index_t>::max() / grid.rows) {
+    tokensel::detail::fail(errc::invalid_argument, name, std::to_string(grid.rows) + "x" + std::to_string(grid.cols),
+                           "rows x cols overflows the index type");
   }
 }
 
@@ -267,7 +274,7 @@ inline token_grid output_grid(const token_grid& grid, const config& cfg) {
                            std::to_string(grid.rows) + "x" + std::to_string(grid.cols),
                            "not divisible by the window " + std::to_string(w) + " (partial_windows = false)");
   }
-  return {(grid.rows + w - 1) / w, (grid.cols + w - 1) / w};
+  return {grid.rows / w + (grid.rows % w != 0), grid.cols / w + (grid.cols % w != 0)};  // ceil, no overflow
 }
 
 inline index_t keep_count(const token_grid& grid, const config& cfg) { return output_grid(grid, cfg).size(); }

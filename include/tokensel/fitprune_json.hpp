@@ -140,7 +140,7 @@ inline recipe recipe_from_json(std::string_view text) {
   nlohmann::ordered_json j;
   try {
     j = nlohmann::ordered_json::parse(text.begin(), text.end());
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // parse_error, and out_of_range for number overflow
     tokensel::detail::fail(errc::parse_error, "fitprune.recipe.json", std::string("malformed JSON: ") + e.what());
   }
   return recipe_from_json_value(j);

@@ -63,7 +63,9 @@ namespace detail {
 /// int(count * ratio) in the reference implementations).
 inline index_t retained(index_t count, double ratio) {
   if (count <= 0) return 0;
-  const auto k = static_cast<index_t>(std::floor(static_cast<double>(count) * ratio));
+  const double f = std::floor(static_cast<double>(count) * ratio);
+  if (f >= static_cast<double>(count)) return count;  // ratio 1; also keeps huge counts castable
+  const auto k = static_cast<index_t>(f);
   return k < 1 ? 1 : k;
 }
 
@@ -103,6 +105,12 @@ result select(const Policy& policy, const Source& attention, const config& cfg, 
   tokensel::detail::check_capacity(out.size(), k, "fopru.out.size()");
   result res;
   if (n == 0) return res;
+  // Before any scratch is sized by n: an empty view (0 heads) may carry any n.
+  if constexpr (requires { attention.heads(); }) {
+    tokensel::detail::check_heads_present(attention.heads(), n, n);
+  } else {
+    tokensel::detail::check_heads_present(attention.extent(0), n, n);
+  }
 
   tokensel::detail::scratch_scope scratch;
   auto sig = scratch.take<float>(static_cast<std::size_t>(n));

@@ -31,7 +31,7 @@ namespace detail {
 inline float max_nan(float a, float b) noexcept { return (b > a || b != b) ? b : a; }
 
 inline void check_heads_present(index_t heads, index_t rows, index_t cols) {
-  if (heads == 0 && rows * cols != 0) fail(errc::shape_mismatch, "attention.extent(0)", heads, "no heads to reduce");
+  if (heads == 0 && rows != 0 && cols != 0) fail(errc::shape_mismatch, "attention.extent(0)", heads, "no heads to reduce");
 }
 }  // namespace detail
 

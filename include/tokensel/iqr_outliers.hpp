@@ -46,7 +46,8 @@ inline void validate(const iqr_config& cfg) {
 inline index_t iqr_max_count(index_t n, const iqr_config& cfg = {}) {
   validate(cfg);
   if (n <= 0) return 0;
-  index_t k = n - 1 - (3 * (n - 1)) / 4;
+  const index_t m = n - 1;
+  index_t k = m - (m / 4 * 3 + m % 4 * 3 / 4);  // m - floor(3m/4), without overflowing 3m
   if (cfg.lower_fence) k += (n - 1) / 4 + 1;
   return k < n ? k : n;
 }

@@ -341,9 +341,12 @@ inline index_t max_count(index_t n, const config& cfg) {
   if (n < 0) tokensel::detail::fail(errc::invalid_argument, "prumerge.n", n, "must be >= 0");
   const index_t kmax = iqr_max_count(n, iqr_config{.multiplier = cfg.iqr_multiplier});
   if (!cfg.plus) return kmax;
+  // Descending, stopping at the cap n: the same maximum, reached at once for large n (the loop
+  // from kc = 1 took O(n) steps, a hang for huge n).
   index_t best = kmax;
-  for (index_t kc = 1; kc <= kmax; ++kc) {
-    best = std::max(best, std::min(n, kc + detail::grid_size(n, grid_stride(n, kc))));
+  for (index_t kc = kmax; kc >= 1 && best < n; --kc) {
+    const index_t grid = detail::grid_size(n, grid_stride(n, kc));
+    best = std::max(best, grid >= n - kc ? n : kc + grid);  // min(n, kc + grid) without overflow
   }
   return best;
 }

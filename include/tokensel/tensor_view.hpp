@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstddef>
+#include <limits>
 #include <span>
 #include <string>
 #include <type_traits>
@@ -57,7 +58,9 @@ class tensor_view {
     index_t step = 1;
     for (std::size_t k = Rank; k-- > 0;) {
       s[k] = step;
-      step *= extents[k] > 0 ? extents[k] : 1;
+      const index_t e = extents[k] > 0 ? extents[k] : 1;
+      // Saturate: an empty view may have huge other extents (its strides are never used).
+      step = step > std::numeric_limits<index_t>::max() / e ? std::numeric_limits<index_t>::max() : step * e;
     }
     return s;
   }
@@ -69,9 +72,17 @@ class tensor_view {
   index_t stride(std::size_t k) const noexcept { return strides_[k]; }
 
   /// Number of elements viewed.
+  /// 0 when any extent is 0, however large the others are; saturates at the index_t maximum
+  /// instead of overflowing (such a view cannot describe real memory).
   index_t size() const noexcept {
+    for (index_t e : extents_) {
+      if (e == 0) return 0;
+    }
     index_t n = 1;
-    for (index_t e : extents_) n *= e;
+    for (index_t e : extents_) {
+      if (e > std::numeric_limits<index_t>::max() / n) return std::numeric_limits<index_t>::max();
+      n *= e;
+    }
     return n;
   }
   bool empty() const noexcept { return size() == 0; }

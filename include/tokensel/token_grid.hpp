@@ -23,8 +23,9 @@ struct token_grid {
   static token_grid square(index_t n, std::string_view name = "grid") {
     if (n < 0) detail::fail(errc::invalid_argument, std::string(name) + ".n", n, "must be >= 0");
     auto side = static_cast<index_t>(std::llround(std::sqrt(static_cast<double>(n))));
-    while (side * side > n) --side;
-    while ((side + 1) * (side + 1) <= n) ++side;
+    // Compare by division: side * side can overflow for n near the index_t maximum.
+    while (side > 0 && side > n / side) --side;
+    while (side + 1 <= n / (side + 1)) ++side;
     if (side * side != n) {
       detail::fail(errc::shape_mismatch, std::string(name) + ".n", n,
                    "not a square number of tokens; pass an explicit rows x cols grid");
@@ -35,7 +36,10 @@ struct token_grid {
 
 /// Throws unless grid is valid for n tokens (rows, cols >= 0 and rows * cols == n).
 inline void check_grid(const token_grid& grid, index_t n, std::string_view name = "grid") {
-  if (grid.rows < 0 || grid.cols < 0 || grid.rows * grid.cols != n) {
+  // rows * cols == n, tested by division (the product of fuzzed extents can overflow).
+  const bool covers = grid.rows >= 0 && grid.cols >= 0 &&
+                      (grid.rows == 0 ? n == 0 : (n % grid.rows == 0 && n / grid.rows == grid.cols));
+  if (!covers) {
     detail::fail(errc::shape_mismatch, name,
                  std::to_string(grid.rows) + "x" + std::to_string(grid.cols),
                  "does not cover the " + std::to_string(n) + " tokens");

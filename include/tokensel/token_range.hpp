@@ -2,6 +2,7 @@
 // application to views.
 #pragma once
 
+#include <limits>
 #include <string>
 
 #include "tokensel/config.hpp"
@@ -32,9 +33,14 @@ struct token_range {
 
 /// Throws unless range lies inside [0, n).
 inline void check_range(const token_range& range, index_t n, std::string_view name) {
-  if (range.begin < 0 || range.count < 0 || range.end() > n) {
+  // count > n - begin rather than begin + count > n: no overflow for fuzzed or huge values.
+  if (range.begin < 0 || range.count < 0 || range.count > n - range.begin) {
+    constexpr index_t hi = std::numeric_limits<index_t>::max(), lo = std::numeric_limits<index_t>::min();
+    const bool end_fits = range.count >= 0 ? range.begin <= hi - range.count : range.begin >= lo - range.count;
     detail::fail(errc::invalid_argument, name,
-                 "[" + std::to_string(range.begin) + ", " + std::to_string(range.end()) + ")",
+                 "[" + std::to_string(range.begin) + ", " +
+                     (end_fits ? std::to_string(range.begin + range.count)
+                               : std::to_string(range.begin) + " + " + std::to_string(range.count)) + ")",
                  "token range outside the " + std::to_string(n) + " tokens");
   }
 }

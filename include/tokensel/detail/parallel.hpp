@@ -15,8 +15,9 @@ TOKENSEL_BEGIN_NAMESPACE
 namespace detail {
 
 /// Calls body(i) for i in [0, n). Iterations must be independent; each writes only its own
-/// outputs, so the result does not depend on the policy or the thread count. An exception
-/// thrown by any iteration is rethrown on the calling thread (the first one caught).
+/// outputs, so the result does not depend on the policy or the thread count. When iterations
+/// throw, the exception of the lowest index is rethrown on the calling thread: the error that the
+/// sequential loop meets first, whatever the thread count and timing.
 template <class Body>
 void parallel_for(const sequential_policy&, index_t n, Body&& body) {
   for (index_t i = 0; i < n; ++i) body(i);
@@ -30,6 +31,7 @@ void parallel_for(const threaded_policy& policy, index_t n, Body&& body) {
     return;
   }
   std::exception_ptr first_error;
+  index_t first_index = n;
   std::mutex error_mutex;
   const int threads = policy.threads > 0 ? policy.threads : omp_get_max_threads();
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
@@ -38,7 +40,10 @@ void parallel_for(const threaded_policy& policy, index_t n, Body&& body) {
       body(i);
     } catch (...) {
       std::lock_guard<std::mutex> lock(error_mutex);
-      if (!first_error) first_error = std::current_exception();
+      if (i < first_index) {
+        first_index = i;
+        first_error = std::current_exception();
+      }
     }
   }
   if (first_error) std::rethrow_exception(first_error);

@@ -1,0 +1,81 @@
+# Builds and runs the consumer project (tests/consumers/project) one way. Used by ctest:
+#   cmake -DMODE=<find_package|subdirectory|fetchcontent|install|archive> -DSOURCE=<tokensel source>
+#         -DWORK=<scratch dir> [-DGENERATOR=..] [-DCUDA=ON] -P run_consumer.cmake
+# MODE=install  : configures tokensel alone (no tests/examples) and installs it into WORK/prefix.
+# MODE=archive  : packs the source tree into WORK/tokensel-src.tar.gz (what FetchContent downloads).
+cmake_minimum_required(VERSION 3.21)
+foreach(v MODE SOURCE WORK)
+  if(NOT DEFINED ${v})
+    message(FATAL_ERROR "run_consumer.cmake: -D${v}=... is required")
+  endif()
+endforeach()
+if(NOT GENERATOR)
+  set(GENERATOR "Ninja")
+endif()
+if(NOT CUDA)
+  set(CUDA OFF)
+endif()
+set(project_dir "${CMAKE_CURRENT_LIST_DIR}/project")
+
+function(step)
+  string(REPLACE ";" " " shown "${ARGV}")
+  message(STATUS "run: ${shown}")
+  execute_process(COMMAND ${ARGV} RESULT_VARIABLE rc)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "failed (${rc}): ${shown}")
+  endif()
+endfunction()
+
+if(MODE STREQUAL "install")
+  file(REMOVE_RECURSE "${WORK}/tokensel-build" "${WORK}/prefix")
+  step(${CMAKE_COMMAND} -S "${SOURCE}" -B "${WORK}/tokensel-build" -G "${GENERATOR}"
+       -DTOKENSEL_BUILD_TESTS=OFF -DTOKENSEL_BUILD_EXAMPLES=OFF -DTOKENSEL_BUILD_BENCHMARKS=OFF
+       -DTOKENSEL_INSTALL=ON -DTOKENSEL_WITH_CUDA=${CUDA} -DCMAKE_INSTALL_PREFIX=${WORK}/prefix)
+  step(${CMAKE_COMMAND} --install "${WORK}/tokensel-build")
+  foreach(f include/tokensel/fopru.hpp share/cmake/tokensel/tokenselConfig.cmake
+            share/cmake/tokensel/tokenselConfigVersion.cmake share/cmake/tokensel/tokenselTargets.cmake)
+    if(NOT EXISTS "${WORK}/prefix/${f}")
+      message(FATAL_ERROR "not installed: ${f}")
+    endif()
+  endforeach()
+  file(READ "${WORK}/prefix/share/cmake/tokensel/tokenselConfigVersion.cmake" version_file)
+  # ARCH_INDEPENDENT: the generated file skips its 32/64-bit check with `if("TRUE") return()`.
+  string(FIND "${version_file}" "don't perform the check\nif(\"TRUE\")" arch_skip)
+  if(arch_skip EQUAL -1)
+    message(FATAL_ERROR "the version file is not ARCH_INDEPENDENT")
+  endif()
+  return()
+endif()
+
+if(MODE STREQUAL "archive")
+  file(MAKE_DIRECTORY "${WORK}")
+  set(members CMakeLists.txt cmake include LICENSE README.md)
+  if(EXISTS "${SOURCE}/cuda/CMakeLists.txt")
+    list(APPEND members cuda)
+  endif()
+  execute_process(COMMAND ${CMAKE_COMMAND} -E tar czf "${WORK}/tokensel-src.tar.gz" ${members}
+                  WORKING_DIRECTORY "${SOURCE}" RESULT_VARIABLE rc)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "could not pack ${SOURCE}")
+  endif()
+  return()
+endif()
+
+set(bin "${WORK}/consumer-${MODE}")
+file(REMOVE_RECURSE "${bin}")
+set(args -DTOKENSEL_CONSUMER_MODE=${MODE} -DTOKENSEL_CONSUMER_CUDA=${CUDA} -DCMAKE_BUILD_TYPE=Release)
+if(MODE STREQUAL "find_package")
+  list(APPEND args "-DCMAKE_PREFIX_PATH=${WORK}/prefix")
+elseif(MODE STREQUAL "subdirectory")
+  list(APPEND args "-DTOKENSEL_SOURCE_DIR=${SOURCE}" -DTOKENSEL_WITH_CUDA=${CUDA})
+elseif(MODE STREQUAL "fetchcontent")
+  file(TO_CMAKE_PATH "${WORK}/tokensel-src.tar.gz" archive)
+  list(APPEND args "-DTOKENSEL_FETCH_URL=file://${archive}" -DTOKENSEL_WITH_CUDA=${CUDA}
+       -DFETCHCONTENT_FULLY_DISCONNECTED=OFF)
+endif()
+step(${CMAKE_COMMAND} -S "${project_dir}" -B "${bin}" -G "${GENERATOR}" ${args})
+step(${CMAKE_COMMAND} --build "${bin}")
+step("${bin}/consumer")
+if(CUDA)
+  step("${bin}/consumer_cuda")
+endif()
