@@ -519,6 +519,11 @@ TEST(FitPruneCalibration, BisectionTerminatesAndPicksUpper) {
   EXPECT_DOUBLE_EQ(res.flops_ratio, 0.6166666666666667);
   // Coarser tolerance: fewer iterations (widths 1/2, 1/4, 1/8 -> stops at 0.125 <= 0.2).
   EXPECT_EQ(cal.fit(0.3, {.tolerance = 0.2}).iterations, 3);
+  // A tolerance below the spacing of doubles (found by fuzzing: it looped forever) stops when
+  // the bracket cannot shrink any more: at most ~1075 halvings, same recipe.
+  const auto tiny = cal.fit(0.3, {.tolerance = 5e-324});
+  EXPECT_LT(tiny.iterations, 1100);
+  EXPECT_EQ(tiny.recipe.drops, (std::vector<index_t>{2, 0}));
 }
 
 TEST(FitPruneCalibration, UpperVersusOfficialLastIterate) {

@@ -505,6 +505,9 @@ fit_result fit(Source&& source, const flops_model& geometry, double reduction, c
   int iterations = 0;
   while (hi - lo > options.tolerance) {
     const double mid = (lo + hi) / 2.0;
+    // A tolerance below the spacing of doubles near alpha cannot be met: stop when the bracket
+    // can no longer shrink instead of looping forever.
+    if (mid <= lo || mid >= hi) break;
     fit_pass pass = fit_once(source, geometry, mid, reduction);
     ++iterations;
     if (pass.reached) {
