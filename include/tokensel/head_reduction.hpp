@@ -3,10 +3,12 @@
 
 #include <algorithm>
 #include <string>
+#include <type_traits>
 
 #include "tokensel/config.hpp"
 #include "tokensel/detail/parallel.hpp"
 #include "tokensel/detail/scratch.hpp"
+#include "tokensel/detail/widen.hpp"
 #include "tokensel/element.hpp"
 #include "tokensel/error.hpp"
 #include "tokensel/policy.hpp"
@@ -42,8 +44,29 @@ template <element T>
 void reduce_heads_row(const head_attention_view<T>& attention, index_t i, head_reduction op, float* row) {
   const index_t heads = attention.extent(0), cols = attention.extent(2);
   const index_t astride = attention.stride(2);
+  constexpr bool narrow = !std::is_same_v<std::remove_cv_t<T>, float>;
+  // fp16 / bf16 rows are widened a block at a time (exactly), so the loops below vectorise.
+  constexpr index_t block = 512;
+  float buffer[narrow ? block : 1];
   for (index_t h = 0; h < heads; ++h) {
     const T* a = &attention(h, i, 0);
+    if (astride == 1 && narrow) {
+      for (index_t j0 = 0; j0 < cols; j0 += block) {
+        const index_t len = cols - j0 < block ? cols - j0 : block;
+        float* dst = row + j0;
+        if (h == 0) {
+          widen(a + j0, len, dst);
+          continue;
+        }
+        widen(a + j0, len, buffer);
+        if (op == head_reduction::max) {
+          for (index_t j = 0; j < len; ++j) dst[j] = max_nan(dst[j], buffer[j]);
+        } else {
+          for (index_t j = 0; j < len; ++j) dst[j] += buffer[j];
+        }
+      }
+      continue;
+    }
     if (h == 0) {
       if (astride == 1) {
         for (index_t j = 0; j < cols; ++j) row[j] = to_float(a[j]);

@@ -34,7 +34,7 @@ void parallel_for(const threaded_policy& policy, index_t n, Body&& body) {
   index_t first_index = n;
   std::mutex error_mutex;
   const int threads = policy.threads > 0 ? policy.threads : omp_get_max_threads();
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+#pragma omp parallel for schedule(guided) num_threads(threads)
   for (index_t i = 0; i < n; ++i) {
     try {
       body(i);
