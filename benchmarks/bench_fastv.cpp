@@ -1,0 +1,54 @@
+// FastV (K = 2, R = 0.5) on the LLM side, Vicuna-7B prefill (32 heads), sequences of
+// 35 prefix + visual + 40 text tokens with 576 (LLaVA-1.5), 2880 (LLaVA-NeXT, 5 views) and 2048
+// (video, 8 x 256) visual tokens. Input: the last query row of layer K-1 for every head,
+// [32, 1, L] (all FastV reads: the last row over the visual columns). Floor: one pass over those
+// 32 x n values. These are microsecond-scale calls dominated by the top-k.
+#include <vector>
+
+#include "bench_common.hpp"
+#include "tokensel/fastv.hpp"
+
+namespace {
+
+using namespace bench;
+namespace ts = tokensel;
+
+inline constexpr llm_shape llm_shapes[] = {vicuna_llava15, vicuna_next5, vicuna_video8};
+
+template <class T>
+std::string floor_name(const llm_shape& s) {
+  return std::string("floor/") + dtype<T>() + "/" + s.name + "/last_row_visual";
+}
+
+template <class T>
+std::int64_t bytes(const llm_shape& s) {
+  return static_cast<std::int64_t>(s.heads * s.visual) * static_cast<std::int64_t>(sizeof(T));
+}
+
+template <class T>
+void register_shape(const llm_shape& s) {
+  add(floor_name<T>(s), "", bytes<T>(s), 1, [=](benchmark::State& state) {
+    const auto& a = llm_last_rows<T>(s, 1);
+    for (auto _ : state) benchmark::DoNotOptimize(stream_sum_rows(a.data() + s.prefix, s.heads, s.tokens(), s.visual));
+  });
+  add(std::string("fastv/K2_R0.5/") + dtype<T>() + "/" + s.name + "/seq", floor_name<T>(s), bytes<T>(s), 1,
+      [=](benchmark::State& state) {
+        const auto& a = llm_last_rows<T>(s, 1);
+        const ts::fastv::config cfg{};
+        const ts::head_attention_view<T> view(a.data(), {s.heads, 1, s.tokens()});
+        const auto visual = ts::token_range::visual_span(s.prefix, s.visual);
+        std::vector<token_index> out(static_cast<std::size_t>(ts::fastv::keep_count(s.visual, cfg)));
+        for (auto _ : state) benchmark::DoNotOptimize(ts::fastv::select(ts::seq, view, visual, cfg, std::span<token_index>(out)));
+      });
+}
+
+void register_all() {
+  for (const auto& s : llm_shapes) {
+    register_shape<float>(s);
+    register_shape<f16>(s);
+  }
+}
+
+}  // namespace
+
+TOKENSEL_BENCH_MAIN(register_all)
