@@ -9,8 +9,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install-deps.sh
-# Relative paths in ccache keys: a fresh clone elsewhere reuses earlier compilations.
-export CCACHE_BASEDIR="$PWD"
 stages=" ${TOKENSEL_STAGES:-main conan fuzz sanitize} "
 jobs=${TOKENSEL_JOBS:-$(nproc)}
 export TOKENSEL_JOBS=$jobs
