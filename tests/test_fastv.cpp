@@ -11,6 +11,8 @@
 
 #include "tokensel/fastv.hpp"
 
+#include "support/tiny_causal_map.hpp"
+
 using namespace tokensel;
 
 namespace {
@@ -18,23 +20,6 @@ namespace {
 // The tiny causal map of test_region_mass.cpp (L = 7, visual span [2, 5), 2 heads). Last row
 // (row 6) on the visual columns: head 0 (.25, .125, .0625), head 1 (.125, .0625, .25);
 // mean (.1875, .09375, .15625) (fitprune_reference.py: "FastV mean-head last row").
-std::vector<float> tiny_map() {
-  const float h[2][7][7] = {{{1},
-                             {.5f, .5f},
-                             {.25f, .25f, .5f},
-                             {.125f, .125f, .25f, .5f},
-                             {.125f, .125f, .25f, .25f, .25f},
-                             {.25f, .125f, .125f, .25f, .125f, .125f},
-                             {.125f, .125f, .25f, .125f, .0625f, .0625f, .25f}},
-                            {{1},
-                             {.25f, .75f},
-                             {.5f, .25f, .25f},
-                             {.25f, .25f, .125f, .375f},
-                             {.25f, .125f, .125f, .125f, .375f},
-                             {.125f, .125f, .0625f, .5f, .0625f, .125f},
-                             {.25f, .125f, .125f, .0625f, .25f, .0625f, .125f}}};
-  return std::vector<float>(&h[0][0][0], &h[0][0][0] + 2 * 49);
-}
 
 template <class F>
 void expect_error(F&& f, errc code, const std::string& name) {
@@ -81,7 +66,7 @@ TEST(FastV, KeepCountIsPythonRound) {
 }
 
 TEST(FastV, HandComputedLastRowSelection) {
-  const auto a = tiny_map();
+  const auto a = tokensel_test::tiny_causal_map();
   head_attention_view<float> view(a.data(), {2, 7, 7});
   fastv::result res;
   // R = 0.5 of 3 -> keep round(1.5) = 2: the two highest, .1875 (0) and .15625 (2).
@@ -143,7 +128,7 @@ TEST(FastV, ScoresAndPrecisionsAndStrides) {
 }
 
 TEST(FastV, BatchedForms) {
-  const auto a = tiny_map();
+  const auto a = tokensel_test::tiny_causal_map();
   std::vector<float> two(a);
   two.insert(two.end(), a.begin(), a.end());
   attention_view<float> batch(two.data(), {2, 2, 7, 7});
@@ -174,7 +159,7 @@ TEST(FastV, BatchedForms) {
 }
 
 TEST(FastV, RejectsBadInput) {
-  auto a = tiny_map();
+  auto a = tokensel_test::tiny_causal_map();
   head_attention_view<float> view(a.data(), {2, 7, 7});
   std::vector<token_index> out(3), small(1);
   expect_error([] { fastv::keep_count(10, {.ratio = 1.0}); }, errc::invalid_argument, "fastv.ratio = 1");

@@ -16,6 +16,8 @@
 #include "tokensel/fitprune.hpp"
 #include "tokensel/fitprune_json.hpp"
 
+#include "support/tiny_causal_map.hpp"
+
 using namespace tokensel;
 
 namespace {
@@ -25,23 +27,6 @@ const std::filesystem::path kDataDir = std::filesystem::path(__FILE__).parent_pa
 // The tiny causal map of test_region_mass.cpp (L = 7, span [2, 5), 2 heads).
 // Max over heads: cross = (.375, .625, .375), self = (1/3, .25, .125),
 // cross * self = (.125, .15625, .046875): token 2 is dropped first, then token 0.
-std::vector<float> tiny_map() {
-  const float h[2][7][7] = {{{1},
-                             {.5f, .5f},
-                             {.25f, .25f, .5f},
-                             {.125f, .125f, .25f, .5f},
-                             {.125f, .125f, .25f, .25f, .25f},
-                             {.25f, .125f, .125f, .25f, .125f, .125f},
-                             {.125f, .125f, .25f, .125f, .0625f, .0625f, .25f}},
-                            {{1},
-                             {.25f, .75f},
-                             {.5f, .25f, .25f},
-                             {.25f, .25f, .125f, .375f},
-                             {.25f, .125f, .125f, .125f, .375f},
-                             {.125f, .125f, .0625f, .5f, .0625f, .125f},
-                             {.25f, .125f, .125f, .0625f, .25f, .0625f, .125f}}};
-  return std::vector<float>(&h[0][0][0], &h[0][0][0] + 2 * 49);
-}
 
 std::vector<float> random_causal(index_t heads, index_t L, unsigned seed) {
   std::mt19937 rng(seed);
@@ -271,7 +256,7 @@ TEST(FitPruneJson, OfficialRecipesLoad) {
 // ---- runtime ----------------------------------------------------------------------------------
 
 TEST(FitPruneRuntime, HandComputedDrops) {
-  const auto a = tiny_map();
+  const auto a = tokensel_test::tiny_causal_map();
   fitprune::layer_result res;
   EXPECT_EQ(prune(a, 2, 7, {2, 3}, 0, &res), (std::vector<token_index>{0, 1, 2}));
   EXPECT_EQ(res.cross_mass, 0.0f);  // drop 0: attention not read
@@ -346,7 +331,7 @@ TEST(FitPruneRuntime, MatchesBruteForceAndPolicies) {
 }
 
 TEST(FitPruneRuntime, BatchedForms) {
-  const auto a = tiny_map();
+  const auto a = tokensel_test::tiny_causal_map();
   // Batch of 2 identical samples, drop 1 each.
   std::vector<float> two(a);
   two.insert(two.end(), a.begin(), a.end());
@@ -383,7 +368,7 @@ TEST(FitPruneRuntime, BatchedForms) {
 }
 
 TEST(FitPruneRuntime, RejectsBadInput) {
-  auto a = tiny_map();
+  auto a = tokensel_test::tiny_causal_map();
   head_attention_view<float> view(a.data(), {2, 7, 7});
   std::vector<token_index> kept(3), small(1);
   expect_error([&] { fitprune::prune_layer(seq, view, {2, 3}, 4, kept); }, errc::invalid_argument, "fitprune.drop = 4");
@@ -419,7 +404,7 @@ TEST(FitPrunePositions, TrackOriginalPositionsAcrossLayers) {
   pos.reset(3);
   EXPECT_EQ(pos.size(), 3);
   // Runtime loop over a recipe: the tiny map at two layers with drops {1, 1} keeps original token 1.
-  const auto a = tiny_map();
+  const auto a = tokensel_test::tiny_causal_map();
   head_attention_view<float> view(a.data(), {2, 7, 7});
   fitprune::position_tracker p(3);
   std::vector<token_index> kept(3);
@@ -547,7 +532,7 @@ TEST(FitPruneCalibration, UpperVersusOfficialLastIterate) {
 TEST(FitPruneCalibration, FromAttentionViews) {
   // Two layers that both see the tiny map: cross is stored per text row (a_c / 2).
   fitprune::calibrator cal({.hidden = 1, .ffn = 1, .layers = 2, .visual_tokens = 3});
-  const auto a = tiny_map();
+  const auto a = tokensel_test::tiny_causal_map();
   head_attention_view<float> view(a.data(), {2, 7, 7});
   const index_t id = cal.add_sample();
   EXPECT_FALSE(cal.complete());
