@@ -243,8 +243,12 @@ inline std::uint64_t bits(index_t v) { return static_cast<std::uint64_t>(v); }
 /// Indices ascending, unique and in [0, n).
 inline void check_ascending(std::span<const token_index> idx, index_t n, const char* what) {
   for (std::size_t i = 0; i < idx.size(); ++i) {
-    require(idx[i] >= 0 && idx[i] < n, what);
-    if (i > 0) require(idx[i - 1] < idx[i], what);
+    if ((idx[i] >= 0 && idx[i] < n) && (i == 0 || idx[i - 1] < idx[i])) continue;
+    // Print the selection so the reproducer's failure can be read without a debugger.
+    std::fprintf(stderr, "n = %lld, indices:", static_cast<long long>(n));
+    for (token_index v : idx) std::fprintf(stderr, " %d", static_cast<int>(v));
+    std::fprintf(stderr, "\n");
+    finding(what);
   }
 }
 

@@ -12,13 +12,9 @@ void run(FuzzedDataProvider& in) {
   freepruner::config cfg;
   cfg.heads = static_cast<head_reduction>(in.ConsumeIntegralInRange<int>(0, 3));
   cfg.first_layer = in.ConsumeIntegralInRange<int>(0, 7) == 0 ? fuzz::draw_count(in, 3) : in.ConsumeIntegralInRange<index_t>(0, 2);
-  // Layer indices bounded below 2^40: layers_end(cfg) = max(last, complementary) + 1 overflows
-  // for the index_t maximum (open finding in freepruner.hpp, docs/reliability.md).
-  cfg.last_layer = in.ConsumeIntegralInRange<int>(0, 7) == 0 ? std::min<index_t>(fuzz::draw_count(in, 3), index_t{1} << 40) : std::min<index_t>(cfg.first_layer, 100) + in.ConsumeIntegralInRange<index_t>(0, 2);
-  cfg.complementary_layer = in.ConsumeIntegralInRange<int>(0, 7) == 0 ? std::min<index_t>(fuzz::draw_count(in, 3), index_t{1} << 40) : in.ConsumeIntegralInRange<index_t>(0, 4);
-  // Bounded: with n = 0 freepruner sizes scratch by pivotal_layers * k_pivotal before checking k
-  // (open finding in freepruner.hpp, docs/reliability.md).
-  cfg.k_pivotal = std::min<index_t>(fuzz::draw_count(in, 4), 64);
+  cfg.last_layer = in.ConsumeIntegralInRange<int>(0, 7) == 0 ? fuzz::draw_count(in, 3) : std::min<index_t>(cfg.first_layer, 100) + in.ConsumeIntegralInRange<index_t>(0, 2);
+  cfg.complementary_layer = in.ConsumeIntegralInRange<int>(0, 7) == 0 ? fuzz::draw_count(in, 3) : in.ConsumeIntegralInRange<index_t>(0, 4);
+  cfg.k_pivotal = fuzz::draw_count(in, 4);
   cfg.iqr_multiplier = fuzz::draw_scalar(in);
   cfg.mode = static_cast<freepruner::mode>(in.ConsumeIntegralInRange<int>(0, 2));
   cfg.budget = fuzz::draw_count(in, 8);
@@ -52,7 +48,10 @@ void run(FuzzedDataProvider& in) {
                fuzz::bits(r.filled)};
   });
   if (sel.ok) {
-    const index_t n = cfg.skip_cls ? std::max<index_t>(tokens - 1, 0) : tokens;
+    // The token count is that of the layers the config reads (a layer outside them may have
+    // another size), i.e. of the first pivotal layer.
+    const index_t used_tokens = layers[static_cast<std::size_t>(cfg.first_layer - offset)].view(true).extent(1);
+    const index_t n = cfg.skip_cls ? std::max<index_t>(used_tokens - 1, 0) : used_tokens;
     fuzz::require(static_cast<index_t>(sel.indices.size()) <= freepruner::max_count(n, cfg), "freepruner: count above max_count");
     fuzz::check_ascending(sel.indices, n, "freepruner: indices");
   }

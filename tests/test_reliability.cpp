@@ -344,3 +344,92 @@ TEST(Reliability, ThreadedErrorIsTheSequentialOne) {
     }
   }
 }
+
+// ---- fixed open findings of the fuzzers (formerly bounded inputs in fuzz/) ----------------------
+
+TEST(Reliability, FastVKeepCountOfHugeN) {
+  // round(n * (1 - R)) was cast from a double that rounds to 2^63 for n = index_t max.
+  EXPECT_EQ(fastv::keep_count(kMax, {.ratio = 0.0}), kMax);
+  EXPECT_EQ(fastv::keep_count(index_t{1} << 40, {.ratio = 0.5}), index_t{1} << 39);
+  EXPECT_EQ(fastv::keep_count(5, {.ratio = 0.5}), 2);  // Python round(2.5) = 2 (half to even)
+}
+
+TEST(Reliability, FreePrunerLayerIndexBound) {
+  // layers_end = max(last, complementary) + 1 overflowed for index_t max; the streaming selector
+  // also sized one flag per layer.
+  expect_error([] { freepruner::validate({.last_layer = kMax}); }, errc::invalid_argument,
+               "tokensel: freepruner.last_layer = 9223372036854775807: must be <= 4095 (max_layer_index)");
+  expect_error([] { freepruner::validate({.first_layer = 0, .last_layer = 1, .complementary_layer = 4096}); },
+               errc::invalid_argument,
+               "tokensel: freepruner.complementary_layer = 4096: must be <= 4095 (max_layer_index)");
+}
+
+TEST(Reliability, FreePrunerHugeKWithoutPatches) {
+  // A one-token stack (CLS only: n = 0 patches) with k_pivotal = 2^40 sized its scratch by
+  // layers * k before k was checked against n (a 4 TB request). n = 0 selects nothing.
+  std::vector<float> a(1, 1.0f);
+  std::vector<head_attention_view<float>> layers(2, head_attention_view<float>(a.data(), {1, 1, 1}));
+  const freepruner::config cfg{.first_layer = 0, .last_layer = 1, .k_pivotal = index_t{1} << 40, .complementary_layer = 1};
+  std::vector<token_index> out;
+  const auto r = freepruner::select(seq, freepruner::layer_stack<float>{layers, 0}, cfg, out);
+  EXPECT_EQ(r.count, 0);
+  freepruner::selector streaming(1, cfg, 1);
+  EXPECT_EQ(streaming.patches(), 0);
+}
+
+TEST(Reliability, FitPruneArithmeticOfHugeN) {
+  // k_l * n overflowed int64 for huge n; the FLOPs model's int64 products overflowed for huge
+  // geometries. Scaling is now exact (k q + k r / n_fit) and FLOPs are doubles.
+  fitprune::recipe r;
+  r.geometry = {.hidden = 4096, .ffn = 11008, .layers = 2, .visual_tokens = 576};
+  r.drops = {288, 144};
+  r.reduction = 0.5;
+  // floor(288 n / 576) = n / 2 and floor(144 n / 576) = n / 4 for n = index_t max (odd).
+  EXPECT_EQ(fitprune::drops_at(r, 0, kMax), kMax / 2);
+  EXPECT_EQ(fitprune::drops_at(r, 1, kMax), kMax / 4);
+  EXPECT_EQ(fitprune::keep_count(kMax, r), kMax - kMax / 2 - kMax / 4);
+  EXPECT_EQ(fitprune::keep_count(577, r), 577 - 288 - 144);
+  const double ratio = fitprune::flops_ratio(r, kMax);
+  EXPECT_TRUE(std::isfinite(ratio) && ratio > 0.0 && ratio < 1.0) << ratio;
+  fitprune::flops_model huge{.hidden = kMax, .ffn = kMax, .layers = 1, .visual_tokens = 1};
+  EXPECT_TRUE(std::isfinite(huge.original()));
+  expect_error([] { fitprune::validate(fitprune::flops_model{.visual_tokens = index_t{1} << 31}); },
+               errc::invalid_argument,
+               "tokensel: fitprune.geometry.visual_tokens = 2147483648: must fit a token_index (<= 2147483647)");
+}
+
+TEST(Reliability, FitPruneBisectionWithATinyTolerance) {
+  // A tolerance below the spacing of doubles in the bracket cannot be met: the bisection stops
+  // when the bracket no longer shrinks instead of looping forever.
+  fitprune::calibrator cal(fitprune::flops_model{.hidden = 8, .ffn = 16, .layers = 2, .visual_tokens = 4});
+  const index_t s = cal.add_sample();
+  for (index_t l = 0; l < 2; ++l) {
+    const std::vector<float> c{0.1f, 0.2f, 0.3f, 0.4f}, v{0.4f, 0.3f, 0.2f, 0.1f};
+    cal.add_layer(s, l, {.cross = c, .self = v, .text_rows = 2, .cross_mass = 1.0, .self_mass = 1.0});
+  }
+  const auto res = cal.fit(0.3, {.tolerance = 5e-324});
+  fitprune::validate(res.recipe);
+  EXPECT_GT(res.iterations, 50);
+  EXPECT_LT(res.iterations, 2000);
+}
+
+TEST(Reliability, PruMergeMaxRowsOfHugeN) {
+  // max_count = n = index_t max plus the extra merged row overflowed.
+  expect_error([] { (void)prumerge::max_rows(kMax, {.plus = true, .merge = true, .extra_token = true}); },
+               errc::invalid_argument,
+               "tokensel: prumerge.n = 9223372036854775807: too large: the row count with the extra row overflows");
+  EXPECT_EQ(prumerge::max_rows(kMax, {.plus = true, .merge = false}), prumerge::max_count(kMax, {.plus = true}));
+}
+
+TEST(Reliability, NpyFloat64BeyondFloat32) {
+  // fuzz_npy: a float64 value beyond the float32 range is rejected as non_finite (it would be Inf).
+  host_tensor t(dtype::f32, {2});
+  auto image = npy::write_buffer(t);
+  std::string file(reinterpret_cast<const char*>(image.data()), image.size());
+  file.replace(file.find("<f4"), 3, "<f8");
+  file.resize(file.size() - 8);
+  const double values[2] = {0.5, 1e300};
+  file.append(reinterpret_cast<const char*>(values), sizeof values);
+  expect_error([&] { (void)npy::read_buffer(bytes(file)); }, errc::non_finite,
+               "tokensel: npy.data[1] = 1e+300: float64 value overflows float32 (in buffer)");
+}

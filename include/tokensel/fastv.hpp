@@ -69,7 +69,10 @@ inline index_t round_half_even(double x) {
 inline index_t keep_count(index_t n, const config& cfg) {
   validate(cfg);
   if (n < 0) tokensel::detail::fail(errc::invalid_argument, "fastv.n", n, "must be >= 0");
-  return detail::round_half_even(static_cast<double>(n) * (1.0 - cfg.ratio));
+  const double kept = static_cast<double>(n) * (1.0 - cfg.ratio);
+  // Near 2^63 the double product can round up to n or beyond, out of index_t's range.
+  if (kept >= static_cast<double>(n)) return n;
+  return detail::round_half_even(kept);
 }
 
 /// From precomputed head-reduced scores of the visual tokens (e.g. the last query row computed

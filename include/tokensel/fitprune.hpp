@@ -21,6 +21,7 @@
 #include <cmath>
 #include <concepts>
 #include <cstdint>
+#include <limits>
 #include <numeric>
 #include <optional>
 #include <span>
@@ -59,20 +60,22 @@ struct flops_model {
   index_t layers = 32;          ///< T
   index_t visual_tokens = 576;  ///< n0 (the visual count a recipe is fitted for, n_fit)
 
-  std::int64_t before(index_t n) const noexcept {
-    const std::int64_t d = hidden, k = n;
+  // FLOPs are doubles: exact integers below 2^53 (LLaVA-1.5-7B's whole model is ~3.8e12), and no
+  // overflow for any geometry or token count a caller passes.
+  double before(index_t n) const noexcept {
+    const double d = static_cast<double>(hidden), k = static_cast<double>(n);
     return 3 * k * d * d + 2 * k * k * d;
   }
-  std::int64_t after(index_t n) const noexcept {
-    const std::int64_t d = hidden, m = ffn, k = n;
+  double after(index_t n) const noexcept {
+    const double d = static_cast<double>(hidden), m = static_cast<double>(ffn), k = static_cast<double>(n);
     return k * d * d + 3 * k * d * m;
   }
-  std::int64_t layer(index_t n) const noexcept { return before(n) + after(n); }
-  std::int64_t original() const noexcept { return layers * layer(visual_tokens); }
+  double layer(index_t n) const noexcept { return before(n) + after(n); }
+  double original() const noexcept { return static_cast<double>(layers) * layer(visual_tokens); }
 
   /// Cost of a drop schedule (drops[l] removed at layer l) starting from n visual tokens.
-  std::int64_t cost(std::span<const index_t> drops, index_t n) const noexcept {
-    std::int64_t total = 0;
+  double cost(std::span<const index_t> drops, index_t n) const noexcept {
+    double total = 0;
     for (index_t l = 0; l < layers; ++l) {
       total += before(n);
       if (l < static_cast<index_t>(drops.size())) n -= drops[l];
@@ -90,6 +93,10 @@ inline void validate(const flops_model& f, std::string_view name = "fitprune.geo
   positive(f.ffn, "ffn");
   positive(f.layers, "layers");
   positive(f.visual_tokens, "visual_tokens");
+  if (f.visual_tokens > std::numeric_limits<token_index>::max()) {
+    tokensel::detail::fail(errc::invalid_argument, std::string(name) + ".visual_tokens", f.visual_tokens,
+                           "must fit a token_index (<= 2147483647)");
+  }
 }
 
 // ---- recipe -----------------------------------------------------------------------------------
@@ -127,6 +134,14 @@ inline void validate(const recipe& r, std::string_view name = "fitprune.recipe")
 }
 
 namespace detail {
+/// floor(k * n / n_fit) for 0 <= k <= n_fit, without forming k * n (which overflows for huge n):
+/// n = q n_fit + r gives k q + floor(k r / n_fit); k q <= n, and k r < n_fit^2 < 2^62 since
+/// validate() bounds n_fit by the token_index range.
+inline index_t scale_drop(index_t k, index_t n, index_t n_fit) noexcept {
+  const index_t q = n / n_fit, r = n % n_fit;
+  return k * q + k * r / n_fit;
+}
+
 inline void check_visual_count(index_t n, std::string_view name) {
   if (n < 0) tokensel::detail::fail(errc::invalid_argument, name, n, "must be >= 0");
 }
@@ -140,7 +155,7 @@ inline index_t drops_at(const recipe& r, index_t layer, index_t n) {
   if (layer < 0 || layer >= r.geometry.layers) {
     tokensel::detail::fail(errc::invalid_argument, "fitprune.layer", layer, "must be in [0, " + std::to_string(r.geometry.layers) + ")");
   }
-  return r.drops[static_cast<std::size_t>(layer)] * n / r.geometry.visual_tokens;
+  return detail::scale_drop(r.drops[static_cast<std::size_t>(layer)], n, r.geometry.visual_tokens);
 }
 
 /// All scaled drop counts for n visual tokens (out.size() == layers).
@@ -151,7 +166,7 @@ inline void scaled_drops(const recipe& r, index_t n, std::span<index_t> out) {
     tokensel::detail::fail(errc::shape_mismatch, "fitprune.scaled_drops.out.size()", out.size(),
                            "must equal geometry.layers = " + std::to_string(r.geometry.layers));
   }
-  for (std::size_t l = 0; l < out.size(); ++l) out[l] = r.drops[l] * n / r.geometry.visual_tokens;
+  for (std::size_t l = 0; l < out.size(); ++l) out[l] = detail::scale_drop(r.drops[l], n, r.geometry.visual_tokens);
 }
 
 /// Visual tokens left after `layers_done` layers (0 .. layers) for a sample entering with n.
@@ -162,7 +177,7 @@ inline index_t remaining_after(index_t n, const recipe& r, index_t layers_done) 
     tokensel::detail::fail(errc::invalid_argument, "fitprune.layers_done", layers_done, "must be in [0, " + std::to_string(r.geometry.layers) + "]");
   }
   index_t left = n;
-  for (index_t l = 0; l < layers_done; ++l) left -= r.drops[static_cast<std::size_t>(l)] * n / r.geometry.visual_tokens;
+  for (index_t l = 0; l < layers_done; ++l) left -= detail::scale_drop(r.drops[static_cast<std::size_t>(l)], n, r.geometry.visual_tokens);
   return left;  // >= 0: the scaled counts sum to at most floor(sum k_l * n / n_fit) <= n
 }
 
@@ -177,7 +192,7 @@ inline double flops_ratio(const recipe& r, index_t n) {
   if (n == 0) return 1.0;
   std::vector<index_t> drops(r.drops.size());
   scaled_drops(r, n, drops);
-  return static_cast<double>(r.geometry.cost(drops, n)) / static_cast<double>(r.geometry.layers * r.geometry.layer(n));
+  return r.geometry.cost(drops, n) / (static_cast<double>(r.geometry.layers) * r.geometry.layer(n));
 }
 
 // ---- runtime ----------------------------------------------------------------------------------
@@ -415,22 +430,22 @@ fit_pass fit_once(Source&& source, const flops_model& geometry, double alpha, do
   std::vector<char> low_cross(un0);
   std::vector<double> suffix;
 
-  const double budget = static_cast<double>(geometry.original()) * (1.0 - reduction);
-  std::int64_t spent = 0;  // summed over samples
+  const double budget = geometry.original() * (1.0 - reduction);
+  double spent = 0;  // summed over samples
   fit_pass pass;
   pass.stop_layer = layers;
   for (index_t l = 0; l < layers && !pass.reached; ++l) {
-    std::int64_t forecast = 0;
+    double forecast = 0;
     for (index_t s = 0; s < samples; ++s) {
       const index_t n = count[static_cast<std::size_t>(s)];
       spent += geometry.before(n);
-      forecast += geometry.after(n) + geometry.layer(n) * (layers - 1 - l);
+      forecast += geometry.after(n) + geometry.layer(n) * static_cast<double>(layers - 1 - l);
     }
-    const double mean_cost = static_cast<double>(spent + forecast) / static_cast<double>(samples);
+    const double mean_cost = (spent + forecast) / static_cast<double>(samples);
     if (mean_cost <= budget) {
       pass.reached = true;
       pass.stop_layer = l;
-      pass.flops_ratio = mean_cost / static_cast<double>(geometry.original());
+      pass.flops_ratio = mean_cost / geometry.original();
       break;
     }
     for (index_t s = 0; s < samples; ++s) {
@@ -483,7 +498,7 @@ fit_pass fit_once(Source&& source, const flops_model& geometry, double alpha, do
       spent += geometry.after(count[us]);
     }
   }
-  if (!pass.reached) pass.flops_ratio = static_cast<double>(spent) / static_cast<double>(samples) / static_cast<double>(geometry.original());
+  if (!pass.reached) pass.flops_ratio = spent / static_cast<double>(samples) / geometry.original();
   pass.drops.resize(static_cast<std::size_t>(layers));
   for (std::size_t l = 0; l < pass.drops.size(); ++l) pass.drops[l] = static_cast<index_t>(removed[l] / samples);
   return pass;

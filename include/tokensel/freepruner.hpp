@@ -100,6 +100,10 @@ struct inspection {
   std::vector<row_fence> fences;                            ///< one per p in P, ascending p
 };
 
+/// Layer indices above this are rejected by validate(): no encoder has that many layers, and the
+/// bound keeps the per-layer bookkeeping (and layers_end) far from any overflow.
+inline constexpr index_t max_layer_index = 4095;
+
 /// Number of layers in the pivotal range.
 inline index_t pivotal_layers(const config& cfg) noexcept { return cfg.last_layer - cfg.first_layer + 1; }
 
@@ -123,6 +127,13 @@ inline void validate(const config& cfg) {
   }
   if (cfg.complementary_layer < 0) {
     fail(errc::invalid_argument, "freepruner.complementary_layer", cfg.complementary_layer, "must be >= 0");
+  }
+  if (cfg.last_layer > max_layer_index) {
+    fail(errc::invalid_argument, "freepruner.last_layer", cfg.last_layer, "must be <= 4095 (max_layer_index)");
+  }
+  if (cfg.complementary_layer > max_layer_index) {
+    fail(errc::invalid_argument, "freepruner.complementary_layer", cfg.complementary_layer,
+         "must be <= 4095 (max_layer_index)");
   }
   if (cfg.k_pivotal < 1) fail(errc::invalid_argument, "freepruner.k_pivotal", cfg.k_pivotal, "must be >= 1");
   if (!std::isfinite(cfg.iqr_multiplier) || cfg.iqr_multiplier < 0.0) {
@@ -228,6 +239,12 @@ struct sample_state {
 inline std::size_t sz(index_t v) noexcept { return static_cast<std::size_t>(v); }
 
 /// Takes the state of one sample from scratch (valid for the scratch scope).
+/// Entries of the per-layer top-k sets of one sample: none without patches (k_pivotal is only
+/// checked against n > 0, so it must not size anything when n = 0).
+inline index_t pivotal_set_size(const config& cfg, index_t n) noexcept {
+  return n > 0 ? pivotal_layers(cfg) * cfg.k_pivotal : 0;
+}
+
 inline sample_state scratch_state(tokensel::detail::scratch_scope& scratch, index_t n, const config& cfg) {
   sample_state s;
   s.n = n;
@@ -236,7 +253,7 @@ inline sample_state scratch_state(tokensel::detail::scratch_scope& scratch, inde
   s.in_p = scratch.take_zeroed<std::uint8_t>(sz(n));
   s.in_c = scratch.take_zeroed<std::uint8_t>(sz(n));
   s.margin = scratch.take<double>(sz(n));
-  s.pivotal_sets = scratch.take<token_index>(sz(pivotal_layers(cfg) * cfg.k_pivotal));
+  s.pivotal_sets = scratch.take<token_index>(sz(pivotal_set_size(cfg, n)));
   s.fences = scratch.take<row_fence>(sz(n));
   return s;
 }
@@ -599,7 +616,7 @@ class selector {
     margin_.resize(bn);
     fences_.resize(bn);
     fence_count_.resize(detail::sz(batch_));
-    pivotal_sets_.resize(detail::sz(batch_ * pivotal_layers(cfg_) * cfg_.k_pivotal));
+    pivotal_sets_.resize(detail::sz(batch_ * detail::pivotal_set_size(cfg_, n_)));
     seen_.resize(detail::sz(layers_end(cfg_)));
     reset();
   }
@@ -706,7 +723,7 @@ class selector {
   detail::sample_state state(index_t b) const {
     auto* self = const_cast<selector*>(this);  // the state is a set of spans; inspect() only reads it
     const auto n = detail::sz(n_), off = detail::sz(b) * n;
-    const auto kset = detail::sz(pivotal_layers(cfg_) * cfg_.k_pivotal);
+    const auto kset = detail::sz(detail::pivotal_set_size(cfg_, n_));
     detail::sample_state s;
     s.n = n_;
     s.max_r = std::span<float>(self->max_r_).subspan(off, n);

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <limits>
 #include <span>
 #include <string>
 #include <string_view>
@@ -354,7 +355,11 @@ inline index_t max_count(index_t n, const config& cfg) {
 /// Rows of the merged-feature output to allocate: max_count plus the extra row (when merging).
 inline index_t max_rows(index_t n, const config& cfg) {
   const index_t k = max_count(n, cfg);
-  return k + ((n > 0 && cfg.merge && cfg.extra_token) ? 1 : 0);
+  const index_t extra = (n > 0 && cfg.merge && cfg.extra_token) ? 1 : 0;
+  if (k > std::numeric_limits<index_t>::max() - extra) {
+    tokensel::detail::fail(errc::invalid_argument, "prumerge.n", n, "too large: the row count with the extra row overflows");
+  }
+  return k + extra;
 }
 
 /// The CLS row of softmax(Q K^T * scale) over the n patches (columns 1..n of row 0; the softmax
