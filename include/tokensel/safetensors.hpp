@@ -116,7 +116,10 @@ class file {
         if (shown == 8) { known += ", ..."; break; }
         known += (shown++ ? ", " : "") + t.name;
       }
-      tokensel::detail::fail(errc::invalid_argument, "safetensors.tensor", "'" + std::string(name) + "'",
+      // Built with append: GCC 12 warns (-Wrestrict, a false positive) on "'" + std::string + "'".
+      std::string quoted;
+      quoted.append(1, '\'').append(name).append(1, '\'');
+      tokensel::detail::fail(errc::invalid_argument, "safetensors.tensor", quoted,
                              "no such tensor in " + src_.name() +
                                  (tensors_.empty() ? std::string(" (the file has none)") : " (it has: " + known + ")"));
     }

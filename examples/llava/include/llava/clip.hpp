@@ -1,0 +1,80 @@
+// llava: CLIP vision tower (CLIPVisionModel as LLaVA uses it) and the multi-modal projector.
+//
+// Embeddings: Conv2d patch embedding (no bias), class embedding, position embedding,
+// pre_layrnorm. Pre-LN encoder layers: x + out_proj(attn(LN1 x)); x + fc2(act(fc1(LN2 x))).
+// Only the layers up to the feature layer run (hidden_states[-2] = output of layer L-2 for
+// LLaVA-1.5); the last layer's Q/K are computed on request (PruMerge) without running it.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <vector>
+
+#include "llava/config.hpp"
+#include "llava/weights.hpp"
+
+namespace llava {
+
+struct clip_options {
+  /// Layers (0-based encoder layer index) whose attention probabilities [heads, N, N] are copied
+  /// into clip_output::attention. HF's `attentions[l]`.
+  std::vector<int> attention_layers;
+  /// Streaming alternative: called after each layer's softmax with probs [heads, N, N] (valid only
+  /// during the call), for every layer that runs. Cheaper than storing many maps.
+  std::function<void(int layer, const float* probs)> on_attention;
+  /// Keys [heads, N, head_dim] (after bias) of this layer into clip_output::keys; -1: none.
+  /// VisionZip reads the feature layer's (layer feature_hidden_index() - 1).
+  int keys_layer = -1;
+  /// Q and K [N, hidden] (after bias, before scaling) of the LAST encoder layer applied to
+  /// LN1(hidden_states[layers - 1]) (PruMerge), without running that layer's attention or MLP.
+  /// Layers between the feature layer and the last one run when needed.
+  bool last_layer_qk = false;
+};
+
+struct clip_output {
+  int tokens = 0;   ///< N = patches + 1 (CLS first)
+  int hidden = 0;   ///< D
+  std::vector<float> features;                 ///< hidden_states[feature layer] [N, D], CLS included
+  std::map<int, std::vector<float>> attention; ///< requested layers: [heads, N, N]
+  std::vector<float> keys;                     ///< [heads, N, head_dim] of options.keys_layer
+  std::vector<float> last_q, last_k;           ///< [N, D] (options.last_layer_qk)
+};
+
+class clip_model {
+ public:
+  /// Checks every tensor it uses (names and shapes) at construction.
+  clip_model(const llava_config& cfg, const weight_store& weights);
+  /// pixels: [channels, S, S] normalised fp32 (transformers' pixel_values of one image).
+  clip_output encode(const float* pixels, const clip_options& options = {}) const;
+  const clip_config& config() const noexcept { return cfg_.vision; }
+
+ private:
+  struct layer_weights {
+    const tensor *ln1_w, *ln1_b, *q_w, *q_b, *k_w, *k_b, *v_w, *v_b, *o_w, *o_b, *ln2_w, *ln2_b, *fc1_w, *fc1_b,
+        *fc2_w, *fc2_b;
+  };
+  llava_config cfg_;
+  const tensor *patch_w_, *class_emb_, *pos_emb_, *pre_ln_w_, *pre_ln_b_;
+  std::vector<layer_weights> layers_;
+};
+
+/// linear_1 -> act -> linear_2 (LlavaMultiModalProjector).
+class projector {
+ public:
+  projector(const llava_config& cfg, const weight_store& weights);
+  /// x [n, vision hidden] -> out [n, text hidden].
+  void forward(const float* x, std::int64_t n, float* out) const;
+  int in_features() const noexcept { return in_; }
+  int out_features() const noexcept { return out_; }
+
+ private:
+  const tensor *w1_, *b1_, *w2_, *b2_;
+  std::string act_;
+  int in_ = 0, mid_ = 0, out_ = 0;
+};
+
+/// Activations shared by CLIP, the projector and Llama (by transformers name).
+void apply_activation(const std::string& name, float* x, std::int64_t count);
+
+}  // namespace llava

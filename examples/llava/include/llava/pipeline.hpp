@@ -1,0 +1,134 @@
+// llava: the whole model (CLIP + projector + Llama) with token selection plugged in.
+//
+// Encoder-side methods (fopru, freepruner, prumerge, prumerge+, visionzip, random, uniform, pool)
+// run between CLIP and the projector through tokensel's public API; fastv and fitprune run
+// inside the LLM prefill (llama.hpp hook). No method = the unpruned model, exactly.
+//
+// `keep` (ratio in (0, 1] or an absolute count) per method:
+//   fopru, random, uniform   ratio -> the method's own ratio rule; count -> exactly count
+//                            (fopru: ratio = count / n, checked to give count)
+//   freepruner               absent: adaptive (paper); present: fixed mode, budget = count
+//                            (ratio: max(1, floor(n * ratio))). Layers scaled to the tower:
+//                            pivotal [round(6/22 f), f], complementary f, f = feature attention layer
+//   prumerge, prumerge+      adaptive only (IQR); a keep value is an error. Merged features (+1
+//                            extra row, official merge) feed the projector
+//   visionzip                keep = output rows k (CLS counts as a dominant token):
+//                            contextual = floor(k * 10 / 64), dominant = k - contextual
+//                            (the paper's 54 + 10 split); default without keep: 54 + 10
+//   pool                     window w = max(1, round(sqrt(n / k))) (ratio 0.25 -> 2x2)
+//   fastv                    ratio R = 1 - keep ratio (count: R = 1 - count / n, checked),
+//                            layer K = selection_options::fastv_layer (2)
+//   fitprune                 recipe JSON (selection_options::fitprune_recipe, its layer count must
+//                            equal the LLM's) or, from keep, a synthetic recipe that drops
+//                            n - keep tokens spread evenly over the first half of the LLM
+//                            layers (project decision: no calibration data at run time)
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "llava/clip.hpp"
+#include "llava/config.hpp"
+#include "llava/llama.hpp"
+#include "llava/weights.hpp"
+
+namespace llava {
+
+enum class method { none, fopru, freepruner, prumerge, prumerge_plus, visionzip, fastv, fitprune, random, uniform, pool };
+
+/// "none", "fopru", "freepruner", "prumerge", "prumerge+", "visionzip", "fastv", "fitprune",
+/// "random", "uniform", "pool"; throws llava::error listing them otherwise.
+method parse_method(std::string_view name);
+const char* to_string(method m) noexcept;
+bool encoder_side(method m) noexcept;   ///< runs between CLIP and the projector
+
+/// --keep: text with '.', 'e' or 'E' is a ratio ("0.5", "1.0"), an integer is a count ("144").
+struct keep_spec {
+  std::optional<double> ratio;
+  std::optional<std::int64_t> count;
+  bool empty() const noexcept { return !ratio && !count; }
+  /// Throws llava::error for non-numbers, ratios outside (0, 1], counts < 1.
+  static keep_spec parse(std::string_view text);
+  /// Tokens to keep out of n (ratio: max(1, floor(n * ratio)); count must be <= n).
+  std::int64_t tokens(std::int64_t n) const;
+};
+
+struct selection_options {
+  method name = method::none;
+  keep_spec keep;
+  int fastv_layer = 2;                 ///< K
+  std::string fitprune_recipe;         ///< path of a recipe JSON (tokensel.fitprune.recipe)
+  std::uint64_t seed = 0;              ///< random
+};
+
+struct run_options {
+  selection_options selection;
+  int max_new_tokens = 32;
+};
+
+struct timings {           ///< milliseconds (wall clock)
+  double load = 0, vision = 0, selection = 0, projector = 0, prefill = 0, decode = 0;
+  /// CPU time of the process (all threads) during the LLM prefill, selection hooks included:
+  /// the work done, insensitive to other processes on a shared machine (with passive OpenMP waiting).
+  double prefill_cpu = 0;
+};
+
+struct run_result {
+  std::vector<std::int32_t> answer_ids;   ///< generated ids (EOS included when reached)
+  /// Kept patch indices (0 .. n-1, CLS excluded), ascending: encoder-side = the method's anchors
+  /// (prumerge/visionzip: the kept/anchor tokens; pool: top-left patch of each window; merged
+  /// extra rows have no index); fastv/fitprune: the visual tokens that reach the last layer.
+  std::vector<std::int32_t> kept;
+  std::int64_t kept_tokens = 0;           ///< visual tokens fed to (fastv/fitprune: surviving in) the LLM
+  std::int64_t total_tokens = 0;          ///< visual tokens without selection (n)
+  std::int64_t sequence_length = 0;       ///< prompt length the LLM prefill started with
+  std::int64_t visual_begin = 0;          ///< s0: first visual row in that sequence
+  std::int64_t final_length = 0;          ///< rows that reached the last layer
+  /// Per LLM layer: rows that went on after its attention (fastv/fitprune shrink them; the rows
+  /// entering layer l are layer_rows[l - 1], sequence_length for l = 0). For FLOP accounting.
+  std::vector<std::int64_t> layer_rows;
+  std::vector<float> logits;              ///< logits of the last prompt position
+  timings time;
+};
+
+class llava_model {
+ public:
+  /// Loads config.json and the weights (mmap) of a model directory; progress as weight_store.
+  explicit llava_model(const std::filesystem::path& dir, weight_store::progress_fn progress = {});
+  ~llava_model();
+
+  const llava_config& config() const noexcept { return cfg_; }
+  const weight_store& weights() const noexcept { return *weights_; }
+  const clip_model& vision() const noexcept { return *clip_; }
+  const projector& mm_projector() const noexcept { return *projector_; }
+  const llama_model& language() const noexcept { return *llama_; }
+  double load_ms() const noexcept { return load_ms_; }
+
+  /// pixels [3, S, S] (pixel_values); input_ids hold the image slot either as ONE
+  /// image_token_index (expanded here, as the processor does) or already expanded to
+  /// config().image_tokens() copies. Throws llava::error when there is no / a wrong image slot.
+  run_result run(const float* pixels, std::span<const std::int32_t> input_ids, const run_options& options) const;
+
+  /// The same up to the prefill only (no decoding): for benchmarks and tests.
+  run_result prefill(const float* pixels, std::span<const std::int32_t> input_ids,
+                     const selection_options& selection) const;
+
+ private:
+  run_result run_impl(const float* pixels, std::span<const std::int32_t> input_ids, const selection_options& sel,
+                      int max_new_tokens, bool decode) const;
+  std::filesystem::path dir_;
+  llava_config cfg_;
+  std::unique_ptr<weight_store> weights_;
+  std::unique_ptr<clip_model> clip_;
+  std::unique_ptr<projector> projector_;
+  std::unique_ptr<llama_model> llama_;
+  double load_ms_ = 0;
+};
+
+}  // namespace llava

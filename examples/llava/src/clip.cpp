@@ -1,0 +1,225 @@
+// llava: CLIP vision tower and projector (see clip.hpp).
+#include "llava/clip.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include <Eigen/Core>
+
+namespace llava {
+
+using rmat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+void apply_activation(const std::string& name, float* x, std::int64_t count) {
+  if (name == "quick_gelu") {
+#pragma omp parallel for schedule(static) if (count > 65536)
+    for (std::int64_t i = 0; i < count; ++i) x[i] = x[i] / (1.0f + std::exp(-1.702f * x[i]));
+  } else if (name == "gelu") {
+#pragma omp parallel for schedule(static) if (count > 65536)
+    for (std::int64_t i = 0; i < count; ++i) x[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * 0.70710678118654752f));
+  } else if (name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu_fast") {
+#pragma omp parallel for schedule(static) if (count > 65536)
+    for (std::int64_t i = 0; i < count; ++i) {
+      const float v = x[i];
+      x[i] = 0.5f * v * (1.0f + std::tanh(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+    }
+  } else if (name == "relu") {
+    for (std::int64_t i = 0; i < count; ++i) x[i] = std::max(x[i], 0.0f);
+  } else if (name == "silu" || name == "swish") {
+#pragma omp parallel for schedule(static) if (count > 65536)
+    for (std::int64_t i = 0; i < count; ++i) x[i] = x[i] / (1.0f + std::exp(-x[i]));
+  } else {
+    throw error("llava: activation '" + name + "' is not supported");
+  }
+}
+
+namespace {
+
+/// LayerNorm over rows of x [n, d] (biased variance, double accumulation) into out.
+void layer_norm(const float* x, std::int64_t n, std::int64_t d, const std::vector<float>& w, const std::vector<float>& b,
+                double eps, float* out) {
+#pragma omp parallel for schedule(static) if (n > 16)
+  for (std::int64_t i = 0; i < n; ++i) {
+    const float* r = x + i * d;
+    double mean = 0;
+    for (std::int64_t j = 0; j < d; ++j) mean += r[j];
+    mean /= static_cast<double>(d);
+    double var = 0;
+    for (std::int64_t j = 0; j < d; ++j) var += (r[j] - mean) * (r[j] - mean);
+    var /= static_cast<double>(d);
+    const double inv = 1.0 / std::sqrt(var + eps);
+    float* o = out + i * d;
+    for (std::int64_t j = 0; j < d; ++j) o[j] = static_cast<float>((r[j] - mean) * inv) * w[j] + b[j];
+  }
+}
+
+/// Softmax of each row in place (max-subtracted, fp32 like torch).
+void softmax_rows(float* s, std::int64_t rows, std::int64_t cols) {
+  for (std::int64_t i = 0; i < rows; ++i) {
+    float* r = s + i * cols;
+    float m = r[0];
+    for (std::int64_t j = 1; j < cols; ++j) m = std::max(m, r[j]);
+    float sum = 0;
+    for (std::int64_t j = 0; j < cols; ++j) {
+      r[j] = std::exp(r[j] - m);
+      sum += r[j];
+    }
+    const float inv = 1.0f / sum;
+    for (std::int64_t j = 0; j < cols; ++j) r[j] *= inv;
+  }
+}
+
+std::string vt(const std::string& rest) { return "model.vision_tower.vision_model." + rest; }
+
+}  // namespace
+
+clip_model::clip_model(const llava_config& cfg, const weight_store& w) : cfg_(cfg) {
+  const auto& v = cfg.vision;
+  const std::int64_t D = v.hidden, P = v.patch, N = v.tokens(), I = v.intermediate;
+  patch_w_ = &w.get(vt("embeddings.patch_embedding.weight"), {D, v.channels, P, P});
+  class_emb_ = &w.get(vt("embeddings.class_embedding"), {D});
+  pos_emb_ = &w.get(vt("embeddings.position_embedding.weight"), {N, D});
+  pre_ln_w_ = &w.get(vt("pre_layrnorm.weight"), {D});
+  pre_ln_b_ = &w.get(vt("pre_layrnorm.bias"), {D});
+  const int need = cfg.feature_hidden_index();
+  for (int l = 0; l < v.layers; ++l) {
+    const std::string p = "encoder.layers." + std::to_string(l) + ".";
+    if (l >= need && !w.contains(vt(p + "self_attn.q_proj.weight"))) break;  // optional trailing layers
+    layer_weights lw{};
+    lw.ln1_w = &w.get(vt(p + "layer_norm1.weight"), {D});
+    lw.ln1_b = &w.get(vt(p + "layer_norm1.bias"), {D});
+    lw.q_w = &w.get(vt(p + "self_attn.q_proj.weight"), {D, D});
+    lw.q_b = &w.get(vt(p + "self_attn.q_proj.bias"), {D});
+    lw.k_w = &w.get(vt(p + "self_attn.k_proj.weight"), {D, D});
+    lw.k_b = &w.get(vt(p + "self_attn.k_proj.bias"), {D});
+    lw.v_w = &w.get(vt(p + "self_attn.v_proj.weight"), {D, D});
+    lw.v_b = &w.get(vt(p + "self_attn.v_proj.bias"), {D});
+    lw.o_w = &w.get(vt(p + "self_attn.out_proj.weight"), {D, D});
+    lw.o_b = &w.get(vt(p + "self_attn.out_proj.bias"), {D});
+    lw.ln2_w = &w.get(vt(p + "layer_norm2.weight"), {D});
+    lw.ln2_b = &w.get(vt(p + "layer_norm2.bias"), {D});
+    lw.fc1_w = &w.get(vt(p + "mlp.fc1.weight"), {I, D});
+    lw.fc1_b = &w.get(vt(p + "mlp.fc1.bias"), {I});
+    lw.fc2_w = &w.get(vt(p + "mlp.fc2.weight"), {D, I});
+    lw.fc2_b = &w.get(vt(p + "mlp.fc2.bias"), {D});
+    layers_.push_back(lw);
+  }
+}
+
+clip_output clip_model::encode(const float* pixels, const clip_options& opt) const {
+  const auto& v = cfg_.vision;
+  const std::int64_t D = v.hidden, P = v.patch, G = v.grid(), n = v.patches(), N = v.tokens(), S = v.image_size;
+  const std::int64_t H = v.heads, hd = v.head_dim(), I = v.intermediate, C = v.channels;
+  const int feature = cfg_.feature_hidden_index();
+  const int last = v.layers - 1;
+  int run = feature;  // layers 0 .. run-1 run fully
+  if (opt.keys_layer >= run) run = opt.keys_layer + 1;
+  for (int l : opt.attention_layers) run = std::max(run, l + 1);
+  if (opt.last_layer_qk && static_cast<int>(layers_.size()) < v.layers) {
+    throw error("llava: the checkpoint has no CLIP layer " + std::to_string(last) + " (PruMerge needs its Q/K)");
+  }
+  if (opt.last_layer_qk) run = std::max(run, last);  // hidden_states[last] is the last layer's input
+  if (run > static_cast<int>(layers_.size())) throw error("llava: CLIP layer " + std::to_string(run - 1) + " requested but absent");
+
+  clip_output out;
+  out.tokens = static_cast<int>(N);
+  out.hidden = static_cast<int>(D);
+
+  // Patch embedding: unfold [C, S, S] into [n, C*P*P] rows (c, ky, kx) = the conv weight's order.
+  std::vector<float> patches(static_cast<std::size_t>(n * C * P * P));
+#pragma omp parallel for schedule(static)
+  for (std::int64_t p = 0; p < n; ++p) {
+    const std::int64_t gy = p / G, gx = p % G;
+    float* dst = patches.data() + p * C * P * P;
+    for (std::int64_t c = 0; c < C; ++c)
+      for (std::int64_t ky = 0; ky < P; ++ky)
+        std::memcpy(dst + (c * P + ky) * P, pixels + (c * S + gy * P + ky) * S + gx * P, static_cast<std::size_t>(P) * 4);
+  }
+  std::vector<float> x(static_cast<std::size_t>(N * D));
+  linear(*patch_w_, nullptr, patches.data(), n, x.data() + D);
+  {
+    const auto cls = class_emb_->to_float();
+    std::copy(cls.begin(), cls.end(), x.begin());
+    const auto pos = pos_emb_->to_float();
+    for (std::size_t i = 0; i < x.size(); ++i) x[i] += pos[i];
+    const auto w = pre_ln_w_->to_float(), b = pre_ln_b_->to_float();
+    layer_norm(x.data(), N, D, w, b, v.layer_norm_eps, x.data());
+  }
+  if (feature == 0) out.features = x;
+
+  std::vector<float> h(static_cast<std::size_t>(N * D)), q(h.size()), k(h.size()), val(h.size()), att(h.size());
+  std::vector<float> mid(static_cast<std::size_t>(N * I));
+  std::vector<float> probs(static_cast<std::size_t>(H * N * N));
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  for (int l = 0; l < run; ++l) {
+    const auto& lw = layers_[static_cast<std::size_t>(l)];
+    layer_norm(x.data(), N, D, lw.ln1_w->to_float(), lw.ln1_b->to_float(), v.layer_norm_eps, h.data());
+    linear(*lw.q_w, lw.q_b, h.data(), N, q.data());
+    linear(*lw.k_w, lw.k_b, h.data(), N, k.data());
+    linear(*lw.v_w, lw.v_b, h.data(), N, val.data());
+    if (l == opt.keys_layer) {
+      out.keys.resize(static_cast<std::size_t>(H * N * hd));
+      for (std::int64_t hh = 0; hh < H; ++hh)
+        for (std::int64_t i = 0; i < N; ++i)
+          std::memcpy(out.keys.data() + (hh * N + i) * hd, k.data() + i * D + hh * hd, static_cast<std::size_t>(hd) * 4);
+    }
+#pragma omp parallel for schedule(static)
+    for (std::int64_t hh = 0; hh < H; ++hh) {
+      using smap = Eigen::Map<const rmat, 0, Eigen::OuterStride<>>;
+      smap Q(q.data() + hh * hd, N, hd, Eigen::OuterStride<>(D));
+      smap K(k.data() + hh * hd, N, hd, Eigen::OuterStride<>(D));
+      smap V(val.data() + hh * hd, N, hd, Eigen::OuterStride<>(D));
+      Eigen::Map<rmat> Pm(probs.data() + hh * N * N, N, N);
+      Pm.noalias() = (Q * K.transpose()) * scale;
+      softmax_rows(Pm.data(), N, N);
+      Eigen::Map<rmat, 0, Eigen::OuterStride<>> O(att.data() + hh * hd, N, hd, Eigen::OuterStride<>(D));
+      O.noalias() = Pm * V;
+    }
+    if (opt.on_attention) opt.on_attention(l, probs.data());
+    if (std::find(opt.attention_layers.begin(), opt.attention_layers.end(), l) != opt.attention_layers.end()) {
+      out.attention[l] = probs;
+    }
+    linear(*lw.o_w, lw.o_b, att.data(), N, h.data());
+    for (std::size_t i = 0; i < x.size(); ++i) x[i] += h[i];
+    layer_norm(x.data(), N, D, lw.ln2_w->to_float(), lw.ln2_b->to_float(), v.layer_norm_eps, h.data());
+    linear(*lw.fc1_w, lw.fc1_b, h.data(), N, mid.data());
+    apply_activation(v.hidden_act, mid.data(), N * I);
+    linear(*lw.fc2_w, lw.fc2_b, mid.data(), N, h.data());
+    for (std::size_t i = 0; i < x.size(); ++i) x[i] += h[i];
+    if (l + 1 == feature) out.features = x;
+    if (opt.last_layer_qk && l + 1 == last) {
+      const auto& lw2 = layers_[static_cast<std::size_t>(last)];
+      layer_norm(x.data(), N, D, lw2.ln1_w->to_float(), lw2.ln1_b->to_float(), v.layer_norm_eps, h.data());
+      out.last_q.resize(x.size());
+      out.last_k.resize(x.size());
+      linear(*lw2.q_w, lw2.q_b, h.data(), N, out.last_q.data());
+      linear(*lw2.k_w, lw2.k_b, h.data(), N, out.last_k.data());
+    }
+  }
+  if (opt.last_layer_qk && last == 0) {
+    // One-layer tower: the last layer's input is the embedding output (not reached above).
+    throw error("llava: PruMerge needs a CLIP tower of at least 2 layers");
+  }
+  return out;
+}
+
+// ---- projector ---------------------------------------------------------------------------------
+
+projector::projector(const llava_config& cfg, const weight_store& w) : act_(cfg.projector_hidden_act) {
+  in_ = cfg.vision.hidden;
+  mid_ = out_ = cfg.text.hidden;
+  w1_ = &w.get("model.multi_modal_projector.linear_1.weight", {mid_, in_});
+  b1_ = &w.get("model.multi_modal_projector.linear_1.bias", {mid_});
+  w2_ = &w.get("model.multi_modal_projector.linear_2.weight", {out_, mid_});
+  b2_ = &w.get("model.multi_modal_projector.linear_2.bias", {out_});
+}
+
+void projector::forward(const float* x, std::int64_t n, float* out) const {
+  std::vector<float> mid(static_cast<std::size_t>(n * mid_));
+  linear(*w1_, b1_, x, n, mid.data());
+  apply_activation(act_, mid.data(), n * mid_);
+  linear(*w2_, b2_, mid.data(), n, out);
+}
+
+}  // namespace llava

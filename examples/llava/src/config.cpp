@@ -1,0 +1,167 @@
+// llava: config.json parsing with the transformers defaults (see config.hpp).
+#include "llava/config.hpp"
+
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+namespace llava {
+namespace {
+
+using json = nlohmann::json;
+
+struct reader {
+  const std::string& file;
+  [[noreturn]] void fail(const std::string& field, const std::string& problem) const {
+    throw error("llava: " + file + ": " + field + ": " + problem);
+  }
+  void get_int(const json& j, const char* key, const std::string& prefix, int& out, int min = 1) const {
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null()) return;
+    if (!it->is_number_integer()) fail(prefix + key, "must be an integer (got " + it->dump() + ")");
+    const auto v = it->get<long long>();
+    if (v < min || v > 1'000'000'000) fail(prefix + key, "= " + std::to_string(v) + " is out of range");
+    out = static_cast<int>(v);
+  }
+  void get_double(const json& j, const char* key, const std::string& prefix, double& out) const {
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null()) return;
+    if (!it->is_number()) fail(prefix + key, "must be a number (got " + it->dump() + ")");
+    out = it->get<double>();
+    if (!(out > 0)) fail(prefix + key, "must be > 0 (got " + it->dump() + ")");
+  }
+  void get_string(const json& j, const char* key, const std::string& prefix, std::string& out) const {
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null()) return;
+    if (!it->is_string()) fail(prefix + key, "must be a string (got " + it->dump() + ")");
+    out = it->get<std::string>();
+  }
+};
+
+bool known_activation(const std::string& a) {
+  return a == "quick_gelu" || a == "gelu" || a == "gelu_new" || a == "gelu_pytorch_tanh" || a == "relu" ||
+         a == "silu" || a == "swish" || a == "gelu_fast";
+}
+
+}  // namespace
+
+llava_config load_config(const std::filesystem::path& path) {
+  const std::string file = path.string();
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw error("llava: " + file + ": cannot open the model config (config.json)");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  json j;
+  try {
+    j = json::parse(ss.str());
+  } catch (const json::exception& e) {
+    throw error("llava: " + file + ": invalid JSON: " + e.what());
+  }
+  reader r{file};
+  if (!j.is_object()) r.fail("config", "must be a JSON object");
+  llava_config c;
+
+  // LlavaConfig's default vision tower when vision_config is absent (CLIP ViT-L/14-336).
+  auto vit = j.find("vision_config");
+  if (vit == j.end() || vit->is_null()) {
+    c.vision.hidden = 1024;
+    c.vision.intermediate = 4096;
+    c.vision.layers = 24;
+    c.vision.heads = 16;
+    c.vision.patch = 14;
+    c.vision.image_size = 336;
+  } else {
+    if (!vit->is_object()) r.fail("vision_config", "must be an object");
+    const std::string p = "vision_config.";
+    std::string type = "clip_vision_model";
+    r.get_string(*vit, "model_type", p, type);
+    if (type != "clip_vision_model") r.fail(p + "model_type", "'" + type + "' is not supported (clip_vision_model is)");
+    r.get_int(*vit, "hidden_size", p, c.vision.hidden);
+    r.get_int(*vit, "intermediate_size", p, c.vision.intermediate);
+    r.get_int(*vit, "num_hidden_layers", p, c.vision.layers);
+    r.get_int(*vit, "num_attention_heads", p, c.vision.heads);
+    r.get_int(*vit, "patch_size", p, c.vision.patch);
+    r.get_int(*vit, "image_size", p, c.vision.image_size);
+    r.get_int(*vit, "num_channels", p, c.vision.channels);
+    r.get_double(*vit, "layer_norm_eps", p, c.vision.layer_norm_eps);
+    r.get_string(*vit, "hidden_act", p, c.vision.hidden_act);
+  }
+  auto txt = j.find("text_config");
+  bool kv_given = false, head_dim_given = false;
+  if (txt != j.end() && !txt->is_null()) {
+    if (!txt->is_object()) r.fail("text_config", "must be an object");
+    const std::string p = "text_config.";
+    std::string type = "llama";
+    r.get_string(*txt, "model_type", p, type);
+    if (type != "llama") r.fail(p + "model_type", "'" + type + "' is not supported (llama is)");
+    r.get_int(*txt, "hidden_size", p, c.text.hidden);
+    r.get_int(*txt, "intermediate_size", p, c.text.intermediate);
+    r.get_int(*txt, "num_hidden_layers", p, c.text.layers);
+    r.get_int(*txt, "num_attention_heads", p, c.text.heads);
+    if (txt->contains("num_key_value_heads") && !(*txt)["num_key_value_heads"].is_null()) {
+      r.get_int(*txt, "num_key_value_heads", p, c.text.kv_heads);
+      kv_given = true;
+    }
+    if (txt->contains("head_dim") && !(*txt)["head_dim"].is_null()) {
+      r.get_int(*txt, "head_dim", p, c.text.head_dim);
+      head_dim_given = true;
+    }
+    r.get_int(*txt, "vocab_size", p, c.text.vocab);
+    r.get_double(*txt, "rope_theta", p, c.text.rope_theta);
+    r.get_double(*txt, "rms_norm_eps", p, c.text.rms_norm_eps);
+    r.get_int(*txt, "max_position_embeddings", p, c.text.max_position);
+    r.get_int(*txt, "bos_token_id", p, c.text.bos, 0);
+    r.get_int(*txt, "eos_token_id", p, c.text.eos, 0);
+    r.get_string(*txt, "hidden_act", p, c.text.hidden_act);
+    // transformers >= 5 nests rope_theta in "rope_parameters" (with rope_type).
+    if (auto rp = txt->find("rope_parameters"); rp != txt->end() && !rp->is_null()) {
+      if (!rp->is_object()) r.fail(p + "rope_parameters", "must be an object");
+      r.get_double(*rp, "rope_theta", p + "rope_parameters.", c.text.rope_theta);
+      const auto t = rp->value("rope_type", std::string("default"));
+      if (t != "default") r.fail(p + "rope_parameters.rope_type", "rope type '" + t + "' is not supported");
+    }
+    auto rs = txt->find("rope_scaling");
+    if (rs != txt->end() && !rs->is_null()) {
+      const auto t = rs->value("rope_type", rs->value("type", std::string("?")));
+      if (t != "default") r.fail(p + "rope_scaling", "rope scaling '" + t + "' is not supported");
+    }
+    if (txt->value("attention_bias", false)) r.fail(p + "attention_bias", "attention biases are not supported");
+    if (txt->value("mlp_bias", false)) r.fail(p + "mlp_bias", "MLP biases are not supported");
+  }
+  if (!kv_given) c.text.kv_heads = c.text.heads;
+  if (!head_dim_given) {
+    if (c.text.hidden % c.text.heads != 0) r.fail("text_config.hidden_size", "not divisible by num_attention_heads");
+    c.text.head_dim = c.text.hidden / c.text.heads;
+  }
+  if (c.text.heads % c.text.kv_heads != 0) r.fail("text_config.num_key_value_heads", "must divide num_attention_heads");
+  if (c.text.head_dim % 2 != 0) r.fail("text_config.head_dim", "must be even (rotary embedding)");
+  if (c.vision.hidden % c.vision.heads != 0) r.fail("vision_config.hidden_size", "not divisible by num_attention_heads");
+  if (c.vision.image_size % c.vision.patch != 0) r.fail("vision_config.image_size", "not a multiple of patch_size");
+  if (c.vision.channels != 3) r.fail("vision_config.num_channels", "must be 3 (RGB)");
+  if (!known_activation(c.vision.hidden_act)) r.fail("vision_config.hidden_act", "'" + c.vision.hidden_act + "' is not supported");
+  if (c.text.hidden_act != "silu" && c.text.hidden_act != "swish") r.fail("text_config.hidden_act", "'" + c.text.hidden_act + "' is not supported (silu is)");
+
+  r.get_int(j, "image_token_index", "", c.image_token_index, 0);
+  if (j.contains("image_token_id") && !j["image_token_id"].is_null()) r.get_int(j, "image_token_id", "", c.image_token_index, 0);
+  r.get_int(j, "pad_token_id", "", c.pad_token_id, 0);
+  r.get_string(j, "projector_hidden_act", "", c.projector_hidden_act);
+  if (!known_activation(c.projector_hidden_act)) r.fail("projector_hidden_act", "'" + c.projector_hidden_act + "' is not supported");
+  if (auto it = j.find("vision_feature_layer"); it != j.end() && !it->is_null()) {
+    if (!it->is_number_integer()) r.fail("vision_feature_layer", "must be an integer (lists of layers are not supported)");
+    c.vision_feature_layer = it->get<int>();
+  }
+  const int h = c.feature_hidden_index();
+  if (h < 1 || h > c.vision.layers) {
+    r.fail("vision_feature_layer", "= " + std::to_string(c.vision_feature_layer) + " selects no encoder layer of " +
+                                       std::to_string(c.vision.layers));
+  }
+  r.get_string(j, "vision_feature_select_strategy", "", c.vision_feature_select_strategy);
+  if (c.vision_feature_select_strategy != "default" && c.vision_feature_select_strategy != "full") {
+    r.fail("vision_feature_select_strategy", "'" + c.vision_feature_select_strategy + "' (default or full)");
+  }
+  if (j.value("multimodal_projector_bias", true) == false) r.fail("multimodal_projector_bias", "false is not supported");
+  return c;
+}
+
+}  // namespace llava

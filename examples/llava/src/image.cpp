@@ -1,0 +1,419 @@
+// llava: image decoding (stb_image), PIL-exact bicubic resize, CLIP preprocessing, overlay.
+#include "llava/image.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <memory>
+
+#include <stb_image.h>
+#include <stb_image_write.h>
+
+#ifdef LLAVA_HAVE_LIBJPEG
+#include <csetjmp>
+#include <cstdio>
+#include <jpeglib.h>
+#endif
+
+namespace llava {
+using tokensel::index_t;
+namespace {
+
+[[noreturn]] void fail(const std::string& name, const std::string& problem) {
+  throw image_error("llava: image " + name + ": " + problem);
+}
+
+std::uint32_t be32(const std::uint8_t* p) {
+  return (std::uint32_t{p[0]} << 24) | (std::uint32_t{p[1]} << 16) | (std::uint32_t{p[2]} << 8) | p[3];
+}
+
+// stb_image decodes some damaged files without complaint (it reads zeros past the end), which
+// would feed garbage to the model; PIL refuses them ("image file is truncated"). Check that the
+// container is complete before decoding.
+void check_complete(std::span<const std::uint8_t> b, const std::string& name) {
+  static constexpr std::uint8_t png_sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+  if (b.size() >= 8 && std::memcmp(b.data(), png_sig, 8) == 0) {
+    std::size_t pos = 8;
+    while (true) {
+      if (b.size() - pos < 12) fail(name, "truncated PNG (no IEND chunk)");
+      const std::uint32_t len = be32(b.data() + pos);
+      if (len > b.size() - pos - 12) fail(name, "truncated PNG (chunk runs past the end of the file)");
+      if (std::memcmp(b.data() + pos + 4, "IEND", 4) == 0) return;
+      pos += 12 + static_cast<std::size_t>(len);
+    }
+  }
+  if (b.size() >= 3 && b[0] == 0xFF && b[1] == 0xD8 && b[2] == 0xFF) {
+    // Entropy-coded data never contains FF D9 (FF is stuffed as FF 00), so an EOI after the
+    // start of the scan data marks a complete image.
+    for (std::size_t i = b.size() - 1; i >= 3; --i) {
+      if (b[i - 1] == 0xFF && b[i] == 0xD9) return;
+    }
+    fail(name, "truncated JPEG (no end-of-image marker)");
+  }
+}
+
+// PIL's bicubic kernel (Resample.c, a = -0.5).
+double bicubic(double x) {
+  constexpr double a = -0.5;
+  if (x < 0.0) x = -x;
+  if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1;
+  if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * a;
+  return 0.0;
+}
+
+constexpr int precision_bits = 32 - 8 - 2;  // PIL's PRECISION_BITS for 8-bit images
+
+// One output position's taps: first input index and fixed-point weights.
+struct taps {
+  int ksize = 0;
+  std::vector<int> first, count;
+  std::vector<std::int32_t> weights;  // [out, ksize]
+};
+
+// PIL's precompute_coeffs + normalize_coeffs_8bpc for the box [0, in_size), for the outputs
+// [out0, out0 + count) of a resize to out_size (each output's taps depend on its position only).
+taps precompute(int in_size, int out_size, int out0, int count) {
+  const double scale = static_cast<double>(static_cast<float>(in_size)) / out_size;
+  const double filterscale = std::max(scale, 1.0);
+  const double support = 2.0 * filterscale;
+  taps t;
+  t.ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
+  t.first.resize(count);
+  t.count.resize(count);
+  t.weights.assign(static_cast<std::size_t>(count) * t.ksize, 0);
+  std::vector<double> k(t.ksize);
+  for (int i = 0; i < count; ++i) {
+    const int xx = out0 + i;
+    const double center = (xx + 0.5) * scale;
+    const double ss = 1.0 / filterscale;
+    int xmin = static_cast<int>(center - support + 0.5);
+    if (xmin < 0) xmin = 0;
+    int xmax = static_cast<int>(center + support + 0.5);
+    if (xmax > in_size) xmax = in_size;
+    xmax -= xmin;
+    double ww = 0.0;
+    for (int x = 0; x < xmax; ++x) {
+      k[x] = bicubic((x + xmin - center + 0.5) * ss);
+      ww += k[x];
+    }
+    for (int x = 0; x < xmax; ++x) {
+      if (ww != 0.0) k[x] /= ww;
+      const double v = k[x] * (1 << precision_bits);
+      t.weights[static_cast<std::size_t>(i) * t.ksize + x] = static_cast<std::int32_t>(k[x] < 0 ? -0.5 + v : 0.5 + v);
+    }
+    t.first[i] = xmin;
+    t.count[i] = xmax;
+  }
+  return t;
+}
+
+std::uint8_t clip8(std::int32_t v) {
+  const std::int32_t s = v >> precision_bits;  // arithmetic shift, as in PIL
+  return static_cast<std::uint8_t>(std::clamp<std::int32_t>(s, 0, 255));
+}
+
+#ifdef LLAVA_HAVE_LIBJPEG
+// JPEG through libjpeg(-turbo), the decoder PIL uses: with its defaults (islow IDCT, fancy
+// upsampling) the RGB output is bit-identical to PIL's, where stb_image's differs by up to a few
+// levels. Errors longjmp out of libjpeg into a one-line image_error.
+struct jpeg_failure {
+  jpeg_error_mgr mgr;
+  std::jmp_buf jump;
+  char message[JMSG_LENGTH_MAX];
+};
+
+// The libjpeg calls, in a frame that owns no C++ object (longjmp skips no destructor and leaves
+// no modified local behind). Returns false with err.message set when libjpeg failed.
+bool run_libjpeg(jpeg_decompress_struct& cinfo, jpeg_failure& err, std::span<const std::uint8_t> bytes,
+                 rgb_image& img) {
+  if (setjmp(err.jump)) return false;
+  jpeg_create_decompress(&cinfo);
+  jpeg_mem_src(&cinfo, bytes.data(), static_cast<unsigned long>(bytes.size()));
+  jpeg_read_header(&cinfo, TRUE);
+  if (cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK) {
+    std::snprintf(err.message, sizeof err.message, "CMYK JPEG is not supported; convert it to RGB");
+    return false;
+  }
+  cinfo.out_color_space = JCS_RGB;
+  jpeg_start_decompress(&cinfo);
+  img.width = static_cast<int>(cinfo.output_width);
+  img.height = static_cast<int>(cinfo.output_height);
+  img.pixels.resize(static_cast<std::size_t>(img.width) * img.height * 3);
+  while (cinfo.output_scanline < cinfo.output_height) {
+    JSAMPROW row = img.at(0, static_cast<int>(cinfo.output_scanline));
+    jpeg_read_scanlines(&cinfo, &row, 1);
+  }
+  jpeg_finish_decompress(&cinfo);
+  return true;
+}
+
+rgb_image decode_jpeg(std::span<const std::uint8_t> bytes, const std::string& name) {
+  jpeg_decompress_struct cinfo{};
+  jpeg_failure err{};
+  cinfo.err = jpeg_std_error(&err.mgr);
+  err.mgr.error_exit = [](j_common_ptr c) {
+    auto* e = reinterpret_cast<jpeg_failure*>(c->err);
+    (*c->err->format_message)(c, e->message);
+    std::longjmp(e->jump, 1);
+  };
+  err.mgr.output_message = [](j_common_ptr) {};  // warnings: the EOI check already ran
+  rgb_image img;
+  const bool ok = run_libjpeg(cinfo, err, bytes, img);
+  jpeg_destroy_decompress(&cinfo);
+  if (!ok) fail(name, std::string("cannot decode JPEG (") + err.message + ")");
+  return img;
+}
+#endif
+
+}  // namespace
+
+const char* jpeg_decoder() noexcept {
+#ifdef LLAVA_HAVE_LIBJPEG
+  return "libjpeg";
+#else
+  return "stb_image";
+#endif
+}
+
+rgb_image decode_image(std::span<const std::uint8_t> bytes, const std::string& name) {
+  if (bytes.empty()) fail(name, "empty file");
+  if (bytes.size() > static_cast<std::size_t>(INT32_MAX)) fail(name, "file too large");
+  check_complete(bytes, name);
+#ifdef LLAVA_HAVE_LIBJPEG
+  if (bytes.size() >= 3 && bytes[0] == 0xFF && bytes[1] == 0xD8 && bytes[2] == 0xFF) return decode_jpeg(bytes, name);
+#endif
+  int w = 0, h = 0, channels = 0;
+  std::unique_ptr<stbi_uc, void (*)(void*)> data(
+      stbi_load_from_memory(bytes.data(), static_cast<int>(bytes.size()), &w, &h, &channels, 3),
+      stbi_image_free);
+  if (!data) {
+    const char* why = stbi_failure_reason();
+    fail(name, std::string("cannot decode (") + (why ? why : "unknown error") +
+                   "); PNG and JPEG are supported");
+  }
+  if (w <= 0 || h <= 0) fail(name, "image has no pixels");
+  rgb_image img;
+  img.width = w;
+  img.height = h;
+  img.pixels.assign(data.get(), data.get() + static_cast<std::size_t>(w) * h * 3);
+  return img;
+}
+
+rgb_image load_image(const std::filesystem::path& path) {
+  const std::string name = path.string();
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) fail(name, "no such file");
+  if (std::filesystem::is_directory(path, ec)) fail(name, "is a directory, not an image file");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(name, "cannot open for reading");
+  std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) fail(name, "read error");
+  return decode_image(bytes, name);
+}
+
+std::array<std::uint8_t, 3> mean_colour(const std::array<float, 3>& mean) {
+  std::array<std::uint8_t, 3> c{};
+  // Python: int(x * 255) with x the Python float of the processor config (a double).
+  for (int i = 0; i < 3; ++i) c[i] = static_cast<std::uint8_t>(static_cast<int>(static_cast<double>(mean[i]) * 255.0));
+  return c;
+}
+
+rgb_image pad_to_square(const rgb_image& image, std::array<std::uint8_t, 3> colour) {
+  if (image.width == image.height) return image;
+  const int side = std::max(image.width, image.height);
+  rgb_image out;
+  out.width = out.height = side;
+  out.pixels.resize(static_cast<std::size_t>(side) * side * 3);
+  for (std::size_t i = 0; i < out.pixels.size(); i += 3) std::memcpy(&out.pixels[i], colour.data(), 3);
+  const int ox = (side - image.width) / 2, oy = (side - image.height) / 2;
+  for (int y = 0; y < image.height; ++y) {
+    std::memcpy(out.at(ox, oy + y), image.at(0, y), static_cast<std::size_t>(image.width) * 3);
+  }
+  return out;
+}
+
+rgb_image resize_bicubic_window(const rgb_image& image, int width, int height, int x0, int y0, int w, int h) {
+  if (width <= 0 || height <= 0 || image.width <= 0 || image.height <= 0 || w <= 0 || h <= 0 || x0 < 0 ||
+      y0 < 0 || x0 > width - w || y0 > height - h) {
+    throw image_error("llava: resize: bad size " + std::to_string(width) + "x" + std::to_string(height) +
+                      " or window for a " + std::to_string(image.width) + "x" + std::to_string(image.height) + " image");
+  }
+  const std::int32_t half = std::int32_t{1} << (precision_bits - 1);
+  // PIL's ImagingResampleInner: the horizontal pass runs first, over the rows the vertical pass
+  // reads; a pass whose size does not change is skipped (an identity copy here).
+  const bool horizontal = width != image.width, vertical = height != image.height;
+  const taps tv = vertical ? precompute(image.height, height, y0, h) : taps{};
+  const int r0 = vertical ? tv.first.front() : y0;
+  const int r1 = vertical ? tv.first.back() + tv.count.back() : y0 + h;
+  rgb_image tmp;  // columns [x0, x0 + w) of the horizontal pass, rows [r0, r1) of the input
+  tmp.width = w;
+  tmp.height = r1 - r0;
+  tmp.pixels.resize(static_cast<std::size_t>(tmp.width) * tmp.height * 3);
+  if (horizontal) {
+    const taps th = precompute(image.width, width, x0, w);
+    for (int y = 0; y < tmp.height; ++y) {
+      for (int i = 0; i < w; ++i) {
+        const std::int32_t* k = &th.weights[static_cast<std::size_t>(i) * th.ksize];
+        const std::uint8_t* row = image.at(th.first[i], r0 + y);
+        std::int32_t s0 = half, s1 = half, s2 = half;
+        for (int x = 0; x < th.count[i]; ++x) {
+          s0 += row[3 * x + 0] * k[x];
+          s1 += row[3 * x + 1] * k[x];
+          s2 += row[3 * x + 2] * k[x];
+        }
+        std::uint8_t* o = tmp.at(i, y);
+        o[0] = clip8(s0);
+        o[1] = clip8(s1);
+        o[2] = clip8(s2);
+      }
+    }
+  } else {
+    for (int y = 0; y < tmp.height; ++y) std::memcpy(tmp.at(0, y), image.at(x0, r0 + y), static_cast<std::size_t>(w) * 3);
+  }
+  if (!vertical) return tmp;
+  rgb_image out;
+  out.width = w;
+  out.height = h;
+  out.pixels.resize(static_cast<std::size_t>(w) * h * 3);
+  for (int j = 0; j < h; ++j) {
+    const std::int32_t* k = &tv.weights[static_cast<std::size_t>(j) * tv.ksize];
+    for (int i = 0; i < w; ++i) {
+      std::int32_t s0 = half, s1 = half, s2 = half;
+      for (int y = 0; y < tv.count[j]; ++y) {
+        const std::uint8_t* p = tmp.at(i, tv.first[j] - r0 + y);
+        s0 += p[0] * k[y];
+        s1 += p[1] * k[y];
+        s2 += p[2] * k[y];
+      }
+      std::uint8_t* o = out.at(i, j);
+      o[0] = clip8(s0);
+      o[1] = clip8(s1);
+      o[2] = clip8(s2);
+    }
+  }
+  return out;
+}
+
+rgb_image resize_bicubic(const rgb_image& image, int width, int height) {
+  return resize_bicubic_window(image, width, height, 0, 0, width, height);
+}
+
+std::array<int, 2> shortest_edge_size(int width, int height, int shortest) {
+  const bool portrait = width <= height;
+  const int short_side = portrait ? width : height, long_side = portrait ? height : width;
+  if (short_side <= 0 || shortest <= 0) throw image_error("llava: resize: empty image or size");
+  // Python: int(size * long / short), true division of ints (a correctly rounded double).
+  const double new_long_d = static_cast<double>(static_cast<long long>(shortest) * long_side) / short_side;
+  if (new_long_d >= 1 << 30) {
+    throw image_error("llava: image " + std::to_string(width) + "x" + std::to_string(height) +
+                      ": aspect ratio too extreme to resize (use padding)");
+  }
+  const int new_long = static_cast<int>(new_long_d);
+  return portrait ? std::array<int, 2>{shortest, new_long} : std::array<int, 2>{new_long, shortest};
+}
+
+rgb_image center_crop(const rgb_image& image, int width, int height) {
+  if (width > image.width || height > image.height || width <= 0 || height <= 0) {
+    throw image_error("llava: center crop " + std::to_string(width) + "x" + std::to_string(height) +
+                      " does not fit in a " + std::to_string(image.width) + "x" + std::to_string(image.height) + " image");
+  }
+  const int top = (image.height - height) / 2, left = (image.width - width) / 2;
+  rgb_image out;
+  out.width = width;
+  out.height = height;
+  out.pixels.resize(static_cast<std::size_t>(width) * height * 3);
+  for (int y = 0; y < height; ++y) std::memcpy(out.at(0, y), image.at(left, top + y), static_cast<std::size_t>(width) * 3);
+  return out;
+}
+
+preprocessed_image preprocess(const rgb_image& image, const preprocess_options& options) {
+  if (options.size <= 0) throw image_error("llava: preprocess: image size must be positive");
+  crop_geometry g;
+  g.input_width = image.width;
+  g.input_height = image.height;
+  g.size = options.size;
+  rgb_image padded;
+  const rgb_image* src = &image;
+  if (options.pad && image.width != image.height) {
+    padded = pad_to_square(image, mean_colour(options.mean));
+    g.pad_x = (padded.width - image.width) / 2;
+    g.pad_y = (padded.height - image.height) / 2;
+    src = &padded;
+  }
+  g.padded_width = src->width;
+  g.padded_height = src->height;
+  const auto [rw, rh] = shortest_edge_size(src->width, src->height, options.size);
+  g.resized_width = rw;
+  g.resized_height = rh;
+  g.crop_x = (rw - options.size) / 2;
+  g.crop_y = (rh - options.size) / 2;
+  // Only the centre-crop window of the resize is computed: the same pixels as resizing the whole
+  // image and cropping, in O(size^2) memory whatever the aspect ratio.
+  const rgb_image crop = resize_bicubic_window(*src, rw, rh, g.crop_x, g.crop_y, options.size, options.size);
+
+  preprocessed_image out;
+  out.size = options.size;
+  out.geometry = g;
+  const std::size_t plane = static_cast<std::size_t>(options.size) * options.size;
+  out.pixels.resize(3 * plane);
+  // transformers: rescale in double then cast to float32; normalise in float32.
+  constexpr double scale = 1.0 / 255.0;
+  for (std::size_t i = 0; i < plane; ++i) {
+    for (int c = 0; c < 3; ++c) {
+      const float x = static_cast<float>(crop.pixels[3 * i + c] * scale);
+      out.pixels[c * plane + i] = (x - options.mean[c]) / options.std[c];
+    }
+  }
+  return out;
+}
+
+void write_png(const std::filesystem::path& path, const rgb_image& image) {
+  if (!stbi_write_png(path.string().c_str(), image.width, image.height, 3, image.pixels.data(), image.width * 3)) {
+    throw image_error("llava: overlay " + path.string() + ": cannot write PNG");
+  }
+}
+
+void write_overlay(const std::filesystem::path& path, const rgb_image& image,
+                   std::span<const tokensel::token_index> kept, tokensel::token_grid grid,
+                   const crop_geometry& g) {
+  if (grid.rows <= 0 || grid.cols <= 0) throw image_error("llava: overlay: empty patch grid");
+  if (g.input_width != image.width || g.input_height != image.height || g.size <= 0 ||
+      g.padded_width <= 0 || g.padded_height <= 0) {
+    throw image_error("llava: overlay: crop geometry does not belong to this image");
+  }
+  std::vector<char> keep(static_cast<std::size_t>(grid.size()), 0);
+  for (const auto t : kept) {
+    if (t < 0 || t >= grid.size()) {
+      throw image_error("llava: overlay: kept index " + std::to_string(t) + " outside the " +
+                        std::to_string(grid.rows) + "x" + std::to_string(grid.cols) + " patch grid");
+    }
+    keep[static_cast<std::size_t>(t)] = 1;
+  }
+  // Map each input pixel centre through pad -> resize (PIL's centre mapping) -> crop to a patch.
+  auto patch_coord = [&](int p, int pad, int padded, int resized, int crop, index_t cells) -> index_t {
+    const double r = (p + pad + 0.5) * resized / padded - crop;
+    if (r < 0 || r >= g.size) return -1;
+    return std::min<index_t>(static_cast<index_t>(r * cells / g.size), cells - 1);
+  };
+  std::vector<index_t> col_of(image.width), row_of(image.height);
+  for (int x = 0; x < image.width; ++x) col_of[x] = patch_coord(x, g.pad_x, g.padded_width, g.resized_width, g.crop_x, grid.cols);
+  for (int y = 0; y < image.height; ++y) row_of[y] = patch_coord(y, g.pad_y, g.padded_height, g.resized_height, g.crop_y, grid.rows);
+
+  rgb_image out = image;
+  for (int y = 0; y < image.height; ++y) {
+    for (int x = 0; x < image.width; ++x) {
+      const index_t r = row_of[y], c = col_of[x];
+      const bool inside = r >= 0 && c >= 0;
+      if (inside && keep[static_cast<std::size_t>(grid.at(r, c))]) continue;
+      // Dropped patches: a quarter of the brightness, pulled toward grey so they read as "off";
+      // pixels the centre crop removed (never seen by the model): darker still.
+      std::uint8_t* p = out.at(x, y);
+      for (int ch = 0; ch < 3; ++ch) p[ch] = static_cast<std::uint8_t>(inside ? 24 + p[ch] / 4 : p[ch] / 8);
+    }
+  }
+  write_png(path, out);
+}
+
+}  // namespace llava

@@ -1,0 +1,310 @@
+// llava: Llama decoder with KV cache, explicit-position RoPE, GQA and prefill hooks (llama.hpp).
+#include "llava/llama.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include <Eigen/Core>
+
+#include "llava/clip.hpp"
+
+namespace llava {
+
+using rmat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+namespace {
+std::string lm(const std::string& rest) { return "model.language_model." + rest; }
+}  // namespace
+
+llama_model::llama_model(const llama_config& cfg, const weight_store& w) : cfg_(cfg) {
+  const std::int64_t d = cfg.hidden, hd = cfg.head_dim, qd = cfg.heads * hd, kd = cfg.kv_heads * hd, m = cfg.intermediate;
+  embed_ = &w.get(lm("embed_tokens.weight"), {cfg.vocab, d});
+  norm_ = &w.get(lm("norm.weight"), {d});
+  // LLaVA-1.5 has its own lm_head; tied checkpoints reuse the embedding table.
+  lm_head_ = w.contains("lm_head.weight") ? &w.get("lm_head.weight", {cfg.vocab, d}) : embed_;
+  for (int l = 0; l < cfg.layers; ++l) {
+    const std::string p = "layers." + std::to_string(l) + ".";
+    layer_weights lw{};
+    lw.in_norm = &w.get(lm(p + "input_layernorm.weight"), {d});
+    lw.q = &w.get(lm(p + "self_attn.q_proj.weight"), {qd, d});
+    lw.k = &w.get(lm(p + "self_attn.k_proj.weight"), {kd, d});
+    lw.v = &w.get(lm(p + "self_attn.v_proj.weight"), {kd, d});
+    lw.o = &w.get(lm(p + "self_attn.o_proj.weight"), {d, qd});
+    lw.post_norm = &w.get(lm(p + "post_attention_layernorm.weight"), {d});
+    lw.gate = &w.get(lm(p + "mlp.gate_proj.weight"), {m, d});
+    lw.up = &w.get(lm(p + "mlp.up_proj.weight"), {m, d});
+    lw.down = &w.get(lm(p + "mlp.down_proj.weight"), {d, m});
+    layers_.push_back(lw);
+  }
+  // inv_freq as transformers computes it: fp32 of base ** (2i / dim).
+  for (std::int64_t i = 0; i < hd / 2; ++i) {
+    const float e = static_cast<float>(2 * i) / static_cast<float>(hd);
+    inv_freq_.push_back(static_cast<float>(1.0 / std::pow(cfg.rope_theta, static_cast<double>(e))));
+  }
+}
+
+void llama_model::embed(std::span<const std::int32_t> ids, float* out) const {
+  const std::int64_t d = cfg_.hidden;
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= cfg_.vocab) {
+      throw error("llava: token id " + std::to_string(ids[i]) + " at position " + std::to_string(i) +
+                  " is outside the vocabulary [0, " + std::to_string(cfg_.vocab) + ")");
+    }
+    embed_->to_float(ids[i], 1, out + static_cast<std::int64_t>(i) * d);
+  }
+}
+
+llama_model::kv_cache llama_model::make_cache(std::int64_t capacity) const {
+  kv_cache c;
+  c.capacity = capacity;
+  const auto per = static_cast<std::size_t>(cfg_.kv_heads * capacity * cfg_.head_dim);
+  c.k.assign(static_cast<std::size_t>(cfg_.layers), std::vector<float>(per));
+  c.v.assign(static_cast<std::size_t>(cfg_.layers), std::vector<float>(per));
+  c.length.assign(static_cast<std::size_t>(cfg_.layers), 0);
+  return c;
+}
+
+void llama_model::rms_norm(const float* x, const tensor& w, std::int64_t n, float* out) const {
+  const std::int64_t d = cfg_.hidden;
+  const auto wf = w.to_float();
+  const double eps = cfg_.rms_norm_eps;
+#pragma omp parallel for schedule(static) if (n > 16)
+  for (std::int64_t i = 0; i < n; ++i) {
+    const float* r = x + i * d;
+    double ss = 0;
+    for (std::int64_t j = 0; j < d; ++j) ss += static_cast<double>(r[j]) * r[j];
+    const float inv = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(d) + eps));
+    float* o = out + i * d;
+    for (std::int64_t j = 0; j < d; ++j) o[j] = wf[static_cast<std::size_t>(j)] * (r[j] * inv);
+  }
+}
+
+void llama_model::mlp(const layer_weights& lw, const float* x, std::int64_t n, float* out) const {
+  const std::int64_t m = cfg_.intermediate;
+  std::vector<float> g(static_cast<std::size_t>(n * m)), u(g.size());
+  linear(*lw.gate, nullptr, x, n, g.data());
+  linear(*lw.up, nullptr, x, n, u.data());
+#pragma omp parallel for schedule(static) if (n * m > 65536)
+  for (std::int64_t i = 0; i < n * m; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+  linear(*lw.down, nullptr, g.data(), n, out);
+}
+
+std::vector<float> llama_model::logits_of(const float* row) const {
+  std::vector<float> h(static_cast<std::size_t>(cfg_.hidden)), logits(static_cast<std::size_t>(cfg_.vocab));
+  rms_norm(row, *norm_, 1, h.data());
+  linear(*lm_head_, nullptr, h.data(), 1, logits.data());
+  return logits;
+}
+
+namespace {
+
+/// Rotate-half RoPE of rows [n, heads * hd] at the given positions, in place.
+void rope(float* x, std::int64_t n, std::int64_t heads, std::int64_t hd, const std::int32_t* pos,
+          const std::vector<float>& inv_freq) {
+  const std::int64_t half = hd / 2;
+#pragma omp parallel for schedule(static) if (n > 16)
+  for (std::int64_t i = 0; i < n; ++i) {
+    for (std::int64_t j = 0; j < half; ++j) {
+      const float angle = static_cast<float>(pos[i]) * inv_freq[static_cast<std::size_t>(j)];
+      const float c = std::cos(angle), s = std::sin(angle);
+      for (std::int64_t h = 0; h < heads; ++h) {
+        float* r = x + (i * heads + h) * hd;
+        const float a = r[j], b = r[j + half];
+        r[j] = a * c - b * s;
+        r[j + half] = b * c + a * s;
+      }
+    }
+  }
+}
+
+/// Appends rows [n, kvh * hd] into the layer's cache [kvh, capacity, hd] at `at`.
+void append(std::vector<float>& cache, std::int64_t capacity, const float* rows, std::int64_t n, std::int64_t kvh,
+            std::int64_t hd, std::int64_t at) {
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t h = 0; h < kvh; ++h)
+      std::memcpy(cache.data() + (h * capacity + at + i) * hd, rows + (i * kvh + h) * hd, static_cast<std::size_t>(hd) * 4);
+}
+
+}  // namespace
+
+std::vector<float> llama_model::prefill(const float* embeddings, std::span<const std::int32_t> positions, kv_cache& cache,
+                                        const prefill_hook* hook, std::vector<std::int32_t>* final_rows,
+                                        std::vector<std::int64_t>* layer_rows) const {
+  const std::int64_t d = cfg_.hidden, hd = cfg_.head_dim, H = cfg_.heads, KV = cfg_.kv_heads, group = H / KV;
+  std::int64_t L = static_cast<std::int64_t>(positions.size());
+  if (L == 0) throw error("llava: empty prompt");
+  if (static_cast<std::int64_t>(cache.length.size()) != cfg_.layers) throw error("llava: KV cache of the wrong model");
+  std::vector<float> x(embeddings, embeddings + L * d);
+  if (layer_rows) layer_rows->clear();
+  std::vector<std::int32_t> pos(positions.begin(), positions.end());
+  std::vector<std::int32_t> rows(static_cast<std::size_t>(L));
+  for (std::int64_t i = 0; i < L; ++i) rows[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(i);
+  std::vector<float> h, q, k, v, att, probs;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  for (int l = 0; l < cfg_.layers; ++l) {
+    const auto& lw = layers_[static_cast<std::size_t>(l)];
+    const std::int64_t past = cache.length[static_cast<std::size_t>(l)];
+    if (past + L > cache.capacity) throw error("llava: KV cache capacity exceeded");
+    const bool want = hook && hook->after_attention && (!hook->wants_attention || hook->wants_attention(l));
+    if (want && past != 0) throw error("llava: prefill hooks need an empty KV cache");
+    h.resize(static_cast<std::size_t>(L * d));
+    q.resize(static_cast<std::size_t>(L * H * hd));
+    k.resize(static_cast<std::size_t>(L * KV * hd));
+    v.resize(k.size());
+    att.resize(q.size());
+    rms_norm(x.data(), *lw.in_norm, L, h.data());
+    linear(*lw.q, nullptr, h.data(), L, q.data());
+    linear(*lw.k, nullptr, h.data(), L, k.data());
+    linear(*lw.v, nullptr, h.data(), L, v.data());
+    rope(q.data(), L, H, hd, pos.data(), inv_freq_);
+    rope(k.data(), L, KV, hd, pos.data(), inv_freq_);
+    auto& kc = cache.k[static_cast<std::size_t>(l)];
+    auto& vc = cache.v[static_cast<std::size_t>(l)];
+    append(kc, cache.capacity, k.data(), L, KV, hd, past);
+    append(vc, cache.capacity, v.data(), L, KV, hd, past);
+    const std::int64_t T = past + L;  // keys visible to the last row
+    if (want) probs.assign(static_cast<std::size_t>(H * L * T), 0.0f);
+    // Causal attention in blocks of query rows: block [i0, i1) multiplies only the keys
+    // 0 .. past + i1 - 1 it can see (the masked upper triangle is never computed).
+    constexpr std::int64_t rb = 64;
+    const std::int64_t row_blocks = (L + rb - 1) / rb;
+#pragma omp parallel
+    {
+      std::vector<float> local;
+#pragma omp for schedule(dynamic, 1) collapse(2)
+      for (std::int64_t hh = 0; hh < H; ++hh) {
+        for (std::int64_t blk = 0; blk < row_blocks; ++blk) {
+          const std::int64_t g = hh / group, i0 = blk * rb, i1 = std::min(L, i0 + rb), nr = i1 - i0;
+          const std::int64_t vis_max = past + i1;  // keys visible to the block's last row
+          float* P;
+          std::int64_t stride;
+          if (want) {
+            P = probs.data() + (hh * L + i0) * T;
+            stride = T;
+          } else {
+            local.resize(static_cast<std::size_t>(rb * T));
+            P = local.data();
+            stride = vis_max;
+          }
+          using smap = Eigen::Map<const rmat, 0, Eigen::OuterStride<>>;
+          smap Q(q.data() + i0 * H * hd + hh * hd, nr, hd, Eigen::OuterStride<>(H * hd));
+          Eigen::Map<const rmat> K(kc.data() + g * cache.capacity * hd, vis_max, hd);
+          Eigen::Map<const rmat> V(vc.data() + g * cache.capacity * hd, vis_max, hd);
+          Eigen::Map<rmat, 0, Eigen::OuterStride<>> S(P, nr, vis_max, Eigen::OuterStride<>(stride));
+          S.noalias() = (Q * K.transpose()) * scale;
+          for (std::int64_t i = 0; i < nr; ++i) {  // row i0 + i sees keys 0 .. past + i0 + i
+            float* r = P + i * stride;
+            const std::int64_t vis = past + i0 + i + 1;
+            float mx = r[0];
+            for (std::int64_t j = 1; j < vis; ++j) mx = std::max(mx, r[j]);
+            float sum = 0;
+            for (std::int64_t j = 0; j < vis; ++j) {
+              r[j] = std::exp(r[j] - mx);
+              sum += r[j];
+            }
+            const float inv = 1.0f / sum;
+            for (std::int64_t j = 0; j < vis; ++j) r[j] *= inv;
+            for (std::int64_t j = vis; j < vis_max; ++j) r[j] = 0.0f;
+          }
+          Eigen::Map<rmat, 0, Eigen::OuterStride<>> O(att.data() + i0 * H * hd + hh * hd, nr, hd, Eigen::OuterStride<>(H * hd));
+          O.noalias() = S * V;
+        }
+      }
+    }
+    cache.length[static_cast<std::size_t>(l)] = T;
+    if (want) {
+      auto keep = hook->after_attention(l, probs.data(), L);
+      if (keep) {
+        // Survivors continue; the layer's cache keeps everything (it was filled above).
+        const std::int64_t nk = static_cast<std::int64_t>(keep->size());
+        for (std::int64_t i = 0; i < nk; ++i) {
+          const std::int32_t r = (*keep)[static_cast<std::size_t>(i)];
+          if (r < 0 || r >= L || (i > 0 && r <= (*keep)[static_cast<std::size_t>(i - 1)])) {
+            throw error("llava: prefill hook returned an invalid row list at layer " + std::to_string(l));
+          }
+          if (r != i) {
+            std::memmove(x.data() + i * d, x.data() + r * d, static_cast<std::size_t>(d) * 4);
+            std::memmove(att.data() + i * H * hd, att.data() + r * H * hd, static_cast<std::size_t>(H * hd) * 4);
+            pos[static_cast<std::size_t>(i)] = pos[static_cast<std::size_t>(r)];
+            rows[static_cast<std::size_t>(i)] = rows[static_cast<std::size_t>(r)];
+          }
+        }
+        if (nk == 0) throw error("llava: prefill hook dropped every row");
+        L = nk;
+        x.resize(static_cast<std::size_t>(L * d));
+        pos.resize(static_cast<std::size_t>(L));
+        rows.resize(static_cast<std::size_t>(L));
+      }
+    }
+    if (layer_rows) layer_rows->push_back(L);
+    h.resize(static_cast<std::size_t>(L * d));
+    linear(*lw.o, nullptr, att.data(), L, h.data());
+    for (std::int64_t i = 0; i < L * d; ++i) x[static_cast<std::size_t>(i)] += h[static_cast<std::size_t>(i)];
+    std::vector<float> n2(static_cast<std::size_t>(L * d));
+    rms_norm(x.data(), *lw.post_norm, L, n2.data());
+    mlp(lw, n2.data(), L, h.data());
+    for (std::int64_t i = 0; i < L * d; ++i) x[static_cast<std::size_t>(i)] += h[static_cast<std::size_t>(i)];
+  }
+  if (final_rows) *final_rows = rows;
+  return logits_of(x.data() + (L - 1) * d);
+}
+
+std::vector<float> llama_model::decode_step(std::int32_t token, std::int32_t position, kv_cache& cache) const {
+  const std::int64_t d = cfg_.hidden, hd = cfg_.head_dim, H = cfg_.heads, KV = cfg_.kv_heads, group = H / KV;
+  std::vector<float> x(static_cast<std::size_t>(d)), h(x.size()), n2(x.size());
+  embed(std::span<const std::int32_t>(&token, 1), x.data());
+  std::vector<float> q(static_cast<std::size_t>(H * hd)), k(static_cast<std::size_t>(KV * hd)), v(k.size()), att(q.size());
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  for (int l = 0; l < cfg_.layers; ++l) {
+    const auto& lw = layers_[static_cast<std::size_t>(l)];
+    const std::int64_t past = cache.length[static_cast<std::size_t>(l)];
+    if (past + 1 > cache.capacity) throw error("llava: KV cache capacity exceeded");
+    rms_norm(x.data(), *lw.in_norm, 1, h.data());
+    linear(*lw.q, nullptr, h.data(), 1, q.data());
+    linear(*lw.k, nullptr, h.data(), 1, k.data());
+    linear(*lw.v, nullptr, h.data(), 1, v.data());
+    rope(q.data(), 1, H, hd, &position, inv_freq_);
+    rope(k.data(), 1, KV, hd, &position, inv_freq_);
+    auto& kc = cache.k[static_cast<std::size_t>(l)];
+    auto& vc = cache.v[static_cast<std::size_t>(l)];
+    append(kc, cache.capacity, k.data(), 1, KV, hd, past);
+    append(vc, cache.capacity, v.data(), 1, KV, hd, past);
+    const std::int64_t T = past + 1;
+    cache.length[static_cast<std::size_t>(l)] = T;
+#pragma omp parallel for schedule(static) if (T * H > 4096)
+    for (std::int64_t hh = 0; hh < H; ++hh) {
+      const std::int64_t g = hh / group;
+      Eigen::Map<const rmat> K(kc.data() + g * cache.capacity * hd, T, hd);
+      Eigen::Map<const rmat> V(vc.data() + g * cache.capacity * hd, T, hd);
+      Eigen::Map<const Eigen::VectorXf> Q(q.data() + hh * hd, hd);
+      Eigen::VectorXf s = (K * Q) * scale;
+      const float mx = s.maxCoeff();
+      s = (s.array() - mx).exp();
+      s /= s.sum();
+      Eigen::Map<Eigen::VectorXf>(att.data() + hh * hd, hd).noalias() = V.transpose() * s;
+    }
+    linear(*lw.o, nullptr, att.data(), 1, h.data());
+    for (std::int64_t i = 0; i < d; ++i) x[static_cast<std::size_t>(i)] += h[static_cast<std::size_t>(i)];
+    rms_norm(x.data(), *lw.post_norm, 1, n2.data());
+    mlp(lw, n2.data(), 1, h.data());
+    for (std::int64_t i = 0; i < d; ++i) x[static_cast<std::size_t>(i)] += h[static_cast<std::size_t>(i)];
+  }
+  return logits_of(x.data());
+}
+
+std::vector<std::int32_t> llama_model::generate(std::vector<float> logits, std::int32_t next_position, int max_new,
+                                                kv_cache& cache) const {
+  std::vector<std::int32_t> out;
+  for (int t = 0; t < max_new; ++t) {
+    const auto best = std::max_element(logits.begin(), logits.end()) - logits.begin();  // first max
+    const auto id = static_cast<std::int32_t>(best);
+    out.push_back(id);
+    if (id == cfg_.eos || t + 1 == max_new) break;
+    logits = decode_step(id, next_position++, cache);
+  }
+  return out;
+}
+
+}  // namespace llava
