@@ -391,6 +391,12 @@ TEST(Reliability, FitPruneArithmeticOfHugeN) {
   EXPECT_EQ(fitprune::keep_count(577, r), 577 - 288 - 144);
   const double ratio = fitprune::flops_ratio(r, kMax);
   EXPECT_TRUE(std::isfinite(ratio) && ratio > 0.0 && ratio < 1.0) << ratio;
+  // The running drop sum of validate(recipe) overflowed for a huge count after a small one.
+  fitprune::recipe bad = r;
+  bad.drops = {4, kMax};
+  expect_error([&] { fitprune::validate(bad); }, errc::invalid_argument,
+               "tokensel: fitprune.recipe.drops = sum 4 + 9223372036854775807 (through layer 1): drops more than "
+               "geometry.visual_tokens = 576");
   fitprune::flops_model huge{.hidden = kMax, .ffn = kMax, .layers = 1, .visual_tokens = 1};
   EXPECT_TRUE(std::isfinite(huge.original()));
   expect_error([] { fitprune::validate(fitprune::flops_model{.visual_tokens = index_t{1} << 31}); },

@@ -123,11 +123,13 @@ inline void validate(const recipe& r, std::string_view name = "fitprune.recipe")
   index_t total = 0;
   for (std::size_t l = 0; l < r.drops.size(); ++l) {
     if (r.drops[l] < 0) tokensel::detail::fail(errc::invalid_argument, tokensel::detail::at_index(base + ".drops", static_cast<index_t>(l)), r.drops[l], "must be >= 0");
-    total += r.drops[l];
-    if (total > r.geometry.visual_tokens) {
-      tokensel::detail::fail(errc::invalid_argument, base + ".drops", "sum " + std::to_string(total) + " (through layer " + std::to_string(l) + ")",
-                   "drops more than geometry.visual_tokens = " + std::to_string(r.geometry.visual_tokens));
+    // Compared before adding: a huge count must not overflow the running sum.
+    if (r.drops[l] > r.geometry.visual_tokens - total) {
+      tokensel::detail::fail(errc::invalid_argument, base + ".drops",
+                             "sum " + std::to_string(total) + " + " + std::to_string(r.drops[l]) + " (through layer " + std::to_string(l) + ")",
+                             "drops more than geometry.visual_tokens = " + std::to_string(r.geometry.visual_tokens));
     }
+    total += r.drops[l];
   }
   if (!(r.reduction >= 0.0 && r.reduction < 1.0)) tokensel::detail::fail(errc::invalid_argument, base + ".reduction", r.reduction, "must be in [0, 1)");
   if (r.alpha && !(*r.alpha >= 0.0 && *r.alpha <= 1.0)) tokensel::detail::fail(errc::invalid_argument, base + ".alpha", *r.alpha, "must be in [0, 1]");
