@@ -17,7 +17,7 @@ void check_all_patterns() {
   std::vector<T> src(65536 + 5);
   for (std::size_t i = 0; i < src.size(); ++i) {
     const auto bits = static_cast<std::uint16_t>(i * 40503u);  // every pattern, shuffled
-    std::memcpy(&src[i], &bits, sizeof bits);
+    std::memcpy(static_cast<void*>(&src[i]), &bits, sizeof bits);
   }
   std::vector<float> out(src.size(), -1.0f);
   detail::widen(src.data(), static_cast<index_t>(src.size()), out.data());

@@ -11,6 +11,18 @@ namespace llava {
 
 using rmat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
+void softmax_row(float* row, std::int64_t count) {
+  float mx = row[0];
+  for (std::int64_t j = 1; j < count; ++j) mx = std::max(mx, row[j]);
+  float sum = 0;
+  for (std::int64_t j = 0; j < count; ++j) {
+    row[j] = std::exp(row[j] - mx);
+    sum += row[j];
+  }
+  const float inv = 1.0f / sum;
+  for (std::int64_t j = 0; j < count; ++j) row[j] *= inv;
+}
+
 void apply_activation(const std::string& name, float* x, std::int64_t count) {
   if (name == "quick_gelu") {
 #pragma omp parallel for schedule(static) if (count > 65536)
@@ -54,20 +66,9 @@ void layer_norm(const float* x, std::int64_t n, std::int64_t d, const std::vecto
   }
 }
 
-/// Softmax of each row in place (max-subtracted, fp32 like torch).
+/// Softmax of each row in place.
 void softmax_rows(float* s, std::int64_t rows, std::int64_t cols) {
-  for (std::int64_t i = 0; i < rows; ++i) {
-    float* r = s + i * cols;
-    float m = r[0];
-    for (std::int64_t j = 1; j < cols; ++j) m = std::max(m, r[j]);
-    float sum = 0;
-    for (std::int64_t j = 0; j < cols; ++j) {
-      r[j] = std::exp(r[j] - m);
-      sum += r[j];
-    }
-    const float inv = 1.0f / sum;
-    for (std::int64_t j = 0; j < cols; ++j) r[j] *= inv;
-  }
+  for (std::int64_t i = 0; i < rows; ++i) softmax_row(s + i * cols, cols);
 }
 
 std::string vt(const std::string& rest) { return "model.vision_tower.vision_model." + rest; }

@@ -197,15 +197,7 @@ std::vector<float> llama_model::prefill(const float* embeddings, std::span<const
           for (std::int64_t i = 0; i < nr; ++i) {  // row i0 + i sees keys 0 .. past + i0 + i
             float* r = P + i * stride;
             const std::int64_t vis = past + i0 + i + 1;
-            float mx = r[0];
-            for (std::int64_t j = 1; j < vis; ++j) mx = std::max(mx, r[j]);
-            float sum = 0;
-            for (std::int64_t j = 0; j < vis; ++j) {
-              r[j] = std::exp(r[j] - mx);
-              sum += r[j];
-            }
-            const float inv = 1.0f / sum;
-            for (std::int64_t j = 0; j < vis; ++j) r[j] *= inv;
+            softmax_row(r, vis);
             for (std::int64_t j = vis; j < vis_max; ++j) r[j] = 0.0f;
           }
           Eigen::Map<rmat, 0, Eigen::OuterStride<>> O(att.data() + i0 * H * hd + hh * hd, nr, hd, Eigen::OuterStride<>(H * hd));

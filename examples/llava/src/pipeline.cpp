@@ -364,6 +364,17 @@ run_result llava_model::run_impl(const float* pixels, std::span<const std::int32
   ts::fitprune::recipe recipe;
   ts::fitprune::position_tracker tracker;
   std::int64_t visual_now = k_rows;
+  // After an in-LLM selection: the sequence rows to keep (prefix, kept visual, text) and the new
+  // visual count; the hook's time is accounted to selection.
+  auto survivors = [&](std::vector<ts::token_index>& keep, std::int64_t count, std::int64_t len,
+                       clock_type::time_point started) {
+    keep.resize(static_cast<std::size_t>(count));
+    std::vector<std::int32_t> out(static_cast<std::size_t>(len - visual_now + count));
+    ts::sequence_keep(len, ts::token_range{s0, visual_now}, keep, out);
+    visual_now = count;
+    hook_ms += ms_since(started);
+    return out;
+  };
   if (m == method::fastv) {
     ts::fastv::config c;
     c.layer = sel.fastv_layer;
@@ -385,12 +396,7 @@ run_result llava_model::run_impl(const float* pixels, std::span<const std::int32
       const auto t = clock_type::now();
       std::vector<ts::token_index> keep(static_cast<std::size_t>(ts::fastv::keep_count(visual_now, c)));
       const auto r = ts::fastv::select(ts::par, ts::head_attention_view<float>(probs, {H, len, len}), ts::token_range{s0, visual_now}, c, keep);
-      keep.resize(static_cast<std::size_t>(r.count));
-      std::vector<std::int32_t> out(static_cast<std::size_t>(len - visual_now + r.count));
-      ts::sequence_keep(len, ts::token_range{s0, visual_now}, keep, out);
-      visual_now = r.count;
-      hook_ms += ms_since(t);
-      return out;
+      return survivors(keep, r.count, len, t);
     };
     hook_ptr = &hook;
   } else if (m == method::fitprune) {
@@ -403,12 +409,7 @@ run_result llava_model::run_impl(const float* pixels, std::span<const std::int32
       std::vector<ts::token_index> keep(static_cast<std::size_t>(visual_now - drop));
       const auto r = ts::fitprune::prune_layer(ts::par, ts::head_attention_view<float>(probs, {H, len, len}),
                                                ts::token_range{s0, visual_now}, drop, ts::fitprune::config{}, keep);
-      keep.resize(static_cast<std::size_t>(r.count));
-      std::vector<std::int32_t> out(static_cast<std::size_t>(len - visual_now + r.count));
-      ts::sequence_keep(len, ts::token_range{s0, visual_now}, keep, out);
-      visual_now = r.count;
-      hook_ms += ms_since(t);
-      return out;
+      return survivors(keep, r.count, len, t);
     };
     hook_ptr = &hook;
   }

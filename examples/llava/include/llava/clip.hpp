@@ -77,4 +77,8 @@ class projector {
 /// Activations shared by CLIP, the projector and Llama (by transformers name).
 void apply_activation(const std::string& name, float* x, std::int64_t count);
 
+/// Softmax of the first `count` entries of a row in place (max-subtracted, fp32 like torch);
+/// shared by CLIP's and Llama's attention.
+void softmax_row(float* row, std::int64_t count);
+
 }  // namespace llava
