@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -24,6 +25,7 @@
 #include <tokensel/fitprune.hpp>
 #include <tokensel/fopru.hpp>
 #include <tokensel/freepruner.hpp>
+#include <tokensel/head_reduction.hpp>
 #include <tokensel/prumerge.hpp>
 #include <tokensel/safetensors.hpp>
 #include <tokensel/visionzip.hpp>
@@ -128,6 +130,57 @@ TEST_P(Variants, ClipHiddenStatesAttentionAndQK) {
       }
   CHECK_REL(rel_err(out.last_q, q));
   CHECK_REL(rel_err(out.last_k, k));
+}
+
+bool same_bits(const float* a, const float* b, std::size_t n) { return std::memcmp(a, b, n * sizeof(float)) == 0; }
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && same_bits(a.data(), b.data(), a.size());
+}
+
+// The head-mean maps CLIP sums inside its attention (what freePruner and FoPru read) are
+// tokensel::reduce_heads(mean) of the full per-head maps bit for bit, on every layer, whether
+// stored, streamed or asked for next to the full maps; asking for them changes no other bit.
+TEST_P(Variants, ClipFusedHeadMeanIsReduceHeadsBitForBit) {
+  auto& v = load(GetParam());
+  const auto& c = v.model->config().vision;
+  const int L = c.layers;
+  const ts::index_t H = c.heads, N = c.tokens();
+  const auto NN = static_cast<std::size_t>(N * N);
+  llava::clip_options full, fused, both, streamed;
+  for (int l = 0; l < L; ++l) {
+    full.attention_layers.push_back(l);
+    fused.head_mean_layers.push_back(l);
+  }
+  both.attention_layers = full.attention_layers;
+  both.head_mean_layers = fused.head_mean_layers;
+  std::map<int, std::vector<float>> stream;
+  streamed.head_mean_layers = {1, L - 1};
+  streamed.on_head_mean = [&](int l, const float* m) { stream[l].assign(m, m + NN); };
+  const auto a = v.model->vision().encode(v.pixels, full);
+  const auto b = v.model->vision().encode(v.pixels, fused);
+  const auto ab = v.model->vision().encode(v.pixels, both);
+  const auto s = v.model->vision().encode(v.pixels, streamed);
+  EXPECT_TRUE(b.attention.empty());
+  EXPECT_TRUE(a.head_mean.empty());
+  EXPECT_TRUE(s.head_mean.empty());
+  ASSERT_EQ(b.head_mean.size(), static_cast<std::size_t>(L));
+  ASSERT_EQ(stream.size(), 2u);
+  std::vector<float> want(NN);
+  for (int l = 0; l < L; ++l) {
+    ts::reduce_heads(ts::seq, ts::head_attention_view<float>(a.attention.at(l).data(), {H, N, N}), ts::head_reduction::mean,
+                     ts::matrix_view<float>(want.data(), {N, N}));
+    EXPECT_TRUE(same_bits(b.head_mean.at(l), want)) << "layer " << l;
+    EXPECT_TRUE(same_bits(ab.head_mean.at(l), want)) << "layer " << l;
+    EXPECT_TRUE(same_bits(ab.attention.at(l), a.attention.at(l))) << "layer " << l;
+    if (stream.count(l) != 0) {
+      EXPECT_TRUE(same_bits(stream.at(l), want)) << "layer " << l;
+    }
+  }
+  // Not vacuous: the heads differ, so the mean is none of them.
+  EXPECT_FALSE(same_bits(b.head_mean.at(0).data(), a.attention.at(0).data(), NN));
+  EXPECT_TRUE(same_bits(b.features, a.features));
+  EXPECT_TRUE(same_bits(s.features, a.features));
+  EXPECT_TRUE(same_bits(ab.features, a.features));
 }
 
 TEST_P(Variants, ProjectorOutput) {
@@ -459,6 +512,43 @@ TEST(Selection, NoMethodIsTheUnprunedModel) {
   const auto c = run_method(v, "uniform", "1.0");
   EXPECT_EQ(c.r.kept_tokens, 64);
   EXPECT_EQ(c.r.logits, b.logits);
+}
+
+// freePruner and FoPru read CLIP's fused head-mean maps: their selections are bit for bit the
+// library's on the runtime's own full [heads, N, N] maps (not only on the goldens, which differ
+// from the runtime's maps by rounding).
+TEST(Selection, FusedHeadMeansSelectLikeTheFullMaps) {
+  for (const std::string name : {"fp32", "bf16"}) {
+    auto& v = load(name);
+    const auto& vc = v.model->config().vision;
+    const ts::index_t H = vc.heads, N = vc.tokens();
+    llava::clip_options o;
+    o.attention_layers = {0, 1, 2};
+    const auto co = v.model->vision().encode(v.pixels, o);
+    auto map = [&](int l) { return ts::head_attention_view<float>(co.attention.at(l).data(), {H, N, N}); };
+    for (const std::string keep : {"0.5", "0.25"}) {
+      ts::fopru::config cfg;
+      cfg.ratio = std::stod(keep);
+      std::vector<ts::token_index> want(static_cast<std::size_t>(ts::fopru::keep_count(64, cfg)));
+      ts::fopru::select(ts::seq, map(2), cfg, want);
+      EXPECT_EQ(run_method(v, "fopru", keep).r.kept, sorted(want)) << name << " fopru " << keep;
+    }
+    const std::vector<ts::head_attention_view<float>> layers = {map(0), map(1), map(2)};
+    for (const std::string keep : {"", "20", "0.25"}) {
+      ts::freepruner::config cfg;
+      cfg.first_layer = 1;
+      cfg.last_layer = 2;
+      cfg.complementary_layer = 2;
+      if (!keep.empty()) {
+        cfg.mode = ts::freepruner::mode::fixed;
+        cfg.budget = keep == "20" ? 20 : 16;
+      }
+      std::vector<ts::token_index> want(64);
+      const auto r = ts::freepruner::select(ts::seq, ts::freepruner::layer_stack<float>{layers, 0}, cfg, want);
+      want.resize(static_cast<std::size_t>(r.count));
+      EXPECT_EQ(run_method(v, "freepruner", keep).r.kept, sorted(want)) << name << " freepruner " << keep;
+    }
+  }
 }
 
 // ---- errors ------------------------------------------------------------------------------------

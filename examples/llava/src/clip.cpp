@@ -117,6 +117,7 @@ clip_output clip_model::encode(const float* pixels, const clip_options& opt) con
   int run = feature;  // layers 0 .. run-1 run fully
   if (opt.keys_layer >= run) run = opt.keys_layer + 1;
   for (int l : opt.attention_layers) run = std::max(run, l + 1);
+  for (int l : opt.head_mean_layers) run = std::max(run, l + 1);
   if (opt.last_layer_qk && static_cast<int>(layers_.size()) < v.layers) {
     throw error("llava: the checkpoint has no CLIP layer " + std::to_string(last) + " (PruMerge needs its Q/K)");
   }
@@ -151,8 +152,18 @@ clip_output clip_model::encode(const float* pixels, const clip_options& opt) con
 
   std::vector<float> h(static_cast<std::size_t>(N * D)), q(h.size()), k(h.size()), val(h.size()), att(h.size());
   std::vector<float> mid(static_cast<std::size_t>(N * I));
-  std::vector<float> probs(static_cast<std::size_t>(H * N * N));
+  std::vector<float> probs, mean;  // [H, N, N] / [N, N], for the layers that want them
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const auto hf = static_cast<float>(H);
+  auto listed = [](const std::vector<int>& layers, int l) { return std::find(layers.begin(), layers.end(), l) != layers.end(); };
+  // Attention by blocks of query rows, each block through the heads in ascending order, so the
+  // head-mean map is summed while the block's probabilities are in cache, in reduce_heads' order.
+  // The block height is a multiple of Eigen's GEMM micro-kernel rows (12 / 24 / 48 for SSE / AVX /
+  // AVX-512 floats) and the last block takes the tail, so every row goes through the same kernel
+  // path as in one [N, N] product per head: the probabilities are the same bits either way
+  // (checked on AVX2 against the former one-product-per-head loop). Threads split the blocks.
+  constexpr std::int64_t row_block = 48;
+  const std::int64_t blocks = std::max<std::int64_t>(1, N / row_block);
   for (int l = 0; l < run; ++l) {
     const auto& lw = layers_[static_cast<std::size_t>(l)];
     layer_norm(x.data(), N, D, lw.ln1_w->to_float(), lw.ln1_b->to_float(), v.layer_norm_eps, h.data());
@@ -165,21 +176,45 @@ clip_output clip_model::encode(const float* pixels, const clip_options& opt) con
         for (std::int64_t i = 0; i < N; ++i)
           std::memcpy(out.keys.data() + (hh * N + i) * hd, k.data() + i * D + hh * hd, static_cast<std::size_t>(hd) * 4);
     }
+    const bool full = opt.on_attention || listed(opt.attention_layers, l);
+    const bool want_mean = listed(opt.head_mean_layers, l);
+    if (full) probs.resize(static_cast<std::size_t>(H * N * N));
+    if (want_mean) mean.resize(static_cast<std::size_t>(N * N));
 #pragma omp parallel for schedule(static)
-    for (std::int64_t hh = 0; hh < H; ++hh) {
-      using smap = Eigen::Map<const rmat, 0, Eigen::OuterStride<>>;
-      smap Q(q.data() + hh * hd, N, hd, Eigen::OuterStride<>(D));
-      smap K(k.data() + hh * hd, N, hd, Eigen::OuterStride<>(D));
-      smap V(val.data() + hh * hd, N, hd, Eigen::OuterStride<>(D));
-      Eigen::Map<rmat> Pm(probs.data() + hh * N * N, N, N);
-      Pm.noalias() = (Q * K.transpose()) * scale;
-      softmax_rows(Pm.data(), N, N);
-      Eigen::Map<rmat, 0, Eigen::OuterStride<>> O(att.data() + hh * hd, N, hd, Eigen::OuterStride<>(D));
-      O.noalias() = Pm * V;
+    for (std::int64_t b = 0; b < blocks; ++b) {
+      const std::int64_t i0 = b * row_block, rows = b + 1 == blocks ? N - i0 : row_block;
+      thread_local std::vector<float> tile;  // the block's rows of one head when no full map is kept
+      if (!full && tile.size() < static_cast<std::size_t>(rows * N)) tile.resize(static_cast<std::size_t>(rows * N));
+      float* acc = want_mean ? mean.data() + i0 * N : nullptr;
+      const std::int64_t count = rows * N;
+      for (std::int64_t hh = 0; hh < H; ++hh) {
+        using smap = Eigen::Map<const rmat, 0, Eigen::OuterStride<>>;
+        smap Q(q.data() + i0 * D + hh * hd, rows, hd, Eigen::OuterStride<>(D));
+        smap K(k.data() + hh * hd, N, hd, Eigen::OuterStride<>(D));
+        smap V(val.data() + hh * hd, N, hd, Eigen::OuterStride<>(D));
+        float* p = full ? probs.data() + (hh * N + i0) * N : tile.data();
+        Eigen::Map<rmat> Pm(p, rows, N);
+        Pm.noalias() = (Q * K.transpose()) * scale;
+        softmax_rows(p, rows, N);
+        if (acc != nullptr) {
+          if (hh == 0) {
+            std::copy_n(p, count, acc);
+          } else {
+            for (std::int64_t e = 0; e < count; ++e) acc[e] += p[e];
+          }
+        }
+        Eigen::Map<rmat, 0, Eigen::OuterStride<>> O(att.data() + i0 * D + hh * hd, rows, hd, Eigen::OuterStride<>(D));
+        O.noalias() = Pm * V;
+      }
+      if (acc != nullptr) {
+        for (std::int64_t e = 0; e < count; ++e) acc[e] = acc[e] / hf;  // a division, as reduce_heads
+      }
     }
     if (opt.on_attention) opt.on_attention(l, probs.data());
-    if (std::find(opt.attention_layers.begin(), opt.attention_layers.end(), l) != opt.attention_layers.end()) {
-      out.attention[l] = probs;
+    if (listed(opt.attention_layers, l)) out.attention[l] = probs;
+    if (want_mean) {
+      if (opt.on_head_mean) opt.on_head_mean(l, mean.data());
+      else out.head_mean[l] = mean;
     }
     linear(*lw.o_w, lw.o_b, att.data(), N, h.data());
     for (std::size_t i = 0; i < x.size(); ++i) x[i] += h[i];

@@ -205,7 +205,14 @@ run_result llava_model::run_impl(const float* pixels, std::span<const std::int32
   const int f = cfg_.feature_hidden_index() - 1;  // attention layer that produces the features
   clip_options copt;
   std::unique_ptr<ts::freepruner::selector> fp;
-  if (m == method::fopru) copt.attention_layers = {f};
+  // FoPru and freePruner reduce the heads by their mean (the configs here keep that default), so
+  // they read CLIP's fused head-mean maps as 1-head views: the mean over one head is x / 1 = x, so
+  // the selection is bit for bit the one from the full [heads, N, N] maps, reading N * N floats per
+  // layer instead of heads * N * N.
+  static_assert(ts::fopru::config{}.heads == ts::head_reduction::mean &&
+                    ts::freepruner::config{}.heads == ts::head_reduction::mean,
+                "the fused CLIP maps are head means; another reduction needs the full maps");
+  if (m == method::fopru) copt.head_mean_layers = {f};
   if (m == method::visionzip) {
     copt.attention_layers = {f};
     copt.keys_layer = f;
@@ -214,10 +221,11 @@ run_result llava_model::run_impl(const float* pixels, std::span<const std::int32
   double in_vision_selection = 0;
   if (m == method::freepruner) {
     fp = std::make_unique<ts::freepruner::selector>(N, freepruner_config(f, sel.keep, n));
-    copt.on_attention = [&](int layer, const float* probs) {
-      if (!fp->needs(layer)) return;
+    for (int l = 0; l < cfg_.feature_hidden_index(); ++l)
+      if (fp->needs(l)) copt.head_mean_layers.push_back(l);
+    copt.on_head_mean = [&](int layer, const float* mean) {
       const auto t = clock_type::now();
-      fp->add_layer(ts::par, layer, ts::head_attention_view<float>(probs, {vc.heads, N, N}));
+      fp->add_layer(ts::par, layer, ts::head_attention_view<float>(mean, {1, N, N}));
       in_vision_selection += ms_since(t);
     };
   }
@@ -254,7 +262,7 @@ run_result llava_model::run_impl(const float* pixels, std::span<const std::int32
         c.ratio = *sel.keep.ratio;
       }
       kept.resize(static_cast<std::size_t>(ts::fopru::keep_count(n, c)));
-      const auto r = ts::fopru::select(ts::par, ts::head_attention_view<float>(co.attention.at(f).data(), {vc.heads, N, N}), c, kept);
+      const auto r = ts::fopru::select(ts::par, ts::head_attention_view<float>(co.head_mean.at(f).data(), {1, N, N}), c, kept);
       kept.resize(static_cast<std::size_t>(r.count));
       gather(kept);
       break;

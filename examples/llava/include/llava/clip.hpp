@@ -23,6 +23,15 @@ struct clip_options {
   /// Streaming alternative: called after each layer's softmax with probs [heads, N, N] (valid only
   /// during the call), for every layer that runs. Cheaper than storing many maps.
   std::function<void(int layer, const float* probs)> on_attention;
+  /// Layers whose head-mean map [N, N] is computed inside the attention, while each block of
+  /// probability rows is still in cache: the heads' rows summed in ascending head order in fp32,
+  /// the sum divided by the head count, i.e. bit for bit tokensel::reduce_heads(mean) of the
+  /// [heads, N, N] map. A method that head-means (freePruner, FoPru) then reads N * N floats per
+  /// layer instead of heads * N * N; the per-head maps are not formed for a layer nobody else asks
+  /// for. Each map goes to on_head_mean when it is set (valid only during the call), else into
+  /// clip_output::head_mean.
+  std::vector<int> head_mean_layers;
+  std::function<void(int layer, const float* mean)> on_head_mean;
   /// Keys [heads, N, head_dim] (after bias) of this layer into clip_output::keys; -1: none.
   /// VisionZip reads the feature layer's (layer feature_hidden_index() - 1).
   int keys_layer = -1;
@@ -37,6 +46,7 @@ struct clip_output {
   int hidden = 0;   ///< D
   std::vector<float> features;                 ///< hidden_states[feature layer] [N, D], CLS included
   std::map<int, std::vector<float>> attention; ///< requested layers: [heads, N, N]
+  std::map<int, std::vector<float>> head_mean; ///< options.head_mean_layers: [N, N] (no on_head_mean)
   std::vector<float> keys;                     ///< [heads, N, head_dim] of options.keys_layer
   std::vector<float> last_q, last_k;           ///< [N, D] (options.last_layer_qk)
 };
