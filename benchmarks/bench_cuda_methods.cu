@@ -23,6 +23,7 @@
 #include "tokensel/cuda/fitprune.cuh"
 #include "tokensel/cuda/fopru.cuh"
 #include "tokensel/cuda/freepruner.cuh"
+#include "tokensel/cuda/prumerge.cuh"
 
 using namespace tokensel;
 
@@ -159,6 +160,41 @@ void freepruner_bench(benchmark::State& state, const encoder_case c) {
   run_timed(state, c.images, a->bytes * 17, [&] { freepruner::select(policy, stack, cfg, out); });
 }
 
+/// `per` normal fp16 values (host generated once, scaled by `sd`), replicated `copies` times.
+std::shared_ptr<device_block> normal_halves(index_t copies, index_t per, float sd, unsigned seed) {
+  std::vector<__half> h(static_cast<std::size_t>(per));
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, sd);
+  for (auto& x : h) x = __float2half(normal(rng));
+  auto block = std::make_shared<device_block>(std::max<std::size_t>(static_cast<std::size_t>(per * copies) * sizeof(__half), 1));
+  for (index_t c = 0; c < copies; ++c) {
+    ok(cudaMemcpy(static_cast<__half*>(block->p) + c * per, h.data(), static_cast<std::size_t>(per) * sizeof(__half), cudaMemcpyHostToDevice));
+  }
+  return block;
+}
+
+/// PruMerge(+) from the last CLIP layer's CLS query and keys (one 1024-wide head) with the merge
+/// of 1024-wide features (fp16 in, fp16 out). Bytes: the keys and features read once.
+void prumerge_bench(benchmark::State& state, const encoder_case c, bool plus) {
+  if (!device_ok(state)) return;
+  const index_t D = 1024, d = 1024, n = c.tokens - 1;
+  const auto q = normal_halves(c.batch, D, 1.0f, 11), k = normal_halves(c.batch, c.tokens * D, 1.0f, 12),
+             x = normal_halves(c.batch, n * d, 1.0f, 13);
+  const tensor_view<const __half, 3> qv(static_cast<const __half*>(q->p), {c.batch, 1, D});
+  const tensor_view<const __half, 3> kv(static_cast<const __half*>(k->p), {c.batch, c.tokens, D});
+  const tensor_view<const __half, 3> xv(static_cast<const __half*>(x->p), {c.batch, n, d});
+  const prumerge::config cfg{.plus = plus};
+  const index_t cap = prumerge::max_count(n, cfg), rows = prumerge::max_rows(n, cfg);
+  device_block idx(static_cast<std::size_t>(c.batch * cap) * sizeof(token_index)), cnt(static_cast<std::size_t>(c.batch) * sizeof(token_index));
+  device_block merged(static_cast<std::size_t>(c.batch * rows * d) * sizeof(__half));
+  device_block ws(prumerge::workspace_size(qv, kv, xv, cfg));
+  const cuda_policy policy{nullptr, ws.p, ws.bytes};
+  const selection_batch out{tensor_view<token_index, 2>(static_cast<token_index*>(idx.p), {c.batch, cap}),
+                            std::span<token_index>(static_cast<token_index*>(cnt.p), static_cast<std::size_t>(c.batch))};
+  const tensor_view<__half, 3> mv(static_cast<__half*>(merged.p), {c.batch, rows, d});
+  run_timed(state, c.images, k->bytes + x->bytes, [&] { prumerge::select(policy, qv, kv, xv, cfg, out, mv); });
+}
+
 void fastv_bench(benchmark::State& state, const llm_case c) {
   if (!device_ok(state)) return;
   const index_t L = c.tokens();
@@ -202,6 +238,10 @@ const int registered = [] {
     benchmark::RegisterBenchmark((std::string("cuda_fopru/f16/") + c.name).c_str(), [c](benchmark::State& s) { fopru_bench(s, c); })
         ->UseManualTime()->Unit(benchmark::kMicrosecond);
     benchmark::RegisterBenchmark((std::string("cuda_freepruner/f16/") + c.name).c_str(), [c](benchmark::State& s) { freepruner_bench(s, c); })
+        ->UseManualTime()->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark((std::string("cuda_prumerge/f16/") + c.name).c_str(), [c](benchmark::State& s) { prumerge_bench(s, c, false); })
+        ->UseManualTime()->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark((std::string("cuda_prumerge_plus/f16/") + c.name).c_str(), [c](benchmark::State& s) { prumerge_bench(s, c, true); })
         ->UseManualTime()->Unit(benchmark::kMicrosecond);
   }
   for (const auto& c : llm_cases) {

@@ -13,6 +13,7 @@
 #include "tokensel/cuda/iqr_outliers.cuh"
 #include "tokensel/cuda/map_sums.cuh"
 #include "tokensel/cuda/policy.cuh"
+#include "tokensel/cuda/prumerge.cuh"
 #include "tokensel/cuda/region_mass.cuh"
 #include "tokensel/cuda/top_k.cuh"
 #include "tokensel/cuda/visionzip.cuh"
