@@ -2,7 +2,8 @@
 //
 //   llava --model DIR --image FILE --prompt TEXT [--template llava-hf|vicuna|raw] [--no-pad]
 //         [--method NAME] [--keep RATIO|COUNT] [--max-new-tokens N] [--threads T]
-//         [--overlay out.png] [--json]
+//         [--overlay out.png] [--json] [--from-qk] [--fastv-layer K] [--fitprune-recipe FILE]
+//         [--seed S]
 //
 // Prints the answer and a timing breakdown (or one JSON object with --json); progress goes to
 // stderr. Every error is one line on stderr and a non-zero exit (2: bad command line, 1: the
@@ -56,6 +57,7 @@ constexpr const char* usage_text =
     "  --fastv-layer K        FastV's layer (default 2)\n"
     "  --fitprune-recipe FILE FitPrune recipe JSON (default: a synthetic one from --keep)\n"
     "  --seed S               seed of --method random (default 0)\n"
+    "  --from-qk              select from the layers' queries and keys, no attention maps\n"
     "  --max-new-tokens N     greedy decoding stops at EOS or after N tokens (default 32)\n"
     "  --threads T            worker threads (default: OpenMP's)\n"
     "  --overlay FILE.png     write the input image with the kept patches highlighted\n"
@@ -65,7 +67,7 @@ constexpr const char* usage_text =
 struct cli_options {
   std::string model, image, prompt, overlay;
   std::string template_name = "llava-hf";
-  bool pad = true, json_out = false;
+  bool pad = true, json_out = false, from_qk = false;
   std::string method = "none", keep, fitprune_recipe;
   std::optional<int> fastv_layer, max_new_tokens, threads;
   std::optional<std::uint64_t> seed;
@@ -92,7 +94,7 @@ cli_options parse(int argc, char** argv) {
       {"model", true},   {"image", true},          {"prompt", true},  {"template", true},
       {"no-pad", false}, {"method", true},         {"keep", true},    {"fastv-layer", true},
       {"fitprune-recipe", true}, {"seed", true},   {"max-new-tokens", true}, {"threads", true},
-      {"overlay", true}, {"json", false},          {"help", false}};
+      {"overlay", true}, {"json", false},          {"help", false}, {"from-qk", false}};
   std::map<std::string, std::string> seen;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -129,6 +131,7 @@ cli_options parse(int argc, char** argv) {
   if (seen.count("template")) o.template_name = seen["template"];
   o.pad = !seen.count("no-pad");
   o.json_out = seen.count("json") != 0;
+  o.from_qk = seen.count("from-qk") != 0;
   if (seen.count("method")) o.method = seen["method"];
   if (seen.count("keep")) o.keep = seen["keep"];
   if (seen.count("overlay")) o.overlay = seen["overlay"];
@@ -194,6 +197,7 @@ int run(const cli_options& o) {
   if (o.fastv_layer) sel.fastv_layer = *o.fastv_layer;
   if (!o.fitprune_recipe.empty()) sel.fitprune_recipe = o.fitprune_recipe;
   if (o.seed) sel.seed = *o.seed;
+  sel.from_qk = o.from_qk;
   if (o.threads) llava::set_threads(*o.threads);
 
   const std::filesystem::path dir = o.model;
@@ -254,6 +258,8 @@ int run(const cli_options& o) {
     j["total_tokens"] = result.total_tokens;
     j["kept"] = result.kept;
     j["sequence_length"] = result.sequence_length;
+    j["from_qk"] = sel.from_qk;
+    j["attention_maps"] = result.attention_maps;  // maps formed for selection (0 with --from-qk)
     j["final_length"] = result.final_length;
     j["generated_tokens"] = generated;
     j["threads"] = llava::threads();

@@ -37,11 +37,16 @@ inline void check_range(const token_range& range, index_t n, std::string_view na
   if (range.begin < 0 || range.count < 0 || range.count > n - range.begin) {
     constexpr index_t hi = std::numeric_limits<index_t>::max(), lo = std::numeric_limits<index_t>::min();
     const bool end_fits = range.count >= 0 ? range.begin <= hi - range.count : range.begin >= lo - range.count;
-    detail::fail(errc::invalid_argument, name,
-                 "[" + std::to_string(range.begin) + ", " +
-                     (end_fits ? std::to_string(range.begin + range.count)
-                               : std::to_string(range.begin) + " + " + std::to_string(range.count)) + ")",
-                 "token range outside the " + std::to_string(n) + " tokens");
+    // Built with append: GCC 12 warns (-Wrestrict, a false positive) on "[" + std::string chains.
+    std::string shown("[");
+    shown.append(std::to_string(range.begin)).append(", ");
+    if (end_fits) {
+      shown.append(std::to_string(range.begin + range.count));
+    } else {
+      shown.append(std::to_string(range.begin)).append(" + ").append(std::to_string(range.count));
+    }
+    shown.append(")");
+    detail::fail(errc::invalid_argument, name, shown, "token range outside the " + std::to_string(n) + " tokens");
   }
 }
 

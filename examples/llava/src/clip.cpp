@@ -46,6 +46,22 @@ void apply_activation(const std::string& name, float* x, std::int64_t count) {
   }
 }
 
+tokensel::qk_source<float> clip_qk_source(const float* q, const float* k, std::int64_t tokens, std::int64_t heads,
+                                          std::int64_t head_dim) {
+  const std::int64_t D = heads * head_dim;
+  return tokensel::qk_source<float>{
+      .queries = tokensel::tensor_view<const float, 3>(q, {heads, tokens, head_dim}, {head_dim, D, 1}),
+      .keys = tokensel::tensor_view<const float, 3>(k, {heads, tokens, head_dim}, {head_dim, D, 1}),
+      .scale = 1.0f / std::sqrt(static_cast<float>(head_dim)),  // CLIP's softmax scale
+  };
+}
+
+tokensel::qk_source<float> clip_output::qk_source(int layer) const {
+  const auto& qs = q.at(layer);
+  const std::int64_t hd = hidden / heads;
+  return clip_qk_source(qs.data(), k.at(layer).data(), tokens, heads, hd);
+}
+
 namespace {
 
 /// LayerNorm over rows of x [n, d] (biased variance, double accumulation) into out.
@@ -118,6 +134,7 @@ clip_output clip_model::encode(const float* pixels, const clip_options& opt) con
   if (opt.keys_layer >= run) run = opt.keys_layer + 1;
   for (int l : opt.attention_layers) run = std::max(run, l + 1);
   for (int l : opt.head_mean_layers) run = std::max(run, l + 1);
+  for (int l : opt.qk_layers) run = std::max(run, l + 1);
   if (opt.last_layer_qk && static_cast<int>(layers_.size()) < v.layers) {
     throw error("llava: the checkpoint has no CLIP layer " + std::to_string(last) + " (PruMerge needs its Q/K)");
   }
@@ -127,6 +144,7 @@ clip_output clip_model::encode(const float* pixels, const clip_options& opt) con
   clip_output out;
   out.tokens = static_cast<int>(N);
   out.hidden = static_cast<int>(D);
+  out.heads = static_cast<int>(H);
 
   // Patch embedding: unfold [C, S, S] into [n, C*P*P] rows (c, ky, kx) = the conv weight's order.
   std::vector<float> patches(static_cast<std::size_t>(n * C * P * P));
@@ -180,6 +198,7 @@ clip_output clip_model::encode(const float* pixels, const clip_options& opt) con
     const bool want_mean = listed(opt.head_mean_layers, l);
     if (full) probs.resize(static_cast<std::size_t>(H * N * N));
     if (want_mean) mean.resize(static_cast<std::size_t>(N * N));
+    if (full || want_mean) ++out.maps_materialised;
 #pragma omp parallel for schedule(static)
     for (std::int64_t b = 0; b < blocks; ++b) {
       const std::int64_t i0 = b * row_block, rows = b + 1 == blocks ? N - i0 : row_block;
@@ -215,6 +234,14 @@ clip_output clip_model::encode(const float* pixels, const clip_options& opt) con
     if (want_mean) {
       if (opt.on_head_mean) opt.on_head_mean(l, mean.data());
       else out.head_mean[l] = mean;
+    }
+    if (listed(opt.qk_layers, l)) {
+      if (opt.on_qk) {
+        opt.on_qk(l, clip_qk_source(q.data(), k.data(), N, H, hd));
+      } else {
+        out.q[l] = q;
+        out.k[l] = k;
+      }
     }
     linear(*lw.o_w, lw.o_b, att.data(), N, h.data());
     for (std::size_t i = 0; i < x.size(); ++i) x[i] += h[i];

@@ -147,8 +147,9 @@ std::vector<float> llama_model::prefill(const float* embeddings, std::span<const
     const auto& lw = layers_[static_cast<std::size_t>(l)];
     const std::int64_t past = cache.length[static_cast<std::size_t>(l)];
     if (past + L > cache.capacity) throw error("llava: KV cache capacity exceeded");
-    const bool want = hook && hook->after_attention && (!hook->wants_attention || hook->wants_attention(l));
-    if (want && past != 0) throw error("llava: prefill hooks need an empty KV cache");
+    const bool hooked = hook && (hook->after_qk || hook->after_attention) && (!hook->wants_attention || hook->wants_attention(l));
+    const bool want = hooked && !hook->after_qk;  // the probabilities are materialised
+    if (hooked && past != 0) throw error("llava: prefill hooks need an empty KV cache");
     h.resize(static_cast<std::size_t>(L * d));
     q.resize(static_cast<std::size_t>(L * H * hd));
     k.resize(static_cast<std::size_t>(L * KV * hd));
@@ -165,7 +166,10 @@ std::vector<float> llama_model::prefill(const float* embeddings, std::span<const
     append(kc, cache.capacity, k.data(), L, KV, hd, past);
     append(vc, cache.capacity, v.data(), L, KV, hd, past);
     const std::int64_t T = past + L;  // keys visible to the last row
-    if (want) probs.assign(static_cast<std::size_t>(H * L * T), 0.0f);
+    if (want) {
+      probs.assign(static_cast<std::size_t>(H * L * T), 0.0f);
+      ++hook->maps_materialised;
+    }
     // Causal attention in blocks of query rows: block [i0, i1) multiplies only the keys
     // 0 .. past + i1 - 1 it can see (the masked upper triangle is never computed).
     constexpr std::int64_t rb = 64;
@@ -206,8 +210,21 @@ std::vector<float> llama_model::prefill(const float* embeddings, std::span<const
       }
     }
     cache.length[static_cast<std::size_t>(l)] = T;
-    if (want) {
-      auto keep = hook->after_attention(l, probs.data(), L);
+    if (hooked) {
+      std::optional<std::vector<std::int32_t>> keep;
+      if (want) {
+        keep = hook->after_attention(l, probs.data(), L);
+      } else {
+        // Q [L, heads, hd] rows and the cached K [kv_heads, capacity, hd] seen as [heads, L, hd]
+        // and [kv_heads, L, hd] (past = 0: the cache holds exactly this prefill's keys).
+        tokensel::qk_source<float> src{
+            .queries = tokensel::tensor_view<const float, 3>(q.data(), {H, L, hd}, {hd, H * hd, 1}),
+            .keys = tokensel::tensor_view<const float, 3>(kc.data(), {KV, L, hd}, {cache.capacity * hd, hd, 1}),
+            .scale = scale,
+            .causal = true,
+        };
+        keep = hook->after_qk(l, src);
+      }
       if (keep) {
         // Survivors continue; the layer's cache keeps everything (it was filled above).
         const std::int64_t nk = static_cast<std::int64_t>(keep->size());

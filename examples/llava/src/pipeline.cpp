@@ -212,22 +212,35 @@ run_result llava_model::run_impl(const float* pixels, std::span<const std::int32
   static_assert(ts::fopru::config{}.heads == ts::head_reduction::mean &&
                     ts::freepruner::config{}.heads == ts::head_reduction::mean,
                 "the fused CLIP maps are head means; another reduction needs the full maps");
-  if (m == method::fopru) copt.head_mean_layers = {f};
+  const bool qk = sel.from_qk;
+  if (m == method::fopru) (qk ? copt.qk_layers : copt.head_mean_layers) = {f};
   if (m == method::visionzip) {
-    copt.attention_layers = {f};
-    copt.keys_layer = f;
+    if (qk) {
+      copt.qk_layers = {f};  // the keys VisionZip averages are the source's keys
+    } else {
+      copt.attention_layers = {f};
+      copt.keys_layer = f;
+    }
   }
   if (m == method::prumerge || m == method::prumerge_plus) copt.last_layer_qk = true;
   double in_vision_selection = 0;
   if (m == method::freepruner) {
     fp = std::make_unique<ts::freepruner::selector>(N, freepruner_config(f, sel.keep, n));
     for (int l = 0; l < cfg_.feature_hidden_index(); ++l)
-      if (fp->needs(l)) copt.head_mean_layers.push_back(l);
-    copt.on_head_mean = [&](int layer, const float* mean) {
-      const auto t = clock_type::now();
-      fp->add_layer(ts::par, layer, ts::head_attention_view<float>(mean, {1, N, N}));
-      in_vision_selection += ms_since(t);
-    };
+      if (fp->needs(l)) (qk ? copt.qk_layers : copt.head_mean_layers).push_back(l);
+    if (qk) {
+      copt.on_qk = [&](int layer, const ts::qk_source<float>& src) {
+        const auto t = clock_type::now();
+        fp->add_layer(ts::par, layer, src);
+        in_vision_selection += ms_since(t);
+      };
+    } else {
+      copt.on_head_mean = [&](int layer, const float* mean) {
+        const auto t = clock_type::now();
+        fp->add_layer(ts::par, layer, ts::head_attention_view<float>(mean, {1, N, N}));
+        in_vision_selection += ms_since(t);
+      };
+    }
   }
   auto t0 = clock_type::now();
   clip_output co = clip_->encode(pixels, copt);
@@ -262,7 +275,8 @@ run_result llava_model::run_impl(const float* pixels, std::span<const std::int32
         c.ratio = *sel.keep.ratio;
       }
       kept.resize(static_cast<std::size_t>(ts::fopru::keep_count(n, c)));
-      const auto r = ts::fopru::select(ts::par, ts::head_attention_view<float>(co.head_mean.at(f).data(), {1, N, N}), c, kept);
+      const auto r = qk ? ts::fopru::select(ts::par, co.qk_source(f), c, kept)
+                        : ts::fopru::select(ts::par, ts::head_attention_view<float>(co.head_mean.at(f).data(), {1, N, N}), c, kept);
       kept.resize(static_cast<std::size_t>(r.count));
       gather(kept);
       break;
@@ -300,10 +314,19 @@ run_result llava_model::run_impl(const float* pixels, std::span<const std::int32
       const auto k = ts::visionzip::keep_count(N, c);
       std::vector<ts::token_index> out(static_cast<std::size_t>(k));
       rows.resize(static_cast<std::size_t>(k * D));
-      const auto r = ts::visionzip::select(ts::par, ts::head_attention_view<float>(co.attention.at(f).data(), {vc.heads, N, N}),
-                                           ts::tensor_view<const float, 3>(co.keys.data(), {vc.heads, N, vc.head_dim()}),
-                                           ts::matrix_view<const float>(co.features.data(), {N, D}), c, out,
-                                           ts::matrix_view<float>(rows.data(), {k, D}));
+      const ts::matrix_view<const float> hidden(co.features.data(), {N, D});
+      const ts::matrix_view<float> features(rows.data(), {k, D});
+      ts::visionzip::result r;
+      if (qk) {
+        // Only the CLS query row is read: the source holds that row of Q and every key.
+        auto src = co.qk_source(f);
+        src.queries = src.queries.slice(1, 0, 1);
+        r = ts::visionzip::select(ts::par, src, src.keys, hidden, c, out, features);
+      } else {
+        r = ts::visionzip::select(ts::par, ts::head_attention_view<float>(co.attention.at(f).data(), {vc.heads, N, N}),
+                                  ts::tensor_view<const float, 3>(co.keys.data(), {vc.heads, N, vc.head_dim()}), hidden, c,
+                                  out, features);
+      }
       rows.resize(static_cast<std::size_t>(r.count * D));
       for (ts::index_t i = 0; i < r.count; ++i)
         if (out[static_cast<std::size_t>(i)] > 0) kept.push_back(out[static_cast<std::size_t>(i)] - 1);
@@ -400,25 +423,49 @@ run_result llava_model::run_impl(const float* pixels, std::span<const std::int32
                   std::to_string(cfg_.text.layers) + " LLM layers");
     }
     hook.wants_attention = [c](int l) { return l == c.layer - 1; };
-    hook.after_attention = [&, c](int, const float* probs, std::int64_t len) -> std::optional<std::vector<std::int32_t>> {
-      const auto t = clock_type::now();
-      std::vector<ts::token_index> keep(static_cast<std::size_t>(ts::fastv::keep_count(visual_now, c)));
-      const auto r = ts::fastv::select(ts::par, ts::head_attention_view<float>(probs, {H, len, len}), ts::token_range{s0, visual_now}, c, keep);
-      return survivors(keep, r.count, len, t);
-    };
+    if (qk) {
+      hook.after_qk = [&, c](int, const ts::qk_source<float>& src) -> prefill_hook::keep_rows {
+        const auto t = clock_type::now();
+        const std::int64_t len = src.key_count();
+        // FastV reads the last query row only: a 1-row source sees every key (causal offset L-1).
+        auto last = src;
+        last.queries = src.queries.slice(1, len - 1, 1);
+        std::vector<ts::token_index> keep(static_cast<std::size_t>(ts::fastv::keep_count(visual_now, c)));
+        const auto r = ts::fastv::select(ts::par, last, ts::token_range{s0, visual_now}, c, keep);
+        return survivors(keep, r.count, len, t);
+      };
+    } else {
+      hook.after_attention = [&, c](int, const float* probs, std::int64_t len) -> std::optional<std::vector<std::int32_t>> {
+        const auto t = clock_type::now();
+        std::vector<ts::token_index> keep(static_cast<std::size_t>(ts::fastv::keep_count(visual_now, c)));
+        const auto r = ts::fastv::select(ts::par, ts::head_attention_view<float>(probs, {H, len, len}), ts::token_range{s0, visual_now}, c, keep);
+        return survivors(keep, r.count, len, t);
+      };
+    }
     hook_ptr = &hook;
   } else if (m == method::fitprune) {
     recipe = fitprune_recipe(sel, cfg_, n_img);
     tracker.reset(n_img);
     hook.wants_attention = [&](int l) { return ts::fitprune::drops_at(recipe, l, n_img) > 0; };
-    hook.after_attention = [&](int l, const float* probs, std::int64_t len) -> std::optional<std::vector<std::int32_t>> {
-      const auto t = clock_type::now();
-      const auto drop = std::min<std::int64_t>(ts::fitprune::drops_at(recipe, l, n_img), visual_now);
-      std::vector<ts::token_index> keep(static_cast<std::size_t>(visual_now - drop));
-      const auto r = ts::fitprune::prune_layer(ts::par, ts::head_attention_view<float>(probs, {H, len, len}),
-                                               ts::token_range{s0, visual_now}, drop, ts::fitprune::config{}, keep);
-      return survivors(keep, r.count, len, t);
-    };
+    if (qk) {
+      hook.after_qk = [&](int l, const ts::qk_source<float>& src) -> prefill_hook::keep_rows {
+        const auto t = clock_type::now();
+        const std::int64_t len = src.key_count();
+        const auto drop = std::min<std::int64_t>(ts::fitprune::drops_at(recipe, l, n_img), visual_now);
+        std::vector<ts::token_index> keep(static_cast<std::size_t>(visual_now - drop));
+        const auto r = ts::fitprune::prune_layer(ts::par, src, ts::token_range{s0, visual_now}, drop, ts::fitprune::config{}, keep);
+        return survivors(keep, r.count, len, t);
+      };
+    } else {
+      hook.after_attention = [&](int l, const float* probs, std::int64_t len) -> std::optional<std::vector<std::int32_t>> {
+        const auto t = clock_type::now();
+        const auto drop = std::min<std::int64_t>(ts::fitprune::drops_at(recipe, l, n_img), visual_now);
+        std::vector<ts::token_index> keep(static_cast<std::size_t>(visual_now - drop));
+        const auto r = ts::fitprune::prune_layer(ts::par, ts::head_attention_view<float>(probs, {H, len, len}),
+                                                 ts::token_range{s0, visual_now}, drop, ts::fitprune::config{}, keep);
+        return survivors(keep, r.count, len, t);
+      };
+    }
     hook_ptr = &hook;
   }
 
@@ -429,6 +476,7 @@ run_result llava_model::run_impl(const float* pixels, std::span<const std::int32
   res.logits = llama_->prefill(seq.data(), positions, cache, hook_ptr, &final_rows, &res.layer_rows);
   res.time.prefill = ms_since(t0) - hook_ms;
   res.time.prefill_cpu = cpu_ms() - cpu0;
+  res.attention_maps = co.maps_materialised + hook.maps_materialised;
   res.time.selection += hook_ms;
   res.final_length = static_cast<std::int64_t>(final_rows.size());
   if (m == method::fastv || m == method::fitprune) {

@@ -11,6 +11,8 @@
 #include <map>
 #include <vector>
 
+#include <tokensel/qk_source.hpp>
+
 #include "llava/config.hpp"
 #include "llava/weights.hpp"
 
@@ -32,6 +34,12 @@ struct clip_options {
   /// clip_output::head_mean.
   std::vector<int> head_mean_layers;
   std::function<void(int layer, const float* mean)> on_head_mean;
+  /// Map-free selection (llava --from-qk): layers whose queries and keys (after bias, before
+  /// scaling) are handed over as a tokensel::qk_source (views [heads, N, head_dim] into [N, D]
+  /// buffers, scale 1/sqrt(head_dim)), to on_qk when it is set (valid only during the call), else
+  /// copied into clip_output::q / k. Nothing is materialised for them beyond Q and K themselves.
+  std::vector<int> qk_layers;
+  std::function<void(int layer, const tokensel::qk_source<float>& qk)> on_qk;
   /// Keys [heads, N, head_dim] (after bias) of this layer into clip_output::keys; -1: none.
   /// VisionZip reads the feature layer's (layer feature_hidden_index() - 1).
   int keys_layer = -1;
@@ -49,7 +57,17 @@ struct clip_output {
   std::map<int, std::vector<float>> head_mean; ///< options.head_mean_layers: [N, N] (no on_head_mean)
   std::vector<float> keys;                     ///< [heads, N, head_dim] of options.keys_layer
   std::vector<float> last_q, last_k;           ///< [N, D] (options.last_layer_qk)
+  std::map<int, std::vector<float>> q, k;      ///< options.qk_layers without on_qk: [N, D] each
+  int heads = 0;
+  /// Probability maps the encoder formed (per layer: the [heads, N, N] map and/or the head mean).
+  int maps_materialised = 0;
+  /// The stored Q/K of layer l (options.qk_layers) as a qk_source; the views point into q / k.
+  tokensel::qk_source<float> qk_source(int layer) const;
 };
+
+/// Q and K [N, heads * head_dim] of one CLIP layer (after bias) as a qk_source [heads, N, head_dim].
+tokensel::qk_source<float> clip_qk_source(const float* q, const float* k, std::int64_t tokens, std::int64_t heads,
+                                          std::int64_t head_dim);
 
 class clip_model {
  public:

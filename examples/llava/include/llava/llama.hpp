@@ -7,6 +7,10 @@
 // l's attention (before o_proj: o_proj and the MLP are per-token, so survivors get exactly the
 // values of "drop after the layer"); layer l's own KV cache still holds them, later layers never
 // see them; survivors keep their original position ids (spec sections 4-5).
+//
+// Instead of the probabilities, a hook may take the layer's post-RoPE queries and keys as a
+// causal tokensel::qk_source (after_qk): the layer then forms no [heads, L, L] map at all, like a
+// FlashAttention engine, and the selection statistics are recomputed from Q/K.
 #pragma once
 
 #include <cstdint>
@@ -15,6 +19,8 @@
 #include <span>
 #include <vector>
 
+#include <tokensel/qk_source.hpp>
+
 #include "llava/config.hpp"
 #include "llava/weights.hpp"
 
@@ -22,12 +28,20 @@ namespace llava {
 
 /// Inspection / pruning hook of the prefill.
 struct prefill_hook {
-  /// Whether layer l's attention probabilities are needed (only those layers materialise them).
+  using keep_rows = std::optional<std::vector<std::int32_t>>;
+  /// Whether the hook runs at layer l (absent: every layer). Only those layers materialise their
+  /// probabilities, and only for after_attention.
   std::function<bool(int layer)> wants_attention;
   /// Called after layer l's softmax with probs [heads, L, L] (causal, rows = current sequence)
   /// and the current sequence length L. Return the rows to keep, ascending (std::nullopt: all).
-  std::function<std::optional<std::vector<std::int32_t>>(int layer, const float* probs, std::int64_t L)>
-      after_attention;
+  std::function<keep_rows(int layer, const float* probs, std::int64_t L)> after_attention;
+  /// Map-free alternative (takes precedence over after_attention when set): called after layer l's
+  /// attention with its queries [heads, L, head_dim] and keys [kv_heads, L, head_dim] after RoPE
+  /// (views into the layer's buffers and KV cache, valid only during the call; causal, scale
+  /// 1/sqrt(head_dim), GQA as the model). No probability map is formed for the layer.
+  std::function<keep_rows(int layer, const tokensel::qk_source<float>& qk)> after_qk;
+  /// [heads, L, L] probability maps the prefill formed for this hook (after_attention calls).
+  mutable std::int64_t maps_materialised = 0;
 };
 
 class llama_model {

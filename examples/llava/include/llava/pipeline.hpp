@@ -22,6 +22,13 @@
 //                            equal the LLM's) or, from keep, a synthetic recipe that drops
 //                            n - keep tokens spread evenly over the first half of the LLM
 //                            layers (project decision: no calibration data at run time)
+//
+// selection_options::from_qk (llava --from-qk): fopru, freepruner, visionzip, fastv and fitprune
+// read their attention statistics from the layer's queries and keys (tokensel::qk_source, as with
+// a FlashAttention engine) instead of materialised maps: CLIP hands over Q/K (after bias) of the
+// layers the method reads, the LLM prefill hook its post-RoPE Q and cached K; neither forms a
+// probability map for selection (run_result::attention_maps = 0). Same selections as the maps
+// barring near-ties (docs/flashattention.md). The other methods read no attention: no effect.
 #pragma once
 
 #include <cstdint>
@@ -65,6 +72,7 @@ struct selection_options {
   int fastv_layer = 2;                 ///< K
   std::string fitprune_recipe;         ///< path of a recipe JSON (tokensel.fitprune.recipe)
   std::uint64_t seed = 0;              ///< random
+  bool from_qk = false;                ///< statistics from Q/K, no attention maps (see above)
 };
 
 struct run_options {
@@ -93,6 +101,9 @@ struct run_result {
   /// Per LLM layer: rows that went on after its attention (fastv/fitprune shrink them; the rows
   /// entering layer l are layer_rows[l - 1], sequence_length for l = 0). For FLOP accounting.
   std::vector<std::int64_t> layer_rows;
+  /// Attention probability maps formed for selection: CLIP layers' [heads, N, N] / head-mean
+  /// maps and LLM layers' [heads, L, L] maps (0 with from_qk or a method that reads none).
+  std::int64_t attention_maps = 0;
   std::vector<float> logits;              ///< logits of the last prompt position
   timings time;
 };
