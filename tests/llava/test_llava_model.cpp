@@ -31,50 +31,17 @@
 #include <tokensel/visionzip.hpp>
 
 #include "llava/pipeline.hpp"
+#include "tiny_checkpoint.hpp"
 
 namespace ts = tokensel;
 namespace fs = std::filesystem;
 
 namespace {
 
-const fs::path data_dir = LLAVA_TEST_DATA;
-
-struct golden {
-  nlohmann::json meta;
-  std::map<std::string, std::vector<float>> t;
-  std::map<std::string, std::vector<ts::index_t>> shape;
-  const std::vector<float>& operator[](const std::string& k) const { return t.at(k); }
-};
-
-struct variant {
-  std::unique_ptr<llava::llava_model> model;
-  golden g;
-  std::vector<std::int32_t> ids, ids_expanded;
-  const float* pixels = nullptr;
-};
-
-variant& load(const std::string& name) {
-  static std::map<std::string, std::unique_ptr<variant>> cache;
-  auto& slot = cache[name];
-  if (!slot) {
-    slot = std::make_unique<variant>();
-    const fs::path dir = data_dir / ("llava-tiny-" + name);
-    slot->model = std::make_unique<llava::llava_model>(dir);
-    std::ifstream in(dir / "golden.json");
-    slot->g.meta = nlohmann::json::parse(in);
-    const auto f = ts::safetensors::file::open(dir / "golden.safetensors");
-    for (const auto& info : f.tensors()) {
-      const auto h = f.load(info.name).converted(ts::dtype::f32);
-      const auto d = h.data<float>();
-      slot->g.t[info.name].assign(d.begin(), d.end());
-      slot->g.shape[info.name] = info.shape;
-    }
-    slot->ids = slot->g.meta["input_ids"].get<std::vector<std::int32_t>>();
-    slot->ids_expanded = slot->g.meta["input_ids_expanded"].get<std::vector<std::int32_t>>();
-    slot->pixels = slot->g[slot->g.meta["pixel_values_key"].get<std::string>()].data();
-  }
-  return *slot;
-}
+using llava_test::data_dir;
+using llava_test::golden;
+using llava_test::load;
+using llava_test::variant;
 
 /// max |a - b| / max |b|
 double rel_err(const float* a, const float* b, std::size_t n) {

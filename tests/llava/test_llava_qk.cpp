@@ -32,45 +32,23 @@
 #include <tokensel/safetensors.hpp>
 
 #include "llava/pipeline.hpp"
+#include "tiny_checkpoint.hpp"
 
 namespace ts = tokensel;
 namespace fs = std::filesystem;
 
 namespace {
 
-const fs::path data_dir = LLAVA_TEST_DATA;
-
-struct variant {
-  std::unique_ptr<llava::llava_model> model;
-  nlohmann::json meta;
-  std::vector<std::int32_t> ids;
-  std::vector<float> pixels;
-};
-
-variant& load(const std::string& name) {
-  static std::map<std::string, std::unique_ptr<variant>> cache;
-  auto& slot = cache[name];
-  if (!slot) {
-    slot = std::make_unique<variant>();
-    const fs::path dir = data_dir / ("llava-tiny-" + name);
-    slot->model = std::make_unique<llava::llava_model>(dir);
-    std::ifstream in(dir / "golden.json");
-    slot->meta = nlohmann::json::parse(in);
-    const auto f = ts::safetensors::file::open(dir / "golden.safetensors");
-    const auto px = f.load(slot->meta["pixel_values_key"].get<std::string>()).converted(ts::dtype::f32);
-    const auto d = px.data<float>();
-    slot->pixels.assign(d.begin(), d.end());
-    slot->ids = slot->meta["input_ids"].get<std::vector<std::int32_t>>();
-  }
-  return *slot;
-}
+using llava_test::data_dir;
+using llava_test::load;
+using llava_test::variant;
 
 llava::run_result run(variant& v, llava::selection_options s, bool from_qk, int max_new = 8) {
   s.from_qk = from_qk;
   llava::run_options o;
   o.selection = s;
   o.max_new_tokens = max_new;
-  return v.model->run(v.pixels.data(), v.ids, o);
+  return v.model->run(v.pixels, v.ids, o);
 }
 
 struct qk_case {
@@ -230,12 +208,12 @@ TEST(FromQk, ClipHandsOverQueriesAndKeysWithoutAMap) {
     const std::int64_t H = vc.heads, N = vc.tokens();
     llava::clip_options with_maps;
     with_maps.attention_layers = {0, 1, 2};
-    const auto ref = v.model->vision().encode(v.pixels.data(), with_maps);
+    const auto ref = v.model->vision().encode(v.pixels, with_maps);
     EXPECT_EQ(ref.maps_materialised, 3);
 
     llava::clip_options o;
     o.qk_layers = {0, 2};
-    const auto co = v.model->vision().encode(v.pixels.data(), o);
+    const auto co = v.model->vision().encode(v.pixels, o);
     EXPECT_EQ(co.maps_materialised, 0) << name;
     EXPECT_TRUE(co.attention.empty() && co.head_mean.empty()) << name;
     EXPECT_TRUE(co.features == ref.features) << name;  // the tower's output is untouched
@@ -246,7 +224,7 @@ TEST(FromQk, ClipHandsOverQueriesAndKeysWithoutAMap) {
       EXPECT_FALSE(src.causal);
       EXPECT_EQ(src.effective_scale(), 1.0f / std::sqrt(static_cast<float>(vc.head_dim())));
     };
-    const auto streamed_out = v.model->vision().encode(v.pixels.data(), o);
+    const auto streamed_out = v.model->vision().encode(v.pixels, o);
     EXPECT_EQ(streamed, 2) << name;
     EXPECT_TRUE(streamed_out.q.empty() && streamed_out.k.empty()) << name;
     for (int l : {0, 2}) {

@@ -1,0 +1,60 @@
+// Test support: the committed tiny LLaVA checkpoints (tests/data/llava-tiny-<variant>, made by
+// tools/llava/make_tiny_llava.py) with their transformers goldens, loaded once per variant.
+#pragma once
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <tokensel/safetensors.hpp>
+
+#include "llava/pipeline.hpp"
+
+namespace llava_test {
+
+inline const std::filesystem::path data_dir = LLAVA_TEST_DATA;
+
+/// golden.json (meta) and every tensor of golden.safetensors as fp32, with its shape.
+struct golden {
+  nlohmann::json meta;
+  std::map<std::string, std::vector<float>> t;
+  std::map<std::string, std::vector<tokensel::index_t>> shape;
+  const std::vector<float>& operator[](const std::string& k) const { return t.at(k); }
+};
+
+struct variant {
+  std::unique_ptr<llava::llava_model> model;
+  golden g;
+  std::vector<std::int32_t> ids, ids_expanded;  ///< prompt ids (one <image> id / expanded slots)
+  const float* pixels = nullptr;                ///< the golden pixel_values of the prompt's image
+};
+
+/// The variant "fp32" or "bf16", loaded on first use.
+inline variant& load(const std::string& name) {
+  static std::map<std::string, std::unique_ptr<variant>> cache;
+  auto& slot = cache[name];
+  if (!slot) {
+    slot = std::make_unique<variant>();
+    const std::filesystem::path dir = data_dir / ("llava-tiny-" + name);
+    slot->model = std::make_unique<llava::llava_model>(dir);
+    std::ifstream in(dir / "golden.json");
+    slot->g.meta = nlohmann::json::parse(in);
+    const auto f = tokensel::safetensors::file::open(dir / "golden.safetensors");
+    for (const auto& info : f.tensors()) {
+      const auto h = f.load(info.name).converted(tokensel::dtype::f32);
+      const auto d = h.data<float>();
+      slot->g.t[info.name].assign(d.begin(), d.end());
+      slot->g.shape[info.name] = info.shape;
+    }
+    slot->ids = slot->g.meta["input_ids"].get<std::vector<std::int32_t>>();
+    slot->ids_expanded = slot->g.meta["input_ids_expanded"].get<std::vector<std::int32_t>>();
+    slot->pixels = slot->g[slot->g.meta["pixel_values_key"].get<std::string>()].data();
+  }
+  return *slot;
+}
+
+}  // namespace llava_test
