@@ -597,6 +597,48 @@ TEST(Errors, BrokenCheckpoints) {
   }
 }
 
+// Every config.json field of the wrong JSON type (or out of range) ends in llava::error naming it;
+// the first case is the fuzz finding that reached CI (a number where a boolean belongs).
+TEST(Errors, ConfigFieldsOfTheWrongTypeOrRange) {
+  std::ifstream in(data_dir / "llava-tiny-fp32" / "config.json");
+  const auto base = nlohmann::json::parse(in);
+  const fs::path file = fs::temp_directory_path() / "llava_test_config_fields.json";
+  struct bad_case {
+    const char* pointer;  // JSON pointer of the field to set
+    nlohmann::json value;
+    const char* named;    // what the message must name
+  };
+  const bad_case cases[] = {
+      {"/text_config/attention_bias", 1, "text_config.attention_bias"},
+      {"/text_config/mlp_bias", "yes", "text_config.mlp_bias"},
+      {"/multimodal_projector_bias", 0, "multimodal_projector_bias"},
+      {"/text_config/rope_scaling", 3, "text_config.rope_scaling"},
+      {"/text_config/rope_scaling", {{"type", 5}}, "text_config.rope_scaling.type"},
+      {"/text_config/rope_scaling", {{"rope_type", "linear"}}, "text_config.rope_scaling"},
+      {"/text_config/rope_parameters", "default", "text_config.rope_parameters"},
+      {"/text_config/rope_parameters", {{"rope_type", nlohmann::json::array()}}, "text_config.rope_parameters.rope_type"},
+      {"/vision_feature_layer", 1'000'000'000'000LL, "vision_feature_layer"},
+      {"/vision_feature_layer", 18'446'744'073'709'551'615ULL, "vision_feature_layer"},
+      {"/vision_feature_layer", -1'000'000'000'000LL, "vision_feature_layer"},
+      {"/vision_config/image_size", 1'000'000'000, "vision_config.image_size"},
+      {"/vision_config/hidden_size", 2.5, "vision_config.hidden_size"},
+      {"/text_config/head_dim", true, "text_config.head_dim"},
+  };
+  for (const auto& c : cases) {
+    auto j = base;
+    j[nlohmann::json::json_pointer(c.pointer)] = c.value;
+    if (std::string(c.pointer) == "/vision_config/image_size") j["vision_config"]["patch_size"] = 1;
+    std::ofstream(file) << j.dump();
+    try {
+      llava::load_config(file);
+      ADD_FAILURE() << c.pointer << " = " << c.value.dump() << " was accepted";
+    } catch (const llava::error& e) {
+      EXPECT_NE(std::string(e.what()).find(c.named), std::string::npos) << c.pointer << ": " << e.what();
+    }
+  }
+  fs::remove(file);
+}
+
 TEST(Weights, LinearInEveryStorageDtypeMatchesADoubleReference) {
   // W [40, 24] in F32 / F16 / BF16, bias [40]: y = x W^T + b for n = 1 (GEMV) and n = 5 (GEMM),
   // several row blocks (16 rows each). The reference uses the stored (rounded) values in double.

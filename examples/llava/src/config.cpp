@@ -37,6 +37,19 @@ struct reader {
     if (!it->is_string()) fail(prefix + key, "must be a string (got " + it->dump() + ")");
     out = it->get<std::string>();
   }
+  void get_bool(const json& j, const char* key, const std::string& prefix, bool& out) const {
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null()) return;
+    if (!it->is_boolean()) fail(prefix + key, "must be true or false (got " + it->dump() + ")");
+    out = it->get<bool>();
+  }
+  // Keys of a nested object that may itself be absent or null; anything else is an error.
+  const json* object_or_null(const json& j, const char* key, const std::string& prefix) const {
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null()) return nullptr;
+    if (!it->is_object()) fail(prefix + key, "must be an object (got " + it->dump() + ")");
+    return &*it;
+  }
 };
 
 bool known_activation(const std::string& a) {
@@ -115,19 +128,23 @@ llava_config load_config(const std::filesystem::path& path) {
     r.get_int(*txt, "eos_token_id", p, c.text.eos, 0);
     r.get_string(*txt, "hidden_act", p, c.text.hidden_act);
     // transformers >= 5 nests rope_theta in "rope_parameters" (with rope_type).
-    if (auto rp = txt->find("rope_parameters"); rp != txt->end() && !rp->is_null()) {
-      if (!rp->is_object()) r.fail(p + "rope_parameters", "must be an object");
+    if (const json* rp = r.object_or_null(*txt, "rope_parameters", p)) {
       r.get_double(*rp, "rope_theta", p + "rope_parameters.", c.text.rope_theta);
-      const auto t = rp->value("rope_type", std::string("default"));
+      std::string t = "default";
+      r.get_string(*rp, "rope_type", p + "rope_parameters.", t);
       if (t != "default") r.fail(p + "rope_parameters.rope_type", "rope type '" + t + "' is not supported");
     }
-    auto rs = txt->find("rope_scaling");
-    if (rs != txt->end() && !rs->is_null()) {
-      const auto t = rs->value("rope_type", rs->value("type", std::string("?")));
+    if (const json* rs = r.object_or_null(*txt, "rope_scaling", p)) {
+      std::string t = "?";
+      r.get_string(*rs, "type", p + "rope_scaling.", t);
+      r.get_string(*rs, "rope_type", p + "rope_scaling.", t);
       if (t != "default") r.fail(p + "rope_scaling", "rope scaling '" + t + "' is not supported");
     }
-    if (txt->value("attention_bias", false)) r.fail(p + "attention_bias", "attention biases are not supported");
-    if (txt->value("mlp_bias", false)) r.fail(p + "mlp_bias", "MLP biases are not supported");
+    bool attention_bias = false, mlp_bias = false;
+    r.get_bool(*txt, "attention_bias", p, attention_bias);
+    r.get_bool(*txt, "mlp_bias", p, mlp_bias);
+    if (attention_bias) r.fail(p + "attention_bias", "attention biases are not supported");
+    if (mlp_bias) r.fail(p + "mlp_bias", "MLP biases are not supported");
   }
   if (!kv_given) c.text.kv_heads = c.text.heads;
   if (!head_dim_given) {
@@ -138,6 +155,13 @@ llava_config load_config(const std::filesystem::path& path) {
   if (c.text.head_dim % 2 != 0) r.fail("text_config.head_dim", "must be even (rotary embedding)");
   if (c.vision.hidden % c.vision.heads != 0) r.fail("vision_config.hidden_size", "not divisible by num_attention_heads");
   if (c.vision.image_size % c.vision.patch != 0) r.fail("vision_config.image_size", "not a multiple of patch_size");
+  // Token counts are int everywhere (as in the library's index type); 2048 patches per side is far
+  // beyond any CLIP tower and keeps grid^2 + 1 and the N x N attention sizes representable.
+  if (c.vision.grid() > max_patches_per_side) {
+    r.fail("vision_config.image_size", "= " + std::to_string(c.vision.image_size) + " gives " + std::to_string(c.vision.grid()) +
+                                           " patches per side with patch_size " + std::to_string(c.vision.patch) +
+                                           " (at most " + std::to_string(max_patches_per_side) + ")");
+  }
   if (c.vision.channels != 3) r.fail("vision_config.num_channels", "must be 3 (RGB)");
   if (!known_activation(c.vision.hidden_act)) r.fail("vision_config.hidden_act", "'" + c.vision.hidden_act + "' is not supported");
   if (c.text.hidden_act != "silu" && c.text.hidden_act != "swish") r.fail("text_config.hidden_act", "'" + c.text.hidden_act + "' is not supported (silu is)");
@@ -149,7 +173,12 @@ llava_config load_config(const std::filesystem::path& path) {
   if (!known_activation(c.projector_hidden_act)) r.fail("projector_hidden_act", "'" + c.projector_hidden_act + "' is not supported");
   if (auto it = j.find("vision_feature_layer"); it != j.end() && !it->is_null()) {
     if (!it->is_number_integer()) r.fail("vision_feature_layer", "must be an integer (lists of layers are not supported)");
-    c.vision_feature_layer = it->get<int>();
+    const auto layer = it->get<long long>();
+    if (layer < -1'000'000'000LL || layer > 1'000'000'000LL ||
+        (it->is_number_unsigned() && it->get<unsigned long long>() > 1'000'000'000ULL)) {
+      r.fail("vision_feature_layer", "= " + it->dump() + " is out of range");
+    }
+    c.vision_feature_layer = static_cast<int>(layer);
   }
   const int h = c.feature_hidden_index();
   if (h < 1 || h > c.vision.layers) {
@@ -160,7 +189,9 @@ llava_config load_config(const std::filesystem::path& path) {
   if (c.vision_feature_select_strategy != "default" && c.vision_feature_select_strategy != "full") {
     r.fail("vision_feature_select_strategy", "'" + c.vision_feature_select_strategy + "' (default or full)");
   }
-  if (j.value("multimodal_projector_bias", true) == false) r.fail("multimodal_projector_bias", "false is not supported");
+  bool projector_bias = true;
+  r.get_bool(j, "multimodal_projector_bias", "", projector_bias);
+  if (!projector_bias) r.fail("multimodal_projector_bias", "false is not supported");
   return c;
 }
 

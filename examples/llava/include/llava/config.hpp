@@ -23,6 +23,9 @@ struct error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+/// Largest patch grid side load_config accepts (image_size / patch_size): token counts stay int.
+inline constexpr int max_patches_per_side = 2048;
+
 struct clip_config {
   int hidden = 768;
   int intermediate = 3072;
