@@ -5,11 +5,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "tokensel/detail/expf.hpp"
 #include "tokensel/prumerge.hpp"
 
 using namespace tokensel;
@@ -179,6 +182,45 @@ TEST(PruMergeAttention, HandSoftmaxOfTheClsRow) {
   for (double v : x) z2 += std::exp(2 * v);
   pm::cls_attention(seq, cmat(q, 1, 4), cmat(keys, 9, 4), 1.0, vector_view<float>(a1.data(), {8}));
   for (int j = 0; j < 8; ++j) EXPECT_NEAR(a1[j], std::exp(2 * x[j + 1]) / z2, 1e-7) << j;
+}
+
+// The softmax's exp is the library's own (tokensel/detail/expf.hpp), so CPU results do not depend on
+// the C library. Expected values: float(math.exp(x)) in Python (correctly rounded here).
+TEST(PruMergeAttention, PortableExpHandValues) {
+  using tokensel::detail::expf_nonpositive;
+  EXPECT_EQ(expf_nonpositive(0.0f), 1.0f);
+  EXPECT_EQ(expf_nonpositive(-0.0f), 1.0f);
+  EXPECT_EQ(expf_nonpositive(-1.0f), 0x1.78b564p-2f);
+  EXPECT_EQ(expf_nonpositive(-0.5f), 0x1.368b3p-1f);
+  EXPECT_EQ(expf_nonpositive(-10.0f), 0x1.7cd79cp-15f);
+  EXPECT_EQ(expf_nonpositive(-87.0f), 0x1.666d0ep-126f);  // subnormal boundary region
+  EXPECT_EQ(expf_nonpositive(-103.5f), 0x1p-149f);        // smallest subnormal
+  EXPECT_EQ(expf_nonpositive(-0x1.ad7f2ap-24f), 0x1.fffffcp-1f);
+  EXPECT_EQ(expf_nonpositive(-0x1p-30f), 1.0f);
+  EXPECT_EQ(expf_nonpositive(-200.0f), 0.0f);
+  EXPECT_EQ(expf_nonpositive(-std::numeric_limits<float>::infinity()), 0.0f);
+}
+
+// On x86-64 glibc with FMA (the variant glibc selects there) it is std::exp bit for bit. A sample of
+// every 997th float in [-104, 0] here; the full sweep of all 1.12e9 floats was run once (docs/prumerge.md).
+TEST(PruMergeAttention, PortableExpIsGlibcExpfWithFma) {
+#if defined(__GLIBC__) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  if (!__builtin_cpu_supports("fma") || !__builtin_cpu_supports("avx2")) GTEST_SKIP() << "glibc picks its non-FMA expf here";
+  const float lo = -104.0f;
+  std::uint32_t end;
+  std::memcpy(&end, &lo, 4);
+  std::size_t checked = 0;
+  for (std::uint32_t u = 0x80000000u; u <= end; u += 997u) {
+    float x;
+    std::memcpy(&x, &u, 4);
+    const float a = tokensel::detail::expf_nonpositive(x), b = std::exp(x);
+    ASSERT_EQ(std::memcmp(&a, &b, 4), 0) << std::hexfloat << x << ": " << a << " vs " << b;
+    ++checked;
+  }
+  EXPECT_GT(checked, 1'000'000u);
+#else
+  GTEST_SKIP() << "not x86-64 glibc: std::exp rounds differently; the library does not use it";
+#endif
 }
 
 TEST(PruMergeAttention, MatchesFloat64Reference) {

@@ -23,6 +23,7 @@
 
 #include "tokensel/batch.hpp"
 #include "tokensel/config.hpp"
+#include "tokensel/detail/expf.hpp"
 #include "tokensel/detail/parallel.hpp"
 #include "tokensel/detail/reduce.hpp"
 #include "tokensel/detail/scratch.hpp"
@@ -162,7 +163,8 @@ void cls_softmax(const Policy& policy, const float* q, const float* keyf, index_
     if (!std::isfinite(e[j])) tokensel::detail::fail(errc::non_finite, tokensel::detail::at_index("prumerge.logits", j), e[j], "Q K^T overflows fp32");
     m = std::max(m, e[j]);
   }
-  for (index_t j = 0; j <= n; ++j) e[j] = std::exp(e[j] - m);
+  // Portable expf (glibc's FMA rounding everywhere): the CUDA backend reproduces these bits.
+  for (index_t j = 0; j <= n; ++j) e[j] = tokensel::detail::expf_nonpositive(e[j] - m);
   const float z = tokensel::detail::canonical_sum(e.data(), n + 1);
   for (index_t j = 0; j < n; ++j) attn[j] = e[j + 1] / z;
 }
