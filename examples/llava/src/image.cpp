@@ -32,7 +32,12 @@ std::uint32_t be32(const std::uint8_t* p) {
 // stb_image decodes some damaged files without complaint (it reads zeros past the end), which
 // would feed garbage to the model; PIL refuses them ("image file is truncated"). Check that the
 // container is complete before decoding.
-void check_complete(std::span<const std::uint8_t> b, const std::string& name) {
+enum class image_format { png, jpeg };
+
+// The format from the file's signature, after checking the file is complete. Only PNG and JPEG
+// reach a decoder: stb_image would otherwise guess among its other formats (TGA has no signature
+// at all), and its less-used decoders read out of bounds on hostile input (a fuzz finding).
+image_format detect_format(std::span<const std::uint8_t> b, const std::string& name) {
   static constexpr std::uint8_t png_sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
   if (b.size() >= 8 && std::memcmp(b.data(), png_sig, 8) == 0) {
     std::size_t pos = 8;
@@ -40,7 +45,7 @@ void check_complete(std::span<const std::uint8_t> b, const std::string& name) {
       if (b.size() - pos < 12) fail(name, "truncated PNG (no IEND chunk)");
       const std::uint32_t len = be32(b.data() + pos);
       if (len > b.size() - pos - 12) fail(name, "truncated PNG (chunk runs past the end of the file)");
-      if (std::memcmp(b.data() + pos + 4, "IEND", 4) == 0) return;
+      if (std::memcmp(b.data() + pos + 4, "IEND", 4) == 0) return image_format::png;
       pos += 12 + static_cast<std::size_t>(len);
     }
   }
@@ -48,10 +53,11 @@ void check_complete(std::span<const std::uint8_t> b, const std::string& name) {
     // Entropy-coded data never contains FF D9 (FF is stuffed as FF 00), so an EOI after the
     // start of the scan data marks a complete image.
     for (std::size_t i = b.size() - 1; i >= 3; --i) {
-      if (b[i - 1] == 0xFF && b[i] == 0xD9) return;
+      if (b[i - 1] == 0xFF && b[i] == 0xD9) return image_format::jpeg;
     }
     fail(name, "truncated JPEG (no end-of-image marker)");
   }
+  fail(name, "not a PNG or JPEG file (unrecognised signature); PNG and JPEG are supported");
 }
 
 // PIL's bicubic kernel (Resample.c, a = -0.5).
@@ -180,9 +186,11 @@ const char* jpeg_decoder() noexcept {
 rgb_image decode_image(std::span<const std::uint8_t> bytes, const std::string& name) {
   if (bytes.empty()) fail(name, "empty file");
   if (bytes.size() > static_cast<std::size_t>(INT32_MAX)) fail(name, "file too large");
-  check_complete(bytes, name);
+  const image_format format = detect_format(bytes, name);
 #ifdef LLAVA_HAVE_LIBJPEG
-  if (bytes.size() >= 3 && bytes[0] == 0xFF && bytes[1] == 0xD8 && bytes[2] == 0xFF) return decode_jpeg(bytes, name);
+  if (format == image_format::jpeg) return decode_jpeg(bytes, name);
+#else
+  (void)format;  // stb_image decodes both; its signature tests agree with detect_format
 #endif
   int w = 0, h = 0, channels = 0;
   std::unique_ptr<stbi_uc, void (*)(void*)> data(
