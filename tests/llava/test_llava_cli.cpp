@@ -147,9 +147,8 @@ TEST(LlavaCli, VicunaNoPadShardedBf16) {
   const auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["input_ids"], g["input_ids"]);
   EXPECT_EQ(j["pad"], false);
-  // With libjpeg the pixel_values are bit-identical to transformers'; with stb_image they differ
-  // by <= 2 levels on a few pixels, which the greedy margins (min top-2 gap 0.40) absorb.
-  EXPECT_EQ(j["answer_ids"], g["greedy_tokens"]) << "JPEG decoder: " << llava::jpeg_decoder();
+  // JPEG through libjpeg: pixel_values bit-identical to transformers', so the same greedy tokens.
+  EXPECT_EQ(j["answer_ids"], g["greedy_tokens"]);
   EXPECT_EQ(j["answer"], g["greedy_text"]);
 }
 
@@ -248,7 +247,7 @@ TEST(LlavaCli, BadInputsOneLineNonZero) {
   };
   const std::vector<bad> cases = {
       {{"--model", model, "--image", "missing.png", "--prompt", "x"}, "image missing.png: no such file"},
-      {{"--model", model, "--image", junk.string(), "--prompt", "x"}, "cannot decode"},
+      {{"--model", model, "--image", junk.string(), "--prompt", "x"}, "not a PNG or JPEG file"},
       {{"--model", (data_dir / "nope").string(), "--image", image, "--prompt", "x"}, "not found"},
       {{"--model", model, "--image", image, "--prompt", "no placeholder", "--template", "raw"}, "no <image> placeholder"},
       {{"--model", broken.string(), "--image", image, "--prompt", "x"}, "model.safetensors"},

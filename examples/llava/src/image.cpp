@@ -1,4 +1,4 @@
-// llava: image decoding (stb_image), PIL-exact bicubic resize, CLIP preprocessing, overlay.
+// llava: image decoding (PNG: stb_image, JPEG: libjpeg), PIL-exact bicubic resize, CLIP preprocessing, overlay.
 #include "llava/image.hpp"
 
 #include <algorithm>
@@ -11,11 +11,9 @@
 #include <stb_image.h>
 #include <stb_image_write.h>
 
-#ifdef LLAVA_HAVE_LIBJPEG
 #include <csetjmp>
 #include <cstdio>
 #include <jpeglib.h>
-#endif
 
 namespace llava {
 using tokensel::index_t;
@@ -27,6 +25,17 @@ namespace {
 
 std::uint32_t be32(const std::uint8_t* p) {
   return (std::uint32_t{p[0]} << 24) | (std::uint32_t{p[1]} << 16) | (std::uint32_t{p[2]} << 8) | p[3];
+}
+
+// PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS = 89,478,485; above twice that PIL
+// raises DecompressionBombError): checked from the header, before any pixel is decoded.
+constexpr std::uint64_t max_image_pixels = 2ull * 89'478'485ull;
+
+void check_pixel_count(std::uint64_t width, std::uint64_t height, const std::string& name) {
+  if (width * height > max_image_pixels) {
+    fail(name, std::to_string(width) + " x " + std::to_string(height) + " pixels exceeds the limit of " +
+                   std::to_string(max_image_pixels) + " (PIL's decompression-bomb limit)");
+  }
 }
 
 // stb_image decodes some damaged files without complaint (it reads zeros past the end), which
@@ -120,7 +129,6 @@ std::uint8_t clip8(std::int32_t v) {
   return static_cast<std::uint8_t>(std::clamp<std::int32_t>(s, 0, 255));
 }
 
-#ifdef LLAVA_HAVE_LIBJPEG
 // JPEG through libjpeg(-turbo), the decoder PIL uses: with its defaults (islow IDCT, fancy
 // upsampling) the RGB output is bit-identical to PIL's, where stb_image's differs by up to a few
 // levels. Errors longjmp out of libjpeg into a one-line image_error.
@@ -140,6 +148,11 @@ bool run_libjpeg(jpeg_decompress_struct& cinfo, jpeg_failure& err, std::span<con
   jpeg_read_header(&cinfo, TRUE);
   if (cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK) {
     std::snprintf(err.message, sizeof err.message, "CMYK JPEG is not supported; convert it to RGB");
+    return false;
+  }
+  if (std::uint64_t{cinfo.image_width} * cinfo.image_height > max_image_pixels) {
+    std::snprintf(err.message, sizeof err.message, "%u x %u pixels exceeds the limit of %llu (PIL's decompression-bomb limit)",
+                  cinfo.image_width, cinfo.image_height, static_cast<unsigned long long>(max_image_pixels));
     return false;
   }
   cinfo.out_color_space = JCS_RGB;
@@ -171,28 +184,21 @@ rgb_image decode_jpeg(std::span<const std::uint8_t> bytes, const std::string& na
   if (!ok) fail(name, std::string("cannot decode JPEG (") + err.message + ")");
   return img;
 }
-#endif
 
 }  // namespace
 
-const char* jpeg_decoder() noexcept {
-#ifdef LLAVA_HAVE_LIBJPEG
-  return "libjpeg";
-#else
-  return "stb_image";
-#endif
-}
+const char* jpeg_decoder() noexcept { return "libjpeg"; }
 
 rgb_image decode_image(std::span<const std::uint8_t> bytes, const std::string& name) {
   if (bytes.empty()) fail(name, "empty file");
   if (bytes.size() > static_cast<std::size_t>(INT32_MAX)) fail(name, "file too large");
   const image_format format = detect_format(bytes, name);
-#ifdef LLAVA_HAVE_LIBJPEG
+  // JPEG never reaches stb_image: its JPEG decoder reads out of bounds on hostile input (fuzzing).
   if (format == image_format::jpeg) return decode_jpeg(bytes, name);
-#else
-  (void)format;  // stb_image decodes both; its signature tests agree with detect_format
-#endif
   int w = 0, h = 0, channels = 0;
+  if (stbi_info_from_memory(bytes.data(), static_cast<int>(bytes.size()), &w, &h, &channels) != 0) {
+    check_pixel_count(w, h, name);  // before decoding: a tiny file may declare a huge image
+  }
   std::unique_ptr<stbi_uc, void (*)(void*)> data(
       stbi_load_from_memory(bytes.data(), static_cast<int>(bytes.size()), &w, &h, &channels, 3),
       stbi_image_free);
@@ -205,6 +211,7 @@ rgb_image decode_image(std::span<const std::uint8_t> bytes, const std::string& n
   rgb_image img;
   img.width = w;
   img.height = h;
+  check_pixel_count(w, h, name);
   img.pixels.assign(data.get(), data.get() + static_cast<std::size_t>(w) * h * 3);
   return img;
 }

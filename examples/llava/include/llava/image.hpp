@@ -39,9 +39,8 @@ struct rgb_image {
 rgb_image decode_image(std::span<const std::uint8_t> bytes, const std::string& name);
 /// Reads and decodes a file; throws image_error for a missing/unreadable/undecodable file.
 rgb_image load_image(const std::filesystem::path& path);
-/// The JPEG decoder compiled in: "libjpeg" (bit-identical to PIL, when the build defines
-/// LLAVA_HAVE_LIBJPEG and links libjpeg) or "stb_image" (up to a few levels off PIL's pixels).
-/// PNG always goes through stb_image, which is exact.
+/// The JPEG decoder: "libjpeg" (libjpeg-turbo, the decoder PIL uses: bit-identical pixels). PNG
+/// goes through stb_image, which is exact. No other format is decoded.
 const char* jpeg_decoder() noexcept;
 
 /// CLIP's normalisation constants (OpenAI CLIP, used by LLaVA-1.5).
