@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_cuda_common.cuh"
 #include "tokensel/cuda/fastv.cuh"
 #include "tokensel/cuda/fitprune.cuh"
 #include "tokensel/cuda/fopru.cuh"
@@ -27,21 +28,10 @@
 
 using namespace tokensel;
 
+using tokensel_bench::device_ok;
+using tokensel_bench::ok;
+
 namespace {
-
-bool device_ok(benchmark::State& state) {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-    (void)cudaGetLastError();
-    state.SkipWithError("no CUDA device: GPU numbers still to be measured");
-    return false;
-  }
-  return true;
-}
-
-void ok(cudaError_t e) {
-  if (e != cudaSuccess) throw std::runtime_error(cudaGetErrorString(e));
-}
 
 /// Device memory freed at exit (inputs are shared between benchmarks of the same shape).
 struct device_block {

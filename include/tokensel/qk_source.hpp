@@ -51,9 +51,10 @@ struct qk_source {
   token_range cols() const noexcept { return col_window.count < 0 ? token_range::all(key_count()) : col_window; }
 };
 
-/// Throws unless the source is consistent (shapes, finite values, windows inside the map).
-template <element T>
-void validate(const qk_source<T>& src, std::string_view name = "qk") {
+/// Throws unless shapes, scale and windows are consistent (no element is read: the CUDA backend
+/// runs this on device views).
+template <class T>
+void validate_shape(const qk_source<T>& src, std::string_view name = "qk") {
   const std::string n(name);
   if (src.keys.extent(2) != src.head_dim()) {
     detail::fail(errc::shape_mismatch, n + ".keys.extent(2)", src.keys.extent(2), "must equal the query head dim " + std::to_string(src.head_dim()));
@@ -70,6 +71,13 @@ void validate(const qk_source<T>& src, std::string_view name = "qk") {
   }
   check_range(src.rows(), src.query_count(), n + ".row_window");
   check_range(src.cols(), src.key_count(), n + ".col_window");
+}
+
+/// Throws unless the source is consistent (shapes, finite values, windows inside the map).
+template <element T>
+void validate(const qk_source<T>& src, std::string_view name = "qk") {
+  validate_shape(src, name);
+  const std::string n(name);
   auto check_values = [&](const auto& t, const std::string& what) {
     for (index_t a = 0; a < t.extent(0); ++a)
       for (index_t b = 0; b < t.extent(1); ++b)

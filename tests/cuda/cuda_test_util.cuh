@@ -47,6 +47,18 @@ inline std::string device_skip_reason() {
     if (!tokensel_skip_.empty()) GTEST_SKIP() << tokensel_skip_;          \
   } while (0)
 
+/// Expects call() to throw tokensel::error with this code, naming this parameter.
+template <class Call>
+void expect_error(Call&& call, tokensel::errc code, const std::string& parameter) {
+  try {
+    call();
+    ADD_FAILURE() << "no throw, expected " << parameter;
+  } catch (const tokensel::error& e) {
+    EXPECT_EQ(e.code(), code) << e.what();
+    EXPECT_EQ(e.parameter(), parameter) << e.what();
+  }
+}
+
 inline void cuda_ok(cudaError_t e, const char* what) {
   if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorName(e) + " " + cudaGetErrorString(e));
 }

@@ -223,43 +223,34 @@ TEST(CudaFreePruner, HostValidation) {
   const cuda_policy policy{nullptr, fake_device_pointer<void>(), need};
   const selection_batch out{tensor_view<token_index, 2>(fake_device_pointer<token_index>(), {2, 9}),
                             std::span<token_index>(fake_device_pointer<token_index>(), 2)};
-  auto expect = [&](auto&& call, errc code, const std::string& parameter) {
-    try {
-      call();
-      ADD_FAILURE() << "no throw, expected " << parameter;
-    } catch (const error& e) {
-      EXPECT_EQ(e.code(), code) << e.what();
-      EXPECT_EQ(e.parameter(), parameter) << e.what();
-    }
-  };
-  expect([&] { freepruner::select(policy, stack, freepruner::config{.k_pivotal = 0}, out); }, errc::invalid_argument, "freepruner.k_pivotal");
-  expect([&] { freepruner::select(policy, stack, freepruner::config{.first_layer = 0, .last_layer = 2, .complementary_layer = 1}, out); },
+  expect_error([&] { freepruner::select(policy, stack, freepruner::config{.k_pivotal = 0}, out); }, errc::invalid_argument, "freepruner.k_pivotal");
+  expect_error([&] { freepruner::select(policy, stack, freepruner::config{.first_layer = 0, .last_layer = 2, .complementary_layer = 1}, out); },
          errc::invalid_argument, "freepruner.layers");
-  expect([&] { freepruner::select(policy, stack, freepruner::config{.first_layer = 0, .last_layer = 1, .k_pivotal = 12, .complementary_layer = 1}, out); },
+  expect_error([&] { freepruner::select(policy, stack, freepruner::config{.first_layer = 0, .last_layer = 1, .k_pivotal = 12, .complementary_layer = 1}, out); },
          errc::invalid_argument, "freepruner.k_pivotal");
-  expect([&] {
+  expect_error([&] {
     const selection_batch small{tensor_view<token_index, 2>(fake_device_pointer<token_index>(), {2, 8}), out.counts};
     freepruner::select(policy, stack, cfg, small);
   }, errc::shape_mismatch, "freepruner.out.size()");
-  expect([&] {
+  expect_error([&] {
     const attention_view<__half> other(fake_device_pointer<const __half>(), {3, 4, 10, 10});
     const std::vector<attention_view<__half>> mixed{layer, other};
     freepruner::select(policy, freepruner::device_batch_layer_stack<__half>{std::span<const attention_view<__half>>(mixed), 0}, cfg, out);
   }, errc::shape_mismatch, "freepruner.attention[layer 1].extent(0)");
-  expect([&] {
+  expect_error([&] {
     const attention_view<__half> other(fake_device_pointer<const __half>(), {2, 4, 11, 11});
     const std::vector<attention_view<__half>> mixed{layer, other};
     freepruner::select(policy, freepruner::device_batch_layer_stack<__half>{std::span<const attention_view<__half>>(mixed), 0}, cfg, out);
   }, errc::shape_mismatch, "freepruner.attention[layer 1]");
-  expect([&] { freepruner::select(policy, stack, freepruner::config{.first_layer = 0, .last_layer = 1, .k_pivotal = 2, .complementary_layer = 1, .mode = freepruner::mode::fixed, .budget = 10}, out); },
+  expect_error([&] { freepruner::select(policy, stack, freepruner::config{.first_layer = 0, .last_layer = 1, .k_pivotal = 2, .complementary_layer = 1, .mode = freepruner::mode::fixed, .budget = 10}, out); },
          errc::invalid_argument, "freepruner.budget");
-  expect([&] { freepruner::select(cuda_policy{nullptr, fake_device_pointer<void>(), need - 1}, stack, cfg, out); },
+  expect_error([&] { freepruner::select(cuda_policy{nullptr, fake_device_pointer<void>(), need - 1}, stack, cfg, out); },
          errc::invalid_argument, "freepruner.policy.workspace_bytes");
   // Ragged: per-sample checks.
   const std::vector<head_attention_view<__half>> s0{layer[0], layer[0]};
   const std::vector<head_attention_view<__half>> s1{layer[0], head_attention_view<__half>(fake_device_pointer<const __half>(), {0, 10, 10})};
   const std::vector<freepruner::device_layer_stack<__half>> ragged{{s0, 0}, {s1, 0}};
-  expect([&] { freepruner::select(policy, std::span<const freepruner::device_layer_stack<__half>>(ragged), cfg, out); },
+  expect_error([&] { freepruner::select(policy, std::span<const freepruner::device_layer_stack<__half>>(ragged), cfg, out); },
          errc::shape_mismatch, "freepruner.attention[layer 1].extent(0)");
 }
 

@@ -751,15 +751,6 @@ TEST(CudaPruMergeHost, ArgumentErrorsAreTheCpus) {
                            std::span<token_index>(fake_device_pointer<token_index>(), static_cast<std::size_t>(b))};
   };
   const selection_batch out = out_of(B, cap);
-  auto expect = [&](auto&& call, errc code, const std::string& parameter) {
-    try {
-      call();
-      ADD_FAILURE() << "no throw, expected " << parameter;
-    } catch (const error& e) {
-      EXPECT_EQ(e.code(), code) << e.what();
-      EXPECT_EQ(e.parameter(), parameter) << e.what();
-    }
-  };
   // Config errors: the CPU's validate (same text).
   for (const auto& [bad, name] : std::vector<std::pair<prumerge::config, std::string>>{
            {prumerge::config{.neighbours = -1}, "prumerge.neighbours"},
@@ -767,9 +758,9 @@ TEST(CudaPruMergeHost, ArgumentErrorsAreTheCpus) {
            {prumerge::config{.iqr_multiplier = -1.0}, "prumerge.iqr_multiplier"},
            {prumerge::config{.scale = -0.5}, "prumerge.scale"},
            {prumerge::config{.mode = static_cast<prumerge::mode>(7)}, "prumerge.mode"}}) {
-    expect([&] { prumerge::select(big, q, k, x, bad, out, y); }, errc::invalid_argument, name);
-    expect([&] { prumerge::select(big, q, k, bad, out); }, errc::invalid_argument, name);
-    expect([&] { (void)prumerge::workspace_size(q, k, x, bad); }, errc::invalid_argument, name);
+    expect_error([&] { prumerge::select(big, q, k, x, bad, out, y); }, errc::invalid_argument, name);
+    expect_error([&] { prumerge::select(big, q, k, bad, out); }, errc::invalid_argument, name);
+    expect_error([&] { (void)prumerge::workspace_size(q, k, x, bad); }, errc::invalid_argument, name);
     std::string cpu_what, cuda_what;
     try { prumerge::validate(bad); } catch (const error& e) { cpu_what = e.what(); }
     try { prumerge::select(big, q, k, bad, out); } catch (const error& e) { cuda_what = e.what(); }
@@ -777,31 +768,31 @@ TEST(CudaPruMergeHost, ArgumentErrorsAreTheCpus) {
     EXPECT_FALSE(cpu_what.empty());
   }
   // Shapes (the CPU's check_qk / check_features / dense-batch checks).
-  expect([&] { prumerge::select(big, tensor_view<const __half, 3>(fake_device_pointer<const __half>(), {B, 3, D}), k, x, cfg, out, y); },
+  expect_error([&] { prumerge::select(big, tensor_view<const __half, 3>(fake_device_pointer<const __half>(), {B, 3, D}), k, x, cfg, out, y); },
          errc::shape_mismatch, "prumerge.queries.extent(0)");
-  expect([&] { prumerge::select(big, tensor_view<const __half, 3>(fake_device_pointer<const __half>(), {B + 1, 1, D}), k, x, cfg, out, y); },
+  expect_error([&] { prumerge::select(big, tensor_view<const __half, 3>(fake_device_pointer<const __half>(), {B + 1, 1, D}), k, x, cfg, out, y); },
          errc::shape_mismatch, "prumerge.queries.extent(0)");
-  expect([&] { prumerge::select(big, tensor_view<const __half, 3>(fake_device_pointer<const __half>(), {B, 1, D + 1}), k, x, cfg, out, y); },
+  expect_error([&] { prumerge::select(big, tensor_view<const __half, 3>(fake_device_pointer<const __half>(), {B, 1, D + 1}), k, x, cfg, out, y); },
          errc::shape_mismatch, "prumerge.queries.extent(1)");
-  expect([&] { prumerge::select(big, q, tensor_view<const __half, 3>(fake_device_pointer<const __half>(), {B, 0, D}), cfg, out); },
+  expect_error([&] { prumerge::select(big, q, tensor_view<const __half, 3>(fake_device_pointer<const __half>(), {B, 0, D}), cfg, out); },
          errc::shape_mismatch, "prumerge.keys.extent(0)");
-  expect([&] { prumerge::select(big, tensor_view<const __half, 3>(fake_device_pointer<const __half>(), {B, 1, 0}), tensor_view<const __half, 3>(fake_device_pointer<const __half>(), {B, n + 1, 0}), cfg, out); },
+  expect_error([&] { prumerge::select(big, tensor_view<const __half, 3>(fake_device_pointer<const __half>(), {B, 1, 0}), tensor_view<const __half, 3>(fake_device_pointer<const __half>(), {B, n + 1, 0}), cfg, out); },
          errc::shape_mismatch, "prumerge.keys.extent(1)");
-  expect([&] { prumerge::select(big, q, k, tensor_view<const float, 3>(fake_device_pointer<const float>(), {B, n - 1, d}), cfg, out, y); },
+  expect_error([&] { prumerge::select(big, q, k, tensor_view<const float, 3>(fake_device_pointer<const float>(), {B, n - 1, d}), cfg, out, y); },
          errc::shape_mismatch, "prumerge.features.extent(0)");
-  expect([&] { prumerge::select(big, q, k, tensor_view<const float, 3>(fake_device_pointer<const float>(), {B + 1, n, d}), cfg, out, y); },
+  expect_error([&] { prumerge::select(big, q, k, tensor_view<const float, 3>(fake_device_pointer<const float>(), {B + 1, n, d}), cfg, out, y); },
          errc::shape_mismatch, "prumerge.features.extent(0)");
-  expect([&] { prumerge::select(big, q, k, x, cfg, out, tensor_view<float, 3>(fake_device_pointer<float>(), {B, rows, d + 1})); },
+  expect_error([&] { prumerge::select(big, q, k, x, cfg, out, tensor_view<float, 3>(fake_device_pointer<float>(), {B, rows, d + 1})); },
          errc::shape_mismatch, "prumerge.merged.extent(1)");
-  expect([&] { prumerge::select(big, q, k, x, cfg, out, tensor_view<float, 3>(fake_device_pointer<float>(), {B - 1, rows, d})); },
+  expect_error([&] { prumerge::select(big, q, k, x, cfg, out, tensor_view<float, 3>(fake_device_pointer<float>(), {B - 1, rows, d})); },
          errc::shape_mismatch, "prumerge.merged.extent(0)");
   // Outputs: batch shape (run_batch's checks) and the up-front capacities.
-  expect([&] { prumerge::select(big, q, k, x, cfg, out_of(B + 1, cap), y); }, errc::shape_mismatch, "prumerge.out.indices.extent(0)");
-  expect([&] { prumerge::select(big, q, k, x, cfg, out, y, std::span<prumerge::result>(fake_device_pointer<prumerge::result>(), 3)); },
+  expect_error([&] { prumerge::select(big, q, k, x, cfg, out_of(B + 1, cap), y); }, errc::shape_mismatch, "prumerge.out.indices.extent(0)");
+  expect_error([&] { prumerge::select(big, q, k, x, cfg, out, y, std::span<prumerge::result>(fake_device_pointer<prumerge::result>(), 3)); },
          errc::shape_mismatch, "prumerge.results.size()");
-  expect([&] { prumerge::select(big, q, k, x, cfg, out_of(B, cap - 1), y); }, errc::shape_mismatch, "prumerge.out.size()");
-  expect([&] { prumerge::select(big, q, k, cfg, out_of(B, cap - 1)); }, errc::shape_mismatch, "prumerge.out.size()");
-  expect([&] { prumerge::select(big, q, k, x, cfg, out, tensor_view<float, 3>(fake_device_pointer<float>(), {B, rows - 1, d})); },
+  expect_error([&] { prumerge::select(big, q, k, x, cfg, out_of(B, cap - 1), y); }, errc::shape_mismatch, "prumerge.out.size()");
+  expect_error([&] { prumerge::select(big, q, k, cfg, out_of(B, cap - 1)); }, errc::shape_mismatch, "prumerge.out.size()");
+  expect_error([&] { prumerge::select(big, q, k, x, cfg, out, tensor_view<float, 3>(fake_device_pointer<float>(), {B, rows - 1, d})); },
          errc::shape_mismatch, "prumerge.merged.extent(0)");
   // Ragged: the span sizes, then every sample's shapes and capacity before anything runs.
   using EH = Eigen::half;
@@ -817,30 +808,30 @@ TEST(CudaPruMergeHost, ArgumentErrorsAreTheCpus) {
   using rin = std::span<const prumerge::qk_input<EH>>;
   using rxs = std::span<const matrix_view<const float>>;
   using rys = std::span<const matrix_view<float>>;
-  expect([&] { prumerge::select(big, rin(rag), rxs(rx).first(1), cfg, out, rys(ry)); }, errc::shape_mismatch, "prumerge.features.size()");
-  expect([&] { prumerge::select(big, rin(rag), rxs(rx), cfg, out, rys(ry).first(1)); }, errc::shape_mismatch, "prumerge.merged.size()");
-  expect([&] { prumerge::select(big, rin(rag), rxs(rx), cfg, out_of(B, prumerge::max_count(2 * n, cfg) - 1), rys(ry)); },
+  expect_error([&] { prumerge::select(big, rin(rag), rxs(rx).first(1), cfg, out, rys(ry)); }, errc::shape_mismatch, "prumerge.features.size()");
+  expect_error([&] { prumerge::select(big, rin(rag), rxs(rx), cfg, out, rys(ry).first(1)); }, errc::shape_mismatch, "prumerge.merged.size()");
+  expect_error([&] { prumerge::select(big, rin(rag), rxs(rx), cfg, out_of(B, prumerge::max_count(2 * n, cfg) - 1), rys(ry)); },
          errc::shape_mismatch, "prumerge.out.size()");  // sample 1 needs more than sample 0
-  expect([&] { prumerge::select(big, rin(rag), cfg, out_of(B, prumerge::max_count(2 * n, cfg) - 1)); }, errc::shape_mismatch, "prumerge.out.size()");
+  expect_error([&] { prumerge::select(big, rin(rag), cfg, out_of(B, prumerge::max_count(2 * n, cfg) - 1)); }, errc::shape_mismatch, "prumerge.out.size()");
   const std::vector<matrix_view<const float>> rx_short{rx[0], rx[0]};
   const std::vector<matrix_view<float>> ry_short{ry[0], ry[0]};
   const selection_batch out2 = out_of(B, prumerge::max_count(2 * n, cfg));
-  expect([&] { prumerge::select(big, rin(rag), rxs(rx_short), cfg, out2, rys(ry)); }, errc::shape_mismatch,
+  expect_error([&] { prumerge::select(big, rin(rag), rxs(rx_short), cfg, out2, rys(ry)); }, errc::shape_mismatch,
          "prumerge.features.extent(0)");  // check_features: sample 1's features vs its n
-  expect([&] { prumerge::select(big, rin(rag), rxs(rx), cfg, out2, rys(ry_short)); }, errc::shape_mismatch,
+  expect_error([&] { prumerge::select(big, rin(rag), rxs(rx), cfg, out2, rys(ry_short)); }, errc::shape_mismatch,
          "prumerge.merged.extent(0)");  // sample 1 needs max_rows(2n) rows
   EXPECT_GE(prumerge::workspace_size(rin(rag), rxs(rx), cfg), prumerge::workspace_size(rin(rag).first(1), rxs(rx).first(1), cfg));
   // From attention rows.
   const score_view<__half> att(fake_device_pointer<const __half>(), {B, n});
-  expect([&] { prumerge::select_from_attention(big, att, prumerge::config{.neighbours = -2}, out); }, errc::invalid_argument, "prumerge.neighbours");
-  expect([&] { prumerge::select_from_attention(big, att, cfg, out_of(B, cap - 1)); }, errc::shape_mismatch, "prumerge.out.size()");
-  expect([&] { prumerge::select_from_attention(big, att, cfg, out_of(B + 1, cap)); }, errc::shape_mismatch, "prumerge.out.indices.extent(0)");
-  expect([&] { prumerge::select_from_attention(cuda_policy{nullptr, fake_device_pointer<void>(), prumerge::workspace_size(att, cfg) - 1}, att, cfg, out); },
+  expect_error([&] { prumerge::select_from_attention(big, att, prumerge::config{.neighbours = -2}, out); }, errc::invalid_argument, "prumerge.neighbours");
+  expect_error([&] { prumerge::select_from_attention(big, att, cfg, out_of(B, cap - 1)); }, errc::shape_mismatch, "prumerge.out.size()");
+  expect_error([&] { prumerge::select_from_attention(big, att, cfg, out_of(B + 1, cap)); }, errc::shape_mismatch, "prumerge.out.indices.extent(0)");
+  expect_error([&] { prumerge::select_from_attention(cuda_policy{nullptr, fake_device_pointer<void>(), prumerge::workspace_size(att, cfg) - 1}, att, cfg, out); },
          errc::invalid_argument, "prumerge.policy.workspace_bytes");
   EXPECT_EQ(prumerge::workspace_size(att, cfg), prumerge::workspace_size(q, k, cfg));  // the Q/K selection's layout
   // Workspace.
-  expect([&] { prumerge::select(cuda_policy{nullptr, nullptr, 0}, q, k, x, cfg, out, y); }, errc::invalid_argument, "prumerge.policy.workspace");
-  expect([&] { prumerge::select(cuda_policy{nullptr, fake_device_pointer<void>(), 64}, q, k, x, cfg, out, y); },
+  expect_error([&] { prumerge::select(cuda_policy{nullptr, nullptr, 0}, q, k, x, cfg, out, y); }, errc::invalid_argument, "prumerge.policy.workspace");
+  expect_error([&] { prumerge::select(cuda_policy{nullptr, fake_device_pointer<void>(), 64}, q, k, x, cfg, out, y); },
          errc::invalid_argument, "prumerge.policy.workspace_bytes");
 }
 

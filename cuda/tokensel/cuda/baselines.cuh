@@ -17,6 +17,7 @@
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/cuda/detail/batch.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
+#include "tokensel/cuda/detail/single.cuh"
 #include "tokensel/cuda/element.cuh"
 #include "tokensel/cuda/error.cuh"
 #include "tokensel/cuda/policy.cuh"
@@ -261,6 +262,22 @@ inline void select(const cuda_policy& policy, std::span<const index_t> n, const 
       });
 }
 
+/// Workspace bytes of the single-sample select(cuda_policy, n, cfg, out, ...).
+inline std::size_t workspace_size(index_t n) {
+  return tokensel::cuda_detail::single_bytes(workspace_size(std::span<const index_t>(&n, 1)));
+}
+
+/// One sample of n tokens drawing from `stream` (the CPU's single-sample select): the batch-of-1
+/// call, whose sample 0 draws from seed + 0 * stream_step, with the seed moved by stream steps.
+/// *device_result (device memory, optional) gets the count.
+inline void select(const cuda_policy& policy, index_t n, const config& cfg, std::span<token_index> out,
+                   std::uint64_t stream = 0, result* device_result = nullptr) {
+  using namespace tokensel::cuda_detail;
+  config moved = cfg;
+  moved.seed = cfg.seed + stream * stream_step;  // wraps as the CPU's stream arithmetic does
+  select(policy, one(n), moved, single_output(policy, workspace_size(one(n)), out, "random"), single_result(device_result));
+}
+
 }  // namespace random
 
 // ---- uniform ------------------------------------------------------------------------------------
@@ -292,6 +309,25 @@ inline void select(const cuda_policy& policy, std::span<const token_grid> grids,
   cuda_detail::run_uniform(
       policy, static_cast<index_t>(grids.size()), [&](index_t b) { return grids[static_cast<std::size_t>(b)]; }, cfg, out,
       results);
+}
+
+/// Workspace bytes of the single-sample selects: the count slot after the status word.
+inline std::size_t workspace_size(index_t) { return tokensel::cuda_detail::single_bytes(workspace_size()); }
+inline std::size_t workspace_size(const token_grid&) { return tokensel::cuda_detail::single_bytes(workspace_size()); }
+
+/// One sequence of n tokens (the CPU's single-sample select); *device_result (device memory,
+/// optional) gets the count and grid.
+inline void select(const cuda_policy& policy, index_t n, const config& cfg, std::span<token_index> out,
+                   result* device_result = nullptr) {
+  using namespace tokensel::cuda_detail;
+  select(policy, one(n), cfg, single_output(policy, workspace_size(), out, "uniform"), single_result(device_result));
+}
+
+/// One grid (the CPU's single-sample select).
+inline void select(const cuda_policy& policy, const token_grid& grid, const config& cfg, std::span<token_index> out,
+                   result* device_result = nullptr) {
+  using namespace tokensel::cuda_detail;
+  select(policy, one(grid), cfg, single_output(policy, workspace_size(), out, "uniform"), single_result(device_result));
 }
 
 }  // namespace uniform
@@ -344,6 +380,17 @@ void apply(const cuda_policy& policy, const tensor_view<const T, 3>& features, c
         results.data(), static_cast<int>(batch), result{k, og});
     tokensel::cuda_detail::check_launch("pool_results");
   }
+}
+
+/// One sample: features [n, d] (device) on grid, out [>= keep_count, d]; *device_result (device
+/// memory, optional). The batch-of-1 apply (no count slot: pooling has no selection output).
+template <cuda_element T, cuda_element O>
+void apply(const cuda_policy& policy, const tensor_view<const T, 2>& features, const token_grid& grid, const config& cfg,
+           const tensor_view<O, 2>& out, result* device_result = nullptr) {
+  const tensor_view<const T, 3> x(features.data(), {1, features.extent(0), features.extent(1)},
+                                  {0, features.stride(0), features.stride(1)});
+  const tensor_view<O, 3> y(out.data(), {1, out.extent(0), out.extent(1)}, {0, out.stride(0), out.stride(1)});
+  apply(policy, x, grid, cfg, y, tokensel::cuda_detail::single_result(device_result));
 }
 
 }  // namespace pool

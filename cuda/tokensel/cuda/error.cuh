@@ -54,6 +54,7 @@ enum class status_site : unsigned {
   index_range = 7,        ///< gather/scatter: indices[r] outside [0, n)
   iqr_value = 8,          ///< iqr.x[i]
   keys_value = 9,         ///< visionzip: keys[h, t, c] of token t; index = (t << 16) | c
+  qk_statistic = 10,      ///< a statistic computed from Q/K (qk_statistics.cuh); aux = which, index = position
 };
 
 /// The status word at the start of every workspace: the key of the first problem (all ones when
@@ -164,6 +165,18 @@ inline cuda_status decode_status(unsigned long long key) {
       st.parameter = "visionzip.keys[token " + std::to_string(st.row) + ", " + std::to_string(st.index) + "]";
       problem = "values must be finite (some head)";
       break;
+    case status_site::qk_statistic: {
+      static constexpr const char* names[] = {"qk.row_sums", "qk.column_sums", "qk.diagonal", "qk.rows"};
+      if (aux == 3) {
+        st.row = static_cast<index_t>(index >> 16);
+        st.index = static_cast<index_t>(index & 0xFFFFu);
+        st.parameter = "qk.rows[" + std::to_string(st.row) + ", " + std::to_string(st.index) + "]";
+      } else {
+        st.parameter = at(aux < 3 ? names[aux] : "qk.statistic", st.index);
+      }
+      problem = "not finite: the queries, keys or lse hold NaN/Inf (or the logits overflow)";
+      break;
+    }
     default:
       st.parameter = "cuda.status";
       problem = "unknown problem code";

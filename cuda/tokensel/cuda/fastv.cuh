@@ -16,6 +16,7 @@
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/cuda/detail/batch.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
+#include "tokensel/cuda/detail/single.cuh"
 #include "tokensel/cuda/detail/map_kernels.cuh"
 #include "tokensel/cuda/detail/select_kernels.cuh"
 #include "tokensel/cuda/element.cuh"
@@ -190,6 +191,25 @@ void select(const cuda_policy& policy, std::span<const head_attention_view<T>> b
                            "must equal the batch size " + std::to_string(batch.size()));
   }
   cuda_detail::run(policy, tokensel::cuda_detail::batch_ref<T>(batch), visual, cfg, out, results);
+}
+
+/// Workspace bytes of the single-sample select (the batch-of-1 layout plus the count slot).
+template <cuda_element T>
+std::size_t workspace_size(const head_attention_view<T>& attention, const token_range& visual, const config& cfg) {
+  using namespace tokensel::cuda_detail;
+  return single_bytes(workspace_size(one(attention), one(visual), cfg));
+}
+
+/// One sample [heads, q, L] on the device: the CPU's single-sample select. out (device memory,
+/// >= keep_count) gets the indices; *device_result (device memory, optional) the statistics and
+/// the count. Runs the batch-of-1 select, so the results are those of the batched call.
+template <cuda_element T>
+void select(const cuda_policy& policy, const head_attention_view<T>& attention, const token_range& visual,
+            const config& cfg, std::span<token_index> out, result* device_result = nullptr) {
+  using namespace tokensel::cuda_detail;
+  const auto batch = one(attention);
+  select(policy, batch, one(visual), cfg, single_output(policy, workspace_size(batch, one(visual), cfg), out, "fastv"),
+         single_result(device_result));
 }
 
 }  // namespace fastv

@@ -20,6 +20,7 @@
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/cuda/detail/batch.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
+#include "tokensel/cuda/detail/single.cuh"
 #include "tokensel/cuda/detail/map_kernels.cuh"
 #include "tokensel/cuda/detail/select_kernels.cuh"
 #include "tokensel/cuda/element.cuh"
@@ -249,6 +250,26 @@ void prune_layer(const cuda_policy& policy, std::span<const head_attention_view<
                  const selection_batch& out, std::span<layer_result> results = {}) {
   cuda_detail::check_ragged_sizes(batch.size(), visual.size(), drops.size());
   cuda_detail::run(policy, tokensel::cuda_detail::batch_ref<T>(batch), visual, drops, cfg, out, results);
+}
+
+/// Workspace bytes of the single-sample prune_layer (the batch-of-1 layout plus the count slot).
+template <cuda_element T>
+std::size_t workspace_size(const head_attention_view<T>& attention, const token_range& visual, index_t drop) {
+  using namespace tokensel::cuda_detail;
+  return single_bytes(workspace_size(one(attention), one(visual), one(drop)));
+}
+
+/// One sample [heads, L, L] on the device: the CPU's single-sample prune_layer. out (device
+/// memory, >= n - drop) gets the kept visual indices; *device_result (device memory, optional)
+/// the layer statistics and the count. Runs the batch-of-1 call, so the results are its results.
+template <cuda_element T>
+void prune_layer(const cuda_policy& policy, const head_attention_view<T>& attention, const token_range& visual,
+                 index_t drop, const config& cfg, std::span<token_index> out, layer_result* device_result = nullptr) {
+  using namespace tokensel::cuda_detail;
+  const auto batch = one(attention);
+  prune_layer(policy, batch, one(visual), one(drop), cfg,
+              single_output(policy, workspace_size(batch, one(visual), one(drop)), out, "fitprune"),
+              single_result(device_result));
 }
 
 }  // namespace fitprune

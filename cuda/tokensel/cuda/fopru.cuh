@@ -22,6 +22,7 @@
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/cuda/detail/batch.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
+#include "tokensel/cuda/detail/single.cuh"
 #include "tokensel/cuda/detail/map_kernels.cuh"
 #include "tokensel/cuda/detail/select_kernels.cuh"
 #include "tokensel/cuda/element.cuh"
@@ -96,30 +97,41 @@ inline buffers layout(workspace_plan& plan, index_t batch, index_t n_max) {
   return w;
 }
 
-/// Host checks of one sample in the CPU backend's order; returns its window and keep count.
-/// p0 = keep count, p1 = grid cols, p2 = rows kept (row strategy).
-template <class T>
-window_desc check_sample(const tensor_view<const T, 3>& attention, const config& cfg, index_t capacity) {
-  const index_t tokens = attention.extent(1);
-  if (attention.extent(2) != tokens) {
-    tokensel::detail::fail(errc::shape_mismatch, "fopru.attention",
-                           std::to_string(tokens) + "x" + std::to_string(attention.extent(2)),
+/// Host checks of one sample of `tokens` x `keys` tokens and `heads` heads in the CPU backend's
+/// order; returns its window (no data) and keep count. p0 = keep count, p1 = grid cols, p2 = rows
+/// kept (row strategy). Shared by the view and the Q/K (qk_statistics.cuh) paths.
+inline window_desc check_shape(index_t tokens, index_t keys, index_t heads, const config& cfg, index_t capacity) {
+  if (keys != tokens) {
+    tokensel::detail::fail(errc::shape_mismatch, "fopru.attention", std::to_string(tokens) + "x" + std::to_string(keys),
                            "queries and keys must be the same tokens");
   }
   const token_range patches = cfg.skip_cls ? token_range::skip_cls(tokens) : token_range::all(tokens);
   const index_t n = patches.count;
   const index_t k = keep_count(n, cfg);
   tokensel::detail::check_capacity(static_cast<std::size_t>(capacity), k, "fopru.out.size()");
-  window_desc w = window_of(attention, patches.begin, n, patches.begin, n);
+  window_desc w;
+  w.rows = w.cols = to_int(n, "fopru.patches");
   w.p0 = static_cast<int>(k);
   if (n > 0) {
-    tokensel::detail::check_heads_present(attention.extent(0), n, n);
+    tokensel::detail::check_heads_present(heads, n, n);
     if (cfg.strategy == strategy::row) {
       const token_grid grid = detail::grid_for(cfg, n);
       w.p1 = static_cast<int>(grid.cols);
       w.p2 = static_cast<int>(detail::retained(grid.rows, cfg.ratio));
     }
   }
+  return w;
+}
+
+/// The same for a view; the window points into it.
+template <class T>
+window_desc check_sample(const tensor_view<const T, 3>& attention, const config& cfg, index_t capacity) {
+  const window_desc s = check_shape(attention.extent(1), attention.extent(2), attention.extent(0), cfg, capacity);
+  const index_t begin = cfg.skip_cls && attention.extent(1) > 0 ? 1 : 0;
+  window_desc w = window_of(attention, begin, s.rows, begin, s.cols);
+  w.p0 = s.p0;
+  w.p1 = s.p1;
+  w.p2 = s.p2;
   return w;
 }
 
@@ -319,6 +331,34 @@ __global__ void __launch_bounds__(rows_block) rows_kernel(const sample_table t, 
   if (tid == 0) finish(base * C);
 }
 
+/// Stages 3 and 4 (axis, selection) from the row sums in w.s1 and column sums in w.s2 (sample b
+/// at b * w.vec); also the tail of the Q/K path (qk_statistics.cuh).
+template <class Tables>
+void finish(const Tables& tables, const buffers& w, const config& cfg, const selection_batch& out,
+            std::span<result> results, cudaStream_t stream) {
+  const axis_args aa{w.s1, w.s2, w.sig, w.vec, w.skip, w.status, axis_writer{results.empty() ? nullptr : results.data(), nullptr}};
+  tables.each([&](const sample_table& t) {
+    axis_kernel<><<<static_cast<unsigned>(t.count), axis_block, 0, stream>>>(t, aa);
+    check_launch("fopru_axis");
+  });
+
+  if (cfg.strategy == strategy::rank) {
+    launch_rank(tables, score_ranker<true>{w.sig, w.vec, w.rank, w.skip}, stream);
+    launch_compact(tables,
+                   rank_compactor{w.rank, w.vec, w.skip, out_rows(out), out_stride(out), out.counts.data(),
+                                  results.empty() ? nullptr : results.data()},
+                   stream);
+  } else {
+    const row_strategy_args rg{w.sig,           w.rowscore,         w.rank,           w.vec,
+                       w.skip,          w.status,           out_rows(out),    out_stride(out),
+                       out.counts.data(), results.empty() ? nullptr : results.data(), cfg.row_score};
+    tables.each([&](const sample_table& t) {
+      rows_kernel<><<<static_cast<unsigned>(t.count), rows_block, 0, stream>>>(t, rg);
+      check_launch("fopru_rows");
+    });
+  }
+}
+
 template <class T>
 void run(const cuda_policy& policy, const batch_ref<T>& batch, const config& cfg, const selection_batch& out,
          std::span<result> results) {
@@ -354,27 +394,7 @@ void run(const cuda_policy& policy, const batch_ref<T>& batch, const config& cfg
   ca.skip = w.skip;
   launch_column_sums(tables, ca, store_column_sum{w.s2, w.vec}, stream);
 
-  const axis_args aa{w.s1, w.s2, w.sig, w.vec, w.skip, w.status, axis_writer{results.empty() ? nullptr : results.data(), nullptr}};
-  tables.each([&](const sample_table& t) {
-    axis_kernel<><<<static_cast<unsigned>(t.count), axis_block, 0, stream>>>(t, aa);
-    check_launch("fopru_axis");
-  });
-
-  if (cfg.strategy == strategy::rank) {
-    launch_rank(tables, score_ranker<true>{w.sig, w.vec, w.rank, w.skip}, stream);
-    launch_compact(tables,
-                   rank_compactor{w.rank, w.vec, w.skip, out_rows(out), out_stride(out), out.counts.data(),
-                                  results.empty() ? nullptr : results.data()},
-                   stream);
-  } else {
-    const row_strategy_args rg{w.sig,           w.rowscore,         w.rank,           w.vec,
-                       w.skip,          w.status,           out_rows(out),    out_stride(out),
-                       out.counts.data(), results.empty() ? nullptr : results.data(), cfg.row_score};
-    tables.each([&](const sample_table& t) {
-      rows_kernel<><<<static_cast<unsigned>(t.count), rows_block, 0, stream>>>(t, rg);
-      check_launch("fopru_rows");
-    });
-  }
+  finish(tables, w, cfg, out, results, stream);
 }
 
 template <class T>
@@ -411,6 +431,23 @@ template <cuda_element T>
 void select(const cuda_policy& policy, std::span<const head_attention_view<T>> batch, const config& cfg,
             const selection_batch& out, std::span<result> results = {}) {
   cuda_detail::run(policy, tokensel::cuda_detail::batch_ref<T>(batch), cfg, out, results);
+}
+
+/// Workspace bytes of the single-sample select (the batch-of-1 layout plus the count slot).
+template <cuda_element T>
+std::size_t workspace_size(const head_attention_view<T>& attention, const config& cfg) {
+  return tokensel::cuda_detail::single_bytes(workspace_size(tokensel::cuda_detail::one(attention), cfg));
+}
+
+/// One sample [heads, N, N] on the device: the CPU's single-sample select. out (device memory,
+/// >= keep_count) gets the indices; *device_result (device memory, optional) the statistics and
+/// the count. Runs the batch-of-1 select, so the results are those of the batched call.
+template <cuda_element T>
+void select(const cuda_policy& policy, const head_attention_view<T>& attention, const config& cfg,
+            std::span<token_index> out, result* device_result = nullptr) {
+  using namespace tokensel::cuda_detail;
+  const auto batch = one(attention);
+  select(policy, batch, cfg, single_output(policy, workspace_size(batch, cfg), out, "fopru"), single_result(device_result));
 }
 
 }  // namespace fopru

@@ -24,6 +24,7 @@
 #include "tokensel/cuda/detail/batch.cuh"
 #include "tokensel/cuda/detail/iqr.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
+#include "tokensel/cuda/detail/single.cuh"
 #include "tokensel/cuda/detail/map_kernels.cuh"
 #include "tokensel/cuda/detail/select_kernels.cuh"
 #include "tokensel/cuda/element.cuh"
@@ -560,6 +561,24 @@ template <element T>
 void select(const cuda_policy& policy, const batch_layer_stack<T>& stack, const config& cfg, const selection_batch& out,
             std::span<result> results = {}) {
   select(policy, cuda_detail::as_device(stack), cfg, out, results);
+}
+
+/// Workspace bytes of the single-sample select (the batch-of-1 layout plus the count slot).
+template <cuda_element T>
+std::size_t workspace_size(const device_layer_stack<T>& stack, const config& cfg) {
+  return tokensel::cuda_detail::single_bytes(workspace_size(tokensel::cuda_detail::one(stack), cfg));
+}
+
+/// One sample's stack of [heads, N, N] device views: the CPU's single-sample select. out (device
+/// memory, >= max_count) gets the indices; *device_result (device memory, optional) the
+/// statistics and the data-dependent count. Runs the batch-of-1 select.
+template <cuda_element T>
+void select(const cuda_policy& policy, const device_layer_stack<T>& stack, const config& cfg, std::span<token_index> out,
+            result* device_result = nullptr) {
+  using namespace tokensel::cuda_detail;
+  const auto batch = one(stack);
+  select(policy, batch, cfg, single_output(policy, workspace_size(batch, cfg), out, "freepruner"),
+         single_result(device_result));
 }
 
 }  // namespace freepruner

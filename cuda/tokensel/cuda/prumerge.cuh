@@ -35,6 +35,7 @@
 #include "tokensel/cuda/detail/batch.cuh"
 #include "tokensel/cuda/detail/iqr.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
+#include "tokensel/cuda/detail/single.cuh"
 #include "tokensel/cuda/detail/libm_expf.cuh"
 #include "tokensel/cuda/detail/map_kernels.cuh"
 #include "tokensel/cuda/element.cuh"
@@ -895,6 +896,48 @@ void select(const cuda_policy& policy, std::span<const qk_input<T>> batch, std::
     cuda_detail::launch<device_type_t<T>, device_type_t<F>, device_type_t<std::remove_cv_t<O>>>(
         a, cuda_detail::sample_buffers(w, b), 1, policy.stream);
   }
+}
+
+// ---- single samples (the batch-of-1 ragged call; see detail/single.cuh) ------------------------
+
+/// Workspace bytes of the single-sample selection-only select.
+template <element T>
+std::size_t workspace_size(const matrix_view<const T>& queries, const matrix_view<const T>& keys, const config& cfg) {
+  const qk_input<T> in{queries, keys};
+  return tokensel::cuda_detail::single_bytes(workspace_size(tokensel::cuda_detail::one(in), cfg));
+}
+
+/// Workspace bytes of the single-sample merging select.
+template <element T, cuda_element F>
+std::size_t workspace_size(const matrix_view<const T>& queries, const matrix_view<const T>& keys,
+                           const matrix_view<const F>& features, const config& cfg) {
+  using namespace tokensel::cuda_detail;
+  const qk_input<T> in{queries, keys};
+  return single_bytes(workspace_size(one(in), one(features), cfg));
+}
+
+/// One sample, selection only (queries [n+1 or 1, D], keys [n+1, D], device views): the CPU's
+/// single-sample select. out (device memory, >= max_count(n)) gets the indices; *device_result
+/// (device memory, optional) the statistics and the data-dependent count.
+template <element T>
+void select(const cuda_policy& policy, const matrix_view<const T>& queries, const matrix_view<const T>& keys,
+            const config& cfg, std::span<token_index> out, result* device_result = nullptr) {
+  using namespace tokensel::cuda_detail;
+  const qk_input<T> in{queries, keys};
+  select(policy, one(in), cfg, single_output(policy, workspace_size(one(in), cfg), out, "prumerge"),
+         single_result(device_result));
+}
+
+/// One sample with merge: features [n, d], merged [>= max_rows(n), d] (device views).
+template <element T, cuda_element F, cuda_element O>
+void select(const cuda_policy& policy, const matrix_view<const T>& queries, const matrix_view<const T>& keys,
+            const matrix_view<const F>& features, const config& cfg, std::span<token_index> out,
+            const matrix_view<O>& merged, result* device_result = nullptr) {
+  using namespace tokensel::cuda_detail;
+  const qk_input<T> in{queries, keys};
+  select(policy, one(in), one(features), cfg,
+         single_output(policy, workspace_size(one(in), one(features), cfg), out, "prumerge"), one(merged),
+         single_result(device_result));
 }
 
 }  // namespace prumerge

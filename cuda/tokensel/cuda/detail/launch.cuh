@@ -5,7 +5,8 @@
 // batch [batch, heads, q, k] is one "uniform" table (sample b = entry 0 shifted by b batch
 // strides), so every stage is one launch for the whole batch. A ragged batch (a span of 3-D
 // views) fills up to table_capacity entries per table (2 KiB, within the classic 4 KiB parameter
-// limit): one launch per stage for up to 32 samples, ceil(batch / 32) beyond.
+// limit): one launch per stage for up to 32 samples, ceil(batch / 32) beyond (fewer per table
+// for larger descriptors, see table_capacity_for).
 #pragma once
 
 #include <algorithm>
@@ -15,6 +16,7 @@
 #include <initializer_list>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 #include <cuda_runtime_api.h>
 
@@ -55,38 +57,49 @@ struct window_desc {
   int heads = 0, rows = 0, cols = 0;
   int p0 = 0, p1 = 0, p2 = 0, p3 = 0;  ///< per-sample integers (keep count, grid, ...)
   int row0 = 0, col0 = 0;              ///< where the window starts in the sample (for messages)
+
+  /// Sample s of a uniform batch: this window shifted by s batch strides.
+  __host__ __device__ window_desc shifted(int s, long long batch_stride_bytes) const {
+    window_desc w = *this;
+    if (w.data != nullptr) w.data = static_cast<const char*>(w.data) + static_cast<long long>(s) * batch_stride_bytes;
+    return w;
+  }
 };
 
 inline constexpr int table_capacity = 32;
 inline constexpr int max_uniform_chunk = 65535;  // grid.y limit
 
-struct sample_table {
-  window_desc d[table_capacity];
+/// Entries per table for a descriptor type: up to table_capacity, within the 4 KiB limit.
+template <class Desc>
+inline constexpr int table_capacity_for =
+    static_cast<int>(std::min<std::size_t>(table_capacity, (4000 - 64) / sizeof(Desc)));
+
+/// The samples of one launch. Desc is window_desc for the map kernels; a method with several
+/// arrays per sample (VisionZip) brings its own descriptor with the same shifted(s, bytes).
+template <class Desc>
+struct basic_sample_table {
+  Desc d[table_capacity_for<Desc>];
   long long batch_stride_bytes = 0;  ///< uniform tables: distance between consecutive samples' data
   int count = 0;                     ///< samples in this launch
   int first = 0;                     ///< batch position of entry 0
   int uniform = 0;                   ///< 1: sample s is d[0] shifted by s * batch_stride_bytes
 
-  __host__ __device__ window_desc get(int s) const {
-    if (uniform != 0) {
-      window_desc w = d[0];
-      if (w.data != nullptr) w.data = static_cast<const char*>(w.data) + static_cast<long long>(s) * batch_stride_bytes;
-      return w;
-    }
-    return d[s];
-  }
-  /// Largest rows / cols over the table (grid sizes).
-  int max_rows() const {
+  __host__ __device__ Desc get(int s) const { return uniform != 0 ? d[0].shifted(s, batch_stride_bytes) : d[s]; }
+  /// Largest f(entry) over the table (grid sizes).
+  template <class F>
+  int max_of(F f) const {
     int m = 0;
-    for (int s = 0; s < (uniform != 0 ? 1 : count); ++s) m = std::max(m, d[s].rows);
+    for (int s = 0; s < (uniform != 0 ? 1 : count); ++s) m = std::max(m, static_cast<int>(f(d[s])));
     return m;
+  }
+  int max_rows() const {
+    return max_of([](const Desc& w) { return w.rows; });
   }
   int max_cols() const {
-    int m = 0;
-    for (int s = 0; s < (uniform != 0 ? 1 : count); ++s) m = std::max(m, d[s].cols);
-    return m;
+    return max_of([](const Desc& w) { return w.cols; });
   }
 };
+using sample_table = basic_sample_table<window_desc>;
 static_assert(sizeof(sample_table) <= 4000, "kernel parameter tables must stay within 4 KiB");
 
 /// A batch as tables: uniform (desc_of(0) shifted by stride_bytes) or ragged (desc_of(b) each).
@@ -104,24 +117,26 @@ class batch_tables {
 
   template <class F>
   void each(F&& f) const {
+    using table_t = basic_sample_table<std::decay_t<decltype(desc_of_(index_t{}))>>;
+    constexpr int capacity = table_capacity_for<std::decay_t<decltype(desc_of_(index_t{}))>>;
     if (uniform_) {
       for (index_t first = 0; first < batch_; first += max_uniform_chunk) {
-        sample_table t;
+        table_t t;
         t.uniform = 1;
         t.first = static_cast<int>(first);
         t.count = static_cast<int>(std::min<index_t>(max_uniform_chunk, batch_ - first));
         t.batch_stride_bytes = stride_bytes_;
         t.d[0] = desc_of_(first);
-        f(static_cast<const sample_table&>(t));
+        f(static_cast<const table_t&>(t));
       }
       return;
     }
-    for (index_t first = 0; first < batch_; first += table_capacity) {
-      sample_table t;
+    for (index_t first = 0; first < batch_; first += capacity) {
+      table_t t;
       t.first = static_cast<int>(first);
-      t.count = static_cast<int>(std::min<index_t>(table_capacity, batch_ - first));
+      t.count = static_cast<int>(std::min<index_t>(capacity, batch_ - first));
       for (int s = 0; s < t.count; ++s) t.d[s] = desc_of_(first + s);
-      f(static_cast<const sample_table&>(t));
+      f(static_cast<const table_t&>(t));
     }
   }
 
