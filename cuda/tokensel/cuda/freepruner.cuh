@@ -14,9 +14,11 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <cmath>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "tokensel/batch.hpp"
 #include "tokensel/config.hpp"
@@ -363,61 +365,63 @@ window_desc patch_window(const head_attention_view<T>& a, const config& cfg) {
   return window_of(a, patches.begin, patches.count, patches.begin, patches.count);
 }
 
-template <class T, class Layers>
-void run(const cuda_policy& policy, const stack_ref<T, Layers>& stack, index_t n_max, const config& cfg,
-         const selection_batch& out, std::span<result> results) {
-  const index_t B = stack.batch;
-  workspace_plan plan(policy);
-  const buffers w = layout(plan, B, n_max);
-  plan.require("freepruner");
-  if (B == 0) return;
-  cudaStream_t stream = policy.stream;
-  using D = device_type_t<T>;
+/// Clears the cross-layer state of a batch (status, skip flags, counts, P) before its first layer.
+inline void init_state(const buffers& w, index_t batch, index_t n_max, cudaStream_t stream) {
   reset_status(w.status, stream);
-  const std::size_t Bs = static_cast<std::size_t>(B), vec_bytes = Bs * static_cast<std::size_t>(n_max);
+  const std::size_t Bs = static_cast<std::size_t>(batch), vec_bytes = Bs * static_cast<std::size_t>(n_max);
   check(cudaMemsetAsync(w.skip, 0, Bs * sizeof(int), stream), "cudaMemsetAsync(skip)");
   check(cudaMemsetAsync(w.count_p, 0, Bs * sizeof(int), stream), "cudaMemsetAsync(count)");
   check(cudaMemsetAsync(w.count_s, 0, Bs * sizeof(int), stream), "cudaMemsetAsync(count)");
   if (vec_bytes > 0) check(cudaMemsetAsync(w.in_p, 0, vec_bytes, stream), "cudaMemsetAsync(in_p)");
-  auto window = [&cfg](const head_attention_view<T>& a) { return patch_window(a, cfg); };
+}
 
-  for (index_t l = cfg.first_layer; l <= cfg.last_layer; ++l) {
-    const auto tables = stack.tables(l, window);
-    tokensel::cuda_detail::rows_args ra;
-    ra.op = cfg.heads;
-    ra.map = w.map;
-    ra.map_stride = w.map_stride;
-    ra.diag = w.diag;
-    ra.vec_stride = w.vec;
-    ra.skip = w.skip;
-    ra.status = w.status;
-    launch_reduce_rows<D>(tables, ra, stream);
-    cols_args ca;
-    ca.map = w.map;
-    ca.map_stride = w.map_stride;
-    ca.skip = w.skip;
-    const contribution_epilogue epi{w.r,      w.diag,   w.max_r, w.last_r, w.vec, l == cfg.first_layer ? 1 : 0,
-                                    l == cfg.last_layer ? 1 : 0, w.status, static_cast<unsigned>(l), w.skip};
-    launch_column_sums(tables, ca, epi, stream);
-    launch_rank(tables, pivotal_ranker{w.r, w.in_p, w.vec, w.skip, static_cast<int>(cfg.k_pivotal)}, stream);
-  }
+/// One pivotal layer: reduced map (full) and diagonal into w.map, r, running max of r (first:
+/// the first pivotal layer processed), r of last_layer (last), top-k_pivotal marked in P.
+template <class D, class Tables>
+void pivotal_stage(const Tables& tables, const buffers& w, const config& cfg, index_t l, bool first, bool last,
+                   cudaStream_t stream) {
+  tokensel::cuda_detail::rows_args ra;
+  ra.op = cfg.heads;
+  ra.map = w.map;
+  ra.map_stride = w.map_stride;
+  ra.diag = w.diag;
+  ra.vec_stride = w.vec;
+  ra.skip = w.skip;
+  ra.status = w.status;
+  launch_reduce_rows<D>(tables, ra, stream);
+  cols_args ca;
+  ca.map = w.map;
+  ca.map_stride = w.map_stride;
+  ca.skip = w.skip;
+  const contribution_epilogue epi{w.r,     w.diag,    w.max_r, w.last_r, w.vec, first ? 1 : 0, last ? 1 : 0,
+                                  w.status, static_cast<unsigned>(l), w.skip};
+  launch_column_sums(tables, ca, epi, stream);
+  launch_rank(tables, pivotal_ranker{w.r, w.in_p, w.vec, w.skip, static_cast<int>(cfg.k_pivotal)}, stream);
+}
 
-  const auto tables = stack.tables(cfg.complementary_layer, window);
-  if (cfg.complementary_layer != cfg.last_layer) {
-    tokensel::cuda_detail::rows_args ra;
-    ra.op = cfg.heads;
-    ra.map = w.map;
-    ra.map_stride = w.map_stride;
-    ra.vec_stride = w.vec;
-    ra.row_mask = w.in_p;
-    ra.skip = w.skip;
-    ra.status = w.status;
-    ra.site = status_site::complementary_row;
-    ra.aux = static_cast<unsigned>(cfg.complementary_layer);
-    launch_reduce_rows<D>(tables, ra, stream);
-  }
-  const iqr_rows_args ia{w.map, w.map_stride, w.in_p, w.fence, w.vec, w.skip, cfg.iqr_multiplier};
-  const margin_args ma{w.map, w.map_stride, w.in_p, w.in_c, w.fence, w.margin, w.vec, w.skip, w.count_p, w.count_s};
+/// Reduced rows of the complementary layer into map (row_mask: only the rows in P; null: all).
+template <class D, class Tables>
+void complementary_rows(const Tables& tables, const buffers& w, float* map, const unsigned char* row_mask,
+                        const config& cfg, cudaStream_t stream) {
+  tokensel::cuda_detail::rows_args ra;
+  ra.op = cfg.heads;
+  ra.map = map;
+  ra.map_stride = w.map_stride;
+  ra.vec_stride = w.vec;
+  ra.row_mask = row_mask;
+  ra.skip = w.skip;
+  ra.status = w.status;
+  ra.site = status_site::complementary_row;
+  ra.aux = static_cast<unsigned>(cfg.complementary_layer);
+  launch_reduce_rows<D>(tables, ra, stream);
+}
+
+/// IQR fences of the rows in P of the complementary map, then C, margins, |P| and |S|.
+template <class Tables>
+void outlier_stage(const Tables& tables, const buffers& w, const float* map, const config& cfg,
+                   cudaStream_t stream) {
+  const iqr_rows_args ia{map, w.map_stride, w.in_p, w.fence, w.vec, w.skip, cfg.iqr_multiplier};
+  const margin_args ma{map, w.map_stride, w.in_p, w.in_c, w.fence, w.margin, w.vec, w.skip, w.count_p, w.count_s};
   tables.each([&](const sample_table& t) {
     const int n = t.max_cols();
     if (n == 0) return;
@@ -426,6 +430,12 @@ void run(const cuda_policy& policy, const stack_ref<T, Layers>& stack, index_t n
     margin_kernel<><<<dim3(blocks_for(n, margin_block), static_cast<unsigned>(t.count)), margin_block, 0, stream>>>(t, ma);
     check_launch("freepruner_margins");
   });
+}
+
+/// Assembly: S ascending (adaptive) or the CPU's ranking to the budget (fixed).
+template <class Tables>
+void assemble_stage(const Tables& tables, const buffers& w, const config& cfg, const selection_batch& out,
+                    std::span<result> results, cudaStream_t stream) {
   const bool fixed = cfg.mode == mode::fixed;
   const int budget = static_cast<int>(cfg.budget);
   if (fixed) {
@@ -438,6 +448,27 @@ void run(const cuda_policy& policy, const stack_ref<T, Layers>& stack, index_t n
                                     out_rows(out), out_stride(out), out.counts.data(),
                                     results.empty() ? nullptr : results.data()},
                  stream);
+}
+
+template <class T, class Layers>
+void run(const cuda_policy& policy, const stack_ref<T, Layers>& stack, index_t n_max, const config& cfg,
+         const selection_batch& out, std::span<result> results) {
+  const index_t B = stack.batch;
+  workspace_plan plan(policy);
+  const buffers w = layout(plan, B, n_max);
+  plan.require("freepruner");
+  if (B == 0) return;
+  cudaStream_t stream = policy.stream;
+  using D = device_type_t<T>;
+  init_state(w, B, n_max, stream);
+  auto window = [&cfg](const head_attention_view<T>& a) { return patch_window(a, cfg); };
+  for (index_t l = cfg.first_layer; l <= cfg.last_layer; ++l) {
+    pivotal_stage<D>(stack.tables(l, window), w, cfg, l, l == cfg.first_layer, l == cfg.last_layer, stream);
+  }
+  const auto tables = stack.tables(cfg.complementary_layer, window);
+  if (cfg.complementary_layer != cfg.last_layer) complementary_rows<D>(tables, w, w.map, w.in_p, cfg, stream);
+  outlier_stage(tables, w, w.map, cfg, stream);
+  assemble_stage(tables, w, cfg, out, results, stream);
 }
 
 template <class T>
@@ -580,6 +611,253 @@ void select(const cuda_policy& policy, const device_layer_stack<T>& stack, const
   select(policy, batch, cfg, single_output(policy, workspace_size(batch, cfg), out, "freepruner"),
          single_result(device_result));
 }
+
+// ---- streaming ------------------------------------------------------------------------------
+
+namespace cuda_detail {
+
+/// The selector's workspace: the one-shot layout (its per-sample vectors carry the state across
+/// add_layer calls) plus the reduced complementary map, kept when that layer arrives before P is
+/// complete.
+struct selector_buffers {
+  buffers w;
+  float* stored = nullptr;
+};
+
+inline selector_buffers selector_layout(workspace_plan& plan, index_t batch, index_t n) {
+  selector_buffers s;
+  s.w = layout(plan, batch, n);
+  s.stored = plan.take<float>(count_of({batch, n, n}));
+  return s;
+}
+
+/// The CPU selector's constructor checks (same codes and names); returns n.
+inline index_t selector_patches(index_t tokens, const config& cfg, index_t batch) {
+  validate(cfg);
+  if (tokens < 0) tokensel::detail::fail(errc::invalid_argument, "freepruner.tokens", tokens, "must be >= 0");
+  if (batch < 0) tokensel::detail::fail(errc::invalid_argument, "freepruner.batch", batch, "must be >= 0");
+  const index_t n = detail::patch_range(tokens, cfg).count;
+  (void)max_count(n, cfg);
+  detail::check_k(n, cfg);
+  return n;
+}
+
+/// What one add_layer runs (pure host; the CPU selector's dispatch), given the pivotal layers
+/// added before and whether the complementary map is stored.
+struct selector_step {
+  bool pivotal = false;         ///< pivotal stage of this layer
+  bool reduce_masked = false;   ///< complementary rows in P into the map (not last_layer: its map is complete)
+  bool outlier = false;         ///< outlier stage on this call's map
+  bool store_copy = false;      ///< copy this pivotal layer's map into the stored map
+  bool store_reduce = false;    ///< reduce every row of this layer into the stored map
+  bool outlier_stored = false;  ///< outlier stage on the stored map
+};
+
+inline selector_step plan_step(const config& cfg, index_t layer, index_t pivotal_seen, bool map_stored) {
+  selector_step s;
+  s.pivotal = layer >= cfg.first_layer && layer <= cfg.last_layer;
+  const bool complementary = layer == cfg.complementary_layer;
+  const bool p_complete = pivotal_seen + (s.pivotal ? 1 : 0) == pivotal_layers(cfg);
+  if (complementary && p_complete) {
+    s.reduce_masked = layer != cfg.last_layer;
+    s.outlier = true;
+  } else if (complementary) {
+    s.store_copy = s.pivotal;
+    s.store_reduce = !s.pivotal;
+  } else if (p_complete && map_stored) {
+    s.outlier_stored = true;
+  }
+  return s;
+}
+
+}  // namespace cuda_detail
+
+/// Workspace bytes of a cuda_selector(tokens, cfg, batch) (pure host arithmetic; same checks as
+/// the constructor).
+inline std::size_t selector_workspace_size(const config& cfg, index_t tokens, index_t batch = 1) {
+  const index_t n = cuda_detail::selector_patches(tokens, cfg, batch);
+  tokensel::cuda_detail::workspace_plan plan;
+  (void)cuda_detail::selector_layout(plan, batch, n);
+  // batch 1: also the count slot of the single-sample finish.
+  return batch == 1 ? tokensel::cuda_detail::single_bytes(plan.bytes()) : plan.bytes();
+}
+
+/// Streaming freePruner on the device (the CPU's freepruner::selector): add_layer for each layer
+/// the config reads, in any order, each exactly once, then finish. The state lives in the
+/// caller's workspace (policy.workspace, selector_workspace_size bytes; the same workspace and
+/// stream for every call of one image); add_layer and finish launch kernels only (no allocation,
+/// no host sync: graph-capturable). Per pivotal layer: the one-shot pivotal stage (reduced map,
+/// contribution degree, running max, top-k_pivotal into P). The complementary layer runs the
+/// outlier stage when P is complete; before that its reduced patch map is stored in the
+/// workspace and the outlier stage runs when the last pivotal layer arrives. Same selection and
+/// statistics as the CPU selector and the one-shot select. Data errors via status(policy).
+class cuda_selector {
+ public:
+  cuda_selector(index_t tokens, const config& cfg, index_t batch = 1)
+      : cfg_(cfg), batch_(batch), tokens_(tokens), n_(cuda_detail::selector_patches(tokens, cfg, batch)),
+        seen_(static_cast<std::size_t>(layers_end(cfg))) {}
+
+  const config& settings() const noexcept { return cfg_; }
+  index_t tokens() const noexcept { return tokens_; }
+  index_t patches() const noexcept { return n_; }
+  index_t batch() const noexcept { return batch_; }
+  std::size_t workspace_size() const { return selector_workspace_size(cfg_, tokens_, batch_); }
+
+  bool needs(index_t layer) const noexcept { return uses_layer(cfg_, layer) && seen_[sz(layer)] == 0; }
+  bool complete() const noexcept { return pivotal_seen_ == pivotal_layers(cfg_) && complementary_seen_; }
+
+  /// Adds one layer for the whole batch: attention [batch, heads, N, N] (device memory).
+  template <cuda_element T>
+  void add_layer(const cuda_policy& policy, index_t layer, const attention_view<T>& attention) {
+    if (attention.extent(0) != batch_) {
+      tokensel::detail::fail(errc::shape_mismatch, detail::layer_name(layer) + ".extent(0)", attention.extent(0),
+                             "must be the selector's batch " + std::to_string(batch_));
+    }
+    check_layer_id(layer);
+    if (batch_ > 0) cuda_detail::check_layer<T>(attention[0], tokens_, layer);
+    add_impl<T>(policy, layer, attention);
+  }
+
+  /// Adds one layer of a single-sample selector (batch() == 1): attention [heads, N, N].
+  template <cuda_element T>
+  void add_layer(const cuda_policy& policy, index_t layer, const head_attention_view<T>& attention) {
+    if (batch_ != 1) {
+      tokensel::detail::fail(errc::shape_mismatch, "freepruner.selector.batch", batch_,
+                             "a [heads, N, N] layer needs batch 1; pass [batch, heads, N, N]");
+    }
+    const attention_view<T> one(attention.data(), {1, attention.extent(0), attention.extent(1), attention.extent(2)},
+                                {attention.extent(0) * attention.stride(0), attention.stride(0), attention.stride(1),
+                                 attention.stride(2)});
+    add_layer<T>(policy, layer, one);
+  }
+
+  /// Sample b writes counts[b] ascending patch indices into out.indices(b, :) (capacity
+  /// max_count(n, cfg)); results (device memory, optional) get the statistics.
+  void finish(const cuda_policy& policy, const selection_batch& out, std::span<result> results = {}) {
+    check_finishable();
+    tokensel::cuda_detail::check_outputs(out, results, batch_, "freepruner");
+    if (batch_ > 0) {
+      tokensel::detail::check_capacity(static_cast<std::size_t>(out.indices.extent(1)), max_count(n_, cfg_),
+                                       "freepruner.out.size()");
+    }
+    tokensel::cuda_detail::workspace_plan plan(policy);
+    const auto sb = cuda_detail::selector_layout(plan, batch_, n_);
+    plan.require("freepruner");
+    if (batch_ == 0) return;
+    const int n = tokensel::cuda_detail::to_int(n_, "freepruner.patches");
+    const auto tables = tokensel::cuda_detail::make_tables(batch_, true, 0, [n](index_t) {
+      tokensel::cuda_detail::window_desc d;
+      d.heads = 1;
+      d.rows = n;
+      d.cols = n;
+      return d;
+    });
+    cuda_detail::assemble_stage(tables, sb.w, cfg_, out, results, policy.stream);
+  }
+
+  /// Single sample (batch() == 1): out (device memory, >= max_count(n, cfg)) gets the ascending
+  /// indices; *device_result (device memory, optional) the statistics and the count.
+  void finish(const cuda_policy& policy, std::span<token_index> out, result* device_result = nullptr) {
+    if (batch_ != 1) {
+      tokensel::detail::fail(errc::shape_mismatch, "freepruner.selector.batch", batch_,
+                             "finish(span) needs batch 1; pass a selection_batch");
+    }
+    check_finishable();
+    tokensel::cuda_detail::workspace_plan plan;
+    (void)cuda_detail::selector_layout(plan, batch_, n_);
+    finish(policy, tokensel::cuda_detail::single_output(policy, plan.bytes(), out, "freepruner"),
+           tokensel::cuda_detail::single_result(device_result));
+  }
+
+  /// Forgets every layer added (the next add_layer starts a new image in the workspace).
+  void reset() noexcept {
+    std::fill(seen_.begin(), seen_.end(), std::uint8_t{0});
+    pivotal_seen_ = 0;
+    complementary_seen_ = false;
+    map_stored_ = false;
+    started_ = false;
+    broken_ = false;
+  }
+
+ private:
+  static std::size_t sz(index_t v) { return static_cast<std::size_t>(v); }
+
+  void check_usable() const {
+    if (broken_) {
+      tokensel::detail::fail(errc::invalid_argument, "freepruner.selector",
+                             "an earlier add_layer failed part-way; call reset() before reuse");
+    }
+  }
+
+  void check_finishable() const {
+    check_usable();
+    if (complete()) return;
+    for (index_t l = lowest_layer(cfg_); l < layers_end(cfg_); ++l) {
+      if (needs(l)) tokensel::detail::fail(errc::invalid_argument, "freepruner.layer", l, "was not added before finish");
+    }
+  }
+
+  void check_layer_id(index_t layer) const {
+    check_usable();
+    if (!uses_layer(cfg_, layer)) {
+      tokensel::detail::fail(errc::invalid_argument, "freepruner.layer", layer,
+                             "not read by the config (pivotal layers " + std::to_string(cfg_.first_layer) + ".." +
+                                 std::to_string(cfg_.last_layer) + ", complementary layer " +
+                                 std::to_string(cfg_.complementary_layer) + ")");
+    }
+    if (seen_[sz(layer)] != 0) {
+      tokensel::detail::fail(errc::invalid_argument, "freepruner.layer", layer, "already added (call reset() for a new image)");
+    }
+  }
+
+  template <class T>
+  void add_impl(const cuda_policy& policy, index_t layer, const attention_view<T>& attention) {
+    using namespace tokensel::cuda_detail;
+    workspace_plan plan(policy);
+    const auto sb = cuda_detail::selector_layout(plan, batch_, n_);
+    plan.require("freepruner");
+    broken_ = true;  // a launch failure from here on leaves partial state behind
+    const cuda_detail::selector_step step = cuda_detail::plan_step(cfg_, layer, pivotal_seen_, map_stored_);
+    if (batch_ > 0) {
+      using D = device_type_t<T>;
+      cudaStream_t stream = policy.stream;
+      const auto& w = sb.w;
+      if (!started_) cuda_detail::init_state(w, batch_, n_, stream);
+      const config& cfg = cfg_;
+      const auto tables =
+          make_tables(batch_, true, static_cast<long long>(attention.stride(0)) * static_cast<long long>(sizeof(T)),
+                      [&attention, &cfg](index_t b) { return cuda_detail::patch_window(attention[b], cfg); });
+      if (step.pivotal) {
+        cuda_detail::pivotal_stage<D>(tables, w, cfg_, layer, pivotal_seen_ == 0, layer == cfg_.last_layer, stream);
+      }
+      if (step.reduce_masked) cuda_detail::complementary_rows<D>(tables, w, w.map, w.in_p, cfg_, stream);
+      if (step.outlier) cuda_detail::outlier_stage(tables, w, w.map, cfg_, stream);
+      if (step.store_copy) {
+        const std::size_t bytes = count_of({batch_, n_, n_}) * sizeof(float);
+        if (bytes > 0) check(cudaMemcpyAsync(sb.stored, w.map, bytes, cudaMemcpyDeviceToDevice, stream), "cudaMemcpyAsync(map)");
+      }
+      if (step.store_reduce) cuda_detail::complementary_rows<D>(tables, w, sb.stored, nullptr, cfg_, stream);
+      if (step.outlier_stored) cuda_detail::outlier_stage(tables, w, sb.stored, cfg_, stream);
+    }
+    if (step.store_copy || step.store_reduce) map_stored_ = true;
+    if (step.pivotal) ++pivotal_seen_;
+    if (layer == cfg_.complementary_layer) complementary_seen_ = true;
+    started_ = true;
+    seen_[sz(layer)] = 1;
+    broken_ = false;
+  }
+
+  config cfg_;
+  index_t batch_ = 1;
+  index_t tokens_ = 0;
+  index_t n_ = 0;
+  std::vector<std::uint8_t> seen_;
+  index_t pivotal_seen_ = 0;
+  bool complementary_seen_ = false;
+  bool map_stored_ = false;
+  bool started_ = false;
+  bool broken_ = false;
+};
 
 }  // namespace freepruner
 TOKENSEL_END_NAMESPACE
