@@ -585,6 +585,72 @@ void select(const Policy& policy, std::span<const layer_stack<S>> samples, const
 
 // ---- streaming ------------------------------------------------------------------------------
 
+namespace detail {
+
+/// Bookkeeping of a streaming selector, shared by the CPU selector and the CUDA one: which layers
+/// the config reads have been added, and whether an add_layer failed part-way (the state is then
+/// unusable until reset). The error messages are the selector's.
+class layer_progress {
+ public:
+  explicit layer_progress(const config& cfg) : cfg_(cfg), seen_(sz(layers_end(cfg))) {}
+
+  bool needs(index_t layer) const noexcept { return uses_layer(cfg_, layer) && seen_[sz(layer)] == 0; }
+  bool complete() const noexcept { return pivotal_seen_ == pivotal_layers(cfg_) && complementary_seen_; }
+  index_t pivotal_seen() const noexcept { return pivotal_seen_; }
+
+  void reset() noexcept {
+    std::fill(seen_.begin(), seen_.end(), std::uint8_t{0});
+    pivotal_seen_ = 0;
+    complementary_seen_ = false;
+    broken_ = false;
+  }
+
+  void check_usable() const {
+    if (broken_) {
+      tokensel::detail::fail(errc::invalid_argument, "freepruner.selector",
+                             "an earlier add_layer failed part-way; call reset() before reuse");
+    }
+  }
+  /// The layer is one the config reads and has not been added yet.
+  void check_addable(index_t layer) const {
+    check_usable();
+    if (!uses_layer(cfg_, layer)) {
+      tokensel::detail::fail(errc::invalid_argument, "freepruner.layer", layer,
+                             "not read by the config (pivotal layers " + std::to_string(cfg_.first_layer) + ".." +
+                                 std::to_string(cfg_.last_layer) + ", complementary layer " +
+                                 std::to_string(cfg_.complementary_layer) + ")");
+    }
+    if (seen_[sz(layer)] != 0) {
+      tokensel::detail::fail(errc::invalid_argument, "freepruner.layer", layer, "already added (call reset() for a new image)");
+    }
+  }
+  void check_finishable() const {
+    check_usable();
+    if (complete()) return;
+    for (index_t l = lowest_layer(cfg_); l < layers_end(cfg_); ++l) {
+      if (needs(l)) tokensel::detail::fail(errc::invalid_argument, "freepruner.layer", l, "was not added before finish");
+    }
+  }
+
+  /// Past the checks: a failure from here on leaves partial state behind.
+  void begin_add() noexcept { broken_ = true; }
+  void end_add(index_t layer) noexcept {
+    seen_[sz(layer)] = 1;
+    if (layer >= cfg_.first_layer && layer <= cfg_.last_layer) ++pivotal_seen_;
+    if (layer == cfg_.complementary_layer) complementary_seen_ = true;
+    broken_ = false;
+  }
+
+ private:
+  config cfg_;
+  std::vector<std::uint8_t> seen_;
+  index_t pivotal_seen_ = 0;
+  bool complementary_seen_ = false;
+  bool broken_ = false;
+};
+
+}  // namespace detail
+
 /// Feed layers one at a time (any order, each layer the config reads exactly once), then finish.
 /// State per sample: O(n) vectors (running max of r, r of last_layer, membership flags, margins,
 /// fences) and the k_pivotal indices of each pivotal layer. When the complementary layer arrives
@@ -599,8 +665,8 @@ class selector {
  public:
   /// tokens = N, the extent of every attention map (CLS included when cfg.skip_cls);
   /// batch = samples per add_layer call.
-  selector(index_t tokens, const config& cfg, index_t batch = 1) : cfg_(cfg), batch_(batch) {
-    validate(cfg_);
+  selector(index_t tokens, const config& cfg, index_t batch = 1)
+      : cfg_(validated(cfg)), batch_(batch), progress_(cfg_) {
     if (tokens < 0) tokensel::detail::fail(errc::invalid_argument, "freepruner.tokens", tokens, "must be >= 0");
     if (batch < 0) tokensel::detail::fail(errc::invalid_argument, "freepruner.batch", batch, "must be >= 0");
     tokens_ = tokens;
@@ -617,7 +683,6 @@ class selector {
     fences_.resize(bn);
     fence_count_.resize(detail::sz(batch_));
     pivotal_sets_.resize(detail::sz(batch_ * detail::pivotal_set_size(cfg_, n_)));
-    seen_.resize(detail::sz(layers_end(cfg_)));
     reset();
   }
 
@@ -628,11 +693,9 @@ class selector {
   index_t batch() const noexcept { return batch_; }
 
   /// Whether add_layer expects this layer (a pivotal or the complementary layer not added yet).
-  bool needs(index_t layer) const noexcept {
-    return uses_layer(cfg_, layer) && seen_[detail::sz(layer)] == 0;
-  }
+  bool needs(index_t layer) const noexcept { return progress_.needs(layer); }
   /// Every layer the config reads has been added.
-  bool complete() const noexcept { return pivotal_seen_ == pivotal_layers(cfg_) && complementary_seen_; }
+  bool complete() const noexcept { return progress_.complete(); }
 
   /// Adds one layer of a single-sample selector (batch() == 1): attention [heads, N, N].
   template <cpu_policy Policy, element T>
@@ -682,21 +745,21 @@ class selector {
       tokensel::detail::fail(errc::shape_mismatch, "freepruner.selector.batch", batch_,
                              "finish(span) needs batch 1; pass a selection_batch");
     }
-    check_finishable();
+    progress_.check_finishable();
     return detail::assemble(state(0), cfg_, out);
   }
 
   /// Batch: sample b writes counts[b] indices into out.indices(b, :).
   template <cpu_policy Policy>
   void finish(const Policy& policy, const selection_batch& out, std::span<result> results = {}) {
-    check_finishable();
+    progress_.check_finishable();
     tokensel::detail::run_batch(policy, batch_, out, results, "freepruner",
                                 [&](index_t b, std::span<token_index> row) { return detail::assemble(state(b), cfg_, row); });
   }
 
   /// Per-layer pivotal sets, P, C \ P and fences of one sample (after every layer was added).
   inspection inspect(index_t sample = 0) const {
-    check_finishable();
+    progress_.check_finishable();
     if (sample < 0 || sample >= batch_) {
       tokensel::detail::fail(errc::invalid_argument, "freepruner.selector.sample", sample,
                              "must be in [0, " + std::to_string(batch_) + ")");
@@ -711,12 +774,9 @@ class selector {
     std::fill(in_p_.begin(), in_p_.end(), std::uint8_t{0});
     std::fill(in_c_.begin(), in_c_.end(), std::uint8_t{0});
     std::fill(fence_count_.begin(), fence_count_.end(), index_t{0});
-    std::fill(seen_.begin(), seen_.end(), std::uint8_t{0});
-    pivotal_seen_ = 0;
-    complementary_seen_ = false;
+    progress_.reset();
     complementary_done_ = false;
     map_stored_ = false;
-    broken_ = false;
   }
 
  private:
@@ -737,21 +797,9 @@ class selector {
     return s;
   }
 
-  void check_usable() const {
-    if (broken_) {
-      tokensel::detail::fail(errc::invalid_argument, "freepruner.selector",
-                             "an earlier add_layer failed part-way; call reset() before reuse");
-    }
-  }
-
-  void check_finishable() const {
-    check_usable();
-    if (complete()) return;
-    for (index_t l = lowest_layer(cfg_); l < layers_end(cfg_); ++l) {
-      if (needs(l)) {
-        tokensel::detail::fail(errc::invalid_argument, "freepruner.layer", l, "was not added before finish");
-      }
-    }
+  static const config& validated(const config& cfg) {
+    validate(cfg);
+    return cfg;
   }
 
   /// Runs body(b, inner_policy) for every sample: one sample gets the policy itself, a batch is
@@ -767,25 +815,15 @@ class selector {
 
   template <cpu_policy Policy, class SampleOf>
   void add_impl(const Policy& policy, index_t layer, SampleOf&& sample_of) {
-    check_usable();
-    if (!uses_layer(cfg_, layer)) {
-      tokensel::detail::fail(errc::invalid_argument, "freepruner.layer", layer,
-                             "not read by the config (pivotal layers " + std::to_string(cfg_.first_layer) + ".." +
-                                 std::to_string(cfg_.last_layer) + ", complementary layer " +
-                                 std::to_string(cfg_.complementary_layer) + ")");
-    }
-    if (seen_[detail::sz(layer)] != 0) {
-      tokensel::detail::fail(errc::invalid_argument, "freepruner.layer", layer, "already added (call reset() for a new image)");
-    }
+    progress_.check_addable(layer);
     for (index_t b = 0; b < batch_; ++b) detail::check_layer_shape(sample_of(b), tokens_, layer);
-    // Past the checks: a failure from here on (non-finite data) leaves partial state behind.
-    broken_ = true;
+    progress_.begin_add();  // a failure from here on (non-finite data) leaves partial state behind
     const bool pivotal = layer >= cfg_.first_layer && layer <= cfg_.last_layer;
     const bool complementary = layer == cfg_.complementary_layer;
-    const bool p_complete = pivotal_seen_ + (pivotal ? 1 : 0) == pivotal_layers(cfg_);
+    const bool p_complete = progress_.pivotal_seen() + (pivotal ? 1 : 0) == pivotal_layers(cfg_);
     if (n_ > 0) {
       if (pivotal) {
-        const bool first_seen = pivotal_seen_ == 0;
+        const bool first_seen = progress_.pivotal_seen() == 0;
         for_samples(policy, [&](index_t b, const auto& inner) {
           auto s = state(b);
           detail::pivotal_layer(inner, sample_of(b), patches_, cfg_, layer, first_seen, s);
@@ -815,10 +853,7 @@ class selector {
         complementary_done_ = true;
       }
     }
-    seen_[detail::sz(layer)] = 1;
-    if (pivotal) ++pivotal_seen_;
-    if (complementary) complementary_seen_ = true;
-    broken_ = false;
+    progress_.end_add(layer);
   }
 
   matrix_view<float> stored_map(index_t b) {
@@ -836,13 +871,10 @@ class selector {
   std::vector<row_fence> fences_;
   std::vector<index_t> fence_count_;
   std::vector<token_index> pivotal_sets_;
-  std::vector<std::uint8_t> seen_;
   std::vector<float> map_;  // reduced complementary-layer map, only when it precedes the last pivotal layer
-  index_t pivotal_seen_ = 0;
-  bool complementary_seen_ = false;
+  detail::layer_progress progress_;
   bool complementary_done_ = false;
   bool map_stored_ = false;
-  bool broken_ = false;
 };
 
 }  // namespace freepruner

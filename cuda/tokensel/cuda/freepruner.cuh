@@ -695,7 +695,7 @@ class cuda_selector {
  public:
   cuda_selector(index_t tokens, const config& cfg, index_t batch = 1)
       : cfg_(cfg), batch_(batch), tokens_(tokens), n_(cuda_detail::selector_patches(tokens, cfg, batch)),
-        seen_(static_cast<std::size_t>(layers_end(cfg))) {}
+        progress_(cfg) {}
 
   const config& settings() const noexcept { return cfg_; }
   index_t tokens() const noexcept { return tokens_; }
@@ -703,8 +703,8 @@ class cuda_selector {
   index_t batch() const noexcept { return batch_; }
   std::size_t workspace_size() const { return selector_workspace_size(cfg_, tokens_, batch_); }
 
-  bool needs(index_t layer) const noexcept { return uses_layer(cfg_, layer) && seen_[sz(layer)] == 0; }
-  bool complete() const noexcept { return pivotal_seen_ == pivotal_layers(cfg_) && complementary_seen_; }
+  bool needs(index_t layer) const noexcept { return progress_.needs(layer); }
+  bool complete() const noexcept { return progress_.complete(); }
 
   /// Adds one layer for the whole batch: attention [batch, heads, N, N] (device memory).
   template <cuda_element T>
@@ -713,7 +713,7 @@ class cuda_selector {
       tokensel::detail::fail(errc::shape_mismatch, detail::layer_name(layer) + ".extent(0)", attention.extent(0),
                              "must be the selector's batch " + std::to_string(batch_));
     }
-    check_layer_id(layer);
+    progress_.check_addable(layer);
     if (batch_ > 0) cuda_detail::check_layer<T>(attention[0], tokens_, layer);
     add_impl<T>(policy, layer, attention);
   }
@@ -734,7 +734,7 @@ class cuda_selector {
   /// Sample b writes counts[b] ascending patch indices into out.indices(b, :) (capacity
   /// max_count(n, cfg)); results (device memory, optional) get the statistics.
   void finish(const cuda_policy& policy, const selection_batch& out, std::span<result> results = {}) {
-    check_finishable();
+    progress_.check_finishable();
     tokensel::cuda_detail::check_outputs(out, results, batch_, "freepruner");
     if (batch_ > 0) {
       tokensel::detail::check_capacity(static_cast<std::size_t>(out.indices.extent(1)), max_count(n_, cfg_),
@@ -762,7 +762,7 @@ class cuda_selector {
       tokensel::detail::fail(errc::shape_mismatch, "freepruner.selector.batch", batch_,
                              "finish(span) needs batch 1; pass a selection_batch");
     }
-    check_finishable();
+    progress_.check_finishable();
     tokensel::cuda_detail::workspace_plan plan;
     (void)cuda_detail::selector_layout(plan, batch_, n_);
     finish(policy, tokensel::cuda_detail::single_output(policy, plan.bytes(), out, "freepruner"),
@@ -771,44 +771,12 @@ class cuda_selector {
 
   /// Forgets every layer added (the next add_layer starts a new image in the workspace).
   void reset() noexcept {
-    std::fill(seen_.begin(), seen_.end(), std::uint8_t{0});
-    pivotal_seen_ = 0;
-    complementary_seen_ = false;
+    progress_.reset();
     map_stored_ = false;
     started_ = false;
-    broken_ = false;
   }
 
  private:
-  static std::size_t sz(index_t v) { return static_cast<std::size_t>(v); }
-
-  void check_usable() const {
-    if (broken_) {
-      tokensel::detail::fail(errc::invalid_argument, "freepruner.selector",
-                             "an earlier add_layer failed part-way; call reset() before reuse");
-    }
-  }
-
-  void check_finishable() const {
-    check_usable();
-    if (complete()) return;
-    for (index_t l = lowest_layer(cfg_); l < layers_end(cfg_); ++l) {
-      if (needs(l)) tokensel::detail::fail(errc::invalid_argument, "freepruner.layer", l, "was not added before finish");
-    }
-  }
-
-  void check_layer_id(index_t layer) const {
-    check_usable();
-    if (!uses_layer(cfg_, layer)) {
-      tokensel::detail::fail(errc::invalid_argument, "freepruner.layer", layer,
-                             "not read by the config (pivotal layers " + std::to_string(cfg_.first_layer) + ".." +
-                                 std::to_string(cfg_.last_layer) + ", complementary layer " +
-                                 std::to_string(cfg_.complementary_layer) + ")");
-    }
-    if (seen_[sz(layer)] != 0) {
-      tokensel::detail::fail(errc::invalid_argument, "freepruner.layer", layer, "already added (call reset() for a new image)");
-    }
-  }
 
   template <class T>
   void add_impl(const cuda_policy& policy, index_t layer, const attention_view<T>& attention) {
@@ -816,8 +784,8 @@ class cuda_selector {
     workspace_plan plan(policy);
     const auto sb = cuda_detail::selector_layout(plan, batch_, n_);
     plan.require("freepruner");
-    broken_ = true;  // a launch failure from here on leaves partial state behind
-    const cuda_detail::selector_step step = cuda_detail::plan_step(cfg_, layer, pivotal_seen_, map_stored_);
+    progress_.begin_add();  // a launch failure from here on leaves partial state behind
+    const cuda_detail::selector_step step = cuda_detail::plan_step(cfg_, layer, progress_.pivotal_seen(), map_stored_);
     if (batch_ > 0) {
       using D = device_type_t<T>;
       cudaStream_t stream = policy.stream;
@@ -828,7 +796,7 @@ class cuda_selector {
           make_tables(batch_, true, static_cast<long long>(attention.stride(0)) * static_cast<long long>(sizeof(T)),
                       [&attention, &cfg](index_t b) { return cuda_detail::patch_window(attention[b], cfg); });
       if (step.pivotal) {
-        cuda_detail::pivotal_stage<D>(tables, w, cfg_, layer, pivotal_seen_ == 0, layer == cfg_.last_layer, stream);
+        cuda_detail::pivotal_stage<D>(tables, w, cfg_, layer, progress_.pivotal_seen() == 0, layer == cfg_.last_layer, stream);
       }
       if (step.reduce_masked) cuda_detail::complementary_rows<D>(tables, w, w.map, w.in_p, cfg_, stream);
       if (step.outlier) cuda_detail::outlier_stage(tables, w, w.map, cfg_, stream);
@@ -840,23 +808,17 @@ class cuda_selector {
       if (step.outlier_stored) cuda_detail::outlier_stage(tables, w, sb.stored, cfg_, stream);
     }
     if (step.store_copy || step.store_reduce) map_stored_ = true;
-    if (step.pivotal) ++pivotal_seen_;
-    if (layer == cfg_.complementary_layer) complementary_seen_ = true;
     started_ = true;
-    seen_[sz(layer)] = 1;
-    broken_ = false;
+    progress_.end_add(layer);
   }
 
   config cfg_;
   index_t batch_ = 1;
   index_t tokens_ = 0;
   index_t n_ = 0;
-  std::vector<std::uint8_t> seen_;
-  index_t pivotal_seen_ = 0;
-  bool complementary_seen_ = false;
+  detail::layer_progress progress_;
   bool map_stored_ = false;
   bool started_ = false;
-  bool broken_ = false;
 };
 
 }  // namespace freepruner
