@@ -65,27 +65,10 @@ std::shared_ptr<device_block> attention(index_t copies, index_t heads, index_t q
 /// Times fn() per iteration with CUDA events; reports per-image time and GB/s of `bytes`.
 template <class Fn>
 void run_timed(benchmark::State& state, index_t images, std::size_t bytes, Fn&& fn) {
-  cudaEvent_t start, stop;
-  ok(cudaEventCreate(&start));
-  ok(cudaEventCreate(&stop));
-  fn();  // warm-up (first launches load the kernels)
-  ok(cudaDeviceSynchronize());
-  double total = 0.0;
-  for (auto _ : state) {
-    ok(cudaEventRecord(start));
-    fn();
-    ok(cudaEventRecord(stop));
-    ok(cudaEventSynchronize(stop));
-    float ms = 0.0f;
-    ok(cudaEventElapsedTime(&ms, start, stop));
-    state.SetIterationTime(ms / 1e3);
-    total += ms / 1e3;
-  }
+  const double total = tokensel_bench::time_with_events(state, fn);
   const double per_call = total / static_cast<double>(state.iterations());
   state.counters["us_per_image"] = per_call * 1e6 / static_cast<double>(images);
   state.counters["GB/s"] = static_cast<double>(bytes) / per_call / 1e9;
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
 }
 
 struct encoder_case {

@@ -92,26 +92,6 @@ __global__ void forward_kernel(const __half* q, const __half* k, const __half* v
     if (lane + 32 * u < d) oi[lane + 32 * u] = acc[u] / l;
 }
 
-template <class Fn>
-void run_timed(benchmark::State& state, Fn&& fn) {
-  cudaEvent_t start, stop;
-  ok(cudaEventCreate(&start));
-  ok(cudaEventCreate(&stop));
-  fn();
-  ok(cudaDeviceSynchronize());
-  for (auto _ : state) {
-    ok(cudaEventRecord(start));
-    fn();
-    ok(cudaEventRecord(stop));
-    ok(cudaEventSynchronize(stop));
-    float ms = 0.0f;
-    ok(cudaEventElapsedTime(&ms, start, stop));
-    state.SetIterationTime(ms / 1e3);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-}
-
 void bench_column_sums_qk(benchmark::State& state, layer_case c) {
   if (!device_ok(state)) return;
   const layer L(c);
@@ -122,7 +102,7 @@ void bench_column_sums_qk(benchmark::State& state, layer_case c) {
   buffer ws(bytes);
   const cuda_policy policy{nullptr, ws.p, bytes};
   state.counters["workspace_MiB"] = static_cast<double>(bytes) / 1048576.0;
-  run_timed(state, [&] { map_sums(policy, src, head_reduction::mean, out); });
+  tokensel_bench::time_with_events(state, [&] { map_sums(policy, src, head_reduction::mean, out); });
 }
 
 void bench_one_row_qk(benchmark::State& state, layer_case c) {
@@ -134,7 +114,7 @@ void bench_one_row_qk(benchmark::State& state, layer_case c) {
   const std::size_t bytes = reduced_rows_workspace_size(src, last);
   buffer ws(bytes);
   const cuda_policy policy{nullptr, ws.p, bytes};
-  run_timed(state, [&] { reduced_rows(policy, src, head_reduction::mean, last, matrix_view<float>(static_cast<float*>(row.p), {1, c.n})); });
+  tokensel_bench::time_with_events(state, [&] { reduced_rows(policy, src, head_reduction::mean, last, matrix_view<float>(static_cast<float*>(row.p), {1, c.n})); });
 }
 
 void bench_materialise_then_reduce(benchmark::State& state, layer_case c) {
@@ -150,7 +130,7 @@ void bench_materialise_then_reduce(benchmark::State& state, layer_case c) {
   buffer ws1(b1), ws2(b2);
   const cuda_policy p1{nullptr, ws1.p, b1}, p2{nullptr, ws2.p, b2};
   state.counters["map_MiB"] = static_cast<double>(map_bytes) / 1048576.0;
-  run_timed(state, [&] {
+  tokensel_bench::time_with_events(state, [&] {
     materialize_attention(p1, src, probs);
     map_sums(p2, view, head_reduction::mean, out);
   });
@@ -162,7 +142,7 @@ void bench_forward(benchmark::State& state, layer_case c) {
   buffer o(static_cast<std::size_t>(c.heads * c.n * c.d) * 4);
   const int warps = static_cast<int>(c.heads * c.n);
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.d));
-  run_timed(state, [&] {
+  tokensel_bench::time_with_events(state, [&] {
     forward_kernel<<<(warps + 7) / 8, 256>>>(static_cast<const __half*>(L.q.p), static_cast<const __half*>(L.k.p),
                                              static_cast<const __half*>(L.v.p), static_cast<float*>(o.p), static_cast<int>(c.heads),
                                              static_cast<int>(c.n), static_cast<int>(c.d), scale, c.causal ? 1 : 0);
