@@ -4,6 +4,8 @@
 // problems, every layer order, fp32/fp16/bf16, batches.
 #include "cuda_test_util.cuh"
 
+#include <algorithm>
+#include <limits>
 #include <numeric>
 #include <span>
 #include <vector>
@@ -429,5 +431,66 @@ TEST(CudaFreePrunerSelector, EveryLayerOrder) {
       ASSERT_EQ(std::vector<token_index>(got.begin(), got.begin() + r.count), want);
       sel.reset();
     } while (std::next_permutation(order.begin(), order.end()));
+  }
+}
+
+// A complementary layer that arrives before P is complete is stored unchecked: a NaN in one of its
+// rows outside P changes nothing (CPU and CUDA select the same as on clean data); a NaN in a row of
+// P fails the sample on both (the CPU throws non_finite, the device reports it and counts 0).
+TEST(CudaFreePrunerSelector, EarlyComplementaryLayerChecksOnlyRowsInP) {
+  TOKENSEL_REQUIRE_DEVICE();
+  std::mt19937_64 rng(45);
+  const freepruner::config cfg{.first_layer = 0, .last_layer = 1, .k_pivotal = 3, .complementary_layer = 2};
+  const index_t N = 24, H = 2, n = N - 1;
+  const layout_info li = make_layout(layout::contiguous, 1, H, N, N);
+  std::vector<std::vector<float>> host;
+  for (index_t l = 0; l < 3; ++l) {
+    std::vector<float> h(li.elements);
+    fill_attention(h, li, 1, H, N, N, values::softmax, rng);
+    host.push_back(std::move(h));
+  }
+  auto view = [&](index_t l) { return head_attention_view<float>(host[static_cast<std::size_t>(l)].data(), {H, N, N}); };
+  const index_t cap = freepruner::max_count(n, cfg);
+  // P on clean data.
+  freepruner::selector clean(N, cfg);
+  for (const index_t l : {2, 0, 1}) clean.add_layer(seq, l, view(l));
+  const auto info = clean.inspect();
+  std::vector<token_index> want(static_cast<std::size_t>(cap));
+  want.resize(static_cast<std::size_t>(clean.finish(std::span<token_index>(want)).count));
+  index_t outside = 0;
+  while (std::binary_search(info.pivotal.begin(), info.pivotal.end(), static_cast<token_index>(outside))) ++outside;
+  ASSERT_LT(outside, n);
+  for (const bool in_p : {false, true}) {
+    auto bad = host;
+    const index_t row = in_p ? info.pivotal.front() : outside;  // patch row; +1 for CLS in the map
+    bad[2][static_cast<std::size_t>((row + 1) * N + 5)] = std::numeric_limits<float>::quiet_NaN();  // head 0
+    std::vector<device_buffer<float>> dev;
+    for (const auto& h : bad) dev.push_back(to_device(h));
+    freepruner::selector cpu(N, cfg);
+    workspace ws(freepruner::selector_workspace_size(cfg, N));
+    freepruner::cuda_selector sel(N, cfg);
+    for (const index_t l : {2, 0, 1}) {
+      const head_attention_view<float> hv(bad[static_cast<std::size_t>(l)].data(), {H, N, N});
+      if (in_p && l == 1) {
+        EXPECT_THROW(cpu.add_layer(seq, l, hv), tokensel::error);
+      } else {
+        cpu.add_layer(seq, l, hv);
+      }
+      sel.add_layer(ws.policy, l, head_attention_view<float>(dev[static_cast<std::size_t>(l)].data(), {H, N, N}));
+    }
+    device_selection out(1, cap);
+    sel.finish(ws.policy, out.view());
+    cuda_ok(cudaDeviceSynchronize(), "sync");
+    const cuda_status st = status(ws.policy);
+    if (in_p) {
+      EXPECT_FALSE(st.ok) << "a NaN in a row of P must be reported";
+      EXPECT_EQ(out.rows()[0].size(), 0u);
+    } else {
+      ASSERT_TRUE(st.ok) << st.message;
+      std::vector<token_index> got(static_cast<std::size_t>(cap));
+      got.resize(static_cast<std::size_t>(cpu.finish(std::span<token_index>(got)).count));
+      EXPECT_EQ(got, want);
+      EXPECT_EQ(out.rows()[0], want);
+    }
   }
 }

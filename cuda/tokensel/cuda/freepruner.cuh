@@ -402,7 +402,7 @@ void pivotal_stage(const Tables& tables, const buffers& w, const config& cfg, in
 /// Reduced rows of the complementary layer into map (row_mask: only the rows in P; null: all).
 template <class D, class Tables>
 void complementary_rows(const Tables& tables, const buffers& w, float* map, const unsigned char* row_mask,
-                        const config& cfg, cudaStream_t stream) {
+                        const config& cfg, cudaStream_t stream, bool check_finite = true) {
   tokensel::cuda_detail::rows_args ra;
   ra.op = cfg.heads;
   ra.map = map;
@@ -411,9 +411,37 @@ void complementary_rows(const Tables& tables, const buffers& w, float* map, cons
   ra.row_mask = row_mask;
   ra.skip = w.skip;
   ra.status = w.status;
-  ra.site = status_site::complementary_row;
+  ra.site = check_finite ? status_site::complementary_row : status_site::none;
   ra.aux = static_cast<unsigned>(cfg.complementary_layer);
   launch_reduce_rows<D>(tables, ra, stream);
+}
+
+/// The finite check of the complementary layer's rows in P, on its stored reduced map [B, n, n]
+/// (a one-head map: reducing it again is the identity), with the report complementary_rows gives.
+/// The selector stores a complementary layer that arrives before P is complete unchecked and
+/// checks it here, as the CPU selector checks only the rows in P.
+inline void check_stored_rows(index_t batch, int n, const float* stored, const buffers& w, const config& cfg,
+                              cudaStream_t stream) {
+  const auto tables = tokensel::cuda_detail::make_tables(
+      batch, true, static_cast<long long>(n) * n * static_cast<long long>(sizeof(float)), [stored, n](index_t) {
+        tokensel::cuda_detail::window_desc d;
+        d.data = stored;
+        d.heads = 1;
+        d.rows = n;
+        d.cols = n;
+        d.si = n;
+        d.sj = 1;
+        return d;
+      });
+  tokensel::cuda_detail::rows_args ra;
+  ra.op = head_reduction::sum;
+  ra.vec_stride = w.vec;
+  ra.row_mask = w.in_p;
+  ra.skip = w.skip;
+  ra.status = w.status;
+  ra.site = status_site::complementary_row;
+  ra.aux = static_cast<unsigned>(cfg.complementary_layer);
+  launch_reduce_rows<float>(tables, ra, stream);
 }
 
 /// IQR fences of the rows in P of the complementary map, then C, margins, |P| and |S|.
@@ -804,8 +832,12 @@ class cuda_selector {
         const std::size_t bytes = count_of({batch_, n_, n_}) * sizeof(float);
         if (bytes > 0) check(cudaMemcpyAsync(sb.stored, w.map, bytes, cudaMemcpyDeviceToDevice, stream), "cudaMemcpyAsync(map)");
       }
-      if (step.store_reduce) cuda_detail::complementary_rows<D>(tables, w, sb.stored, nullptr, cfg_, stream);
-      if (step.outlier_stored) cuda_detail::outlier_stage(tables, w, sb.stored, cfg_, stream);
+      // Stored unchecked: only its rows in P are checked, once P is known (as on the CPU).
+      if (step.store_reduce) cuda_detail::complementary_rows<D>(tables, w, sb.stored, nullptr, cfg_, stream, false);
+      if (step.outlier_stored) {
+        cuda_detail::check_stored_rows(batch_, tokensel::cuda_detail::to_int(n_, "freepruner.patches"), sb.stored, w, cfg_, stream);
+        cuda_detail::outlier_stage(tables, w, sb.stored, cfg_, stream);
+      }
     }
     if (step.store_copy || step.store_reduce) map_stored_ = true;
     started_ = true;
