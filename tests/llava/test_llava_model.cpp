@@ -17,6 +17,7 @@
 #include <memory>
 #include <numeric>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -67,6 +68,24 @@ constexpr double tol = 1e-4;
     EXPECT_LE(e_, tol);                                                   \
   } while (0)
 
+/// The golden last-layer CLIP Q and K (stored [heads, N, hd] per layer) as [N, D] rows, the layout
+/// the runtime hands PruMerge.
+std::pair<std::vector<float>, std::vector<float>> golden_last_qk(variant& v) {
+  const auto& vc = v.model->config().vision;
+  const int H = vc.heads, N = vc.tokens(), hd = vc.head_dim(), L = vc.layers;
+  const std::size_t qk = static_cast<std::size_t>(H) * N * hd;
+  std::vector<float> q(qk), k(qk);
+  for (int h = 0; h < H; ++h)
+    for (int i = 0; i < N; ++i)
+      for (int j = 0; j < hd; ++j) {
+        const std::size_t to = (static_cast<std::size_t>(i) * H + h) * hd + j;
+        const std::size_t from = (L - 1) * qk + (static_cast<std::size_t>(h) * N + i) * hd + j;
+        q[to] = v.g["clip.q"][from];
+        k[to] = v.g["clip.k"][from];
+      }
+  return {std::move(q), std::move(k)};
+}
+
 class Variants : public ::testing::TestWithParam<std::string> {};
 
 // ---- numerics -----------------------------------------------------------------------------------
@@ -87,14 +106,7 @@ TEST_P(Variants, ClipHiddenStatesAttentionAndQK) {
   }
   const std::size_t qk = static_cast<std::size_t>(H) * N * hd;
   CHECK_REL(rel_err(out.keys.data(), v.g["clip.k"].data() + 2 * qk, qk));
-  // Last layer Q/K: golden [heads, N, hd] per layer -> [N, D].
-  std::vector<float> q(qk), k(qk);
-  for (int h = 0; h < H; ++h)
-    for (int i = 0; i < N; ++i)
-      for (int j = 0; j < hd; ++j) {
-        q[(static_cast<std::size_t>(i) * H + h) * hd + j] = v.g["clip.q"][(L - 1) * qk + (static_cast<std::size_t>(h) * N + i) * hd + j];
-        k[(static_cast<std::size_t>(i) * H + h) * hd + j] = v.g["clip.k"][(L - 1) * qk + (static_cast<std::size_t>(h) * N + i) * hd + j];
-      }
+  const auto [q, k] = golden_last_qk(v);
   CHECK_REL(rel_err(out.last_q, q));
   CHECK_REL(rel_err(out.last_k, k));
 }
@@ -281,15 +293,8 @@ TEST(Selection, FreePrunerAdaptiveAndFixed) {
 TEST(Selection, PruMergeAndPlus) {
   auto& v = load("fp32");
   const auto& vc = v.model->config().vision;
-  const int H = vc.heads, N = vc.tokens(), hd = vc.head_dim(), D = vc.hidden, L = vc.layers;
-  const std::size_t qk = static_cast<std::size_t>(H) * N * hd;
-  std::vector<float> q(qk), k(qk);
-  for (int h = 0; h < H; ++h)
-    for (int i = 0; i < N; ++i)
-      for (int j = 0; j < hd; ++j) {
-        q[(static_cast<std::size_t>(i) * H + h) * hd + j] = v.g["clip.q"][(L - 1) * qk + (static_cast<std::size_t>(h) * N + i) * hd + j];
-        k[(static_cast<std::size_t>(i) * H + h) * hd + j] = v.g["clip.k"][(L - 1) * qk + (static_cast<std::size_t>(h) * N + i) * hd + j];
-      }
+  const int N = vc.tokens(), D = vc.hidden;
+  const auto [q, k] = golden_last_qk(v);
   for (const bool plus : {false, true}) {
     const auto c = run_method(v, plus ? "prumerge+" : "prumerge");
     ts::prumerge::config cfg;
