@@ -596,6 +596,26 @@ tensor_view<T, 3> as_batch(const tensor_view<T, 2>& m) {
   return tensor_view<T, 3>(m.data(), {1, m.extent(0), m.extent(1)}, {0, m.stride(0), m.stride(1)});
 }
 
+/// The merge's input features x [B, n+1, d] and output rows y of a launch (a ragged sample is a
+/// batch of one, as_batch).
+template <class F, class O>
+void set_merge(args& a, const config& cfg, const tensor_view<const F, 3>& x, const tensor_view<O, 3>& y,
+               const char* width_name) {
+  a.with_features = 1;
+  a.merge = cfg.merge ? 1 : 0;
+  a.extra = cfg.extra_token ? 1 : 0;
+  a.neighbours = static_cast<int>(used_neighbours(a.n, cfg, true));
+  a.x = x.data();
+  a.x_b = x.stride(0);
+  a.x_t = x.stride(1);
+  a.x_c = x.stride(2);
+  a.d = tokensel::cuda_detail::to_int(x.extent(2), width_name);
+  a.y = static_cast<void*>(y.data());
+  a.y_b = y.stride(0);
+  a.y_r = y.stride(1);
+  a.y_c = y.stride(2);
+}
+
 /// Sample b of a ragged batch: its outputs at row b, its flags at b, the shared scratch.
 template <class T>
 args ragged_args(const qk_input<T>& in, const config& cfg, const selection_batch& out, std::span<result> results,
@@ -746,19 +766,7 @@ void select(const cuda_policy& policy, const tensor_view<const T, 3>& queries, c
   reset_status(w.status, policy.stream);
   check(cudaMemsetAsync(w.skip, 0, static_cast<std::size_t>(batch) * sizeof(int), policy.stream), "cudaMemsetAsync(skip)");
   cuda_detail::args a = cuda_detail::make_args(queries, keys, cfg, out, results);
-  a.with_features = 1;
-  a.merge = cfg.merge ? 1 : 0;
-  a.extra = cfg.extra_token ? 1 : 0;
-  a.neighbours = static_cast<int>(cuda_detail::used_neighbours(a.n, cfg, true));
-  a.x = features.data();
-  a.x_b = features.stride(0);
-  a.x_t = features.stride(1);
-  a.x_c = features.stride(2);
-  a.d = to_int(features.extent(2), "prumerge.features.extent(2)");
-  a.y = static_cast<void*>(merged.data());
-  a.y_b = merged.stride(0);
-  a.y_r = merged.stride(1);
-  a.y_c = merged.stride(2);
+  cuda_detail::set_merge(a, cfg, features, merged, "prumerge.features.extent(2)");
   cuda_detail::launch<device_type_t<T>, device_type_t<F>, device_type_t<std::remove_cv_t<O>>>(a, w, batch, policy.stream);
 }
 
@@ -880,19 +888,8 @@ void select(const cuda_policy& policy, std::span<const qk_input<T>> batch, std::
   for (index_t b = 0; b < B; ++b) {
     const auto i = static_cast<std::size_t>(b);
     cuda_detail::args a = cuda_detail::ragged_args(batch[i], cfg, out, results, b);
-    const tensor_view<const F, 3> x = cuda_detail::as_batch(features[i]);
-    const tensor_view<O, 3> y = cuda_detail::as_batch(merged[i]);
-    a.with_features = 1;
-    a.merge = cfg.merge ? 1 : 0;
-    a.extra = cfg.extra_token ? 1 : 0;
-    a.neighbours = static_cast<int>(cuda_detail::used_neighbours(a.n, cfg, true));
-    a.x = x.data();
-    a.x_t = x.stride(1);
-    a.x_c = x.stride(2);
-    a.d = to_int(x.extent(2), "prumerge.features.extent(1)");
-    a.y = static_cast<void*>(y.data());
-    a.y_r = y.stride(1);
-    a.y_c = y.stride(2);
+    cuda_detail::set_merge(a, cfg, cuda_detail::as_batch(features[i]), cuda_detail::as_batch(merged[i]),
+                           "prumerge.features.extent(1)");
     cuda_detail::launch<device_type_t<T>, device_type_t<F>, device_type_t<std::remove_cv_t<O>>>(
         a, cuda_detail::sample_buffers(w, b), 1, policy.stream);
   }
