@@ -195,23 +195,22 @@ rgb_image decode_image(std::span<const std::uint8_t> bytes, const std::string& n
   const image_format format = detect_format(bytes, name);
   // JPEG never reaches stb_image: its JPEG decoder reads out of bounds on hostile input (fuzzing).
   if (format == image_format::jpeg) return decode_jpeg(bytes, name);
+  auto stb_failure = [&name] {
+    const char* why = stbi_failure_reason();
+    fail(name, std::string("cannot decode (") + (why ? why : "unknown error") + "); PNG and JPEG are supported");
+  };
+  // The header first: a tiny file may declare a huge image, refused before any pixel is decoded.
   int w = 0, h = 0, channels = 0;
-  if (stbi_info_from_memory(bytes.data(), static_cast<int>(bytes.size()), &w, &h, &channels) != 0) {
-    check_pixel_count(w, h, name);  // before decoding: a tiny file may declare a huge image
-  }
+  if (stbi_info_from_memory(bytes.data(), static_cast<int>(bytes.size()), &w, &h, &channels) == 0) stb_failure();
+  check_pixel_count(w, h, name);
   std::unique_ptr<stbi_uc, void (*)(void*)> data(
       stbi_load_from_memory(bytes.data(), static_cast<int>(bytes.size()), &w, &h, &channels, 3),
       stbi_image_free);
-  if (!data) {
-    const char* why = stbi_failure_reason();
-    fail(name, std::string("cannot decode (") + (why ? why : "unknown error") +
-                   "); PNG and JPEG are supported");
-  }
+  if (!data) stb_failure();
   if (w <= 0 || h <= 0) fail(name, "image has no pixels");
   rgb_image img;
   img.width = w;
   img.height = h;
-  check_pixel_count(w, h, name);
   img.pixels.assign(data.get(), data.get() + static_cast<std::size_t>(w) * h * 3);
   return img;
 }
