@@ -16,13 +16,15 @@ struct reader {
   [[noreturn]] void fail(const std::string& field, const std::string& problem) const {
     throw error("llava: " + file + ": " + field + ": " + problem);
   }
-  void get_int(const json& j, const char* key, const std::string& prefix, int& out, int min = 1) const {
+  /// Reads an optional integer field; false (out untouched) when it is absent or null.
+  bool get_int(const json& j, const char* key, const std::string& prefix, int& out, int min = 1) const {
     auto it = j.find(key);
-    if (it == j.end() || it->is_null()) return;
+    if (it == j.end() || it->is_null()) return false;
     if (!it->is_number_integer()) fail(prefix + key, "must be an integer (got " + it->dump() + ")");
     const auto v = it->get<long long>();
     if (v < min || v > 1'000'000'000) fail(prefix + key, "= " + std::to_string(v) + " is out of range");
     out = static_cast<int>(v);
+    return true;
   }
   void get_double(const json& j, const char* key, const std::string& prefix, double& out) const {
     auto it = j.find(key);
@@ -112,14 +114,8 @@ llava_config load_config(const std::filesystem::path& path) {
     r.get_int(*txt, "intermediate_size", p, c.text.intermediate);
     r.get_int(*txt, "num_hidden_layers", p, c.text.layers);
     r.get_int(*txt, "num_attention_heads", p, c.text.heads);
-    if (txt->contains("num_key_value_heads") && !(*txt)["num_key_value_heads"].is_null()) {
-      r.get_int(*txt, "num_key_value_heads", p, c.text.kv_heads);
-      kv_given = true;
-    }
-    if (txt->contains("head_dim") && !(*txt)["head_dim"].is_null()) {
-      r.get_int(*txt, "head_dim", p, c.text.head_dim);
-      head_dim_given = true;
-    }
+    kv_given = r.get_int(*txt, "num_key_value_heads", p, c.text.kv_heads);
+    head_dim_given = r.get_int(*txt, "head_dim", p, c.text.head_dim);
     r.get_int(*txt, "vocab_size", p, c.text.vocab);
     r.get_double(*txt, "rope_theta", p, c.text.rope_theta);
     r.get_double(*txt, "rms_norm_eps", p, c.text.rms_norm_eps);
@@ -167,7 +163,7 @@ llava_config load_config(const std::filesystem::path& path) {
   if (c.text.hidden_act != "silu" && c.text.hidden_act != "swish") r.fail("text_config.hidden_act", "'" + c.text.hidden_act + "' is not supported (silu is)");
 
   r.get_int(j, "image_token_index", "", c.image_token_index, 0);
-  if (j.contains("image_token_id") && !j["image_token_id"].is_null()) r.get_int(j, "image_token_id", "", c.image_token_index, 0);
+  r.get_int(j, "image_token_id", "", c.image_token_index, 0);
   r.get_int(j, "pad_token_id", "", c.pad_token_id, 0);
   r.get_string(j, "projector_hidden_act", "", c.projector_hidden_act);
   if (!known_activation(c.projector_hidden_act)) r.fail("projector_hidden_act", "'" + c.projector_hidden_act + "' is not supported");
