@@ -4,7 +4,7 @@
 #include <vector>
 
 #include "bench_common.hpp"
-#include "tokensel/baselines.hpp"
+#include "tokensel/methods/baselines.hpp"
 
 namespace {
 

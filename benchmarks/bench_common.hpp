@@ -28,9 +28,9 @@
 #define TOKENSEL_BENCH_F16C 1
 #endif
 
-#include "tokensel/element.hpp"
-#include "tokensel/policy.hpp"
-#include "tokensel/tensor_view.hpp"
+#include "tokensel/core/element.hpp"
+#include "tokensel/core/policy.hpp"
+#include "tokensel/core/tensor_view.hpp"
 
 namespace bench {
 

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "bench_common.hpp"
-#include "tokensel/fastv.hpp"
+#include "tokensel/methods/fastv.hpp"
 
 namespace {
 

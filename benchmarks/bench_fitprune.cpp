@@ -7,8 +7,8 @@
 #include <vector>
 
 #include "bench_common.hpp"
-#include "tokensel/fitprune.hpp"
-#include "tokensel/region_mass.hpp"
+#include "tokensel/methods/fitprune.hpp"
+#include "tokensel/stats/region_mass.hpp"
 
 namespace {
 

@@ -3,8 +3,8 @@
 #include <vector>
 
 #include "bench_common.hpp"
-#include "tokensel/batch.hpp"
-#include "tokensel/fopru.hpp"
+#include "tokensel/core/batch.hpp"
+#include "tokensel/methods/fopru.hpp"
 
 namespace {
 

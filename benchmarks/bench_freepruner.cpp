@@ -7,8 +7,8 @@
 #include <vector>
 
 #include "bench_common.hpp"
-#include "tokensel/batch.hpp"
-#include "tokensel/freepruner.hpp"
+#include "tokensel/core/batch.hpp"
+#include "tokensel/methods/freepruner.hpp"
 
 namespace {
 

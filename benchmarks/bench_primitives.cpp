@@ -3,13 +3,13 @@
 #include <vector>
 
 #include "bench_common.hpp"
-#include "tokensel/contribution_degree.hpp"
-#include "tokensel/head_reduction.hpp"
-#include "tokensel/iqr_outliers.hpp"
-#include "tokensel/map_sums.hpp"
-#include "tokensel/token_range.hpp"
-#include "tokensel/top_k.hpp"
-#include "tokensel/variance_axis.hpp"
+#include "tokensel/stats/contribution_degree.hpp"
+#include "tokensel/stats/head_reduction.hpp"
+#include "tokensel/stats/iqr_outliers.hpp"
+#include "tokensel/stats/map_sums.hpp"
+#include "tokensel/core/token_range.hpp"
+#include "tokensel/select/top_k.hpp"
+#include "tokensel/stats/variance_axis.hpp"
 
 namespace {
 

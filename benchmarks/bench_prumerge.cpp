@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "bench_common.hpp"
-#include "tokensel/batch.hpp"
-#include "tokensel/prumerge.hpp"
+#include "tokensel/core/batch.hpp"
+#include "tokensel/methods/prumerge.hpp"
 
 namespace {
 

@@ -29,7 +29,7 @@
 
 #include "tokensel/detail/fast_exp.hpp"
 #include "tokensel/detail/reduce.hpp"
-#include "tokensel/qk_statistics.hpp"
+#include "tokensel/stats/qk_statistics.hpp"
 
 namespace {
 

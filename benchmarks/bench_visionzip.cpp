@@ -5,8 +5,8 @@
 #include <vector>
 
 #include "bench_common.hpp"
-#include "tokensel/batch.hpp"
-#include "tokensel/visionzip.hpp"
+#include "tokensel/core/batch.hpp"
+#include "tokensel/methods/visionzip.hpp"
 
 namespace {
 

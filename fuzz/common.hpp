@@ -25,10 +25,10 @@
 #include <string>
 #include <vector>
 
-#include <tokensel/element.hpp>
-#include <tokensel/error.hpp>
-#include <tokensel/policy.hpp>
-#include <tokensel/tensor_view.hpp>
+#include <tokensel/core/element.hpp>
+#include <tokensel/core/error.hpp>
+#include <tokensel/core/policy.hpp>
+#include <tokensel/core/tensor_view.hpp>
 
 namespace fuzz {
 

@@ -1,5 +1,5 @@
 // Baselines: random (seeded), uniform grid, pooling: fuzzed n, grids, budgets, windows, features.
-#include <tokensel/baselines.hpp>
+#include <tokensel/methods/baselines.hpp>
 
 #include "common.hpp"
 

@@ -1,6 +1,6 @@
 // FastV: keep_count on fuzzed n / ratio / layer; select on fuzzed [heads, L, L] views with a
 // fuzzed visual span and capacity; 4-D batches.
-#include <tokensel/fastv.hpp>
+#include <tokensel/methods/fastv.hpp>
 
 #include "common.hpp"
 

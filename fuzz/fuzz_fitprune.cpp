@@ -1,7 +1,7 @@
 // FitPrune: prune_layer on fuzzed [heads, L, L] views, visual spans and drop counts (single and
 // batched); recipe arithmetic (drops_at, scaled_drops, keep_count, flops_ratio) on fuzzed
 // recipes; calibration (calibrator, fit) on fuzzed statistics.
-#include <tokensel/fitprune.hpp>
+#include <tokensel/methods/fitprune.hpp>
 
 #include "common.hpp"
 

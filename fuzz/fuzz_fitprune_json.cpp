@@ -1,6 +1,6 @@
 // FitPrune recipe JSON: any text either parses into a recipe that validates and round-trips, or
 // ends in tokensel::error.
-#include <tokensel/fitprune_json.hpp>
+#include <tokensel/io/fitprune_json.hpp>
 
 #include "common.hpp"
 

@@ -1,6 +1,6 @@
 // FoPru: keep_count on fuzzed n and configs; select on fuzzed [heads, N, N] views (element type,
 // layout, values, output capacity) and on 4-D batches. Oracles in common.hpp.
-#include <tokensel/fopru.hpp>
+#include <tokensel/methods/fopru.hpp>
 
 #include "common.hpp"
 

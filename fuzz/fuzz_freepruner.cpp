@@ -1,6 +1,6 @@
 // freePruner: keep_count / max_count on fuzzed n and configs (layer ranges, k, multiplier, mode,
 // budget); select on a fuzzed stack of [heads, N, N] layers (offset, per-layer heads, layouts).
-#include <tokensel/freepruner.hpp>
+#include <tokensel/methods/freepruner.hpp>
 
 #include "common.hpp"
 

@@ -1,7 +1,7 @@
 // .npy reader: any byte string either parses into a tensor whose size matches its shape or ends
 // in tokensel::error (parse_error / unsupported, or non_finite for a float64 value beyond the
 // float32 range). A successful read round-trips through the writer.
-#include <tokensel/npy.hpp>
+#include <tokensel/io/npy.hpp>
 
 #include "common.hpp"
 

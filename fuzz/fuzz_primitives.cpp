@@ -1,11 +1,11 @@
 // Building blocks: top_k / bottom_k / rank_descending / complement, IQR fences and outliers,
 // percentiles, head reduction, contribution degree, gather / scatter, region mass.
-#include <tokensel/contribution_degree.hpp>
-#include <tokensel/gather.hpp>
-#include <tokensel/head_reduction.hpp>
-#include <tokensel/iqr_outliers.hpp>
-#include <tokensel/region_mass.hpp>
-#include <tokensel/top_k.hpp>
+#include <tokensel/stats/contribution_degree.hpp>
+#include <tokensel/select/gather.hpp>
+#include <tokensel/stats/head_reduction.hpp>
+#include <tokensel/stats/iqr_outliers.hpp>
+#include <tokensel/stats/region_mass.hpp>
+#include <tokensel/select/top_k.hpp>
 
 #include "common.hpp"
 

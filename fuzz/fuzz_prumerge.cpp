@@ -1,6 +1,6 @@
 // PruMerge / PruMerge+: max_count / max_rows on fuzzed n and configs; select from fuzzed Q/K
 // (with and without merge) and from a fuzzed CLS attention row.
-#include <tokensel/prumerge.hpp>
+#include <tokensel/methods/prumerge.hpp>
 
 #include "common.hpp"
 

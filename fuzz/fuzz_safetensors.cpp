@@ -1,6 +1,6 @@
 // .safetensors reader: any byte string either opens (header validated) or ends in tokensel::error;
 // every listed tensor then loads or fails with tokensel::error, and loads within the data area.
-#include <tokensel/safetensors.hpp>
+#include <tokensel/io/safetensors.hpp>
 
 #include "common.hpp"
 

@@ -1,6 +1,6 @@
 // VisionZip: keep_count on fuzzed configs; select on fuzzed attention [heads, N, N] (or the CLS
 // row only, [heads, 1, N]), keys [heads, N, dh], hidden [N, D] and output capacities.
-#include <tokensel/visionzip.hpp>
+#include <tokensel/methods/visionzip.hpp>
 
 #include "common.hpp"
 

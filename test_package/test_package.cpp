@@ -1,5 +1,5 @@
 // CPU-only consumer of the Conan package: one FoPru selection with a known answer.
-#include <tokensel/fopru.hpp>
+#include <tokensel/methods/fopru.hpp>
 
 #include <cstdio>
 #include <vector>

@@ -1,6 +1,6 @@
 // CUDA consumer of the Conan package (with_cuda): the CUDA headers and flags reach a .cu file.
 #include <tokensel/cuda/error.cuh>
-#include <tokensel/fopru.hpp>
+#include <tokensel/methods/fopru.hpp>
 
 #include <cstdio>
 

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "tokensel/baselines.hpp"
+#include "tokensel/methods/baselines.hpp"
 
 using namespace tokensel;
 namespace bl = tokensel::baselines;

@@ -7,8 +7,8 @@
 
 #include <Eigen/Core>
 
-#include "tokensel/contribution_degree.hpp"
-#include "tokensel/head_reduction.hpp"
+#include "tokensel/stats/contribution_degree.hpp"
+#include "tokensel/stats/head_reduction.hpp"
 
 using namespace tokensel;
 

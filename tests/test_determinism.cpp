@@ -9,13 +9,13 @@
 #include <random>
 #include <vector>
 
-#include "tokensel/baselines.hpp"
-#include "tokensel/fastv.hpp"
-#include "tokensel/fitprune.hpp"
-#include "tokensel/fopru.hpp"
-#include "tokensel/freepruner.hpp"
-#include "tokensel/prumerge.hpp"
-#include "tokensel/visionzip.hpp"
+#include "tokensel/methods/baselines.hpp"
+#include "tokensel/methods/fastv.hpp"
+#include "tokensel/methods/fitprune.hpp"
+#include "tokensel/methods/fopru.hpp"
+#include "tokensel/methods/freepruner.hpp"
+#include "tokensel/methods/prumerge.hpp"
+#include "tokensel/methods/visionzip.hpp"
 
 using namespace tokensel;
 

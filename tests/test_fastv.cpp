@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "tokensel/fastv.hpp"
+#include "tokensel/methods/fastv.hpp"
 
 #include "support/tiny_causal_map.hpp"
 

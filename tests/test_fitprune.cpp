@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "tokensel/fitprune.hpp"
-#include "tokensel/fitprune_json.hpp"
+#include "tokensel/methods/fitprune.hpp"
+#include "tokensel/io/fitprune_json.hpp"
 
 #include "support/tiny_causal_map.hpp"
 

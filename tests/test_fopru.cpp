@@ -6,10 +6,10 @@
 #include <random>
 #include <vector>
 
-#include "tokensel/fopru.hpp"
-#include "tokensel/map_sums.hpp"
-#include "tokensel/row_aggregation.hpp"
-#include "tokensel/variance_axis.hpp"
+#include "tokensel/methods/fopru.hpp"
+#include "tokensel/stats/map_sums.hpp"
+#include "tokensel/select/row_aggregation.hpp"
+#include "tokensel/stats/variance_axis.hpp"
 
 using namespace tokensel;
 

@@ -2,12 +2,12 @@
 
 #include <vector>
 
-#include "tokensel/batch.hpp"
-#include "tokensel/gather.hpp"
-#include "tokensel/head_reduction.hpp"
-#include "tokensel/token_grid.hpp"
-#include "tokensel/token_range.hpp"
-#include "tokensel/top_k.hpp"
+#include "tokensel/core/batch.hpp"
+#include "tokensel/select/gather.hpp"
+#include "tokensel/stats/head_reduction.hpp"
+#include "tokensel/core/token_grid.hpp"
+#include "tokensel/core/token_range.hpp"
+#include "tokensel/select/top_k.hpp"
 
 using namespace tokensel;
 

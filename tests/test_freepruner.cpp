@@ -10,7 +10,7 @@
 
 #include <Eigen/Core>
 
-#include "tokensel/freepruner.hpp"
+#include "tokensel/methods/freepruner.hpp"
 
 using namespace tokensel;
 namespace fp = tokensel::freepruner;

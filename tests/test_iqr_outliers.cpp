@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "tokensel/iqr_outliers.hpp"
+#include "tokensel/stats/iqr_outliers.hpp"
 
 using namespace tokensel;
 

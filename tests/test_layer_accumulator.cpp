@@ -6,7 +6,7 @@
 
 #include <Eigen/Core>
 
-#include "tokensel/layer_accumulator.hpp"
+#include "tokensel/stats/layer_accumulator.hpp"
 
 using namespace tokensel;
 

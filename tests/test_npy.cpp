@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "tokensel/host_tensor.hpp"
-#include "tokensel/npy.hpp"
+#include "tokensel/io/host_tensor.hpp"
+#include "tokensel/io/npy.hpp"
 
 using namespace tokensel;
 

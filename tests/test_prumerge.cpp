@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "tokensel/detail/expf.hpp"
-#include "tokensel/prumerge.hpp"
+#include "tokensel/methods/prumerge.hpp"
 
 using namespace tokensel;
 namespace pm = tokensel::prumerge;

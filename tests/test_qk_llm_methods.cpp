@@ -10,10 +10,10 @@
 #include <random>
 #include <vector>
 
-#include "tokensel/fastv.hpp"
-#include "tokensel/fitprune.hpp"
-#include "tokensel/qk_statistics.hpp"
-#include "tokensel/region_mass.hpp"
+#include "tokensel/methods/fastv.hpp"
+#include "tokensel/methods/fitprune.hpp"
+#include "tokensel/stats/qk_statistics.hpp"
+#include "tokensel/stats/region_mass.hpp"
 
 using namespace tokensel;
 

@@ -91,7 +91,7 @@ void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcep
 #include <random>
 #include <vector>
 
-#include "tokensel/qk_statistics.hpp"
+#include "tokensel/stats/qk_statistics.hpp"
 
 using namespace tokensel;
 

@@ -16,12 +16,12 @@
 #include <random>
 #include <vector>
 
-#include "tokensel/contribution_degree.hpp"
-#include "tokensel/fopru.hpp"
-#include "tokensel/freepruner.hpp"
-#include "tokensel/prumerge.hpp"
-#include "tokensel/qk_statistics.hpp"
-#include "tokensel/visionzip.hpp"
+#include "tokensel/stats/contribution_degree.hpp"
+#include "tokensel/methods/fopru.hpp"
+#include "tokensel/methods/freepruner.hpp"
+#include "tokensel/methods/prumerge.hpp"
+#include "tokensel/stats/qk_statistics.hpp"
+#include "tokensel/methods/visionzip.hpp"
 
 using namespace tokensel;
 

@@ -5,7 +5,7 @@
 #include <random>
 #include <vector>
 
-#include "tokensel/qk_statistics.hpp"
+#include "tokensel/stats/qk_statistics.hpp"
 
 using namespace tokensel;
 

@@ -8,7 +8,7 @@
 #include <random>
 #include <vector>
 
-#include "tokensel/region_mass.hpp"
+#include "tokensel/stats/region_mass.hpp"
 
 using namespace tokensel;
 

@@ -9,19 +9,19 @@
 #include <string>
 #include <vector>
 
-#include "tokensel/baselines.hpp"
-#include "tokensel/fastv.hpp"
-#include "tokensel/fitprune.hpp"
-#include "tokensel/fitprune_json.hpp"
-#include "tokensel/fopru.hpp"
-#include "tokensel/freepruner.hpp"
-#include "tokensel/gather.hpp"
-#include "tokensel/iqr_outliers.hpp"
-#include "tokensel/npy.hpp"
-#include "tokensel/prumerge.hpp"
-#include "tokensel/safetensors.hpp"
-#include "tokensel/top_k.hpp"
-#include "tokensel/visionzip.hpp"
+#include "tokensel/methods/baselines.hpp"
+#include "tokensel/methods/fastv.hpp"
+#include "tokensel/methods/fitprune.hpp"
+#include "tokensel/io/fitprune_json.hpp"
+#include "tokensel/methods/fopru.hpp"
+#include "tokensel/methods/freepruner.hpp"
+#include "tokensel/select/gather.hpp"
+#include "tokensel/stats/iqr_outliers.hpp"
+#include "tokensel/io/npy.hpp"
+#include "tokensel/methods/prumerge.hpp"
+#include "tokensel/io/safetensors.hpp"
+#include "tokensel/select/top_k.hpp"
+#include "tokensel/methods/visionzip.hpp"
 
 using namespace tokensel;
 

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "tokensel/safetensors.hpp"
+#include "tokensel/io/safetensors.hpp"
 
 using namespace tokensel;
 

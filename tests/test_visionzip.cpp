@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "tokensel/visionzip.hpp"
+#include "tokensel/methods/visionzip.hpp"
 
 using namespace tokensel;
 

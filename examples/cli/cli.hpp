@@ -12,10 +12,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include <tokensel/host_tensor.hpp>
-#include <tokensel/policy.hpp>
-#include <tokensel/tensor_view.hpp>
-#include <tokensel/token_grid.hpp>
+#include <tokensel/io/host_tensor.hpp>
+#include <tokensel/core/policy.hpp>
+#include <tokensel/core/tensor_view.hpp>
+#include <tokensel/core/token_grid.hpp>
 
 namespace tokensel_cli {
 

@@ -5,8 +5,8 @@
 #include <fstream>
 #include <sstream>
 
-#include <tokensel/npy.hpp>
-#include <tokensel/safetensors.hpp>
+#include <tokensel/io/npy.hpp>
+#include <tokensel/io/safetensors.hpp>
 
 #include "cli.hpp"
 

@@ -11,10 +11,10 @@
 #include <string>
 #include <vector>
 
-#include <tokensel/config.hpp>
-#include <tokensel/error.hpp>
-#include <tokensel/npy.hpp>
-#include <tokensel/safetensors.hpp>
+#include <tokensel/core/config.hpp>
+#include <tokensel/core/error.hpp>
+#include <tokensel/io/npy.hpp>
+#include <tokensel/io/safetensors.hpp>
 
 #include "cli.hpp"
 

@@ -1,7 +1,7 @@
 // tokensel CLI adapters: the baselines random, uniform and pool (include/tokensel/baselines.hpp).
 #include <cmath>
 
-#include <tokensel/baselines.hpp>
+#include <tokensel/methods/baselines.hpp>
 
 #include "cli.hpp"
 

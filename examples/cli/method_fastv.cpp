@@ -1,5 +1,5 @@
 // tokensel CLI adapter: FastV (include/tokensel/fastv.hpp).
-#include <tokensel/fastv.hpp>
+#include <tokensel/methods/fastv.hpp>
 
 #include "cli.hpp"
 

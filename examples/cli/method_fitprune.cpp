@@ -1,7 +1,7 @@
 // tokensel CLI adapter: FitPrune, one pruning layer (include/tokensel/fitprune.hpp and
 // fitprune_json.hpp for recipes).
-#include <tokensel/fitprune.hpp>
-#include <tokensel/fitprune_json.hpp>
+#include <tokensel/methods/fitprune.hpp>
+#include <tokensel/io/fitprune_json.hpp>
 
 #include "cli.hpp"
 

@@ -1,5 +1,5 @@
 // tokensel CLI adapter: FoPru (include/tokensel/fopru.hpp).
-#include <tokensel/fopru.hpp>
+#include <tokensel/methods/fopru.hpp>
 
 #include "cli.hpp"
 

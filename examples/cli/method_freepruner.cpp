@@ -1,5 +1,5 @@
 // tokensel CLI adapter: freePruner (include/tokensel/freepruner.hpp).
-#include <tokensel/freepruner.hpp>
+#include <tokensel/methods/freepruner.hpp>
 
 #include "cli.hpp"
 

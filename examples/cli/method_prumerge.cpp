@@ -1,5 +1,5 @@
 // tokensel CLI adapter: LLaVA-PruMerge / PruMerge+ (include/tokensel/prumerge.hpp).
-#include <tokensel/prumerge.hpp>
+#include <tokensel/methods/prumerge.hpp>
 
 #include "cli.hpp"
 

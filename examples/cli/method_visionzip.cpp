@@ -1,5 +1,5 @@
 // tokensel CLI adapter: VisionZip (include/tokensel/visionzip.hpp).
-#include <tokensel/visionzip.hpp>
+#include <tokensel/methods/visionzip.hpp>
 
 #include "cli.hpp"
 

@@ -16,16 +16,16 @@
 
 #include <nlohmann/json.hpp>
 
-#include <tokensel/baselines.hpp>
-#include <tokensel/fastv.hpp>
-#include <tokensel/fitprune.hpp>
-#include <tokensel/fitprune_json.hpp>
-#include <tokensel/fopru.hpp>
-#include <tokensel/freepruner.hpp>
-#include <tokensel/npy.hpp>
-#include <tokensel/prumerge.hpp>
-#include <tokensel/safetensors.hpp>
-#include <tokensel/visionzip.hpp>
+#include <tokensel/methods/baselines.hpp>
+#include <tokensel/methods/fastv.hpp>
+#include <tokensel/methods/fitprune.hpp>
+#include <tokensel/io/fitprune_json.hpp>
+#include <tokensel/methods/fopru.hpp>
+#include <tokensel/methods/freepruner.hpp>
+#include <tokensel/io/npy.hpp>
+#include <tokensel/methods/prumerge.hpp>
+#include <tokensel/io/safetensors.hpp>
+#include <tokensel/methods/visionzip.hpp>
 
 #if defined(_WIN32)
 #error "the CLI end-to-end tests use a POSIX shell"

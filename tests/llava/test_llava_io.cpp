@@ -13,7 +13,7 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
-#include <tokensel/safetensors.hpp>
+#include <tokensel/io/safetensors.hpp>
 
 #include "llava/image.hpp"
 #include "llava/tokenizer.hpp"

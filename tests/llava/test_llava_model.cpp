@@ -21,15 +21,15 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
-#include <tokensel/baselines.hpp>
-#include <tokensel/fastv.hpp>
-#include <tokensel/fitprune.hpp>
-#include <tokensel/fopru.hpp>
-#include <tokensel/freepruner.hpp>
-#include <tokensel/head_reduction.hpp>
-#include <tokensel/prumerge.hpp>
-#include <tokensel/safetensors.hpp>
-#include <tokensel/visionzip.hpp>
+#include <tokensel/methods/baselines.hpp>
+#include <tokensel/methods/fastv.hpp>
+#include <tokensel/methods/fitprune.hpp>
+#include <tokensel/methods/fopru.hpp>
+#include <tokensel/methods/freepruner.hpp>
+#include <tokensel/stats/head_reduction.hpp>
+#include <tokensel/methods/prumerge.hpp>
+#include <tokensel/io/safetensors.hpp>
+#include <tokensel/methods/visionzip.hpp>
 
 #include "llava/pipeline.hpp"
 #include "tiny_checkpoint.hpp"

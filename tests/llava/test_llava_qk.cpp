@@ -28,8 +28,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include <tokensel/qk_statistics.hpp>
-#include <tokensel/safetensors.hpp>
+#include <tokensel/stats/qk_statistics.hpp>
+#include <tokensel/io/safetensors.hpp>
 
 #include "llava/pipeline.hpp"
 #include "tiny_checkpoint.hpp"

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
-#include <tokensel/safetensors.hpp>
+#include <tokensel/io/safetensors.hpp>
 
 #include "llava/pipeline.hpp"
 

@@ -11,9 +11,9 @@
 
 #include <cub/block/block_scan.cuh>
 
-#include "tokensel/baselines.hpp"
-#include "tokensel/batch.hpp"
-#include "tokensel/config.hpp"
+#include "tokensel/methods/baselines.hpp"
+#include "tokensel/core/batch.hpp"
+#include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/cuda/detail/batch.cuh"
 #include "tokensel/cuda/detail/launch.cuh"

@@ -10,8 +10,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include "tokensel/config.hpp"
-#include "tokensel/element.hpp"
+#include "tokensel/core/config.hpp"
+#include "tokensel/core/element.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 

@@ -19,9 +19,9 @@
 
 #include <cuda_runtime_api.h>
 
-#include "tokensel/config.hpp"
+#include "tokensel/core/config.hpp"
 #include "tokensel/cuda/policy.cuh"
-#include "tokensel/error.hpp"
+#include "tokensel/core/error.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 

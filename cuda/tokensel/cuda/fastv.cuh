@@ -11,8 +11,8 @@
 #include <span>
 #include <string>
 
-#include "tokensel/batch.hpp"
-#include "tokensel/config.hpp"
+#include "tokensel/core/batch.hpp"
+#include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/cuda/detail/batch.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
@@ -24,7 +24,7 @@
 #include "tokensel/cuda/fopru.cuh"
 #include "tokensel/cuda/policy.cuh"
 #include "tokensel/cuda/workspace.cuh"
-#include "tokensel/fastv.hpp"
+#include "tokensel/methods/fastv.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace fastv {

@@ -15,8 +15,8 @@
 #include <span>
 #include <string>
 
-#include "tokensel/batch.hpp"
-#include "tokensel/config.hpp"
+#include "tokensel/core/batch.hpp"
+#include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/cuda/detail/batch.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
@@ -28,8 +28,8 @@
 #include "tokensel/cuda/fopru.cuh"
 #include "tokensel/cuda/policy.cuh"
 #include "tokensel/cuda/workspace.cuh"
-#include "tokensel/fitprune.hpp"
-#include "tokensel/region_mass.hpp"
+#include "tokensel/methods/fitprune.hpp"
+#include "tokensel/stats/region_mass.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace fitprune {

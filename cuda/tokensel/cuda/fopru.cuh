@@ -17,8 +17,8 @@
 
 #include <cub/block/block_scan.cuh>
 
-#include "tokensel/batch.hpp"
-#include "tokensel/config.hpp"
+#include "tokensel/core/batch.hpp"
+#include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/cuda/detail/batch.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
@@ -29,7 +29,7 @@
 #include "tokensel/cuda/error.cuh"
 #include "tokensel/cuda/policy.cuh"
 #include "tokensel/cuda/workspace.cuh"
-#include "tokensel/fopru.hpp"
+#include "tokensel/methods/fopru.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 

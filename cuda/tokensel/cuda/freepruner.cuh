@@ -20,8 +20,8 @@
 #include <string>
 #include <vector>
 
-#include "tokensel/batch.hpp"
-#include "tokensel/config.hpp"
+#include "tokensel/core/batch.hpp"
+#include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/cuda/detail/batch.cuh"
 #include "tokensel/cuda/detail/iqr.cuh"
@@ -33,7 +33,7 @@
 #include "tokensel/cuda/error.cuh"
 #include "tokensel/cuda/policy.cuh"
 #include "tokensel/cuda/workspace.cuh"
-#include "tokensel/freepruner.hpp"
+#include "tokensel/methods/freepruner.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace freepruner {

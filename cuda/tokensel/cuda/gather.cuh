@@ -10,15 +10,15 @@
 #include <string>
 #include <type_traits>
 
-#include "tokensel/batch.hpp"
-#include "tokensel/config.hpp"
+#include "tokensel/core/batch.hpp"
+#include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/batch.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
 #include "tokensel/cuda/element.cuh"
 #include "tokensel/cuda/error.cuh"
 #include "tokensel/cuda/policy.cuh"
 #include "tokensel/cuda/workspace.cuh"
-#include "tokensel/gather.hpp"
+#include "tokensel/select/gather.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace cuda_detail {

@@ -10,8 +10,8 @@
 
 #include <cub/block/block_scan.cuh>
 
-#include "tokensel/batch.hpp"
-#include "tokensel/config.hpp"
+#include "tokensel/core/batch.hpp"
+#include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/cuda/detail/batch.cuh"
 #include "tokensel/cuda/detail/iqr.cuh"
@@ -21,7 +21,7 @@
 #include "tokensel/cuda/policy.cuh"
 #include "tokensel/cuda/top_k.cuh"
 #include "tokensel/cuda/workspace.cuh"
-#include "tokensel/iqr_outliers.hpp"
+#include "tokensel/stats/iqr_outliers.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace cuda_detail {

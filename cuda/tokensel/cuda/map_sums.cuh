@@ -9,8 +9,8 @@
 #include <span>
 #include <string>
 
-#include "tokensel/config.hpp"
-#include "tokensel/contribution_degree.hpp"
+#include "tokensel/core/config.hpp"
+#include "tokensel/stats/contribution_degree.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/cuda/detail/batch.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
@@ -20,9 +20,9 @@
 #include "tokensel/cuda/fopru.cuh"
 #include "tokensel/cuda/policy.cuh"
 #include "tokensel/cuda/workspace.cuh"
-#include "tokensel/head_reduction.hpp"
-#include "tokensel/map_sums.hpp"
-#include "tokensel/variance_axis.hpp"
+#include "tokensel/stats/head_reduction.hpp"
+#include "tokensel/stats/map_sums.hpp"
+#include "tokensel/stats/variance_axis.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 

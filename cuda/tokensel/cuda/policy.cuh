@@ -8,7 +8,7 @@
 
 #include <cuda_runtime_api.h>
 
-#include "tokensel/config.hpp"
+#include "tokensel/core/config.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 

@@ -29,8 +29,8 @@
 
 #include <cub/block/block_scan.cuh>
 
-#include "tokensel/batch.hpp"
-#include "tokensel/config.hpp"
+#include "tokensel/core/batch.hpp"
+#include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/cuda/detail/batch.cuh"
 #include "tokensel/cuda/detail/iqr.cuh"
@@ -42,7 +42,7 @@
 #include "tokensel/cuda/error.cuh"
 #include "tokensel/cuda/policy.cuh"
 #include "tokensel/cuda/workspace.cuh"
-#include "tokensel/prumerge.hpp"
+#include "tokensel/methods/prumerge.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace prumerge {

@@ -49,9 +49,9 @@
 #include <string>
 #include <vector>
 
-#include "tokensel/batch.hpp"
-#include "tokensel/config.hpp"
-#include "tokensel/contribution_degree.hpp"
+#include "tokensel/core/batch.hpp"
+#include "tokensel/core/config.hpp"
+#include "tokensel/stats/contribution_degree.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
 #include "tokensel/cuda/detail/map_kernels.cuh"
@@ -63,10 +63,10 @@
 #include "tokensel/cuda/region_mass.cuh"
 #include "tokensel/cuda/visionzip.cuh"
 #include "tokensel/cuda/workspace.cuh"
-#include "tokensel/head_reduction.hpp"
-#include "tokensel/map_sums.hpp"
-#include "tokensel/qk_source.hpp"
-#include "tokensel/region_mass.hpp"
+#include "tokensel/stats/head_reduction.hpp"
+#include "tokensel/stats/map_sums.hpp"
+#include "tokensel/core/qk_source.hpp"
+#include "tokensel/stats/region_mass.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 

@@ -8,7 +8,7 @@
 #include <span>
 #include <string>
 
-#include "tokensel/config.hpp"
+#include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
 #include "tokensel/cuda/detail/map_kernels.cuh"
@@ -17,7 +17,7 @@
 #include "tokensel/cuda/map_sums.cuh"
 #include "tokensel/cuda/policy.cuh"
 #include "tokensel/cuda/workspace.cuh"
-#include "tokensel/region_mass.hpp"
+#include "tokensel/stats/region_mass.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace cuda_detail {

@@ -9,8 +9,8 @@
 #include <span>
 #include <string>
 
-#include "tokensel/batch.hpp"
-#include "tokensel/config.hpp"
+#include "tokensel/core/batch.hpp"
+#include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/cuda/detail/batch.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
@@ -20,8 +20,8 @@
 #include "tokensel/cuda/fopru.cuh"
 #include "tokensel/cuda/policy.cuh"
 #include "tokensel/cuda/workspace.cuh"
-#include "tokensel/row_aggregation.hpp"
-#include "tokensel/top_k.hpp"
+#include "tokensel/select/row_aggregation.hpp"
+#include "tokensel/select/top_k.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace cuda_detail {

@@ -21,8 +21,8 @@
 
 #include <cub/block/block_scan.cuh>
 
-#include "tokensel/batch.hpp"
-#include "tokensel/config.hpp"
+#include "tokensel/core/batch.hpp"
+#include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/cuda/detail/batch.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
@@ -32,7 +32,7 @@
 #include "tokensel/cuda/error.cuh"
 #include "tokensel/cuda/policy.cuh"
 #include "tokensel/cuda/workspace.cuh"
-#include "tokensel/visionzip.hpp"
+#include "tokensel/methods/visionzip.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace visionzip {

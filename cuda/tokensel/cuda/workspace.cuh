@@ -9,10 +9,10 @@
 #include <string>
 #include <string_view>
 
-#include "tokensel/config.hpp"
+#include "tokensel/core/config.hpp"
 #include "tokensel/cuda/error.cuh"
 #include "tokensel/cuda/policy.cuh"
-#include "tokensel/error.hpp"
+#include "tokensel/core/error.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace cuda_detail {

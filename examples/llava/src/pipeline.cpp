@@ -8,15 +8,15 @@
 #include <ctime>
 #include <numeric>
 
-#include <tokensel/baselines.hpp>
-#include <tokensel/fastv.hpp>
-#include <tokensel/fitprune.hpp>
-#include <tokensel/fitprune_json.hpp>
-#include <tokensel/fopru.hpp>
-#include <tokensel/freepruner.hpp>
-#include <tokensel/prumerge.hpp>
-#include <tokensel/region_mass.hpp>
-#include <tokensel/visionzip.hpp>
+#include <tokensel/methods/baselines.hpp>
+#include <tokensel/methods/fastv.hpp>
+#include <tokensel/methods/fitprune.hpp>
+#include <tokensel/io/fitprune_json.hpp>
+#include <tokensel/methods/fopru.hpp>
+#include <tokensel/methods/freepruner.hpp>
+#include <tokensel/methods/prumerge.hpp>
+#include <tokensel/stats/region_mass.hpp>
+#include <tokensel/methods/visionzip.hpp>
 
 namespace llava {
 

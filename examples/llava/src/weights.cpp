@@ -18,7 +18,7 @@
 
 #include <Eigen/Core>
 #include <nlohmann/json.hpp>
-#include <tokensel/safetensors.hpp>
+#include <tokensel/io/safetensors.hpp>
 
 #ifdef _OPENMP
 #include <omp.h>

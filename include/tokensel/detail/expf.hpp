@@ -14,7 +14,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "tokensel/config.hpp"
+#include "tokensel/core/config.hpp"
 
 #if defined(__CUDACC__)
 #define TOKENSEL_PORTABLE_HD __host__ __device__ __forceinline__

@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "tokensel/config.hpp"
+#include "tokensel/core/config.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace detail {

@@ -8,8 +8,8 @@
 #include <omp.h>
 #endif
 
-#include "tokensel/config.hpp"
-#include "tokensel/policy.hpp"
+#include "tokensel/core/config.hpp"
+#include "tokensel/core/policy.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace detail {

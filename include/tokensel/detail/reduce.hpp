@@ -10,8 +10,8 @@
 
 #include <array>
 
-#include "tokensel/config.hpp"
-#include "tokensel/element.hpp"
+#include "tokensel/core/config.hpp"
+#include "tokensel/core/element.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace detail {

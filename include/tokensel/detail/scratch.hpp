@@ -9,7 +9,7 @@
 #include <span>
 #include <vector>
 
-#include "tokensel/config.hpp"
+#include "tokensel/core/config.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace detail {

@@ -6,9 +6,9 @@
 #include <string>
 #include <string_view>
 
-#include "tokensel/element.hpp"
-#include "tokensel/error.hpp"
-#include "tokensel/tensor_view.hpp"
+#include "tokensel/core/element.hpp"
+#include "tokensel/core/error.hpp"
+#include "tokensel/core/tensor_view.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace detail {

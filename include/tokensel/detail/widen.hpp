@@ -12,8 +12,8 @@
 #include <immintrin.h>
 #endif
 
-#include "tokensel/config.hpp"
-#include "tokensel/element.hpp"
+#include "tokensel/core/config.hpp"
+#include "tokensel/core/element.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace detail {

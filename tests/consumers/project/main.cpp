@@ -1,9 +1,9 @@
 // A downstream program: runs FoPru on a hand-made attention map and checks the exact selection,
 // then checks that bad input surfaces as tokensel::error. Exit code 0 on success.
-#include <tokensel/fopru.hpp>
-#include <tokensel/gather.hpp>
+#include <tokensel/methods/fopru.hpp>
+#include <tokensel/select/gather.hpp>
 #ifdef CONSUMER_HAS_JSON
-#include <tokensel/fitprune_json.hpp>
+#include <tokensel/io/fitprune_json.hpp>
 #endif
 
 #include <cstdio>

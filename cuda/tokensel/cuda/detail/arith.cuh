@@ -11,7 +11,7 @@
 
 #include <cuda_runtime_api.h>
 
-#include "tokensel/config.hpp"
+#include "tokensel/core/config.hpp"
 
 #define TOKENSEL_HD __host__ __device__ __forceinline__
 

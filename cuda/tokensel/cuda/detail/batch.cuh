@@ -5,10 +5,10 @@
 #include <span>
 #include <string>
 
-#include "tokensel/batch.hpp"
-#include "tokensel/config.hpp"
+#include "tokensel/core/batch.hpp"
+#include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/launch.cuh"
-#include "tokensel/tensor_view.hpp"
+#include "tokensel/core/tensor_view.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace cuda_detail {

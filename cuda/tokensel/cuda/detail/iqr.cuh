@@ -13,7 +13,7 @@
 
 #include <climits>
 
-#include "tokensel/config.hpp"
+#include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
 
 TOKENSEL_BEGIN_NAMESPACE

@@ -20,9 +20,9 @@
 
 #include <cuda_runtime_api.h>
 
-#include "tokensel/config.hpp"
-#include "tokensel/error.hpp"
-#include "tokensel/tensor_view.hpp"
+#include "tokensel/core/config.hpp"
+#include "tokensel/core/error.hpp"
+#include "tokensel/core/tensor_view.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace cuda_detail {

@@ -7,7 +7,7 @@
 
 #include <cuda_runtime_api.h>
 
-#include "tokensel/config.hpp"
+#include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/detail/expf.hpp"
 

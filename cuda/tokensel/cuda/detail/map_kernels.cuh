@@ -14,12 +14,12 @@
 
 #include <cuda_runtime_api.h>
 
-#include "tokensel/config.hpp"
+#include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
 #include "tokensel/cuda/element.cuh"
 #include "tokensel/cuda/error.cuh"
-#include "tokensel/head_reduction.hpp"
+#include "tokensel/stats/head_reduction.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace cuda_detail {

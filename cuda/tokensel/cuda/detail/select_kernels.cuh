@@ -14,7 +14,7 @@
 
 #include <cuda_runtime_api.h>
 
-#include "tokensel/config.hpp"
+#include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
 #include "tokensel/cuda/error.cuh"

@@ -12,12 +12,12 @@
 #include <string>
 #include <string_view>
 
-#include "tokensel/batch.hpp"
-#include "tokensel/config.hpp"
+#include "tokensel/core/batch.hpp"
+#include "tokensel/core/config.hpp"
 #include "tokensel/cuda/policy.cuh"
 #include "tokensel/cuda/workspace.cuh"
-#include "tokensel/error.hpp"
-#include "tokensel/tensor_view.hpp"
+#include "tokensel/core/error.hpp"
+#include "tokensel/core/tensor_view.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace cuda_detail {

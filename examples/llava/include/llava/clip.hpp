@@ -11,7 +11,7 @@
 #include <map>
 #include <vector>
 
-#include <tokensel/qk_source.hpp>
+#include <tokensel/core/qk_source.hpp>
 
 #include "llava/config.hpp"
 #include "llava/weights.hpp"

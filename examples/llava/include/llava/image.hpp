@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include <tokensel/config.hpp>
-#include <tokensel/token_grid.hpp>
+#include <tokensel/core/config.hpp>
+#include <tokensel/core/token_grid.hpp>
 
 #include "llava/config.hpp"
 

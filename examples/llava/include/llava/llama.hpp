@@ -19,7 +19,7 @@
 #include <span>
 #include <vector>
 
-#include <tokensel/qk_source.hpp>
+#include <tokensel/core/qk_source.hpp>
 
 #include "llava/config.hpp"
 #include "llava/weights.hpp"

@@ -15,8 +15,8 @@
 #include <system_error>
 #include <vector>
 
-#include "tokensel/config.hpp"
-#include "tokensel/error.hpp"
+#include "tokensel/core/config.hpp"
+#include "tokensel/core/error.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace detail {

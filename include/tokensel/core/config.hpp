@@ -1,0 +1,30 @@
+// tokensel: version, namespace and basic types shared by every header.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#define TOKENSEL_VERSION_MAJOR 0
+#define TOKENSEL_VERSION_MINOR 1
+#define TOKENSEL_VERSION_PATCH 0
+
+// A versioned inline namespace (as nlohmann/json and CUB do): two copies of the library
+// built with different versions cannot silently mix in one program.
+#define TOKENSEL_ABI_TAG v0_1
+#define TOKENSEL_BEGIN_NAMESPACE \
+  namespace tokensel {           \
+  inline namespace TOKENSEL_ABI_TAG {
+#define TOKENSEL_END_NAMESPACE \
+  }                            \
+  }
+
+TOKENSEL_BEGIN_NAMESPACE
+
+/// Signed extent / stride / position type of every view (signed so that strides may be negative
+/// and differences never wrap).
+using index_t = std::ptrdiff_t;
+
+/// Token indices in every output are int32 (the spec's convention; also the CUDA backend's).
+using token_index = std::int32_t;
+
+TOKENSEL_END_NAMESPACE

@@ -1,0 +1,507 @@
+// tokensel: LLaVA-PruMerge and PruMerge+ (arXiv 2403.15388; official code 42Shawn/LLaVA-PruMerge),
+// spec section 6.
+//   1. a = CLS row of softmax(Q K^T * scale) over all n+1 tokens of the last CLIP layer (one
+//      1024-wide head, scale 1/sqrt(D)); patch columns 1..n, sliced after the softmax.
+//   2. Kc = number of IQR outliers of a (upper fence, strict); keep the top-Kc patches by a.
+//   3. PruMerge+: add every stride-th index of 0..n-2, stride = max(1, floor(floor(n/Kc)/3)),
+//      skipping indices already kept (Kc = 0: nothing added, plain PruMerge).
+//   4. Merge: for each kept i, y_i = x_i + sum_{j in nn(i)} a_j x_j, nn(i) = the `neighbours` other
+//      patches (kept or not) with the highest cosine similarity of their layer-23 keys to i's;
+//      plus one extra row sum_{j not kept} a_j x_j.
+// The count is data-dependent (adaptive): size outputs with max_count / max_rows.
+// Only the CLS query row is used: no n x n map is formed.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <limits>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+
+#include "tokensel/core/batch.hpp"
+#include "tokensel/core/config.hpp"
+#include "tokensel/detail/expf.hpp"
+#include "tokensel/detail/parallel.hpp"
+#include "tokensel/detail/reduce.hpp"
+#include "tokensel/detail/scratch.hpp"
+#include "tokensel/detail/validate.hpp"
+#include "tokensel/core/element.hpp"
+#include "tokensel/stats/iqr_outliers.hpp"
+#include "tokensel/core/policy.hpp"
+#include "tokensel/core/tensor_view.hpp"
+#include "tokensel/select/top_k.hpp"
+
+TOKENSEL_BEGIN_NAMESPACE
+namespace prumerge {
+
+/// Order of the kept tokens (indices and merged rows).
+enum class mode {
+  fixed,   ///< ascending patch indices (original spatial order)
+  parity,  ///< the official order: top-Kc by descending attention, then grid tokens ascending
+};
+
+inline const char* to_string(mode m) noexcept { return m == mode::fixed ? "fixed" : "parity"; }
+
+struct config {
+  prumerge::mode mode = prumerge::mode::fixed;
+  bool plus = false;            ///< PruMerge+: add the spatially uniform stride grid
+  index_t neighbours = 32;      ///< nearest other tokens merged into each kept token (>= 0)
+  double iqr_multiplier = 1.5;  ///< IQR fence Q3 + c (Q3 - Q1), strict >
+  bool merge = true;            ///< false: kept rows are gathered unchanged (pruning only, no extra row)
+  bool extra_token = true;      ///< with merge: append sum_{j not kept} a_j x_j as the last row
+  double scale = 0.0;           ///< softmax scale of Q K^T; 0 means 1/sqrt(D)
+};
+
+/// Per-sample statistics.
+struct result {
+  index_t count = 0;       ///< kept patch indices written (outliers + grid)
+  index_t outliers = 0;    ///< Kc
+  index_t grid = 0;        ///< PruMerge+ grid tokens added (not already among the top-Kc)
+  index_t stride = 0;      ///< PruMerge+ grid stride (0 when no grid was laid)
+  index_t neighbours = 0;  ///< neighbours merged per kept token: min(config.neighbours, n - 1); 0 without merge
+  bool extra_token = false;  ///< merged row `count` holds the extra token
+  iqr_result iqr;          ///< quartiles and fences of the CLS attention over the patches
+  /// Rows written to the merged output.
+  index_t rows() const noexcept { return count + (extra_token ? 1 : 0); }
+};
+
+inline void validate(const config& cfg) {
+  if (cfg.mode != mode::fixed && cfg.mode != mode::parity) {
+    tokensel::detail::fail(errc::invalid_argument, "prumerge.mode", static_cast<int>(cfg.mode), "unknown mode");
+  }
+  if (cfg.neighbours < 0) tokensel::detail::fail(errc::invalid_argument, "prumerge.neighbours", cfg.neighbours, "must be >= 0");
+  if (!std::isfinite(cfg.iqr_multiplier) || cfg.iqr_multiplier < 0.0) {
+    tokensel::detail::fail(errc::invalid_argument, "prumerge.iqr_multiplier", cfg.iqr_multiplier, "must be finite and >= 0");
+  }
+  if (!std::isfinite(cfg.scale) || cfg.scale < 0.0) {
+    tokensel::detail::fail(errc::invalid_argument, "prumerge.scale", cfg.scale, "must be finite and >= 0 (0: 1/sqrt(D))");
+  }
+}
+
+/// PruMerge+ grid stride for n patches and Kc > 0 outliers: max(1, floor(floor(n / Kc) / 3)).
+inline index_t grid_stride(index_t n, index_t outliers) {
+  if (outliers <= 0) tokensel::detail::fail(errc::invalid_argument, "prumerge.outliers", outliers, "must be > 0 for a grid");
+  const index_t s = (n / outliers) / 3;
+  return s < 1 ? 1 : s;
+}
+
+namespace detail {
+
+/// Grid indices 0, s, 2s, ... <= n - 2 (the official range stops one short of the last patch).
+inline index_t grid_size(index_t n, index_t stride) noexcept { return n < 2 ? 0 : (n - 2) / stride + 1; }
+
+using tokensel::detail::canonical_dot;
+
+inline std::string at2(std::string_view name, index_t i, index_t j) {
+  return std::string(name) + "[" + std::to_string(i) + ", " + std::to_string(j) + "]";
+}
+
+/// Copies rows [row0, row0 + rows) of m into a contiguous fp32 buffer, rejecting NaN/Inf.
+template <class T>
+void to_float_rows(const tensor_view<const T, 2>& m, index_t row0, index_t rows, float* dst, std::string_view name) {
+  const index_t d = m.extent(1);
+  for (index_t i = 0; i < rows; ++i) {
+    for (index_t c = 0; c < d; ++c) {
+      const float v = to_float(m(row0 + i, c));
+      if (!std::isfinite(v)) tokensel::detail::fail(errc::non_finite, at2(name, row0 + i, c), v, "values must be finite");
+      dst[i * d + c] = v;
+    }
+  }
+}
+
+template <class T>
+void check_finite_rows(const tensor_view<const T, 2>& m, std::string_view name) {
+  for (index_t i = 0; i < m.extent(0); ++i) {
+    for (index_t c = 0; c < m.extent(1); ++c) {
+      const float v = to_float(m(i, c));
+      if (!std::isfinite(v)) tokensel::detail::fail(errc::non_finite, at2(name, i, c), v, "values must be finite");
+    }
+  }
+}
+
+inline void check_extent(index_t got, index_t want, std::string_view name) {
+  if (got != want) tokensel::detail::fail(errc::shape_mismatch, name, got, "must be " + std::to_string(want));
+}
+
+/// queries [n+1 or 1, D], keys [n+1, D] with n+1 >= 1 and D >= 1.
+template <class T>
+void check_qk(const tensor_view<const T, 2>& queries, const tensor_view<const T, 2>& keys) {
+  if (keys.extent(0) < 1) {
+    tokensel::detail::fail(errc::shape_mismatch, "prumerge.keys.extent(0)", keys.extent(0), "must be >= 1 (CLS + n patches)");
+  }
+  if (keys.extent(1) < 1) tokensel::detail::fail(errc::shape_mismatch, "prumerge.keys.extent(1)", keys.extent(1), "must be >= 1");
+  if (queries.extent(0) != 1 && queries.extent(0) != keys.extent(0)) {
+    tokensel::detail::fail(errc::shape_mismatch, "prumerge.queries.extent(0)", queries.extent(0),
+                           "must be 1 (the CLS query) or keys.extent(0) = " + std::to_string(keys.extent(0)));
+  }
+  check_extent(queries.extent(1), keys.extent(1), "prumerge.queries.extent(1)");
+}
+
+template <class F, class O>
+void check_features(const tensor_view<const F, 2>& features, const tensor_view<O, 2>& merged, index_t n) {
+  check_extent(features.extent(0), n, "prumerge.features.extent(0)");
+  check_extent(merged.extent(1), features.extent(1), "prumerge.merged.extent(1)");
+}
+
+inline float softmax_scale(const config& cfg, index_t dim) {
+  return static_cast<float>(cfg.scale > 0.0 ? cfg.scale : 1.0 / std::sqrt(static_cast<double>(dim)));
+}
+
+/// CLS-row attention over the patches: keyf holds the n+1 keys as fp32 rows of width D (already
+/// converted and checked); q the CLS query. attn[j] = softmax_j'(scale q.k_j')[j + 1].
+template <class Policy>
+void cls_softmax(const Policy& policy, const float* q, const float* keyf, index_t n, index_t dim, float scale,
+                 std::span<float> attn) {
+  tokensel::detail::scratch_scope scratch;
+  auto e = scratch.take<float>(static_cast<std::size_t>(n + 1));
+  tokensel::detail::parallel_for(policy, n + 1, [&](index_t j) { e[j] = canonical_dot(q, keyf + j * dim, dim) * scale; });
+  float m = e[0];
+  for (index_t j = 0; j <= n; ++j) {
+    if (!std::isfinite(e[j])) tokensel::detail::fail(errc::non_finite, tokensel::detail::at_index("prumerge.logits", j), e[j], "Q K^T overflows fp32");
+    m = std::max(m, e[j]);
+  }
+  // Portable expf (glibc's FMA rounding everywhere): the CUDA backend reproduces these bits.
+  for (index_t j = 0; j <= n; ++j) e[j] = tokensel::detail::expf_nonpositive(e[j] - m);
+  const float z = tokensel::detail::canonical_sum(e.data(), n + 1);
+  for (index_t j = 0; j < n; ++j) attn[j] = e[j + 1] / z;
+}
+
+/// Unit-length rows (x / max(|x|, 1e-12), as torch's F.normalize), in place.
+template <class Policy>
+void normalise_rows(const Policy& policy, float* rows, index_t n, index_t dim) {
+  tokensel::detail::parallel_for(policy, n, [&](index_t j) {
+    float* r = rows + j * dim;
+    const float norm = std::sqrt(canonical_dot(r, r, dim));
+    const float denom = std::max(norm, 1e-12f);
+    for (index_t c = 0; c < dim; ++c) r[c] = r[c] / denom;
+  });
+}
+
+struct no_features {};
+
+/// Selection (and, when features are given, merge) from the patch attention a[n] (finite) and,
+/// for the merge, the unit patch keys [n, dim].
+template <class Policy, class Features, class Merged>
+result run(const Policy& policy, std::span<const float> attn, const float* unit_keys, index_t dim,
+           const Features& features, const config& cfg, std::span<token_index> out, const Merged& merged) {
+  constexpr bool with_features = !std::is_same_v<Features, no_features>;
+  const auto n = static_cast<index_t>(attn.size());
+  result res;
+  if (n == 0) return res;
+
+  tokensel::detail::scratch_scope scratch;
+  res.iqr = iqr_fences<float>(as_view(attn, "prumerge.attention"), iqr_config{.multiplier = cfg.iqr_multiplier});
+  res.outliers = res.iqr.count;
+
+  // order[0, count): kept indices in parity order (top-Kc descending, then grid ascending).
+  auto order = scratch.take<token_index>(static_cast<std::size_t>(n));
+  auto kept = scratch.take_zeroed<unsigned char>(static_cast<std::size_t>(n));
+  top_k<float>(as_view(attn, "prumerge.attention"), res.outliers, order, index_order::ranked);
+  for (index_t r = 0; r < res.outliers; ++r) kept[order[r]] = 1;
+  res.count = res.outliers;
+  if (cfg.plus && res.outliers > 0) {
+    res.stride = grid_stride(n, res.outliers);
+    for (index_t g = 0; g <= n - 2; g += res.stride) {
+      if (!kept[g]) {
+        kept[g] = 1;
+        order[res.count++] = static_cast<token_index>(g);
+      }
+    }
+    res.grid = res.count - res.outliers;
+  }
+  if (cfg.mode == mode::fixed) {
+    index_t r = 0;
+    for (index_t i = 0; i < n; ++i) {
+      if (kept[i]) order[r++] = static_cast<token_index>(i);
+    }
+  }
+  if constexpr (with_features) {
+    res.extra_token = cfg.merge && cfg.extra_token;
+    if (cfg.merge) res.neighbours = std::min(cfg.neighbours, n - 1);
+  }
+
+  // Every capacity is checked before anything is written.
+  tokensel::detail::check_capacity(out.size(), res.count, "prumerge.out.size()");
+  if constexpr (with_features) {
+    if (merged.extent(0) < res.rows()) {
+      tokensel::detail::fail(errc::shape_mismatch, "prumerge.merged.extent(0)", merged.extent(0),
+                             "below the " + std::to_string(res.rows()) + " rows needed (size it with max_rows)");
+    }
+  }
+  std::copy(order.begin(), order.begin() + res.count, out.begin());
+  if constexpr (!with_features) {
+    return res;
+  } else {
+    const index_t d = features.extent(1);
+    using O = typename Merged::value_type;
+    if (!cfg.merge) {
+      for (index_t r = 0; r < res.count; ++r) {
+        for (index_t c = 0; c < d; ++c) merged(r, c) = from_float<O>(to_float(features(order[r], c)));
+      }
+      return res;
+    }
+    const index_t m = res.neighbours;
+    // Cosines of every kept token to every patch, [count, n]. Blocks of patch keys are reused
+    // across all kept tokens while they sit in cache; each entry is one canonical dot product,
+    // so the blocking does not change any bit.
+    auto cosine = scratch.take<float>(static_cast<std::size_t>(m > 0 ? res.count * n : 0));
+    if (m > 0) {
+      constexpr index_t block = 32;
+      tokensel::detail::parallel_for(policy, (n + block - 1) / block, [&](index_t blk) {
+        const index_t j1 = std::min(n, (blk + 1) * block);
+        for (index_t r = 0; r < res.count; ++r) {
+          const float* ui = unit_keys + order[r] * dim;
+          for (index_t j = blk * block; j < j1; ++j) cosine[r * n + j] = canonical_dot(ui, unit_keys + j * dim, dim);
+        }
+      });
+    }
+    tokensel::detail::parallel_for(policy, res.count, [&](index_t r) {
+      tokensel::detail::scratch_scope local;
+      auto cand = local.take<token_index>(static_cast<std::size_t>(n - 1));
+      auto acc = local.take_zeroed<float>(static_cast<std::size_t>(d));
+      const index_t i = order[r];
+      if (m > 0) {
+        index_t c = 0;
+        for (index_t j = 0; j < n; ++j) {
+          if (j != i) cand[c++] = static_cast<token_index>(j);
+        }
+        const tokensel::detail::rank_high_first nearer{cosine.data() + r * n};
+        if (m < n - 1) std::nth_element(cand.begin(), cand.begin() + (m - 1), cand.end(), nearer);
+        std::sort(cand.begin(), cand.begin() + m);  // accumulate in ascending index order
+        for (index_t t = 0; t < m; ++t) {
+          const index_t j = cand[t];
+          const float w = attn[j];
+          for (index_t col = 0; col < d; ++col) acc[col] += w * to_float(features(j, col));
+        }
+      }
+      for (index_t col = 0; col < d; ++col) merged(r, col) = from_float<O>(to_float(features(i, col)) + acc[col]);
+    });
+    if (res.extra_token) {
+      auto acc = scratch.take_zeroed<float>(static_cast<std::size_t>(d));
+      for (index_t j = 0; j < n; ++j) {
+        if (kept[j]) continue;
+        const float w = attn[j];
+        for (index_t col = 0; col < d; ++col) acc[col] += w * to_float(features(j, col));
+      }
+      for (index_t col = 0; col < d; ++col) merged(res.count, col) = from_float<O>(acc[col]);
+    }
+    return res;
+  }
+}
+
+/// Q/K path: converts the keys, forms the CLS attention, normalises the patch keys, then runs.
+template <class Policy, class T, class Features, class Merged>
+result run_qk(const Policy& policy, const tensor_view<const T, 2>& queries, const tensor_view<const T, 2>& keys,
+              const Features& features, const config& cfg, std::span<token_index> out, const Merged& merged) {
+  const index_t n = keys.extent(0) - 1;
+  const index_t dim = keys.extent(1);
+  tokensel::detail::scratch_scope scratch;
+  auto q = scratch.take<float>(static_cast<std::size_t>(dim));
+  auto keyf = scratch.take<float>(static_cast<std::size_t>((n + 1) * dim));
+  auto attn = scratch.take<float>(static_cast<std::size_t>(n));
+  to_float_rows(queries, 0, 1, q.data(), "prumerge.queries");
+  to_float_rows(keys, 0, n + 1, keyf.data(), "prumerge.keys");
+  cls_softmax(policy, q.data(), keyf.data(), n, dim, softmax_scale(cfg, dim), attn);
+  const bool need_keys = !std::is_same_v<Features, no_features> && cfg.merge;
+  if (need_keys) normalise_rows(policy, keyf.data() + dim, n, dim);
+  return run(policy, std::span<const float>(attn), keyf.data() + dim, dim, features, cfg, out, merged);
+}
+
+/// CLS-row path: checks and widens the given attention, normalises the patch keys, then runs.
+template <class Policy, class A, class K, class Features, class Merged>
+result run_attention(const Policy& policy, const tensor_view<const A, 1>& attention,
+                     const tensor_view<const K, 2>* patch_keys, const Features& features, const config& cfg,
+                     std::span<token_index> out, const Merged& merged) {
+  const index_t n = attention.extent(0);
+  tokensel::detail::scratch_scope scratch;
+  auto attn = scratch.take<float>(static_cast<std::size_t>(n));
+  for (index_t j = 0; j < n; ++j) {
+    const float v = to_float(attention(j));
+    if (!std::isfinite(v)) tokensel::detail::fail(errc::non_finite, tokensel::detail::at_index("prumerge.attention", j), v, "scores must be finite");
+    attn[j] = v;
+  }
+  float* unit = nullptr;
+  index_t dim = 0;
+  if (patch_keys != nullptr && cfg.merge) {
+    dim = patch_keys->extent(1);
+    unit = scratch.take<float>(static_cast<std::size_t>(n * dim)).data();
+    to_float_rows(*patch_keys, 0, n, unit, "prumerge.patch_keys");
+    normalise_rows(policy, unit, n, dim);
+  }
+  return run(policy, std::span<const float>(attn), unit, dim, features, cfg, out, merged);
+}
+
+}  // namespace detail
+
+/// Most kept indices n patches can give under cfg (the count itself is data-dependent).
+/// PruMerge: the most IQR outliers of n values, n - 1 - floor(3(n-1)/4) (144 for n = 576).
+/// PruMerge+: the largest Kc + grid size over the possible Kc, capped at n (loose: up to n).
+inline index_t max_count(index_t n, const config& cfg) {
+  validate(cfg);
+  if (n < 0) tokensel::detail::fail(errc::invalid_argument, "prumerge.n", n, "must be >= 0");
+  const index_t kmax = iqr_max_count(n, iqr_config{.multiplier = cfg.iqr_multiplier});
+  if (!cfg.plus) return kmax;
+  // Descending, stopping at the cap n: the same maximum, reached at once for large n (the loop
+  // from kc = 1 took O(n) steps, a hang for huge n).
+  index_t best = kmax;
+  for (index_t kc = kmax; kc >= 1 && best < n; --kc) {
+    const index_t grid = detail::grid_size(n, grid_stride(n, kc));
+    best = std::max(best, grid >= n - kc ? n : kc + grid);  // min(n, kc + grid) without overflow
+  }
+  return best;
+}
+
+/// Rows of the merged-feature output to allocate: max_count plus the extra row (when merging).
+inline index_t max_rows(index_t n, const config& cfg) {
+  const index_t k = max_count(n, cfg);
+  const index_t extra = (n > 0 && cfg.merge && cfg.extra_token) ? 1 : 0;
+  if (k > std::numeric_limits<index_t>::max() - extra) {
+    tokensel::detail::fail(errc::invalid_argument, "prumerge.n", n, "too large: the row count with the extra row overflows");
+  }
+  return k + extra;
+}
+
+/// The CLS row of softmax(Q K^T * scale) over the n patches (columns 1..n of row 0; the softmax
+/// runs over all n+1 keys). queries [n+1 or 1, D] (row 0 = CLS), keys [n+1, D], out [n].
+/// scale <= 0 means 1/sqrt(D).
+template <cpu_policy Policy, element T>
+void cls_attention(const Policy& policy, const matrix_view<const T>& queries, const matrix_view<const T>& keys,
+                   double scale, const vector_view<float>& out) {
+  detail::check_qk(queries, keys);
+  if (!std::isfinite(scale)) tokensel::detail::fail(errc::invalid_argument, "prumerge.scale", scale, "must be finite");
+  const index_t n = keys.extent(0) - 1;
+  const index_t dim = keys.extent(1);
+  detail::check_extent(out.extent(0), n, "prumerge.cls_attention.out.extent(0)");
+  tokensel::detail::scratch_scope scratch;
+  auto q = scratch.take<float>(static_cast<std::size_t>(dim));
+  auto keyf = scratch.take<float>(static_cast<std::size_t>((n + 1) * dim));
+  auto attn = scratch.take<float>(static_cast<std::size_t>(n));
+  detail::to_float_rows(queries, 0, 1, q.data(), "prumerge.queries");
+  detail::to_float_rows(keys, 0, n + 1, keyf.data(), "prumerge.keys");
+  const double s = scale > 0.0 ? scale : 1.0 / std::sqrt(static_cast<double>(dim));
+  detail::cls_softmax(policy, q.data(), keyf.data(), n, dim, static_cast<float>(s), attn);
+  for (index_t j = 0; j < n; ++j) out(j) = attn[j];
+}
+
+// ---- single sample ------------------------------------------------------------------------
+
+/// Selection only, from Q/K of the last CLIP layer: queries [n+1 or 1, D] (row 0 = CLS), keys
+/// [n+1, D]. Writes result.count patch indices (max_count(n) fit) in the mode's order.
+template <cpu_policy Policy, element T>
+result select(const Policy& policy, const matrix_view<const T>& queries, const matrix_view<const T>& keys,
+              const config& cfg, std::span<token_index> out) {
+  validate(cfg);
+  detail::check_qk(queries, keys);
+  return detail::run_qk(policy, queries, keys, detail::no_features{}, cfg, out, detail::no_features{});
+}
+
+/// Selection and merge: features [n, d] (hidden_states[-2] without CLS), merged [>= rows, d]
+/// (max_rows(n) fit). Row r of merged is the (merged) feature of out[r]; row count is the extra
+/// token when result.extra_token. Rows beyond result.rows() are left untouched.
+template <cpu_policy Policy, element T, element F, element O>
+result select(const Policy& policy, const matrix_view<const T>& queries, const matrix_view<const T>& keys,
+              const matrix_view<const F>& features, const config& cfg, std::span<token_index> out,
+              const matrix_view<O>& merged) {
+  validate(cfg);
+  detail::check_qk(queries, keys);
+  detail::check_features(features, merged, keys.extent(0) - 1);
+  if (cfg.merge) detail::check_finite_rows(features, "prumerge.features");
+  return detail::run_qk(policy, queries, keys, features, cfg, out, merged);
+}
+
+/// Selection only, from an already computed CLS attention row over the patches [n] (softmax over
+/// all n+1 tokens, CLS column dropped afterwards, as the official code slices it).
+template <cpu_policy Policy, element A>
+result select_from_attention(const Policy& policy, const vector_view<const A>& attention, const config& cfg,
+                             std::span<token_index> out) {
+  validate(cfg);
+  return detail::run_attention(policy, attention, static_cast<const matrix_view<const A>*>(nullptr),
+                               detail::no_features{}, cfg, out, detail::no_features{});
+}
+
+/// Selection and merge from a CLS attention row [n], the patch keys [n, D] (CLS row excluded; used
+/// only when cfg.merge) and the features [n, d].
+template <cpu_policy Policy, element A, element K, element F, element O>
+result select_from_attention(const Policy& policy, const vector_view<const A>& attention,
+                             const matrix_view<const K>& patch_keys, const matrix_view<const F>& features,
+                             const config& cfg, std::span<token_index> out, const matrix_view<O>& merged) {
+  validate(cfg);
+  const index_t n = attention.extent(0);
+  detail::check_features(features, merged, n);
+  if (cfg.merge) {
+    detail::check_extent(patch_keys.extent(0), n, "prumerge.patch_keys.extent(0)");
+    if (n > 0 && patch_keys.extent(1) < 1) {
+      tokensel::detail::fail(errc::shape_mismatch, "prumerge.patch_keys.extent(1)", patch_keys.extent(1), "must be >= 1");
+    }
+    detail::check_finite_rows(features, "prumerge.features");
+  }
+  return detail::run_attention(policy, attention, &patch_keys, features, cfg, out, merged);
+}
+
+// ---- batches ------------------------------------------------------------------------------
+
+/// One sample's last-layer projections (sizes may differ between samples).
+template <element T>
+struct qk_input {
+  matrix_view<const T> queries;  ///< [n+1 or 1, D]
+  matrix_view<const T> keys;     ///< [n+1, D]
+};
+
+/// Ragged batch, selection only: out.indices rows need max_count(n_b) entries.
+template <cpu_policy Policy, element T>
+void select(const Policy& policy, std::span<const qk_input<T>> batch, const config& cfg, const selection_batch& out,
+            std::span<result> results = {}) {
+  validate(cfg);
+  tokensel::detail::run_batch(policy, static_cast<index_t>(batch.size()), out, results, "prumerge",
+                              [&](index_t b, std::span<token_index> row, const auto& inner) {
+                                return select(inner, batch[b].queries, batch[b].keys, cfg, row);
+                              });
+}
+
+/// Ragged batch with merge: features[b] [n_b, d_b], merged[b] [>= max_rows(n_b), d_b].
+template <cpu_policy Policy, element T, element F, element O>
+void select(const Policy& policy, std::span<const qk_input<T>> batch, std::span<const matrix_view<const F>> features,
+            const config& cfg, const selection_batch& out, std::span<const matrix_view<O>> merged,
+            std::span<result> results = {}) {
+  validate(cfg);
+  detail::check_extent(static_cast<index_t>(features.size()), static_cast<index_t>(batch.size()), "prumerge.features.size()");
+  detail::check_extent(static_cast<index_t>(merged.size()), static_cast<index_t>(batch.size()), "prumerge.merged.size()");
+  tokensel::detail::run_batch(policy, static_cast<index_t>(batch.size()), out, results, "prumerge",
+                              [&](index_t b, std::span<token_index> row, const auto& inner) {
+                                return select(inner, batch[b].queries, batch[b].keys, features[b], cfg, row, merged[b]);
+                              });
+}
+
+/// Dense batch with merge: queries [B, n+1 or 1, D], keys [B, n+1, D], features [B, n, d],
+/// merged [B, >= max_rows(n), d].
+template <cpu_policy Policy, element T, element F, element O>
+void select(const Policy& policy, const tensor_view<const T, 3>& queries, const tensor_view<const T, 3>& keys,
+            const tensor_view<const F, 3>& features, const config& cfg, const selection_batch& out,
+            const tensor_view<O, 3>& merged, std::span<result> results = {}) {
+  validate(cfg);
+  const index_t batch = keys.extent(0);
+  detail::check_extent(queries.extent(0), batch, "prumerge.queries.extent(0)");
+  detail::check_extent(features.extent(0), batch, "prumerge.features.extent(0)");
+  detail::check_extent(merged.extent(0), batch, "prumerge.merged.extent(0)");
+  tokensel::detail::run_batch(policy, batch, out, results, "prumerge",
+                              [&](index_t b, std::span<token_index> row, const auto& inner) {
+                                return select(inner, queries[b], keys[b], features[b], cfg, row, merged[b]);
+                              });
+}
+
+/// Dense batch from CLS attention rows [B, n], selection only.
+template <cpu_policy Policy, element A>
+void select_from_attention(const Policy& policy, const score_view<A>& attention, const config& cfg,
+                           const selection_batch& out, std::span<result> results = {}) {
+  validate(cfg);
+  tokensel::detail::run_batch(policy, attention.extent(0), out, results, "prumerge",
+                              [&](index_t b, std::span<token_index> row, const auto& inner) {
+                                return select_from_attention(inner, attention[b], cfg, row);
+                              });
+}
+
+}  // namespace prumerge
+TOKENSEL_END_NAMESPACE

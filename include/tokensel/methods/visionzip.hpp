@@ -1,0 +1,321 @@
+// tokensel: VisionZip (arXiv 2412.04467; official code dvlab-research/VisionZip), spec section 7.
+//   Dominant:   s[j] = sum over heads of the CLS attention row A[h, 0, j] at the feature layer
+//               (layer 22 for LLaVA-1.5); keep CLS plus the top (dominant - 1) patches.
+//   Contextual: over the R = N - dominant remaining tokens (ascending), take the head-mean keys of
+//               the same layer, L2-normalised; targets are remaining positions 0, step, 2 step, ...
+//               (first `contextual` of them, step = max(1, R / contextual)); every other remaining
+//               token joins the target with the highest dot product (ties: the first target);
+//               contextual_t = x[target_t] + mean of x over the tokens assigned to t (no term
+//               when none is assigned).
+//   Output rows: the dominant tokens ascending (CLS first), then the contextual tokens in target
+//   order. Unlike the other methods, the output holds merged features, so select() writes both
+//   anchor indices (full-sequence, CLS = 0) and the feature rows.
+//   The attention is a materialised view or a qk_source of the feature layer (queries [heads, N
+//   or 1, d], keys [heads, N, d]): then only the CLS row is computed from Q and K (reduced_rows,
+//   sum over heads), O(N) memory per head.
+#pragma once
+
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <span>
+#include <string>
+
+#include "tokensel/core/attention_source.hpp"
+#include "tokensel/core/batch.hpp"
+#include "tokensel/core/config.hpp"
+#include "tokensel/detail/parallel.hpp"
+#include "tokensel/detail/reduce.hpp"
+#include "tokensel/detail/scratch.hpp"
+#include "tokensel/detail/validate.hpp"
+#include "tokensel/core/element.hpp"
+#include "tokensel/core/error.hpp"
+#include "tokensel/core/policy.hpp"
+#include "tokensel/core/qk_source.hpp"
+#include "tokensel/stats/qk_statistics.hpp"
+#include "tokensel/core/tensor_view.hpp"
+#include "tokensel/select/top_k.hpp"
+
+TOKENSEL_BEGIN_NAMESPACE
+namespace visionzip {
+
+struct config {
+  index_t dominant = 54;    ///< tokens kept by CLS attention, CLS included (>= 1)
+  index_t contextual = 10;  ///< merged tokens built from the rest (>= 0)
+};
+
+/// Per-sample statistics.
+struct result {
+  index_t count = 0;       ///< output rows = dominant + contextual (0 for an empty sample)
+  index_t dominant = 0;    ///< of which dominant tokens (CLS included)
+  index_t contextual = 0;  ///< of which contextual (merged) tokens
+  index_t merged = 0;      ///< remaining non-target tokens folded into the contextual tokens
+};
+
+inline void validate(const config& cfg) {
+  constexpr index_t limit = std::numeric_limits<token_index>::max();
+  if (cfg.dominant < 1 || cfg.dominant > limit) {
+    tokensel::detail::fail(errc::invalid_argument, "visionzip.dominant", cfg.dominant,
+                           "must be in [1, 2147483647] (the CLS token is always kept)");
+  }
+  if (cfg.contextual < 0 || cfg.contextual > limit) {
+    tokensel::detail::fail(errc::invalid_argument, "visionzip.contextual", cfg.contextual,
+                           "must be in [0, 2147483647]");
+  }
+}
+
+/// Output rows per non-empty sample: dominant + contextual (LLaVA-1.5 default 54 + 10 = 64).
+inline index_t keep_count(const config& cfg) {
+  validate(cfg);
+  return cfg.dominant + cfg.contextual;
+}
+
+/// Output rows for a sample of n tokens (CLS included): 0 when n = 0, else dominant + contextual.
+/// Throws when the budget does not fit in n tokens.
+inline index_t keep_count(index_t n, const config& cfg) {
+  const index_t k = keep_count(cfg);
+  if (n < 0) tokensel::detail::fail(errc::invalid_argument, "visionzip.n", n, "must be >= 0");
+  if (n == 0) return 0;
+  if (k > n) {
+    tokensel::detail::fail(errc::invalid_argument, "visionzip.dominant + visionzip.contextual", k,
+                           "exceeds the " + std::to_string(n) + " tokens of the sample (CLS included)");
+  }
+  return k;
+}
+
+namespace detail {
+
+inline std::string at3(std::string_view name, index_t a, index_t b, index_t c) {
+  return std::string(name) + "[" + std::to_string(a) + ", " + std::to_string(b) + ", " + std::to_string(c) + "]";
+}
+
+template <element A>
+index_t source_heads(const head_attention_view<A>& a) noexcept { return a.extent(0); }
+template <element A>
+index_t source_heads(const qk_source<A>& a) noexcept { return a.heads(); }
+
+template <class Source, class K, class H, class O>
+void check_shapes(const Source& attention, const tensor_view<const K, 3>& keys,
+                  const tensor_view<const H, 2>& hidden, const tensor_view<O, 2>& features, const config& cfg) {
+  using tokensel::detail::fail;
+  const index_t n = key_tokens(attention), queries = query_tokens(attention);
+  if (queries != n && queries != 1) {
+    fail(errc::shape_mismatch, "visionzip.attention.extent(1)", queries,
+         "must be the " + std::to_string(n) + " tokens or 1 (the CLS query row only)");
+  }
+  if (n > 0 && source_heads(attention) < 1) fail(errc::shape_mismatch, "visionzip.attention.extent(0)", source_heads(attention), "no heads");
+  if (hidden.extent(0) != n) {
+    fail(errc::shape_mismatch, "visionzip.hidden.extent(0)", hidden.extent(0),
+         "must equal the " + std::to_string(n) + " tokens of the attention");
+  }
+  // Keys are read only when there is something to merge; contextual = 0 accepts an empty view.
+  if (cfg.contextual > 0 && n > 0) {
+    if (keys.extent(1) != n) {
+      fail(errc::shape_mismatch, "visionzip.keys.extent(1)", keys.extent(1),
+           "must equal the " + std::to_string(n) + " tokens of the attention");
+    }
+    if (keys.extent(0) < 1) fail(errc::shape_mismatch, "visionzip.keys.extent(0)", keys.extent(0), "no heads");
+    if (keys.extent(2) < 1) fail(errc::shape_mismatch, "visionzip.keys.extent(2)", keys.extent(2), "empty key vectors");
+  }
+  if (features.extent(1) != hidden.extent(1)) {
+    fail(errc::shape_mismatch, "visionzip.features.extent(1)", features.extent(1),
+         "must equal hidden.extent(1) = " + std::to_string(hidden.extent(1)));
+  }
+}
+
+/// s[j - 1] = sum over heads of A[h, 0, j], j = 1 .. n-1 (ascending heads, fp32), from a view.
+template <cpu_policy Policy, element A>
+void cls_scores(const Policy&, const head_attention_view<A>& attention, std::span<float> score) {
+  using tokensel::detail::fail;
+  const index_t heads = attention.extent(0), n = attention.extent(2);
+  for (index_t j = 1; j < n; ++j) {
+    float s = 0.0f;
+    for (index_t h = 0; h < heads; ++h) {
+      const float a = to_float(attention(h, 0, j));
+      if (!std::isfinite(a)) fail(errc::non_finite, detail::at3("visionzip.attention", h, 0, j), a, "values must be finite");
+      s += a;
+    }
+    score[static_cast<std::size_t>(j - 1)] = s;
+  }
+}
+
+/// Same from Q/K: the CLS row of every head's softmax (over all N keys), summed over heads with
+/// the same arithmetic (reduced_rows, head_reduction::sum).
+template <cpu_policy Policy, element A>
+void cls_scores(const Policy& policy, const qk_source<A>& attention, std::span<float> score) {
+  const index_t n = key_tokens(attention);
+  const auto patches = restrict_window(attention, token_range::all(query_tokens(attention)), token_range::skip_cls(n));
+  const index_t cls[1] = {0};
+  reduced_rows(policy, patches, head_reduction::sum, std::span<const index_t>(cls),
+               matrix_view<float>(score.data(), {1, n - 1}, "visionzip.cls_attention"));
+}
+
+}  // namespace detail
+
+/// One sample.
+///   attention [heads, N, N] (or [heads, 1, N]: only the CLS query row 0 is read), CLS at token 0,
+///             or its qk_source (queries [heads, N or 1, d], keys [heads, N, d]; scale, GQA);
+///   keys      [heads, N, d_head] of the same layer (averaged over heads here; any head count);
+///   hidden    [N, D] features to output (LLaVA: hidden_states[-2], CLS included);
+///   out       >= keep_count indices: out[0, dominant) = dominant tokens, full-sequence indices
+///             ascending (out[0] = 0, the CLS token); out[dominant, count) = the full-sequence
+///             index of each contextual token's target, in target (ascending) order;
+///   features  [>= keep_count, D]: row r is the output token anchored at out[r].
+/// Attention and keys must be finite; hidden states pass through unchecked.
+template <cpu_policy Policy, attention_source Source, element K, element H, element O>
+result select(const Policy& policy, const Source& attention, const tensor_view<const K, 3>& keys,
+              const matrix_view<const H>& hidden, const config& cfg, std::span<token_index> out,
+              const matrix_view<O>& features) {
+  using tokensel::detail::fail;
+  validate(cfg);
+  detail::check_shapes(attention, keys, hidden, features, cfg);
+  const index_t n = key_tokens(attention);
+  const index_t k = keep_count(n, cfg);
+  tokensel::detail::check_capacity(out.size(), k, "visionzip.out.size()");
+  if (features.extent(0) < k) {
+    fail(errc::shape_mismatch, "visionzip.features.extent(0)", features.extent(0),
+         "below the " + std::to_string(k) + " output rows");
+  }
+  result res;
+  if (n == 0) return res;
+
+  const index_t dominant = cfg.dominant, contextual = cfg.contextual, d = hidden.extent(1);
+  const index_t remaining = n - dominant;
+  tokensel::detail::scratch_scope scratch;
+
+  // 1. Dominant: CLS-row attention summed over heads (ascending head order), patches only.
+  auto score = scratch.take<float>(static_cast<std::size_t>(n - 1));
+  detail::cls_scores(policy, attention, score);
+  out[0] = 0;
+  top_k<float>(as_view(std::span<const float>(score), "visionzip.cls_attention"), dominant - 1,
+               out.subspan(1, static_cast<std::size_t>(dominant - 1)), index_order::ascending);
+  for (index_t r = 1; r < dominant; ++r) out[r] += 1;  // patch index -> sequence index
+
+  auto copy_row = [&](index_t src, index_t dst) {
+    for (index_t c = 0; c < d; ++c) features(dst, c) = from_float<O>(to_float(hidden(src, c)));
+  };
+
+  res.dominant = dominant;
+  res.count = dominant;
+  if (contextual == 0) {
+    tokensel::detail::parallel_for(policy, dominant, [&](index_t r) { copy_row(out[r], r); });
+    return res;
+  }
+
+  // 2. Remaining tokens, ascending (CLS is dominant, so never among them).
+  auto rest = scratch.take<token_index>(static_cast<std::size_t>(remaining));
+  complement(std::span<const token_index>(out.data(), static_cast<std::size_t>(dominant)), n, rest);
+
+  // Head-mean keys of the remaining tokens, L2-normalised. A zero key vector stays zero (its
+  // similarity to every target is 0) where the official code would divide by zero.
+  const index_t kheads = keys.extent(0), dh = keys.extent(2);
+  auto unit = scratch.take<float>(static_cast<std::size_t>(remaining * dh));
+  tokensel::detail::parallel_for(policy, remaining, [&](index_t p) {
+    float* u = unit.data() + p * dh;
+    const index_t t = rest[p];
+    for (index_t c = 0; c < dh; ++c) {
+      float s = 0.0f;
+      for (index_t h = 0; h < kheads; ++h) {
+        const float v = to_float(keys(h, t, c));
+        if (!std::isfinite(v)) fail(errc::non_finite, detail::at3("visionzip.keys", h, t, c), v, "values must be finite");
+        s += v;
+      }
+      u[c] = s / static_cast<float>(kheads);
+    }
+    const float norm = std::sqrt(tokensel::detail::canonical_dot(u, u, dh));
+    if (norm > 0.0f) {
+      for (index_t c = 0; c < dh; ++c) u[c] = u[c] / norm;
+    }
+  });
+
+  // 3. Targets at remaining positions t * step; assign every other remaining token to its most
+  //    similar target (strict >: ties go to the first target).
+  const index_t step = remaining / contextual > 1 ? remaining / contextual : 1;
+  auto owner = scratch.take<index_t>(static_cast<std::size_t>(remaining));  // -1 for targets
+  tokensel::detail::parallel_for(policy, remaining, [&](index_t p) {
+    if (p % step == 0 && p / step < contextual) {
+      owner[p] = -1;
+      return;
+    }
+    const float* u = unit.data() + p * dh;
+    index_t best = 0;
+    float best_sim = tokensel::detail::canonical_dot(u, unit.data(), dh);
+    for (index_t t = 1; t < contextual; ++t) {
+      const float sim = tokensel::detail::canonical_dot(u, unit.data() + t * step * dh, dh);
+      if (sim > best_sim) {
+        best_sim = sim;
+        best = t;
+      }
+    }
+    owner[p] = best;
+  });
+
+  // 4. Output rows: dominant rows, then target + mean(assigned), summed in ascending token order.
+  tokensel::detail::parallel_for(policy, dominant + contextual, [&](index_t r) {
+    if (r < dominant) {
+      copy_row(out[r], r);
+      return;
+    }
+    const index_t t = r - dominant, target = rest[t * step];
+    out[r] = static_cast<token_index>(target);
+    tokensel::detail::scratch_scope local;
+    auto acc = local.take_zeroed<float>(static_cast<std::size_t>(d));
+    index_t assigned = 0;
+    for (index_t p = 0; p < remaining; ++p) {
+      if (owner[p] != t) continue;
+      ++assigned;
+      for (index_t c = 0; c < d; ++c) acc[c] += to_float(hidden(rest[p], c));
+    }
+    const float count = static_cast<float>(assigned > 0 ? assigned : 1);
+    for (index_t c = 0; c < d; ++c) {
+      features(r, c) = from_float<O>(to_float(hidden(target, c)) + acc[c] / count);
+    }
+  });
+  res.contextual = contextual;
+  res.count = dominant + contextual;
+  res.merged = remaining - contextual;
+  return res;
+}
+
+/// Batch: attention [batch, heads, N, N] (or [batch, heads, 1, N]), keys [batch, heads, N, d_head],
+/// hidden [batch, N, D]; sample b writes its indices to out.indices(b, :) and its rows to
+/// features[b] ([batch, >= keep_count, D]).
+template <cpu_policy Policy, element A, element K, element H, element O>
+void select(const Policy& policy, const attention_view<A>& attention, const tensor_view<const K, 4>& keys,
+            const feature_view<const H>& hidden, const config& cfg, const selection_batch& out,
+            const feature_view<O>& features, std::span<result> results = {}) {
+  using tokensel::detail::fail;
+  const index_t batch = attention.extent(0);
+  if (hidden.extent(0) != batch) fail(errc::shape_mismatch, "visionzip.hidden.extent(0)", hidden.extent(0), "must equal the batch size " + std::to_string(batch));
+  if (features.extent(0) != batch) fail(errc::shape_mismatch, "visionzip.features.extent(0)", features.extent(0), "must equal the batch size " + std::to_string(batch));
+  const bool need_keys = cfg.contextual > 0 && attention.extent(3) > 0;
+  if (need_keys && keys.extent(0) != batch) fail(errc::shape_mismatch, "visionzip.keys.extent(0)", keys.extent(0), "must equal the batch size " + std::to_string(batch));
+  tokensel::detail::run_batch(policy, batch, out, results, "visionzip",
+                              [&](index_t b, std::span<token_index> row, const auto& inner) {
+                                return select(inner, attention[b], need_keys ? keys[b] : tensor_view<const K, 3>{},
+                                              hidden[b], cfg, row, features[b]);
+                              });
+}
+
+/// Ragged batch: one view (or qk_source) per sample for each input and for the output features.
+template <cpu_policy Policy, attention_source Source, element K, element H, element O>
+void select(const Policy& policy, std::span<const Source> attention,
+            std::span<const tensor_view<const K, 3>> keys, std::span<const matrix_view<const H>> hidden,
+            const config& cfg, const selection_batch& out, std::span<const matrix_view<O>> features,
+            std::span<result> results = {}) {
+  using tokensel::detail::fail;
+  const auto batch = static_cast<index_t>(attention.size());
+  if (static_cast<index_t>(hidden.size()) != batch) fail(errc::shape_mismatch, "visionzip.hidden.size()", hidden.size(), "must equal the batch size " + std::to_string(batch));
+  if (static_cast<index_t>(features.size()) != batch) fail(errc::shape_mismatch, "visionzip.features.size()", features.size(), "must equal the batch size " + std::to_string(batch));
+  const bool need_keys = cfg.contextual > 0;
+  if (need_keys && static_cast<index_t>(keys.size()) != batch) fail(errc::shape_mismatch, "visionzip.keys.size()", keys.size(), "must equal the batch size " + std::to_string(batch));
+  tokensel::detail::run_batch(policy, batch, out, results, "visionzip",
+                              [&](index_t b, std::span<token_index> row, const auto& inner) {
+                                return select(inner, attention[b], need_keys ? keys[b] : tensor_view<const K, 3>{},
+                                              hidden[b], cfg, row, features[b]);
+                              });
+}
+
+}  // namespace visionzip
+TOKENSEL_END_NAMESPACE

@@ -1,0 +1,2 @@
+// Fixture for the layer check's own test (see core/low.hpp).
+#pragma once
