@@ -61,15 +61,15 @@ TEST(Baselines, KeepCountRatioAndCount) {
 }
 
 TEST(Baselines, BadBudgets) {
-  expect_error([] { bl::random::keep_count(10, {}); }, errc::invalid_argument, "random.ratio/random.count = neither set");
-  expect_error([] { bl::uniform::keep_count(10, {.ratio = 0.5, .count = 3}); }, errc::invalid_argument,
+  expect_error([] { (void)bl::random::keep_count(10, {}); }, errc::invalid_argument, "random.ratio/random.count = neither set");
+  expect_error([] { (void)bl::uniform::keep_count(10, {.ratio = 0.5, .count = 3}); }, errc::invalid_argument,
                "uniform.ratio/uniform.count = both set");
-  expect_error([] { bl::random::keep_count(10, {.ratio = 0.0}); }, errc::invalid_argument, "random.ratio = 0");
-  expect_error([] { bl::random::keep_count(10, {.ratio = 1.5}); }, errc::invalid_argument, "random.ratio = 1.5");
-  expect_error([] { bl::uniform::keep_count(10, {.ratio = std::nan("")}); }, errc::invalid_argument, "uniform.ratio = nan");
-  expect_error([] { bl::random::keep_count(10, {.count = -1}); }, errc::invalid_argument, "random.count = -1");
-  expect_error([] { bl::uniform::keep_count(10, {.count = 11}); }, errc::invalid_argument, "uniform.count = 11");
-  expect_error([] { bl::random::keep_count(-3, {.count = 1}); }, errc::invalid_argument, "random.n = -3");
+  expect_error([] { (void)bl::random::keep_count(10, {.ratio = 0.0}); }, errc::invalid_argument, "random.ratio = 0");
+  expect_error([] { (void)bl::random::keep_count(10, {.ratio = 1.5}); }, errc::invalid_argument, "random.ratio = 1.5");
+  expect_error([] { (void)bl::uniform::keep_count(10, {.ratio = std::nan("")}); }, errc::invalid_argument, "uniform.ratio = nan");
+  expect_error([] { (void)bl::random::keep_count(10, {.count = -1}); }, errc::invalid_argument, "random.count = -1");
+  expect_error([] { (void)bl::uniform::keep_count(10, {.count = 11}); }, errc::invalid_argument, "uniform.count = 11");
+  expect_error([] { (void)bl::random::keep_count(-3, {.count = 1}); }, errc::invalid_argument, "random.n = -3");
   std::vector<token_index> out(2);
   expect_error([&] { bl::random::select(seq, 10, {.count = 3}, std::span(out)); }, errc::shape_mismatch,
                "random.out.size() = 2");
@@ -235,8 +235,8 @@ TEST(Baselines, PoolCountsAndBadInputs) {
   EXPECT_EQ(bl::pool::keep_count({3, 5}, {}), 6);
   EXPECT_EQ(bl::pool::keep_count({24, 24}, {.window = 1}), 576);
   EXPECT_EQ(bl::pool::keep_count({0, 0}, {}), 0);
-  expect_error([] { bl::pool::keep_count({3, 3}, {.partial_windows = false}); }, errc::shape_mismatch, "pool.grid = 3x3");
-  expect_error([] { bl::pool::keep_count({4, 4}, {.window = 0}); }, errc::invalid_argument, "pool.window = 0");
+  expect_error([] { (void)bl::pool::keep_count({3, 3}, {.partial_windows = false}); }, errc::shape_mismatch, "pool.grid = 3x3");
+  expect_error([] { (void)bl::pool::keep_count({4, 4}, {.window = 0}); }, errc::invalid_argument, "pool.window = 0");
   std::vector<float> f(9), out(4);
   expect_error([&] { bl::pool::apply(seq, matrix_view<const float>(f.data(), {9, 1}), {2, 4}, {}, matrix_view<float>(out.data(), {4, 1})); },
                errc::shape_mismatch, "pool.grid = 2x4");
@@ -305,4 +305,43 @@ TEST(Baselines, PoolBatches) {
   bl::pool::apply(seq, fv[1], grids[1], {}, matrix_view<float>(one.data(), {4, d}));
   EXPECT_EQ(o1, one);
   EXPECT_EQ(results[1].grid.rows, 2);
+}
+
+// ---- issue 18: k of n in O(k) memory ---------------------------------------------------------
+
+namespace {
+// The documented draw, on a full permutation (the dense path): the reference for the sparse one.
+std::vector<token_index> random_reference(index_t n, index_t k, std::uint64_t seed, std::uint64_t stream) {
+  std::vector<index_t> perm(static_cast<std::size_t>(n));
+  for (index_t i = 0; i < n; ++i) perm[static_cast<std::size_t>(i)] = i;
+  bl::detail::splitmix64 rng(seed + stream * bl::random::stream_step);
+  for (index_t i = 0; i < k; ++i) {
+    const auto j = i + static_cast<index_t>(rng.below(static_cast<std::uint64_t>(n - i)));
+    std::swap(perm[static_cast<std::size_t>(i)], perm[static_cast<std::size_t>(j)]);
+  }
+  std::vector<token_index> out(perm.begin(), perm.begin() + k);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+}  // namespace
+
+TEST(Baselines, RandomSparsePathDrawsTheSameTokens) {
+  for (const index_t n : {4097, 10000, 250000}) {
+    for (const index_t k : {1, 3, 50, 1000}) {
+      for (const std::uint64_t seed : {0ull, 7ull, 0xFFFFFFFFFFFFFFFFull}) {
+        const bl::random::config cfg{.count = k, .seed = seed};
+        EXPECT_EQ(random_indices(n, cfg, 3), random_reference(n, k, seed, 3)) << "n " << n << " k " << k;
+      }
+    }
+  }
+}
+
+TEST(Baselines, RandomFewOfHugeNNeedsMemoryOfK) {
+  // 3 of 2^31 - 1 tokens: a permutation of n would need 8 GB; the sparse draw needs a few entries.
+  const index_t n = std::numeric_limits<token_index>::max();
+  const auto kept = random_indices(n, bl::random::config{.count = 3, .seed = 1});
+  ASSERT_EQ(kept.size(), 3u);
+  EXPECT_TRUE(std::is_sorted(kept.begin(), kept.end()));
+  EXPECT_EQ(std::set<token_index>(kept.begin(), kept.end()).size(), 3u);
+  for (const auto i : kept) EXPECT_GE(i, 0);
 }

@@ -363,3 +363,56 @@ TEST(NpyHostile, RandomMutationsNeverEscapeTheErrorType) {
   EXPECT_GT(rejected, 0);
   EXPECT_GT(parsed, 0);
 }
+
+// ---- the one file rule and the checked write (issue 18) -----------------------------------
+
+#include <sys/stat.h>
+
+TEST(NpyHostile, SpecialFilesAreRefusedNotOpened) {
+  const auto fifo = temp_path("fifo.npy");
+  std::filesystem::remove(fifo);
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  // A FIFO would block the open forever; it is refused from its type.
+  const error e = thrown_by([&] { npy::read(fifo); });
+  EXPECT_EQ(e.code(), errc::io_error);
+  EXPECT_NE(std::string(e.what()).find("is a FIFO (named pipe), not a regular file"), std::string::npos) << e.what();
+  std::filesystem::remove(fifo);
+  const error z = thrown_by([&] { npy::read("/dev/zero"); });
+  EXPECT_NE(std::string(z.what()).find("is a character device, not a regular file"), std::string::npos) << z.what();
+  // A loop of symbolic links says so (not "no such file", not a filesystem_error).
+  const auto a = temp_path("loop_a"), b = temp_path("loop_b");
+  std::filesystem::remove(a);
+  std::filesystem::remove(b);
+  std::filesystem::create_symlink(b, a);
+  std::filesystem::create_symlink(a, b);
+  const error l = thrown_by([&] { npy::read_header(a); });
+  EXPECT_EQ(l.code(), errc::io_error);
+  EXPECT_NE(std::string(l.what()).find("a loop of symbolic links"), std::string::npos) << l.what();
+  std::filesystem::remove(a);
+  std::filesystem::remove(b);
+}
+
+TEST(NpyHostile, FailedWriteLeavesNothingBehind) {
+  host_tensor t(dtype::f32, {2, 3});
+  // A full device: the write fails and says so.
+  const error full = thrown_by([&] { npy::write("/dev/full", t); });
+  EXPECT_EQ(full.code(), errc::io_error);
+  EXPECT_NE(std::string(full.what()).find("write failed"), std::string::npos) << full.what();
+  // A missing folder: an error, and no file (not even a temporary) appears.
+  const auto dir = temp_path("no_such_dir");
+  std::filesystem::remove_all(dir);
+  const error missing = thrown_by([&] { npy::write(dir / "x.npy", t); });
+  EXPECT_EQ(missing.code(), errc::io_error);
+  EXPECT_FALSE(std::filesystem::exists(dir));
+  // A good write replaces the target atomically and leaves no temporary next to it.
+  const auto out_dir = temp_path("out_dir");
+  std::filesystem::remove_all(out_dir);
+  std::filesystem::create_directory(out_dir);
+  npy::write(out_dir / "x.npy", t);
+  npy::write(out_dir / "x.npy", t);
+  std::size_t files = 0;
+  for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator(out_dir)) ++files;
+  EXPECT_EQ(files, 1u);
+  EXPECT_EQ(npy::read(out_dir / "x.npy").shape(), t.shape());
+  std::filesystem::remove_all(out_dir);
+}

@@ -1,6 +1,8 @@
 // Tests of the .safetensors reader/writer (include/tokensel/safetensors.hpp).
 #include <gtest/gtest.h>
 
+#include <chrono>
+
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
@@ -249,4 +251,42 @@ TEST(SafetensorsHostile, RandomMutationsNeverEscapeTheErrorType) {
   }
   EXPECT_GT(rejected, 0);
   EXPECT_GT(parsed, 0);
+}
+
+// ---- issue 18: duplicate keys at any depth, NUL padding, linear parsing ----------------------
+
+TEST(SafetensorsHostile, DuplicateKeyInsideAnEntry) {
+  expect_open_error(st_image(R"({"a":{"dtype":"F32","dtype":"F16","shape":[1],"data_offsets":[0,4]}})", "abcd"),
+                    errc::parse_error, "duplicate key 'dtype' inside the entry of 'a'");
+  expect_open_error(st_image(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"shape":[1]}})", "abcd"),
+                    errc::parse_error, "duplicate key 'shape' inside the entry of 'a'");
+  expect_open_error(st_image(R"({"__metadata__":{"k":"1","k":"2"}})", ""), errc::parse_error,
+                    "duplicate key 'k' inside the entry of '__metadata__'");
+  expect_open_error(st_image(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", "abcd"),
+                    errc::parse_error, "duplicate tensor name 'a'");
+}
+
+TEST(SafetensorsHostile, NulPaddingIsNotJson) {
+  expect_open_error(st_image(std::string(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})") + std::string(6, '\0'), "abcd"),
+                    errc::parse_error, "NUL byte at header offset");
+  // Spaces are the format's padding.
+  const std::string padded = std::string(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})") + "      ";
+  const std::string image = st_image(padded, "abcd");
+  EXPECT_NO_THROW(safetensors::file::from_buffer(as_bytes(image)));
+}
+
+TEST(SafetensorsHostile, ManyEntriesParseInLinearTime) {
+  // 100,000 zero-size entries: nlohmann's callback parser rescanned the parent object at the end
+  // of every entry (quadratic: minutes); the two-pass parse takes well under a second.
+  std::string header = "{";
+  for (int i = 0; i < 100000; ++i) {
+    header += (i ? ",\"t" : "\"t") + std::to_string(i) + R"(":{"dtype":"F32","shape":[0],"data_offsets":[0,0]})";
+  }
+  header += "}";
+  const auto image = st_image(header, "");
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto f = safetensors::file::from_buffer(as_bytes(image));
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(f.tensors().size(), 100000u);
+  EXPECT_LT(seconds, 10.0);  // generous for sanitizer builds; about 0.3 s in Release
 }

@@ -23,6 +23,7 @@
 
 #include "tokensel/core/config.hpp"
 #include "tokensel/core/error.hpp"
+#include "tokensel/io/detail/byte_source.hpp"
 #include "tokensel/methods/fitprune.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
@@ -148,19 +149,14 @@ inline recipe recipe_from_json(std::string_view text) {
 
 /// File helpers: errc::io_error when the file cannot be opened or written.
 inline recipe load_recipe(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) tokensel::detail::fail(errc::io_error, "fitprune.recipe.path", path, "cannot open for reading");
-  std::ostringstream text;
-  text << in.rdbuf();
-  return recipe_from_json(text.str());
+  // A regular file of at most 64 MiB (a FIFO or /dev/zero is refused before it is read).
+  return recipe_from_json(tokensel::detail::read_file(path, tokensel::detail::max_text_file_bytes, "a recipe",
+                                                      "fitprune.recipe.path"));
 }
 
 inline void save_recipe(const recipe& r, const std::string& path) {
   const std::string text = recipe_to_json(r) + "\n";
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) tokensel::detail::fail(errc::io_error, "fitprune.recipe.path", path, "cannot open for writing");
-  out << text;
-  if (!out.flush()) tokensel::detail::fail(errc::io_error, "fitprune.recipe.path", path, "write failed");
+  tokensel::detail::write_file(path, text, "fitprune.recipe.path");  // checked, no partial file
 }
 
 }  // namespace fitprune

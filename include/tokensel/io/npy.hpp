@@ -345,11 +345,7 @@ inline std::vector<std::byte> write_buffer(const host_tensor& t) {
 /// Writes t to path as .npy (see write_buffer). Throws errc::io_error when the file cannot be written.
 inline void write(const std::filesystem::path& path, const host_tensor& t) {
   const std::vector<std::byte> image = write_buffer(t);
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  if (!f) tokensel::detail::fail(errc::io_error, "file", path.string(), "cannot open for writing");
-  f.write(reinterpret_cast<const char*>(image.data()), static_cast<std::streamsize>(image.size()));
-  f.close();
-  if (!f) tokensel::detail::fail(errc::io_error, "file", path.string(), "write failed");
+  tokensel::detail::write_file(path, image);  // checked: no partial file is left on failure
 }
 
 }  // namespace npy

@@ -80,6 +80,56 @@ inline std::uint64_t as_offset(const nlohmann::json& v, const std::string& name,
   return v.get<std::uint64_t>();
 }
 
+/// SAX handler of the header: records the first key that repeats within one object (the depth
+/// and the top-level entry it is in) and stops there. Sets of keys per open object: O(n log n).
+struct duplicate_key_finder {
+  std::vector<std::set<std::string>> keys;  // one per open object; empty set for arrays
+  std::vector<bool> is_object;
+  std::string entry, duplicate, error;
+  std::size_t depth_of_duplicate = 0;
+  using number_integer_t = nlohmann::json::number_integer_t;
+  using number_unsigned_t = nlohmann::json::number_unsigned_t;
+  using number_float_t = nlohmann::json::number_float_t;
+  using string_t = nlohmann::json::string_t;
+  using binary_t = nlohmann::json::binary_t;
+  bool null() { return true; }
+  bool boolean(bool) { return true; }
+  bool number_integer(number_integer_t) { return true; }
+  bool number_unsigned(number_unsigned_t) { return true; }
+  bool number_float(number_float_t, const string_t&) { return true; }
+  bool string(string_t&) { return true; }
+  bool binary(binary_t&) { return true; }
+  bool start_object(std::size_t) {
+    keys.emplace_back();
+    is_object.push_back(true);
+    return true;
+  }
+  bool end_object() {
+    keys.pop_back();
+    is_object.pop_back();
+    return true;
+  }
+  bool start_array(std::size_t) {
+    keys.emplace_back();
+    is_object.push_back(false);
+    return true;
+  }
+  bool end_array() { return end_object(); }
+  bool key(string_t& k) {
+    if (keys.size() == 1) entry = k;
+    if (!keys.back().insert(k).second) {
+      duplicate = k;
+      depth_of_duplicate = keys.size();
+      return false;  // stop: the caller reports it
+    }
+    return true;
+  }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) {
+    error = e.what();
+    return false;
+  }
+};
+
 }  // namespace detail
 
 /// An opened .safetensors file (or memory image): the validated header; tensors are read on demand.
@@ -157,19 +207,32 @@ class file {
     const std::vector<std::byte> raw = src_.read_vector(8, static_cast<std::size_t>(header_len));
     const char* text = reinterpret_cast<const char*>(raw.data());
 
-    // Parse, rejecting duplicate top-level names (nlohmann would keep one silently).
-    std::set<std::string> seen;
+    // The format pads the JSON with spaces; a NUL byte (or any control byte outside a string)
+    // is not JSON, and nlohmann would stop at a NUL as if the text ended there.
+    if (const void* nul = std::memchr(text, 0, raw.size()); nul != nullptr) {
+      detail::parse_fail("header", name,
+                         "NUL byte at header offset " + std::to_string(static_cast<const char*>(nul) - text) +
+                             " (the JSON header is padded with spaces, not NULs)");
+    }
+    // Two linear passes: a SAX pass that rejects a duplicate key in any object (nlohmann would keep
+    // one silently), then the DOM parse. (nlohmann's callback parser rescans the parent object at
+    // the end of every member, which made a header with many entries quadratic.)
+    detail::duplicate_key_finder dups;
+    try {
+      nlohmann::json::sax_parse(text, text + raw.size(), &dups);
+    } catch (const nlohmann::json::exception& e) {
+      detail::parse_fail("header", name, std::string("invalid JSON header: ") + e.what());
+    }
+    if (!dups.duplicate.empty()) {
+      detail::parse_fail("header", name,
+                         dups.depth_of_duplicate == 1 ? "duplicate tensor name '" + dups.duplicate + "'"
+                                                      : "duplicate key '" + dups.duplicate + "' inside the entry of '" +
+                                                            dups.entry + "'");
+    }
+    if (!dups.error.empty()) detail::parse_fail("header", name, "invalid JSON header: " + dups.error);
     nlohmann::json header;
     try {
-      header = nlohmann::json::parse(
-          text, text + raw.size(),
-          [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
-            if (event == nlohmann::json::parse_event_t::key && depth == 1) {
-              const auto& key = parsed.get_ref<const std::string&>();
-              if (!seen.insert(key).second) detail::parse_fail("header", name, "duplicate tensor name '" + key + "'");
-            }
-            return true;
-          });
+      header = nlohmann::json::parse(text, text + raw.size());
     } catch (const nlohmann::json::exception& e) {
       detail::parse_fail("header", name, std::string("invalid JSON header: ") + e.what());
     }
@@ -297,11 +360,7 @@ inline std::vector<std::byte> write_buffer(const std::map<std::string, host_tens
 inline void write(const std::filesystem::path& path, const std::map<std::string, host_tensor>& tensors,
                   const std::map<std::string, std::string>& metadata = {}) {
   const std::vector<std::byte> image = write_buffer(tensors, metadata);
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  if (!f) tokensel::detail::fail(errc::io_error, "file", path.string(), "cannot open for writing");
-  f.write(reinterpret_cast<const char*>(image.data()), static_cast<std::streamsize>(image.size()));
-  f.close();
-  if (!f) tokensel::detail::fail(errc::io_error, "file", path.string(), "write failed");
+  tokensel::detail::write_file(path, image);  // checked: no partial file is left on failure
 }
 
 }  // namespace safetensors

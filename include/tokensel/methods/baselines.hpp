@@ -8,6 +8,7 @@
 #pragma once
 
 #include <algorithm>
+#include <unordered_map>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -18,6 +19,7 @@
 
 #include "tokensel/core/batch.hpp"
 #include "tokensel/core/config.hpp"
+#include "tokensel/detail/arith.hpp"
 #include "tokensel/detail/parallel.hpp"
 #include "tokensel/detail/scratch.hpp"
 #include "tokensel/detail/validate.hpp"
@@ -89,7 +91,7 @@ class splitmix64 {
 
 /// floor((2 i + 1) m / (2 k)): the centre of the i-th of k equal parts of [0, m), in exact integer
 /// arithmetic.
-inline index_t spread(index_t i, index_t m, index_t k) noexcept {
+TOKENSEL_PORTABLE_HD index_t spread(index_t i, index_t m, index_t k) noexcept {
   // 128-bit product: (2i + 1) m overflows index_t for huge grids (i < k <= m).
   return static_cast<index_t>(__extension__(static_cast<__int128>(2 * i + 1) * m) / (2 * k));
 }
@@ -104,6 +106,15 @@ inline void check_grid_extents(const token_grid& grid, std::string_view name) {
     tokensel::detail::fail(errc::invalid_argument, name, std::to_string(grid.rows) + "x" + std::to_string(grid.cols),
                            "rows x cols overflows the index type");
   }
+}
+
+/// Uniform grid: rows used for k of rows x cols tokens (k >= 1): kr = round(sqrt(k rows / cols))
+/// clamped to [ceil(k / cols), min(rows, k)]. Both backends size the grid with this.
+inline index_t uniform_rows_used(index_t k, index_t rows, index_t cols) {
+  const index_t lo = (k + cols - 1) / cols, hi = rows < k ? rows : k;
+  const auto kr = static_cast<index_t>(std::llround(std::sqrt(static_cast<double>(k) * static_cast<double>(rows) /
+                                                              static_cast<double>(cols))));
+  return kr < lo ? lo : (kr > hi ? hi : kr);
 }
 
 }  // namespace detail
@@ -124,7 +135,7 @@ struct result {
 
 inline void validate(const config& cfg) { detail::check_budget(cfg.ratio, cfg.count, "random"); }
 
-inline index_t keep_count(index_t n, const config& cfg) { return detail::budget(n, cfg.ratio, cfg.count, "random"); }
+[[nodiscard]] inline index_t keep_count(index_t n, const config& cfg) { return detail::budget(n, cfg.ratio, cfg.count, "random"); }
 
 /// Stream s of a seed: splitmix64 started at seed + s * 0xD1B54A32D192ED03 (batched sample b uses
 /// stream b, so a batch reproduces the single-sample calls with stream = b).
@@ -140,16 +151,35 @@ result select(const Policy&, index_t n, const config& cfg, std::span<token_index
   result res;
   res.count = k;
   if (k == 0) return res;
-  tokensel::detail::scratch_scope scratch;
-  auto perm = scratch.take<token_index>(static_cast<std::size_t>(n));
-  for (index_t i = 0; i < n; ++i) perm[i] = static_cast<token_index>(i);
   detail::splitmix64 rng(cfg.seed + stream * stream_step);
+  if (n <= 4096 || k >= n / 4) {  // dense: the permutation itself (O(n) = O(k) memory here)
+    tokensel::detail::scratch_scope scratch;
+    auto perm = scratch.take<token_index>(static_cast<std::size_t>(n));
+    for (index_t i = 0; i < n; ++i) perm[i] = static_cast<token_index>(i);
+    for (index_t i = 0; i < k; ++i) {
+      const auto j = i + static_cast<index_t>(rng.below(static_cast<std::uint64_t>(n - i)));
+      std::swap(perm[i], perm[j]);
+    }
+    std::sort(perm.begin(), perm.begin() + k);
+    std::copy(perm.begin(), perm.begin() + k, out.begin());
+    return res;
+  }
+  // Sparse: the same swaps on a permutation stored as its displaced entries only (O(k) memory
+  // whatever n: k of 2^31 tokens needs no 2^31-entry array). Same draws, same result.
+  std::unordered_map<index_t, index_t> moved;
+  moved.reserve(static_cast<std::size_t>(2 * k));
+  auto at = [&](index_t p) {
+    const auto it = moved.find(p);
+    return it == moved.end() ? p : it->second;
+  };
   for (index_t i = 0; i < k; ++i) {
     const auto j = i + static_cast<index_t>(rng.below(static_cast<std::uint64_t>(n - i)));
-    std::swap(perm[i], perm[j]);
+    const index_t vi = at(i), vj = at(j);
+    moved[i] = vj;
+    moved[j] = vi;
   }
-  std::sort(perm.begin(), perm.begin() + k);
-  std::copy(perm.begin(), perm.begin() + k, out.begin());
+  for (index_t i = 0; i < k; ++i) out[static_cast<std::size_t>(i)] = static_cast<token_index>(at(i));
+  std::sort(out.begin(), out.begin() + k);
   return res;
 }
 
@@ -182,7 +212,7 @@ struct result {
 
 inline void validate(const config& cfg) { detail::check_budget(cfg.ratio, cfg.count, "uniform"); }
 
-inline index_t keep_count(index_t n, const config& cfg) { return detail::budget(n, cfg.ratio, cfg.count, "uniform"); }
+[[nodiscard]] inline index_t keep_count(index_t n, const config& cfg) { return detail::budget(n, cfg.ratio, cfg.count, "uniform"); }
 
 /// On a rows x cols grid (row-major), k tokens:
 ///   kr  = round(sqrt(k rows / cols)) clamped to [ceil(k / cols), min(rows, k)]  (rows used)
@@ -201,10 +231,7 @@ result select(const Policy&, const token_grid& grid, const config& cfg, std::spa
   result res;
   if (k == 0) return res;
   const index_t rows = grid.rows, cols = grid.cols;
-  const index_t lo = (k + cols - 1) / cols, hi = rows < k ? rows : k;
-  auto kr = static_cast<index_t>(std::llround(std::sqrt(static_cast<double>(k) * static_cast<double>(rows) /
-                                                        static_cast<double>(cols))));
-  kr = kr < lo ? lo : (kr > hi ? hi : kr);
+  const index_t kr = detail::uniform_rows_used(k, rows, cols);
   index_t written = 0;
   for (index_t r = 0; r < kr; ++r) {
     const index_t row = detail::spread(r, rows, kr);
@@ -277,7 +304,7 @@ inline token_grid output_grid(const token_grid& grid, const config& cfg) {
   return {grid.rows / w + (grid.rows % w != 0), grid.cols / w + (grid.cols % w != 0)};  // ceil, no overflow
 }
 
-inline index_t keep_count(const token_grid& grid, const config& cfg) { return output_grid(grid, cfg).size(); }
+[[nodiscard]] inline index_t keep_count(const token_grid& grid, const config& cfg) { return output_grid(grid, cfg).size(); }
 
 /// features [n, d] on grid (rows * cols = n, row-major) -> out [>= keep_count, d], output tokens
 /// row-major over the pooled grid. Each output = (sum of the window's tokens, row-major, fp32) /
