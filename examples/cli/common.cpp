@@ -1,5 +1,6 @@
 // tokensel CLI: flag parsing helpers, input loading, output helpers.
 #include <charconv>
+#include <cstring>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -103,7 +104,13 @@ json indices(std::span<const tokensel::token_index> kept) {
 json write_output(const options& opts, const host_tensor& t) {
   if (!opts.has("out")) return nullptr;
   const std::string path = opts.text("out", "");
-  tokensel::npy::write(path, t);
+  try {
+    tokensel::npy::write(path, t);  // the checked write: no partial file on failure
+  } catch (const tokensel::error& e) {
+    std::string msg = e.what();
+    if (msg.rfind("tokensel: ", 0) == 0) msg.erase(0, 10);
+    throw usage_error("--out: " + msg);
+  }
   return path;
 }
 
@@ -125,19 +132,28 @@ loaded load_tensor(const std::string& path, const std::string& tensor_name, cons
 }
 
 namespace {
-loaded load_tensor_impl(const std::string& path, const std::string& tensor_name, const std::string& flag) {
-  char magic[6] = {};
-  {
-    std::ifstream f(path, std::ios::binary);
-    if (f) f.read(magic, 6);
+// Counts are taken from an input's extents (tokens, rows) and size the outputs: an input that
+// holds no values (an extent of 0) backs none of them, e.g. [0, 2^40, 2^40], and is refused.
+loaded checked_input(loaded l, const std::string& flag) {
+  if (l.tensor.rank() > 0 && l.tensor.size() == 0) {
+    throw usage_error("--" + flag + " = " + l.source + ": shape " + l.tensor.shape_string() +
+                      " holds no values (an extent is 0); the input needs at least one value");
   }
-  const bool is_npy = std::string(magic, 6) == std::string("\x93NUMPY", 6);
+  return l;
+}
+
+loaded load_tensor_impl(const std::string& path, const std::string& tensor_name, const std::string& flag) {
+  // The one file rule first (a regular file; a FIFO or a link loop is an error, not a hang).
+  const auto src = tokensel::detail::byte_source::from_file(path);
+  std::byte magic[6] = {};
+  if (src.size() >= 6) src.read(0, magic, 6);
+  const bool is_npy = std::memcmp(magic, "\x93NUMPY", 6) == 0;
   if (is_npy || (path.size() >= 4 && path.compare(path.size() - 4, 4, ".npy") == 0)) {
     if (!tensor_name.empty()) {
       throw usage_error((flag == "attn" ? std::string("--tensor") : "--" + flag + "-tensor") + " = " + tensor_name + ": " + path +
                         " is a .npy file (one array); tensor names apply to .safetensors files");
     }
-    return {tokensel::npy::read(path), path};
+    return checked_input(loaded{tokensel::npy::read(path), path}, flag);
   }
   const auto file = tokensel::safetensors::file::open(path);
   std::string name = tensor_name;
@@ -156,7 +172,7 @@ loaded load_tensor_impl(const std::string& path, const std::string& tensor_name,
     }
     name = candidates.front();
   }
-  return {file.load(name), path + ":" + name};
+  return checked_input(loaded{file.load(name), path + ":" + name}, flag);
 }
 }  // namespace
 
@@ -181,8 +197,16 @@ attention_input attention_input::load(const options& opts) {
   if (!opts.has("layers-file")) throw usage_error("--attn FILE (or --layers-file LIST) is required by this method");
   if (opts.has("tensor")) throw usage_error("--tensor applies to --attn; name tensors inside --layers-file as 'FILE NAME'");
   const std::filesystem::path list = opts.text("layers-file", "");
-  std::ifstream f(list);
-  if (!f) throw usage_error("--layers-file = " + list.string() + ": cannot open");
+  std::string text;
+  try {  // a regular file of at most 64 MiB (a FIFO or /dev/zero is refused before it is read)
+    text = tokensel::detail::read_file(list, tokensel::detail::max_text_file_bytes, "a layer list");
+  } catch (const tokensel::error& e) {
+    std::string msg = e.what();
+    const std::string head = "tokensel: file = " + list.string() + ": ";
+    if (msg.rfind(head, 0) == 0) msg.erase(0, head.size());
+    throw usage_error("--layers-file = " + list.string() + ": " + msg);
+  }
+  std::istringstream f(text);
   std::string line;
   int lineno = 0;
   while (std::getline(f, line)) {

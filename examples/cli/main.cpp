@@ -4,6 +4,8 @@
 // Every failure prints exactly one line "tokensel: error: ..." on stderr and exits with 2.
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
+#include <stdexcept>
 #include <exception>
 #include <iostream>
 #include <new>
@@ -187,15 +189,11 @@ int run_info(const std::vector<std::string>& args) {
   const std::string& path = args[0];
   json out;
   out["file"] = path;
-  char magic[6] = {};
-  {
-    std::FILE* f = std::fopen(path.c_str(), "rb");
-    if (f != nullptr) {
-      if (std::fread(magic, 1, 6, f) != 6) magic[0] = 0;
-      std::fclose(f);
-    }
-  }
-  if (std::string(magic, 6) == std::string("\x93NUMPY", 6)) {
+  // The one file rule first (a regular file; a FIFO or a link loop is an error, not a hang).
+  const auto src = tokensel::detail::byte_source::from_file(path);
+  std::byte magic[6] = {};
+  if (src.size() >= 6) src.read(0, magic, 6);
+  if (std::memcmp(magic, "\x93NUMPY", 6) == 0) {
     const auto h = tokensel::npy::read_header(path);
     out["format"] = "npy " + std::to_string(h.major_version) + "." + std::to_string(h.minor_version);
     out["tensors"] = json::array({{{"name", ""}, {"dtype", h.descr}, {"shape", h.shape}}});
@@ -250,7 +248,11 @@ int main(int argc, char** argv) {
   } catch (const usage_error& e) {
     message = e.what();
   } catch (const std::bad_alloc&) {
-    message = "out of memory";
+    // Every count is checked against its input before it sizes memory; what is left is an input
+    // too large for this machine's memory.
+    message = "out of memory: the input (or the output it asks for) does not fit in this machine's memory";
+  } catch (const std::length_error&) {
+    message = "out of memory: the output the flags ask for is larger than any allocation";
   } catch (const std::exception& e) {
     message = std::string("internal error: ") + e.what();
   }

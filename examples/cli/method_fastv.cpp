@@ -53,6 +53,8 @@ method make_fastv() {
     out["input"] = ctx.describe_attention();
     const index_t layer = ctx.pick_layer(cfg.layer - 1);
     const attention_input& a = ctx.attention();
+    // The span against the input before anything is sized by it (a span of 10^9 on 80 tokens).
+    tokensel::check_range(visual, a.tokens(), "fastv.visual");
     out["n"] = visual.count;
     out["config"] = {{"ratio", cfg.ratio}, {"prune_layer", cfg.layer}, {"heads", tokensel::to_string(cfg.heads)},
                      {"visual_start", visual.begin}, {"visual_count", visual.count}};

@@ -37,6 +37,8 @@ method make_fitprune() {
     json out;
     out["input"] = ctx.describe_attention();
     const attention_input& a = ctx.attention();
+    // The span against the input before anything is sized by it (a span of 10^9 on 80 tokens).
+    tokensel::check_range(visual, a.tokens(), "fitprune.visual");
     const auto model_layer = o.integer("layer");
     index_t stack_index = 0;
     if (a.is_stack()) {

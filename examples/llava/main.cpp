@@ -8,7 +8,9 @@
 // Prints the answer and a timing breakdown (or one JSON object with --json); progress goes to
 // stderr. Every error is one line on stderr and a non-zero exit (2: bad command line, 1: the
 // run failed).
+#include <array>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -16,6 +18,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <new>
 #include <optional>
 #include <string>
 #include <vector>
@@ -144,20 +147,42 @@ cli_options parse(int argc, char** argv) {
   return o;
 }
 
-// CLIP normalisation of the checkpoint's preprocessor_config.json when it has one.
+// CLIP normalisation of the checkpoint's preprocessor_config.json when it has one: image_mean
+// three finite numbers, image_std three finite numbers > 0 (transformers would divide by a zero
+// std and broadcast a list of another length into an error or a wrong image).
 void read_preprocessor(const std::filesystem::path& dir, llava::preprocess_options& p) {
   const auto file = dir / "preprocessor_config.json";
   std::error_code ec;
-  if (!std::filesystem::is_regular_file(file, ec)) return;
-  std::ifstream in(file);
+  if (!std::filesystem::exists(std::filesystem::symlink_status(file, ec))) return;
+  const std::string name = file.string();
+  const std::string text = llava::read_input_file(file, llava::max_json_file_bytes, "a JSON file");
   json j;
   try {
-    j = json::parse(in);
-    if (j.contains("image_mean")) p.mean = j["image_mean"].get<std::array<float, 3>>();
-    if (j.contains("image_std")) p.std = j["image_std"].get<std::array<float, 3>>();
-  } catch (const std::exception& e) {
-    throw llava::error("llava: " + file.string() + ": " + e.what());
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    throw llava::error("llava: " + name + ": invalid JSON: " + e.what());
   }
+  if (!j.is_object()) throw llava::error("llava: " + name + ": must be a JSON object");
+  auto triple = [&](const char* key, bool positive, std::array<float, 3>& out) {
+    const auto it = j.find(key);
+    if (it == j.end() || it->is_null()) return;
+    const bool ok_shape = it->is_array() && it->size() == 3;
+    if (!ok_shape) {
+      throw llava::error("llava: " + name + ": " + key + ": must be a list of 3 numbers (R, G, B), got " +
+                         it->dump().substr(0, 80));
+    }
+    for (std::size_t c = 0; c < 3; ++c) {
+      const auto& v = (*it)[c];
+      const double x = v.is_number() ? v.get<double>() : 0.0;
+      if (!v.is_number() || !std::isfinite(x) || (positive && !(x > 0))) {
+        throw llava::error("llava: " + name + ": " + key + "[" + std::to_string(c) + "]: must be a finite number" +
+                           (positive ? " > 0" : "") + ", got " + v.dump().substr(0, 80));
+      }
+      out[c] = static_cast<float>(x);
+    }
+  };
+  triple("image_mean", false, p.mean);
+  triple("image_std", true, p.std);
 }
 
 double ms_since(std::chrono::steady_clock::time_point t0) {
@@ -203,7 +228,10 @@ int run(const cli_options& o) {
   const std::filesystem::path dir = o.model;
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec)) throw llava::error("llava: model directory " + o.model + ": not found");
-  const auto image = llava::load_image(o.image);
+  // Cheap checks first (the image's header and size, the config, the tokenizer), then the weights;
+  // the image is preprocessed only once the weight shapes have been compared with the config, so
+  // no buffer is sized by a config field that the weights contradict.
+  const auto image = llava::load_image(o.image, o.pad);
   const auto config = llava::load_config(dir / "config.json");
   llava::tokenizer tok(dir, config.image_token_index, config.pad_token_id >= 0 ? config.pad_token_id : 32001);
   const std::string prompt = llava::format_prompt(tmpl, o.prompt);
@@ -213,9 +241,13 @@ int run(const cli_options& o) {
   pre.size = config.vision.image_size;
   pre.pad = o.pad;
   read_preprocessor(dir, pre);
-  const auto t_pre = std::chrono::steady_clock::now();
-  const auto pixels = llava::preprocess(image, pre);
-  const double preprocess_ms = ms_since(t_pre);
+  if (!o.overlay.empty()) {
+    // The output's folder must exist before the run (its write is checked again at the end).
+    const auto parent = std::filesystem::path(o.overlay).parent_path();
+    if (!parent.empty() && !std::filesystem::is_directory(parent, ec)) {
+      throw llava::error("llava: overlay " + o.overlay + ": cannot write: the folder " + parent.string() + " does not exist");
+    }
+  }
 
   progress("loading " + o.model, false);
   llava::llava_model model(dir, [&](std::size_t done, std::size_t total, const std::string& file) {
@@ -224,6 +256,10 @@ int run(const cli_options& o) {
   });
   progress("loaded " + o.model + " (" + std::to_string(model.weights().size()) + " tensors, " +
                llava::to_string(model.weights().dominant_type()) + ")", true);
+
+  const auto t_pre = std::chrono::steady_clock::now();
+  const auto pixels = llava::preprocess(image, pre);
+  const double preprocess_ms = ms_since(t_pre);
 
   llava::run_options ro;
   ro.selection = sel;
@@ -268,6 +304,8 @@ int run(const cli_options& o) {
                        {"decode", t.decode},       {"total", total_ms}};
     if (!o.overlay.empty()) j["overlay"] = o.overlay;
     std::cout << j.dump(2) << "\n";
+    std::cout.flush();
+    if (!std::cout) throw llava::error("llava: cannot write the JSON output to stdout");
     return 0;
   }
   std::cout << answer << "\n\n";
@@ -285,6 +323,8 @@ int run(const cli_options& o) {
               eos ? " incl. EOS" : "", t.decode > 0 ? 1000.0 * generated / t.decode : 0.0);
   std::printf("total        %10.1f ms  (%d threads)\n", total_ms, llava::threads());
   if (!o.overlay.empty()) std::printf("overlay      %s\n", o.overlay.c_str());
+  std::cout.flush();
+  if (std::fflush(stdout) != 0 || std::ferror(stdout)) throw llava::error("llava: cannot write the output to stdout");
   return 0;
 }
 
@@ -303,6 +343,9 @@ int main(int argc, char** argv) {
   } catch (const usage_error& e) {
     std::fprintf(stderr, "llava: error: %s\n", one_line(e.what()).c_str());
     return 2;
+  } catch (const std::bad_alloc&) {
+    std::fputs("llava: error: out of memory: the model or the image does not fit in this machine's memory\n", stderr);
+    return 1;
   } catch (const std::exception& e) {
     std::string msg = one_line(e.what());
     if (msg.rfind("llava: ", 0) == 0) msg.erase(0, 7);

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <string>
 #include <vector>
@@ -291,7 +292,8 @@ TEST(LlavaImage, Errors) {
   std::vector<std::uint8_t> fake = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n', 0, 0, 0, 0, 'I', 'E', 'N', 'D', 0, 0, 0, 0};
   const auto fake_png = temp_file("fake.png");
   write_bytes(fake_png, fake);
-  EXPECT_NE(error_of([&] { llava::load_image(fake_png); }).find("cannot decode"), std::string::npos);
+  // (its IEND chunk's CRC is wrong: refused before decoding, as PIL does)
+  EXPECT_NE(error_of([&] { llava::load_image(fake_png); }).find("broken PNG (bad CRC in chunk 'IEND')"), std::string::npos);
 
   // Other formats never reach stb_image's format guessing (a fuzzed TGA-like input read out of
   // bounds inside libstb): BMP, GIF, a JPEG signature one byte late (the fuzz finding's start).
@@ -308,7 +310,7 @@ TEST(LlavaImage, Errors) {
   // Declared sizes beyond PIL's decompression-bomb limit (2 x 89,478,485 pixels) are refused from
   // the header, before any pixel is decoded (a fuzzed 300-byte JPEG asked for 1.6 GB).
   std::vector<std::uint8_t> huge_png = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n', 0, 0, 0, 13, 'I', 'H', 'D', 'R',
-                                        0, 0, 0x36, 0xb0, 0, 0, 0x36, 0xb0, 8, 2, 0, 0, 0, 0, 0, 0, 0,
+                                        0, 0, 0x36, 0xb0, 0, 0, 0x36, 0xb0, 8, 2, 0, 0, 0, 0x2b, 0xb9, 0x62, 0x3e,
                                         0, 0, 0, 0, 'I', 'E', 'N', 'D', 0xae, 0x42, 0x60, 0x82};
   const auto huge = temp_file("huge.png");
   write_bytes(huge, huge_png);
@@ -382,7 +384,51 @@ TEST(LlavaImage, OverlayMarksKeptPatches) {
   EXPECT_NE(error_of([&] { llava::write_overlay(path, img, bad, {8, 8}, pre.geometry); }).find("kept index 64 outside"),
             std::string::npos);
   EXPECT_NE(error_of([&] { llava::write_overlay("/no/such/dir/o.png", img, kept, {8, 8}, pre.geometry); })
-                .find("cannot write PNG"),
+                .find("overlay /no/such/dir/o.png: cannot open for writing"),
             std::string::npos);
   fs::remove(path);
+}
+
+// ---- issue 18: the one file rule, the one image-size rule, images PIL refuses ----------------
+
+TEST(LlavaImage, HostileFilesAndSizes) {
+  // A FIFO is refused from its type (opening it would block forever).
+  const auto fifo = temp_file("hostile.fifo");
+  fs::remove(fifo);
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_EQ(error_of([&] { llava::load_image(fifo); }),
+            "llava: image " + fifo.string() + ": is a FIFO (named pipe), not a regular file (only regular files are read)");
+  fs::remove(fifo);
+  EXPECT_NE(error_of([&] { llava::load_image("/dev/zero"); }).find("is a character device"), std::string::npos);
+
+  // The padded square counts: a 1 x 100000 strip is 10^10 pixels once padded (the decoder never runs).
+  const auto png = [](std::uint32_t w, std::uint32_t h, bool bad_crc) {
+    auto be = [](std::vector<std::uint8_t>& v, std::uint32_t x) {
+      for (int s = 24; s >= 0; s -= 8) v.push_back(static_cast<std::uint8_t>(x >> s));
+    };
+    std::vector<std::uint8_t> f = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    std::vector<std::uint8_t> ihdr = {'I', 'H', 'D', 'R'};
+    be(ihdr, w);
+    be(ihdr, h);
+    for (int b : {8, 2, 0, 0, 0}) ihdr.push_back(static_cast<std::uint8_t>(b));
+    std::uint32_t crc = 0xFFFFFFFFu;
+    for (auto b : ihdr) {
+      crc ^= b;
+      for (int k = 0; k < 8; ++k) crc = (crc & 1) ? 0xEDB88320u ^ (crc >> 1) : crc >> 1;
+    }
+    crc ^= 0xFFFFFFFFu;
+    if (bad_crc) crc ^= 1;
+    be(f, 13);
+    f.insert(f.end(), ihdr.begin(), ihdr.end());
+    be(f, crc);
+    for (int b : {0, 0, 0, 0, int{'I'}, int{'E'}, int{'N'}, int{'D'}, 0xAE, 0x42, 0x60, 0x82}) f.push_back(static_cast<std::uint8_t>(b));
+    return f;
+  };
+  const auto strip = png(1, 100000, false);
+  EXPECT_NE(error_of([&] { llava::decode_image(strip, "strip", true); })
+                .find("padded to a 100000 x 100000 square exceeds the limit of 178956970 pixels"),
+            std::string::npos);
+  // A chunk with a bad CRC is refused, as PIL does ("broken PNG file").
+  const auto broken = png(2, 2, true);
+  EXPECT_EQ(error_of([&] { llava::decode_image(broken, "broken"); }), "llava: image broken: broken PNG (bad CRC in chunk 'IHDR')");
 }

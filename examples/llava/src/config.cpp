@@ -2,11 +2,49 @@
 #include "llava/config.hpp"
 
 #include <fstream>
+#include <span>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
+#include <tokensel/core/error.hpp>
+#include <tokensel/io/detail/byte_source.hpp>
 
 namespace llava {
+
+namespace {
+// tokensel's "tokensel: <param> = PATH: problem" as "llava: <prefix>PATH: problem".
+[[noreturn]] void rethrow_file_error(const tokensel::error& e, const std::string& prefix, const std::string& path) {
+  std::string msg = e.what();
+  const std::string head = "tokensel: " + e.parameter() + " = " + path + ": ";
+  if (msg.rfind(head, 0) == 0) msg.erase(0, head.size());
+  throw error("llava: " + prefix + path + ": " + msg);
+}
+}  // namespace
+
+std::string read_input_file(const std::filesystem::path& path, std::uint64_t max_bytes, const char* kind) {
+  try {
+    return tokensel::detail::read_file(path, max_bytes, kind);
+  } catch (const tokensel::error& e) {
+    rethrow_file_error(e, "", path.string());
+  }
+}
+
+std::uint64_t check_input_file(const std::filesystem::path& path, std::uint64_t max_bytes, const char* kind) {
+  try {
+    return tokensel::detail::check_regular_file(path, max_bytes, kind);
+  } catch (const tokensel::error& e) {
+    rethrow_file_error(e, "", path.string());
+  }
+}
+
+void write_output_file(const std::filesystem::path& path, const std::string& bytes, const std::string& what) {
+  try {
+    tokensel::detail::write_file(path, std::string_view(bytes), what);
+  } catch (const tokensel::error& e) {
+    rethrow_file_error(e, what + " ", path.string());
+  }
+}
+
 namespace {
 
 using json = nlohmann::json;
@@ -63,13 +101,14 @@ bool known_activation(const std::string& a) {
 
 llava_config load_config(const std::filesystem::path& path) {
   const std::string file = path.string();
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw error("llava: " + file + ": cannot open the model config (config.json)");
-  std::stringstream ss;
-  ss << in.rdbuf();
+  std::error_code ec;
+  if (!std::filesystem::exists(std::filesystem::symlink_status(path, ec))) {
+    throw error("llava: " + file + ": cannot open the model config (config.json)");
+  }
+  const std::string text = read_input_file(path, max_json_file_bytes, "a JSON file");
   json j;
   try {
-    j = json::parse(ss.str());
+    j = json::parse(text);
   } catch (const json::exception& e) {
     throw error("llava: " + file + ": invalid JSON: " + e.what());
   }
@@ -158,6 +197,13 @@ llava_config load_config(const std::filesystem::path& path) {
                                            " patches per side with patch_size " + std::to_string(c.vision.patch) +
                                            " (at most " + std::to_string(max_patches_per_side) + ")");
   }
+  // The one image-size rule: the model's input square is a pixel buffer like any other.
+  if (static_cast<std::uint64_t>(c.vision.image_size) * static_cast<std::uint64_t>(c.vision.image_size) > max_image_pixels) {
+    r.fail("vision_config.image_size", "= " + std::to_string(c.vision.image_size) + ": an input square of " +
+                                           std::to_string(c.vision.image_size) + " x " + std::to_string(c.vision.image_size) +
+                                           " pixels exceeds the limit of " + std::to_string(max_image_pixels) +
+                                           " (PIL's decompression-bomb limit)");
+  }
   if (c.vision.channels != 3) r.fail("vision_config.num_channels", "must be 3 (RGB)");
   if (!known_activation(c.vision.hidden_act)) r.fail("vision_config.hidden_act", "'" + c.vision.hidden_act + "' is not supported");
   if (c.text.hidden_act != "silu" && c.text.hidden_act != "swish") r.fail("text_config.hidden_act", "'" + c.text.hidden_act + "' is not supported (silu is)");
@@ -165,6 +211,14 @@ llava_config load_config(const std::filesystem::path& path) {
   r.get_int(j, "image_token_index", "", c.image_token_index, 0);
   r.get_int(j, "image_token_id", "", c.image_token_index, 0);
   r.get_int(j, "pad_token_id", "", c.pad_token_id, 0);
+  // The placeholder must be a token of its own: a BOS or EOS id would make the prompt's first
+  // (or the answer's last) token an image slot.
+  if (c.image_token_index == c.text.bos) {
+    r.fail("image_token_index", "= " + std::to_string(c.image_token_index) + " equals text_config.bos_token_id");
+  }
+  if (c.image_token_index == c.text.eos) {
+    r.fail("image_token_index", "= " + std::to_string(c.image_token_index) + " equals text_config.eos_token_id");
+  }
   r.get_string(j, "projector_hidden_act", "", c.projector_hidden_act);
   if (!known_activation(c.projector_hidden_act)) r.fail("projector_hidden_act", "'" + c.projector_hidden_act + "' is not supported");
   if (auto it = j.find("vision_feature_layer"); it != j.end() && !it->is_null()) {

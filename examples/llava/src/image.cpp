@@ -14,6 +14,7 @@
 #include <csetjmp>
 #include <cstdio>
 #include <jpeglib.h>
+#include <jerror.h>  // JWRN_JPEG_EOF
 
 namespace llava {
 using tokensel::index_t;
@@ -27,15 +28,35 @@ std::uint32_t be32(const std::uint8_t* p) {
   return (std::uint32_t{p[0]} << 24) | (std::uint32_t{p[1]} << 16) | (std::uint32_t{p[2]} << 8) | p[3];
 }
 
-// PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS = 89,478,485; above twice that PIL
-// raises DecompressionBombError): checked from the header, before any pixel is decoded.
-constexpr std::uint64_t max_image_pixels = 2ull * 89'478'485ull;
-
-void check_pixel_count(std::uint64_t width, std::uint64_t height, const std::string& name) {
+// The one image-size rule (config.hpp, max_image_pixels: PIL's decompression-bomb limit) over
+// the largest buffer the image will need: w x h, or the padded square max(w, h)^2 when padding.
+// Checked from the header, before any pixel is decoded, and again before padding.
+void check_pixel_count(std::uint64_t width, std::uint64_t height, bool pad, const std::string& name) {
   if (width * height > max_image_pixels) {
     fail(name, std::to_string(width) + " x " + std::to_string(height) + " pixels exceeds the limit of " +
                    std::to_string(max_image_pixels) + " (PIL's decompression-bomb limit)");
   }
+  const std::uint64_t side = std::max(width, height);
+  if (pad && side * side > max_image_pixels) {
+    fail(name, std::to_string(width) + " x " + std::to_string(height) + " pixels padded to a " + std::to_string(side) +
+                   " x " + std::to_string(side) + " square exceeds the limit of " + std::to_string(max_image_pixels) +
+                   " pixels (PIL's decompression-bomb limit; --no-pad avoids the padding)");
+  }
+}
+
+// CRC-32 of PNG chunks (ISO 3309 / ITU-T V.42, polynomial 0xEDB88320).
+std::uint32_t crc32_update(std::uint32_t crc, const std::uint8_t* p, std::size_t n) {
+  static const auto table = [] {
+    std::array<std::uint32_t, 256> t{};
+    for (std::uint32_t i = 0; i < 256; ++i) {
+      std::uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+      t[i] = c;
+    }
+    return t;
+  }();
+  for (std::size_t i = 0; i < n; ++i) crc = table[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
+  return crc;
 }
 
 // stb_image decodes some damaged files without complaint (it reads zeros past the end), which
@@ -54,6 +75,14 @@ image_format detect_format(std::span<const std::uint8_t> b, const std::string& n
       if (b.size() - pos < 12) fail(name, "truncated PNG (no IEND chunk)");
       const std::uint32_t len = be32(b.data() + pos);
       if (len > b.size() - pos - 12) fail(name, "truncated PNG (chunk runs past the end of the file)");
+      // PIL checks the CRC of every chunk it parses (all but the image data, IDAT) and refuses a
+      // mismatch ("broken PNG file"); stb_image checks none.
+      if (std::memcmp(b.data() + pos + 4, "IDAT", 4) != 0) {
+        const std::uint32_t crc = crc32_update(0xFFFFFFFFu, b.data() + pos + 4, 4 + static_cast<std::size_t>(len)) ^ 0xFFFFFFFFu;
+        if (crc != be32(b.data() + pos + 8 + len)) {
+          fail(name, "broken PNG (bad CRC in chunk '" + std::string(reinterpret_cast<const char*>(b.data() + pos + 4), 4) + "')");
+        }
+      }
       if (std::memcmp(b.data() + pos + 4, "IEND", 4) == 0) return image_format::png;
       pos += 12 + static_cast<std::size_t>(len);
     }
@@ -136,6 +165,7 @@ struct jpeg_failure {
   jpeg_error_mgr mgr;
   std::jmp_buf jump;
   char message[JMSG_LENGTH_MAX];
+  bool pad = false;  // the padded square is checked against the pixel limit too
 };
 
 // The libjpeg calls, in a frame that owns no C++ object (longjmp skips no destructor and leaves
@@ -155,6 +185,17 @@ bool run_libjpeg(jpeg_decompress_struct& cinfo, jpeg_failure& err, std::span<con
                   cinfo.image_width, cinfo.image_height, static_cast<unsigned long long>(max_image_pixels));
     return false;
   }
+  if (err.pad) {
+    const std::uint64_t side = std::max(cinfo.image_width, cinfo.image_height);
+    if (side * side > max_image_pixels) {
+      std::snprintf(err.message, sizeof err.message,
+                    "%u x %u pixels padded to a %llu x %llu square exceeds the limit of %llu pixels (PIL's "
+                    "decompression-bomb limit; --no-pad avoids the padding)",
+                    cinfo.image_width, cinfo.image_height, static_cast<unsigned long long>(side),
+                    static_cast<unsigned long long>(side), static_cast<unsigned long long>(max_image_pixels));
+      return false;
+    }
+  }
   cinfo.out_color_space = JCS_RGB;
   jpeg_start_decompress(&cinfo);
   img.width = static_cast<int>(cinfo.output_width);
@@ -168,7 +209,7 @@ bool run_libjpeg(jpeg_decompress_struct& cinfo, jpeg_failure& err, std::span<con
   return true;
 }
 
-rgb_image decode_jpeg(std::span<const std::uint8_t> bytes, const std::string& name) {
+rgb_image decode_jpeg(std::span<const std::uint8_t> bytes, const std::string& name, bool pad) {
   jpeg_decompress_struct cinfo{};
   jpeg_failure err{};
   cinfo.err = jpeg_std_error(&err.mgr);
@@ -177,7 +218,20 @@ rgb_image decode_jpeg(std::span<const std::uint8_t> bytes, const std::string& na
     (*c->err->format_message)(c, e->message);
     std::longjmp(e->jump, 1);
   };
-  err.mgr.output_message = [](j_common_ptr) {};  // warnings: the EOI check already ran
+  err.mgr.output_message = [](j_common_ptr) {};
+  // Warnings are ignored (as PIL does: corrupt-data notes), except the data ending inside the
+  // entropy-coded segment (the file ends, JWRN_JPEG_EOF, or a marker comes where data should,
+  // JWRN_HIT_MARKER): libjpeg then pads with grey; PIL refuses a cut file ("image file is
+  // truncated").
+  err.mgr.emit_message = [](j_common_ptr c, int level) {
+    if (level < 0 && (c->err->msg_code == JWRN_JPEG_EOF || c->err->msg_code == JWRN_HIT_MARKER)) {
+      auto* e = reinterpret_cast<jpeg_failure*>(c->err);
+      std::snprintf(e->message, sizeof e->message, "truncated JPEG: the data ends inside the compressed image");
+      std::longjmp(e->jump, 1);
+    }
+    if (level < 0) c->err->num_warnings++;
+  };
+  err.pad = pad;
   rgb_image img;
   const bool ok = run_libjpeg(cinfo, err, bytes, img);
   jpeg_destroy_decompress(&cinfo);
@@ -189,12 +243,12 @@ rgb_image decode_jpeg(std::span<const std::uint8_t> bytes, const std::string& na
 
 const char* jpeg_decoder() noexcept { return "libjpeg"; }
 
-rgb_image decode_image(std::span<const std::uint8_t> bytes, const std::string& name) {
+rgb_image decode_image(std::span<const std::uint8_t> bytes, const std::string& name, bool pad) {
   if (bytes.empty()) fail(name, "empty file");
   if (bytes.size() > static_cast<std::size_t>(INT32_MAX)) fail(name, "file too large");
   const image_format format = detect_format(bytes, name);
   // JPEG never reaches stb_image: its JPEG decoder reads out of bounds on hostile input (fuzzing).
-  if (format == image_format::jpeg) return decode_jpeg(bytes, name);
+  if (format == image_format::jpeg) return decode_jpeg(bytes, name, pad);
   auto stb_failure = [&name] {
     const char* why = stbi_failure_reason();
     fail(name, std::string("cannot decode (") + (why ? why : "unknown error") + "); PNG and JPEG are supported");
@@ -202,7 +256,7 @@ rgb_image decode_image(std::span<const std::uint8_t> bytes, const std::string& n
   // The header first: a tiny file may declare a huge image, refused before any pixel is decoded.
   int w = 0, h = 0, channels = 0;
   if (stbi_info_from_memory(bytes.data(), static_cast<int>(bytes.size()), &w, &h, &channels) == 0) stb_failure();
-  check_pixel_count(w, h, name);
+  check_pixel_count(static_cast<std::uint64_t>(w), static_cast<std::uint64_t>(h), pad, name);
   std::unique_ptr<stbi_uc, void (*)(void*)> data(
       stbi_load_from_memory(bytes.data(), static_cast<int>(bytes.size()), &w, &h, &channels, 3),
       stbi_image_free);
@@ -215,16 +269,18 @@ rgb_image decode_image(std::span<const std::uint8_t> bytes, const std::string& n
   return img;
 }
 
-rgb_image load_image(const std::filesystem::path& path) {
+rgb_image load_image(const std::filesystem::path& path, bool pad) {
   const std::string name = path.string();
-  std::error_code ec;
-  if (!std::filesystem::exists(path, ec)) fail(name, "no such file");
-  if (std::filesystem::is_directory(path, ec)) fail(name, "is a directory, not an image file");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(name, "cannot open for reading");
-  std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) fail(name, "read error");
-  return decode_image(bytes, name);
+  std::string bytes;
+  try {  // the one file rule: a regular file of at most 1 GiB (FIFOs, devices, link loops refused)
+    bytes = read_input_file(path, max_image_file_bytes, "an image");
+  } catch (const error& e) {
+    std::string msg = e.what();
+    const std::string head = "llava: " + name + ": ";
+    if (msg.rfind(head, 0) == 0) msg.erase(0, head.size());
+    fail(name, msg == "cannot open: no such file" ? "no such file" : msg);
+  }
+  return decode_image(std::span(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()), name, pad);
 }
 
 std::array<std::uint8_t, 3> mean_colour(const std::array<float, 3>& mean) {
@@ -351,6 +407,7 @@ preprocessed_image preprocess(const rgb_image& image, const preprocess_options& 
   rgb_image padded;
   const rgb_image* src = &image;
   if (options.pad && image.width != image.height) {
+    check_pixel_count(static_cast<std::uint64_t>(image.width), static_cast<std::uint64_t>(image.height), true, "to preprocess");
     padded = pad_to_square(image, mean_colour(options.mean));
     g.pad_x = (padded.width - image.width) / 2;
     g.pad_y = (padded.height - image.height) / 2;
@@ -384,8 +441,19 @@ preprocessed_image preprocess(const rgb_image& image, const preprocess_options& 
 }
 
 void write_png(const std::filesystem::path& path, const rgb_image& image) {
-  if (!stbi_write_png(path.string().c_str(), image.width, image.height, 3, image.pixels.data(), image.width * 3)) {
-    throw image_error("llava: overlay " + path.string() + ": cannot write PNG");
+  // Encoded in memory, then tokensel's checked write (temporary + rename): a failed write (a full
+  // disk, /dev/full) is an error and leaves no partial file behind.
+  std::string png;
+  auto append = [](void* ctx, void* data, int size) {
+    static_cast<std::string*>(ctx)->append(static_cast<const char*>(data), static_cast<std::size_t>(size));
+  };
+  if (!stbi_write_png_to_func(append, &png, image.width, image.height, 3, image.pixels.data(), image.width * 3)) {
+    throw image_error("llava: overlay " + path.string() + ": cannot encode PNG");
+  }
+  try {
+    write_output_file(path, png, "overlay");
+  } catch (const error& e) {
+    throw image_error(e.what());
   }
 }
 

@@ -7,6 +7,8 @@
 // whitespace folding, no NFKC), so its BPE sees exactly the string the HF model sees.
 #include "llava/tokenizer.hpp"
 
+#include <charconv>
+#include <climits>
 #include <algorithm>
 #include <fstream>
 #include <map>
@@ -97,10 +99,16 @@ bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' |
 
 std::optional<nlohmann::json> read_json(const std::filesystem::path& p) {
   std::error_code ec;
-  if (!std::filesystem::is_regular_file(p, ec)) return std::nullopt;
-  std::ifstream in(p);
+  if (!std::filesystem::exists(std::filesystem::symlink_status(p, ec))) return std::nullopt;
+  std::string text;
+  try {  // the one file rule: a regular file of at most 64 MiB (a FIFO, a device, a link loop: error)
+    text = read_input_file(p, max_json_file_bytes, "a JSON file");
+  } catch (const error& e) {
+    std::string msg = e.what();
+    fail(msg.rfind("llava: ", 0) == 0 ? msg.substr(7) : msg);
+  }
   try {
-    return nlohmann::json::parse(in);
+    return nlohmann::json::parse(text);
   } catch (const std::exception& e) {
     fail(p.string() + ": invalid JSON (" + e.what() + ")");
   }
@@ -127,12 +135,13 @@ tokenizer::tokenizer(const std::filesystem::path& path, int image_token_id, int 
   const auto dir = is_dir ? path : path.parent_path();
   if (!is_dir && !std::filesystem::exists(path, ec)) fail(path.string() + ": no such file or directory");
   const auto model_file = is_dir ? path / "tokenizer.model" : path;
-  if (!std::filesystem::is_regular_file(model_file, ec)) fail(model_file.string() + ": no such file");
+  if (!std::filesystem::exists(std::filesystem::symlink_status(model_file, ec))) fail(model_file.string() + ": no such file");
   std::string bytes;
-  {
-    std::ifstream in(model_file, std::ios::binary);
-    if (!in) fail(model_file.string() + ": cannot open for reading");
-    bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  try {  // the one file rule: a regular file of at most 64 MiB
+    bytes = read_input_file(model_file, max_json_file_bytes, "a tokenizer file");
+  } catch (const error& e) {
+    std::string msg = e.what();
+    fail(msg.rfind("llava: ", 0) == 0 ? msg.substr(7) : msg);
   }
   const auto status = impl_->sp.LoadFromSerializedProto(with_identity_normalizer(bytes, model_file.string()));
   if (!status.ok()) fail(model_file.string() + ": not a SentencePiece model (" + status.ToString() + ")");
@@ -171,12 +180,28 @@ tokenizer::tokenizer(const std::filesystem::path& path, int image_token_id, int 
       cleanup_ = cfg->value("clean_up_tokenization_spaces", false);
       if (cfg->contains("legacy") && (*cfg)["legacy"].is_boolean()) legacy = (*cfg)["legacy"].get<bool>();
       if (cfg->contains("added_tokens_decoder")) {
-        for (const auto& [key, val] : (*cfg)["added_tokens_decoder"].items()) add(entry(val, std::stoi(key)));
+        for (const auto& [key, val] : (*cfg)["added_tokens_decoder"].items()) {
+          std::int32_t id = -1;
+          const auto [end, e] = std::from_chars(key.data(), key.data() + key.size(), id);
+          if (e != std::errc() || end != key.data() + key.size() || id < 0 || !val.is_object()) {
+            fail((dir / "tokenizer_config.json").string() + ": added_tokens_decoder['" + key.substr(0, 40) +
+                 "']: expected a token id (a non-negative integer) mapping to an object");
+          }
+          add(entry(val, id));
+        }
       }
     }
     if (const auto tj = read_json(dir / "tokenizer.json")) {
       if (tj->contains("added_tokens")) {
-        for (const auto& val : (*tj)["added_tokens"]) add(entry(val, val.at("id").get<std::int32_t>()));
+        for (const auto& val : (*tj)["added_tokens"]) {
+          const bool ok = val.is_object() && val.contains("id") && val["id"].is_number_integer() &&
+                          val["id"].get<long long>() >= 0 && val["id"].get<long long>() <= INT32_MAX;
+          if (!ok) {
+            fail((dir / "tokenizer.json").string() + ": added_tokens[]: expected an object with an integer \"id\" in [0, 2^31), got " +
+                 val.dump().substr(0, 80));
+          }
+          add(entry(val, val["id"].get<std::int32_t>()));
+        }
       }
       // BOS / EOS: the post-processor template of a single sequence (special tokens around $A).
       if (tj->contains("post_processor") && (*tj)["post_processor"].is_object()) {

@@ -108,14 +108,16 @@ weight_store::weight_store(const std::filesystem::path& dir, progress_fn progres
   std::vector<fs::path> files;
   std::map<std::string, std::string> index;  // stored name -> file, when sharded
   const fs::path index_path = dir / "model.safetensors.index.json";
-  if (fs::exists(index_path)) {
-    std::ifstream in(index_path, std::ios::binary);
-    if (!in) throw error("llava: " + index_path.string() + ": cannot open");
-    std::stringstream ss;
-    ss << in.rdbuf();
+  // symlink_status: a dangling link or a link loop exists (and is then refused by the file rule).
+  auto present = [](const fs::path& p) {
+    std::error_code e;
+    return fs::exists(fs::symlink_status(p, e));
+  };
+  if (present(index_path)) {
+    const std::string text = read_input_file(index_path, max_json_file_bytes, "a JSON file");
     nlohmann::json j;
     try {
-      j = nlohmann::json::parse(ss.str());
+      j = nlohmann::json::parse(text);
     } catch (const nlohmann::json::exception& e) {
       throw error("llava: " + index_path.string() + ": invalid JSON: " + e.what());
     }
@@ -133,7 +135,7 @@ weight_store::weight_store(const std::filesystem::path& dir, progress_fn progres
       if (seen.insert(f).second) files.push_back(dir / f);
     }
     if (files.empty()) throw error("llava: " + index_path.string() + ": weight_map is empty");
-  } else if (fs::exists(dir / "model.safetensors")) {
+  } else if (present(dir / "model.safetensors")) {
     files.push_back(dir / "model.safetensors");
   } else {
     throw error("llava: " + dir.string() + ": no model.safetensors or model.safetensors.index.json");
@@ -142,7 +144,10 @@ weight_store::weight_store(const std::filesystem::path& dir, progress_fn progres
   std::size_t done = 0;
   for (const auto& path : files) {
     if (progress) progress(done, files.size(), path.string());
-    if (!fs::exists(path)) throw error("llava: " + path.string() + ": shard listed in the index is missing");
+    if (!present(path)) throw error("llava: " + path.string() + ": shard listed in the index is missing");
+    // The one file rule before the header is parsed or the file mapped: a regular file (a FIFO
+    // would block the open, a device would map garbage); its content bounds every size in it.
+    check_input_file(path, ~std::uint64_t{0}, "a weights file");
     std::vector<tokensel::safetensors::tensor_info> infos;
     std::uint64_t data_offset = 0;
     try {

@@ -11,6 +11,7 @@
 // image 336); a missing "text_config" is LlamaConfig().
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
 #include <stdexcept>
 #include <string>
@@ -25,6 +26,29 @@ struct error : std::runtime_error {
 
 /// Largest patch grid side load_config accepts (image_size / patch_size): token counts stay int.
 inline constexpr int max_patches_per_side = 2048;
+
+/// The one image-size rule (PIL's decompression-bomb limit: Image.MAX_IMAGE_PIXELS = 89,478,485,
+/// above twice that PIL raises DecompressionBombError). It bounds every pixel buffer the runtime
+/// makes: a decoded image (checked from its header, before decoding), the padded square of
+/// pad-to-square (max(w, h)^2, checked from the header too when padding is on), and the model's
+/// input square (vision_config.image_size^2, checked when the config is read).
+inline constexpr std::uint64_t max_image_pixels = 2ull * 89'478'485ull;
+
+/// Size bounds of the runtime's files (bytes), on top of the one file rule of
+/// tokensel/io/detail/byte_source.hpp (regular files only): JSON and tokenizer files 64 MiB,
+/// images 1 GiB. Weights are mapped, and every size in them is checked against the file.
+inline constexpr std::uint64_t max_json_file_bytes = 64ull << 20;
+inline constexpr std::uint64_t max_image_file_bytes = 1ull << 30;
+
+/// The whole of an input file through tokensel's one file rule (a regular file after following
+/// links, at most max_bytes), as llava::error "llava: PATH: problem" otherwise. `kind` names the
+/// file for the size message ("a JSON file").
+std::string read_input_file(const std::filesystem::path& path, std::uint64_t max_bytes, const char* kind);
+/// The same check without reading (files that are mapped); returns the size.
+std::uint64_t check_input_file(const std::filesystem::path& path, std::uint64_t max_bytes, const char* kind);
+/// tokensel's checked write (temporary file + rename; nothing left behind on failure), as
+/// llava::error "llava: <what> PATH: problem".
+void write_output_file(const std::filesystem::path& path, const std::string& bytes, const std::string& what);
 
 struct clip_config {
   int hidden = 768;

@@ -36,9 +36,12 @@ struct rgb_image {
 
 /// Decodes PNG or JPEG (anything stb_image reads) to RGB: grey is replicated, alpha dropped, as
 /// PIL's convert("RGB") does. `name` only labels errors.
-rgb_image decode_image(std::span<const std::uint8_t> bytes, const std::string& name);
-/// Reads and decodes a file; throws image_error for a missing/unreadable/undecodable file.
-rgb_image load_image(const std::filesystem::path& path);
+/// `pad`: the image will be padded to a square, whose max(w, h)^2 pixels must also stay within
+/// max_image_pixels (checked from the header, before decoding).
+rgb_image decode_image(std::span<const std::uint8_t> bytes, const std::string& name, bool pad = false);
+/// Reads and decodes a file; throws image_error for a missing/unreadable/undecodable file (only
+/// a regular file of at most max_image_file_bytes is read).
+rgb_image load_image(const std::filesystem::path& path, bool pad = false);
 /// The JPEG decoder: "libjpeg" (libjpeg-turbo, the decoder PIL uses: bit-identical pixels). PNG
 /// goes through stb_image, which is exact. No other format is decoded.
 const char* jpeg_decoder() noexcept;
