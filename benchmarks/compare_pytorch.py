@@ -3,6 +3,7 @@
 synthetic fp16 shapes as benchmarks/bench_cuda_methods.cu, for a side-by-side table.
 
     python3 benchmarks/compare_pytorch.py [--repeat 50] [--cuda-json bench_cuda_methods.json]
+                                          [--sdpa-out sdpa.json]
 
 --cuda-json takes the output of
     bench_cuda_methods --benchmark_out=bench_cuda_methods.json --benchmark_out_format=json
@@ -10,6 +11,11 @@ and adds the tokensel column. Without PyTorch or without a CUDA device the scrip
 exits with status 0 (nothing to compare). The PyTorch versions follow the spec
 (shared/spec/algorithms.md) but are not bit-exact references: they are the obvious eager code a
 user would write (torch.topk ties, torch.quantile), timed for speed only.
+
+It also times one attention forward with torch.nn.functional.scaled_dot_product_attention (the
+flash-attention backend where PyTorch has it) over the Q/K/V shapes of benchmarks/bench_cuda_qk.cu
+(fp16, batch 1): the yardstick of the target "Q/K statistics no slower than one flash-attention
+forward" (benchmarks/cuda_targets.py). --sdpa-out writes those times as {layer: us}.
 """
 import argparse
 import json
@@ -17,6 +23,7 @@ import statistics
 import sys
 
 ENCODER = [("llava15_b1", 1, 16, 577, 1), ("llava15_b64", 64, 16, 577, 64), ("next5", 5, 16, 577, 1), ("video8", 8, 16, 257, 1)]
+QK_LAYERS = [("clip_577", 16, 577, 64, False), ("vicuna7b_600", 32, 600, 128, True), ("vicuna7b_2900", 32, 2900, 128, True)]
 LLM = [("llava15_b1", 1, 32, 35, 576, 40, 1), ("llava15_b64", 64, 32, 35, 576, 40, 64), ("next5", 1, 32, 35, 2880, 40, 1),
        ("video8", 1, 32, 35, 2048, 40, 1)]
 
@@ -25,6 +32,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=50)
     ap.add_argument("--cuda-json", default=None)
+    ap.add_argument("--sdpa-out", default=None, help="write the SDPA forward times {layer: us} here")
     args = ap.parse_args()
     try:
         import torch
@@ -101,6 +109,25 @@ def main():
         del A
         torch.cuda.empty_cache()
 
+    # One attention forward per bench_cuda_qk.cu layer: Q/K/V [1, heads, n, d] fp16.
+    sdpa, backend = {}, "flash"
+    F = torch.nn.functional
+    for name, heads, n, d, causal in QK_LAYERS:
+        q, k, v = (torch.randn(1, heads, n, d, device=dev, dtype=torch.half) for _ in range(3))
+        def forward():
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        try:
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+            with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+                sdpa[name] = timed(forward)
+        except (ImportError, RuntimeError):
+            backend = "default"  # no flash kernel for this build or shape: PyTorch's choice
+            sdpa[name] = timed(forward)
+        del q, k, v
+    if args.sdpa_out:
+        with open(args.sdpa_out, "w") as f:
+            json.dump(sdpa, f, indent=1)
+
     ours = {}
     if args.cuda_json:
         with open(args.cuda_json) as f:
@@ -113,6 +140,11 @@ def main():
     for method, shape, us in rows:
         t = ours.get((method, shape))
         print(f"| {method} | {shape} | {us:.1f} | {'' if t is None else f'{t:.1f}'} |")
+    print()
+    print(f"| layer (Q/K/V fp16, batch 1) | SDPA forward, {backend} backend (us) |")
+    print(f"|---|---|")
+    for name, us in sdpa.items():
+        print(f"| {name} | {us:.1f} |")
     return 0
 
 

@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # The test command (CI runs it through .ci/run). Stages, each timed:
-#   1. main build (Release: tests, examples, benchmarks) + ctest, consumer projects included
+#   1. main build (Release: tests, examples, benchmarks) + ctest, consumer projects included;
+#      TOKENSEL_REQUIRE_CUDA=ON: a missing nvcc, GoogleTest or Google Benchmark fails the configure
+#   bundle: tools/gpu-bundle.sh packs the main build's CUDA binaries (no recompiling) and checks
+#      the size limit, then runs the bundle's gpu-check.sh here (no GPU: every step must skip
+#      with its reason and the summary table must still come out)
 #   2. conan create (offline profile) with its test_package
 #   3. libFuzzer targets, FUZZ_SECONDS (default 20) each from the committed seed corpora
 #   4. AddressSanitizer + UndefinedBehaviorSanitizer build + ctest (last: its summary closes the log)
-# TOKENSEL_STAGES (default "main conan fuzz sanitize") picks stages; missing packages are
+# TOKENSEL_STAGES (default "main bundle conan fuzz sanitize") picks stages; missing packages are
 # installed first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install-deps.sh
-stages=" ${TOKENSEL_STAGES:-main conan fuzz sanitize} "
+stages=" ${TOKENSEL_STAGES:-main bundle conan fuzz sanitize} "
 jobs=${TOKENSEL_JOBS:-$(nproc)}
 export TOKENSEL_JOBS=$jobs
 timing=""
@@ -23,11 +27,21 @@ stage() {  # stage NAME COMMAND...: runs it and records its wall time
 }
 main_stage() {
   local build=${TOKENSEL_BUILD_DIR:-build}
-  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release
+  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTOKENSEL_REQUIRE_CUDA=ON
   cmake --build "$build" -j "$jobs"
   ctest --test-dir "$build" --output-on-failure -j "$jobs"
 }
+bundle_stage() {
+  local build=${TOKENSEL_BUILD_DIR:-build} out
+  bash tools/gpu-bundle.sh "$build" gpu-bundle
+  out=$(mktemp -d)
+  # Without a GPU nothing may fail: every step skips with its reason (status 0).
+  OUT=$out GPU_CHECK_DEADLINE_S=120 bash gpu-bundle/gpu-check.sh
+  grep -q '^OVERALL: ' "$out/summary.txt"
+  rm -rf "$out"
+}
 case $stages in *" main "*) stage main main_stage ;; esac
+case $stages in *" bundle "*) stage bundle bundle_stage ;; esac
 case $stages in *" conan "*) stage conan bash tools/conan-create.sh ;; esac
 case $stages in *" fuzz "*) FUZZ_SECONDS=${FUZZ_SECONDS:-20} stage fuzz bash tools/fuzz.sh ;; esac
 echo "stage times so far: ${timing:-none}"

@@ -10,7 +10,9 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <map>
 #include <random>
 #include <span>
 #include <utility>
@@ -41,6 +43,66 @@ inline std::string device_skip_reason() {
   return {};
 }
 
+// ---- parity bookkeeping ---------------------------------------------------------------------
+// The test executables ignore it. tokensel_cuda_parity (parity_main.cu: the parity tests of every
+// suite in one process) reads it: TOKENSEL_PARITY_SCALE multiplies each parity loop's case count,
+// every case is counted under its test suite, and while recording is on the host bytes of every
+// upload of the current case are kept, so the first failing case can be written out with its inputs.
+
+/// One host-to-device upload of the current case.
+struct recorded_upload {
+  std::string dtype;  ///< numpy descr: <f4, <f2, <i4, |u1, ...; bf16 as <u2 (raw bits)
+  std::size_t element_size = 0;
+  std::vector<unsigned char> bytes;
+};
+
+struct parity_state {
+  bool recording = false;
+  std::map<std::string, long> cases;  ///< per test suite
+  std::string current;                ///< suite.test#case of the running case
+  std::vector<recorded_upload> uploads;
+};
+
+inline parity_state& parity() {
+  static parity_state s;
+  return s;
+}
+
+/// The case count of a parity loop: n times TOKENSEL_PARITY_SCALE (default 1), at most
+/// TOKENSEL_PARITY_LIMIT when that is set (the short runs under compute-sanitizer).
+inline int parity_cases(int n) {
+  static const auto env = [](const char* name, int fallback) {
+    const char* e = std::getenv(name);
+    const int v = e != nullptr ? std::atoi(e) : fallback;
+    return v > 0 ? v : fallback;
+  };
+  static const int scale = env("TOKENSEL_PARITY_SCALE", 1);
+  static const int limit = env("TOKENSEL_PARITY_LIMIT", 1 << 30);
+  return std::min(n * scale, limit);
+}
+
+/// Marks the start of parity case c of the running test: counts it under its test suite and
+/// forgets the previous case's recorded uploads.
+inline void parity_case(long c) {
+  auto& s = parity();
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  const std::string suite = info != nullptr ? info->test_suite_name() : "unknown";
+  ++s.cases[suite];
+  s.current = suite + "." + (info != nullptr ? info->name() : "unknown") + "#" + std::to_string(c);
+  s.uploads.clear();
+}
+
+template <class T>
+std::string numpy_descr() {
+  if constexpr (std::is_same_v<T, float>) return "<f4";
+  else if constexpr (std::is_same_v<T, double>) return "<f8";
+  else if constexpr (sizeof(T) == 2 && (std::is_same_v<T, Eigen::half> || std::is_same_v<T, __half>)) return "<f2";
+  else if constexpr (sizeof(T) == 2 && !std::is_integral_v<T>) return "<u2";  // bfloat16 bits
+  else if constexpr (std::is_integral_v<T> && std::is_signed_v<T>) return "<i" + std::to_string(sizeof(T));
+  else if constexpr (std::is_integral_v<T>) return (sizeof(T) == 1 ? "|u" : "<u") + std::to_string(sizeof(T));
+  else return "|V" + std::to_string(sizeof(T));  // a struct: raw bytes
+}
+
 #define TOKENSEL_REQUIRE_DEVICE()                                         \
   do {                                                                    \
     const std::string tokensel_skip_ = ::tokensel_test::device_skip_reason(); \
@@ -68,8 +130,13 @@ template <class T>
 class device_buffer {
  public:
   device_buffer() = default;
+  /// Allocates n elements and poisons every byte with 0xFF (NaN for floating types, -1 for
+  /// indices and counts), so an output the backend fails to write fails the comparison.
   explicit device_buffer(std::size_t n) : n_(n) {
-    if (n > 0) cuda_ok(cudaMalloc(reinterpret_cast<void**>(&p_), n * sizeof(T)), "cudaMalloc");
+    if (n > 0) {
+      cuda_ok(cudaMalloc(reinterpret_cast<void**>(&p_), n * sizeof(T)), "cudaMalloc");
+      fill_bytes(0xFF);
+    }
   }
   device_buffer(const device_buffer&) = delete;
   device_buffer& operator=(const device_buffer&) = delete;
@@ -86,6 +153,12 @@ class device_buffer {
   std::size_t size() const noexcept { return n_; }
   void upload(const std::vector<T>& h) {
     if (h.size() != n_) throw std::runtime_error("upload: size mismatch");
+    if (parity().recording) {
+      recorded_upload r{numpy_descr<T>(), sizeof(T), {}};
+      const auto* b = reinterpret_cast<const unsigned char*>(h.data());
+      r.bytes.assign(b, b + n_ * sizeof(T));
+      parity().uploads.push_back(std::move(r));
+    }
     if (n_ > 0) cuda_ok(cudaMemcpy(p_, h.data(), n_ * sizeof(T), cudaMemcpyHostToDevice), "upload");
   }
   std::vector<T> download() const {

@@ -30,7 +30,8 @@ Config random_budget(std::mt19937_64& rng, index_t n_min) {
 TEST(CudaBaselines, RandomParity) {
   TOKENSEL_REQUIRE_DEVICE();
   std::mt19937_64 rng(61);
-  for (int c = 0; c < 1000; ++c) {
+  for (int c = 0; c < parity_cases(1000); ++c) {
+    parity_case(c);
     const index_t B = pick(rng, 1, 6);
     std::vector<index_t> n;
     for (index_t b = 0; b < B; ++b) n.push_back(pick(rng, 0, 9) == 0 ? 0 : pick(rng, 1, 700));
@@ -59,7 +60,8 @@ TEST(CudaBaselines, RandomParity) {
 TEST(CudaBaselines, UniformParity) {
   TOKENSEL_REQUIRE_DEVICE();
   std::mt19937_64 rng(62);
-  for (int c = 0; c < 1000; ++c) {
+  for (int c = 0; c < parity_cases(1000); ++c) {
+    parity_case(c);
     const index_t B = pick(rng, 1, 6);
     const bool grids_mode = pick(rng, 0, 1) == 0;
     std::vector<token_grid> grids;
@@ -130,7 +132,8 @@ void pool_case(std::mt19937_64& rng, int c) {
 TEST(CudaBaselines, PoolParity) {
   TOKENSEL_REQUIRE_DEVICE();
   std::mt19937_64 rng(63);
-  for (int c = 0; c < 300; ++c) {
+  for (int c = 0; c < parity_cases(300); ++c) {
+    parity_case(c);
     pool_case<float, float>(rng, c);
     pool_case<Eigen::half, Eigen::half>(rng, c);
     pool_case<Eigen::bfloat16, float>(rng, c);

@@ -161,7 +161,8 @@ void check_problem(const problem& p, std::mt19937_64& rng, const std::string& la
 template <class E, bool Native>
 void parity_run(int cases, std::uint64_t seed) {
   std::mt19937_64 rng(seed);
-  for (int c = 0; c < cases; ++c) {
+  for (int c = 0; c < parity_cases(cases); ++c) {
+    parity_case(c);
     const problem p = random_problem(rng, c);
     const std::string label = std::string(element_name<E>()) + (Native ? "" : "(eigen)") + " case " + std::to_string(c);
     check_problem<E, Native>(p, rng, label);

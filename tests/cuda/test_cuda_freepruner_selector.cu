@@ -366,7 +366,8 @@ void check_problem(const problem& p, std::mt19937_64& rng, const std::string& la
 template <class E>
 void parity_run(int cases, std::uint64_t seed) {
   std::mt19937_64 rng(seed);
-  for (int c = 0; c < cases; ++c) {
+  for (int c = 0; c < parity_cases(cases); ++c) {
+    parity_case(c);
     const problem p = random_problem(rng);
     check_problem<E>(p, rng, std::string(element_name<E>()) + " case " + std::to_string(c));
     if (::testing::Test::HasFatalFailure()) return;

@@ -160,7 +160,8 @@ void fitprune_case(std::mt19937_64& rng, const std::string& label) {
 template <class E, bool Native>
 void run_cases(int cases, std::uint64_t seed) {
   std::mt19937_64 rng(seed);
-  for (int c = 0; c < cases; ++c) {
+  for (int c = 0; c < parity_cases(cases); ++c) {
+    parity_case(c);
     const std::string label = std::string(element_name<E>()) + (Native ? "" : "(eigen)") + " case " + std::to_string(c);
     fastv_case<E, Native>(rng, "fastv " + label);
     if (::testing::Test::HasFatalFailure()) return;

@@ -298,7 +298,8 @@ void gather_case(std::mt19937_64& rng, const std::string& label) {
 template <class E>
 void run_all(int cases, std::uint64_t seed) {
   std::mt19937_64 rng(seed);
-  for (int c = 0; c < cases; ++c) {
+  for (int c = 0; c < parity_cases(cases); ++c) {
+    parity_case(c);
     const std::string label = std::string(element_name<E>()) + " case " + std::to_string(c);
     map_primitives_case<E>(rng, label);
     if (::testing::Test::HasFatalFailure()) return;
@@ -326,7 +327,8 @@ TEST(CudaPrimitives, ParityBfloat16) {
 TEST(CudaPrimitives, GatherScatterParity) {
   TOKENSEL_REQUIRE_DEVICE();
   std::mt19937_64 rng(54);
-  for (int c = 0; c < 100; ++c) {
+  for (int c = 0; c < parity_cases(100); ++c) {
+    parity_case(c);
     gather_case<float, float>(rng, "f32->f32 " + std::to_string(c));
     gather_case<Eigen::half, float>(rng, "f16->f32 " + std::to_string(c));
     gather_case<float, Eigen::bfloat16>(rng, "f32->bf16 " + std::to_string(c));

@@ -266,7 +266,8 @@ void ragged_case(std::mt19937_64& rng, const std::string& label, bool with_featu
 TEST(CudaPruMerge, ParityRagged) {
   TOKENSEL_REQUIRE_DEVICE();
   std::mt19937_64 rng(86);
-  for (int c = 0; c < 60; ++c) {
+  for (int c = 0; c < parity_cases(60); ++c) {
+    parity_case(c);
     ragged_case<float, float, float>(rng, "ragged f32 " + std::to_string(c), c % 3 != 0);
     ragged_case<Eigen::half, Eigen::half, Eigen::half>(rng, "ragged f16 " + std::to_string(c), c % 3 != 1);
     ragged_case<Eigen::bfloat16, float, Eigen::bfloat16>(rng, "ragged bf16 " + std::to_string(c), c % 3 != 2);
@@ -325,7 +326,8 @@ TEST(CudaPruMerge, ParityFromAttention) {
       EXPECT_EQ(res[i].iqr.upper_fence, want_r[i].iqr.upper_fence);
     }
   };
-  for (int c = 0; c < 120; ++c) {
+  for (int c = 0; c < parity_cases(120); ++c) {
+    parity_case(c);
     one(float{}, c);
     one(Eigen::half{}, c);
     one(Eigen::bfloat16{}, c);
@@ -348,7 +350,8 @@ TEST(CudaPruMerge, ParityFromAttention) {
 TEST(CudaPruMerge, ParityMerge) {
   TOKENSEL_REQUIRE_DEVICE();
   std::mt19937_64 rng(81);
-  for (int c = 0; c < 250; ++c) {
+  for (int c = 0; c < parity_cases(250); ++c) {
+    parity_case(c);
     prumerge_case<float, float, float>(rng, "f32 merge case " + std::to_string(c), true);
     prumerge_case<Eigen::half, Eigen::half, Eigen::half>(rng, "f16 merge case " + std::to_string(c), true);
     prumerge_case<Eigen::bfloat16, Eigen::bfloat16, float>(rng, "bf16 merge case " + std::to_string(c), true);
@@ -359,7 +362,8 @@ TEST(CudaPruMerge, ParityMerge) {
 TEST(CudaPruMerge, ParitySelectionOnly) {
   TOKENSEL_REQUIRE_DEVICE();
   std::mt19937_64 rng(82);
-  for (int c = 0; c < 150; ++c) {
+  for (int c = 0; c < parity_cases(150); ++c) {
+    parity_case(c);
     prumerge_case<float, float, float>(rng, "f32 select case " + std::to_string(c), false);
     prumerge_case<Eigen::half, float, float>(rng, "f16 select case " + std::to_string(c), false);
     prumerge_case<Eigen::bfloat16, float, float>(rng, "bf16 select case " + std::to_string(c), false);
@@ -370,7 +374,8 @@ TEST(CudaPruMerge, ParitySelectionOnly) {
 TEST(CudaPruMerge, ParityLlavaShapes) {
   TOKENSEL_REQUIRE_DEVICE();
   std::mt19937_64 rng(83);
-  for (int c = 0; c < 4; ++c) {
+  for (int c = 0; c < parity_cases(4); ++c) {
+    parity_case(c);
     prumerge_case<Eigen::half, Eigen::half, Eigen::half>(rng, "llava f16 " + std::to_string(c), true, 576, 1024);
     prumerge_case<float, float, float>(rng, "llava f32 " + std::to_string(c), true, 576, 1024);
     prumerge_case<Eigen::bfloat16, Eigen::bfloat16, Eigen::bfloat16>(rng, "llava bf16 " + std::to_string(c), true, 576, 1024);

@@ -435,7 +435,8 @@ TEST(CudaQkDevice, FastVAndVisionZipFromQk) {
     EXPECT_EQ(sel.rows()[0], want) << "seed " << seed;
   }
   EXPECT_GE(compared, 3);
-  // VisionZip (dense batch of 2 CLIP layers), no merging features checked beyond the indices.
+  // VisionZip (dense batch of 2 CLIP layers): indices and merged features (random hidden states,
+  // so a wrong merge cannot hide behind equal rows).
   const index_t B = 2, H = 16, N = 577, D = 64;
   std::vector<float> q, k;
   for (index_t b = 0; b < B; ++b) {
@@ -445,7 +446,10 @@ TEST(CudaQkDevice, FastVAndVisionZipFromQk) {
   }
   auto dq = to_device(q), dk = to_device(k);
   const visionzip::config vcfg{.dominant = 54, .contextual = 10};
-  std::vector<float> hidden(static_cast<std::size_t>(B * N * 8), 1.0f);
+  std::vector<float> hidden(static_cast<std::size_t>(B * N * 8));
+  std::mt19937_64 hidden_rng(301);
+  std::normal_distribution<float> hidden_value(0.0f, 1.0f);
+  for (auto& x : hidden) x = hidden_value(hidden_rng);
   auto dh = to_device(hidden);
   device_buffer<float> feats(static_cast<std::size_t>(B * 64 * 8));
   const qk_batch<float> batch{.queries = tensor_view<const float, 4>(dq.data(), {B, H, N, D}), .keys = tensor_view<const float, 4>(dk.data(), {B, H, N, D})};
@@ -458,6 +462,7 @@ TEST(CudaQkDevice, FastVAndVisionZipFromQk) {
   for (index_t b = 0; b < B; ++b) {
     const qk_source<float> src{.queries = tensor_view<const float, 3>(q.data() + b * H * N * D, {H, N, D}),
                                .keys = tensor_view<const float, 3>(k.data() + b * H * N * D, {H, N, D})};
+  const auto got_features = feats.download();
     std::vector<token_index> want(64);
     std::vector<float> fw(64 * 8);
     const auto r = visionzip::select(seq, src, src.keys, tensor_view<const float, 2>(hidden.data() + b * N * 8, {N, 8}), vcfg,
@@ -467,6 +472,10 @@ TEST(CudaQkDevice, FastVAndVisionZipFromQk) {
   }
 }
 
+    // The merged rows (dominant rows, then the contextual merges), bit for bit.
+    fw.resize(static_cast<std::size_t>(r.count * 8));
+    const std::vector<float> gf(got_features.begin() + b * 64 * 8, got_features.begin() + b * 64 * 8 + r.count * 8);
+    EXPECT_EQ(gf, fw) << "merged features, sample " << b;
 TEST(CudaQkDevice, FoPruFromQk) {
   TOKENSEL_REQUIRE_DEVICE();
   int compared = 0;

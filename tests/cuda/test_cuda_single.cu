@@ -154,7 +154,8 @@ TEST(CudaSingle, MapMethodsEqualBatchOfOne) {
   TOKENSEL_REQUIRE_DEVICE();
   using D = __half;
   std::mt19937_64 rng(91);
-  for (int c = 0; c < 40; ++c) {
+  for (int c = 0; c < parity_cases(40); ++c) {
+    parity_case(c);
     const index_t n = std::uniform_int_distribution<index_t>(10, 120)(rng);
     const attention_batch<Eigen::half> attn(false, 4, {n}, {n}, static_cast<layout>(c % 3), static_cast<values>(c % 4), rng);
     const auto views = attn.device_samples<D>();
@@ -219,7 +220,8 @@ TEST(CudaSingle, FeatureMethodsEqualBatchOfOne) {
   TOKENSEL_REQUIRE_DEVICE();
   std::mt19937_64 rng(92);
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  for (int c = 0; c < 30; ++c) {
+  for (int c = 0; c < parity_cases(30); ++c) {
+    parity_case(c);
     const index_t n = std::uniform_int_distribution<index_t>(20, 100)(rng), dh = 16, d = 12;
     const std::string label = "case " + std::to_string(c);
     std::vector<float> keys(static_cast<std::size_t>(2 * n * dh)), hidden(static_cast<std::size_t>(n * d));

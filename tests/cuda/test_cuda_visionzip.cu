@@ -193,7 +193,8 @@ void visionzip_ragged_case(std::mt19937_64& rng, const std::string& label, index
 TEST(CudaVisionZip, Parity) {
   TOKENSEL_REQUIRE_DEVICE();
   std::mt19937_64 rng(71);
-  for (int c = 0; c < 350; ++c) {
+  for (int c = 0; c < parity_cases(350); ++c) {
+    parity_case(c);
     visionzip_case<float, float>(rng, "f32 case " + std::to_string(c));
     visionzip_case<Eigen::half, Eigen::half>(rng, "f16 case " + std::to_string(c));
     visionzip_case<Eigen::bfloat16, float>(rng, "bf16 case " + std::to_string(c));
@@ -255,7 +256,8 @@ TEST(CudaVisionZip, NonFiniteKeysAreReported) {
 TEST(CudaVisionZip, RaggedParity) {
   TOKENSEL_REQUIRE_DEVICE();
   std::mt19937_64 rng(73);
-  for (int c = 0; c < 340; ++c) {
+  for (int c = 0; c < parity_cases(340); ++c) {
+    parity_case(c);
     visionzip_ragged_case<float, float>(rng, "ragged f32 case " + std::to_string(c));
     visionzip_ragged_case<Eigen::half, Eigen::half>(rng, "ragged f16 case " + std::to_string(c));
     visionzip_ragged_case<Eigen::bfloat16, float>(rng, "ragged bf16 case " + std::to_string(c));
