@@ -1,5 +1,5 @@
 // CUDA consumer of the Conan package (with_cuda): the CUDA headers and flags reach a .cu file.
-#include <tokensel/cuda/error.cuh>
+#include <tokensel/cuda/core/error.cuh>
 #include <tokensel/methods/fopru.hpp>
 
 #include <cstdio>

@@ -162,11 +162,11 @@ TEST(FastV, RejectsBadInput) {
   auto a = tokensel_test::tiny_causal_map();
   head_attention_view<float> view(a.data(), {2, 7, 7});
   std::vector<token_index> out(3), small(1);
-  expect_error([] { fastv::keep_count(10, {.ratio = 1.0}); }, errc::invalid_argument, "fastv.ratio = 1");
-  expect_error([] { fastv::keep_count(10, {.ratio = -0.1}); }, errc::invalid_argument, "fastv.ratio = -0.1");
-  expect_error([] { fastv::keep_count(10, {.ratio = std::numeric_limits<double>::quiet_NaN()}); }, errc::invalid_argument, "fastv.ratio");
-  expect_error([] { fastv::keep_count(10, {.layer = 0}); }, errc::invalid_argument, "fastv.layer = 0");
-  expect_error([] { fastv::keep_count(-1, {}); }, errc::invalid_argument, "fastv.n = -1");
+  expect_error([] { (void)fastv::keep_count(10, {.ratio = 1.0}); }, errc::invalid_argument, "fastv.ratio = 1");
+  expect_error([] { (void)fastv::keep_count(10, {.ratio = -0.1}); }, errc::invalid_argument, "fastv.ratio = -0.1");
+  expect_error([] { (void)fastv::keep_count(10, {.ratio = std::numeric_limits<double>::quiet_NaN()}); }, errc::invalid_argument, "fastv.ratio");
+  expect_error([] { (void)fastv::keep_count(10, {.layer = 0}); }, errc::invalid_argument, "fastv.layer = 0");
+  expect_error([] { (void)fastv::keep_count(-1, {}); }, errc::invalid_argument, "fastv.n = -1");
   expect_error([&] { fastv::select(seq, view, {2, 3}, {}, small); }, errc::shape_mismatch, "fastv.out.size()");
   expect_error([&] { fastv::select(seq, view, {5, 3}, {}, out); }, errc::invalid_argument, "fastv.visual");
   expect_error([&] { fastv::select(seq, view.slice(1, 0, 0), {2, 3}, {}, out); }, errc::shape_mismatch, "fastv.attention.extent(1)");

@@ -124,7 +124,7 @@ TEST(FitPruneRecipe, ScalingFloorsPerLayer) {
   EXPECT_EQ(fitprune::keep_count(2880, next), 2880 - 1512);
 
   expect_error([&] { fitprune::drops_at(r, 3, 7); }, errc::invalid_argument, "fitprune.layer");
-  expect_error([&] { fitprune::keep_count(-1, r); }, errc::invalid_argument, "fitprune.n");
+  expect_error([&] { (void)fitprune::keep_count(-1, r); }, errc::invalid_argument, "fitprune.n");
   std::vector<index_t> wrong(2);
   expect_error([&] { fitprune::scaled_drops(r, 7, wrong); }, errc::shape_mismatch, "fitprune.scaled_drops.out.size()");
 }
@@ -153,7 +153,7 @@ TEST(FitPruneRecipe, Validation) {
   expect_error([&] { fitprune::validate(r); }, errc::invalid_argument, "fitprune.recipe.geometry.layers = 0");
   r = small_recipe();
   r.geometry.visual_tokens = 0;
-  expect_error([&] { fitprune::keep_count(5, r); }, errc::invalid_argument, "fitprune.recipe.geometry.visual_tokens");
+  expect_error([&] { (void)fitprune::keep_count(5, r); }, errc::invalid_argument, "fitprune.recipe.geometry.visual_tokens");
   // The identity recipe (reduction 0, no drops) is valid.
   r = small_recipe();
   r.drops = {0, 0, 0};

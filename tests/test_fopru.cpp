@@ -119,12 +119,12 @@ TEST(FoPru, RejectsBadInput) {
       EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
     }
   };
-  expect_error([] { fopru::keep_count(10, {.ratio = 1.5}); }, errc::invalid_argument, "fopru.ratio = 1.5");
-  expect_error([] { fopru::keep_count(10, {.ratio = 0.0}); }, errc::invalid_argument, "fopru.ratio = 0");
-  expect_error([] { fopru::keep_count(10, {.ratio = std::nan("")}); }, errc::invalid_argument, "fopru.ratio");
-  expect_error([] { fopru::keep_count(10, {.ratio = 0.5, .strategy = fopru::strategy::row}); }, errc::shape_mismatch,
+  expect_error([] { (void)fopru::keep_count(10, {.ratio = 1.5}); }, errc::invalid_argument, "fopru.ratio = 1.5");
+  expect_error([] { (void)fopru::keep_count(10, {.ratio = 0.0}); }, errc::invalid_argument, "fopru.ratio = 0");
+  expect_error([] { (void)fopru::keep_count(10, {.ratio = std::nan("")}); }, errc::invalid_argument, "fopru.ratio");
+  expect_error([] { (void)fopru::keep_count(10, {.ratio = 0.5, .strategy = fopru::strategy::row}); }, errc::shape_mismatch,
                "fopru.grid.n = 10");
-  expect_error([] { fopru::keep_count(10, {.ratio = 0.5, .strategy = fopru::strategy::row, .grid = token_grid{3, 3}}); },
+  expect_error([] { (void)fopru::keep_count(10, {.ratio = 0.5, .strategy = fopru::strategy::row, .grid = token_grid{3, 3}}); },
                errc::shape_mismatch, "fopru.grid = 3x3");
 
   auto a = hand_map();

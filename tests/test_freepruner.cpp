@@ -204,11 +204,11 @@ TEST(FreePrunerConfig, KeepCountAndMaxCount) {
   EXPECT_EQ(fp::max_count(576, fp::config{.mode = fp::mode::fixed, .budget = 64}), 64);
   EXPECT_EQ(fp::max_count(576, fp::config{}), 576);
   EXPECT_EQ(fp::max_count(0, fp::config{}), 0);
-  expect_error([] { fp::keep_count(63, fp::config{.mode = fp::mode::fixed, .budget = 64}); }, errc::invalid_argument,
+  expect_error([] { (void)fp::keep_count(63, fp::config{.mode = fp::mode::fixed, .budget = 64}); }, errc::invalid_argument,
                "freepruner.budget = 64: exceeds the 63 patches");
   expect_error([] { fp::max_count(0, fp::config{.mode = fp::mode::fixed, .budget = 1}); }, errc::invalid_argument,
                "freepruner.budget = 1");
-  expect_error([] { fp::keep_count(576, fp::config{}); }, errc::invalid_argument, "freepruner.mode = adaptive");
+  expect_error([] { (void)fp::keep_count(576, fp::config{}); }, errc::invalid_argument, "freepruner.mode = adaptive");
   expect_error([] { fp::max_count(-1, fp::config{}); }, errc::invalid_argument, "freepruner.n = -1");
 }
 

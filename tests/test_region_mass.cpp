@@ -8,6 +8,7 @@
 #include <random>
 #include <vector>
 
+#include "tokensel/select/sequence.hpp"
 #include "tokensel/stats/region_mass.hpp"
 
 using namespace tokensel;

@@ -83,10 +83,10 @@ TEST(VisionZip, KeepCount) {
   EXPECT_EQ(visionzip::keep_count(0, {}), 0);
   EXPECT_EQ(visionzip::keep_count(64, {}), 64);
   EXPECT_EQ(visionzip::keep_count(10, {.dominant = 1, .contextual = 0}), 1);
-  expect_error([] { visionzip::keep_count(63, {}); }, errc::invalid_argument, "visionzip.dominant + visionzip.contextual = 64");
-  expect_error([] { visionzip::keep_count(-1, {}); }, errc::invalid_argument, "visionzip.n = -1");
-  expect_error([] { visionzip::keep_count(10, {.dominant = 0}); }, errc::invalid_argument, "visionzip.dominant = 0");
-  expect_error([] { visionzip::keep_count(10, {.dominant = 2, .contextual = -1}); }, errc::invalid_argument,
+  expect_error([] { (void)visionzip::keep_count(63, {}); }, errc::invalid_argument, "visionzip.dominant + visionzip.contextual = 64");
+  expect_error([] { (void)visionzip::keep_count(-1, {}); }, errc::invalid_argument, "visionzip.n = -1");
+  expect_error([] { (void)visionzip::keep_count(10, {.dominant = 0}); }, errc::invalid_argument, "visionzip.dominant = 0");
+  expect_error([] { (void)visionzip::keep_count(10, {.dominant = 2, .contextual = -1}); }, errc::invalid_argument,
                "visionzip.contextual = -1");
 }
 

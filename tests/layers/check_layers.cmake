@@ -5,7 +5,7 @@
 # tests/cuda/check_cpu_headers.cmake). Headers directly in tokensel/ or tokensel/cuda/ are the
 # deprecated forwarding headers and umbrella headers: they sit above every layer and no layered
 # header may include them.
-# Run: cmake -DTOKENSEL_ROOTS="<repo>/include;<repo>/cuda" -P check_layers.cmake
+# Run: cmake -DTOKENSEL_ROOTS="<repo>/include|<repo>/cuda" -P check_layers.cmake (roots separated by |)
 set(_rank_core 0)
 set(_rank_detail 0)
 set(_rank_stats 1)
@@ -28,6 +28,7 @@ function(layer_of rel out)
   set(${out} ${_rank_${folder}} PARENT_SCOPE)
 endfunction()
 
+string(REPLACE "|" ";" TOKENSEL_ROOTS "${TOKENSEL_ROOTS}")
 set(bad "")
 set(count 0)
 foreach(root ${TOKENSEL_ROOTS})

@@ -1,20 +1,24 @@
-// tokensel CUDA backend: every public header (primitives, methods, baselines). Including the
-// headers you use instead keeps compile times down.
+// tokensel CUDA backend: every public header, layer by layer (core, stats, select, methods).
+// Including the headers you use instead keeps compile times down.
 #pragma once
 
-#include "tokensel/cuda/baselines.cuh"
-#include "tokensel/cuda/element.cuh"
-#include "tokensel/cuda/error.cuh"
-#include "tokensel/cuda/fastv.cuh"
-#include "tokensel/cuda/fitprune.cuh"
-#include "tokensel/cuda/fopru.cuh"
-#include "tokensel/cuda/freepruner.cuh"
-#include "tokensel/cuda/gather.cuh"
-#include "tokensel/cuda/iqr_outliers.cuh"
-#include "tokensel/cuda/map_sums.cuh"
-#include "tokensel/cuda/policy.cuh"
-#include "tokensel/cuda/prumerge.cuh"
-#include "tokensel/cuda/region_mass.cuh"
-#include "tokensel/cuda/top_k.cuh"
-#include "tokensel/cuda/visionzip.cuh"
-#include "tokensel/cuda/workspace.cuh"
+#include "tokensel/cuda/core/element.cuh"
+#include "tokensel/cuda/core/error.cuh"
+#include "tokensel/cuda/core/policy.cuh"
+#include "tokensel/cuda/core/workspace.cuh"
+
+#include "tokensel/cuda/stats/iqr_outliers.cuh"
+#include "tokensel/cuda/stats/map_sums.cuh"
+#include "tokensel/cuda/stats/qk_statistics.cuh"
+#include "tokensel/cuda/stats/region_mass.cuh"
+
+#include "tokensel/cuda/select/gather.cuh"
+#include "tokensel/cuda/select/top_k.cuh"
+
+#include "tokensel/cuda/methods/baselines.cuh"
+#include "tokensel/cuda/methods/fastv.cuh"
+#include "tokensel/cuda/methods/fitprune.cuh"
+#include "tokensel/cuda/methods/fopru.cuh"
+#include "tokensel/cuda/methods/freepruner.cuh"
+#include "tokensel/cuda/methods/prumerge.cuh"
+#include "tokensel/cuda/methods/visionzip.cuh"

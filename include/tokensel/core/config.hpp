@@ -8,9 +8,17 @@
 #define TOKENSEL_VERSION_MINOR 1
 #define TOKENSEL_VERSION_PATCH 0
 
-// A versioned inline namespace (as nlohmann/json and CUB do): two copies of the library
-// built with different versions cannot silently mix in one program.
-#define TOKENSEL_ABI_TAG v0_1
+// A versioned inline namespace (as nlohmann/json and CUB do): two copies of the library built
+// with different versions, or with different floating-point contracts, cannot silently mix in
+// one program (their symbols differ, so a mix fails to link instead of giving other bits).
+// TOKENSEL_STRICT_FP is defined to 1 by the CMake target when it compiles consumers with
+// -ffp-contract=off (option TOKENSEL_STRICT_FP, the default), the setting under which CPU and
+// CUDA results are bit-identical.
+#if defined(TOKENSEL_STRICT_FP) && TOKENSEL_STRICT_FP
+#define TOKENSEL_ABI_TAG v0_1_strict_fp
+#else
+#define TOKENSEL_ABI_TAG v0_1_contract_fp
+#endif
 #define TOKENSEL_BEGIN_NAMESPACE \
   namespace tokensel {           \
   inline namespace TOKENSEL_ABI_TAG {

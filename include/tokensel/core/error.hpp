@@ -21,6 +21,7 @@ enum class errc {
   io_error,          ///< a file that cannot be opened, read or written
   parse_error,       ///< a file or string whose content is malformed or truncated
   unsupported,       ///< a valid request that this build cannot serve (dtype, backend)
+  cuda_runtime,      ///< a CUDA runtime call failed (the message carries its error name and string)
 };
 
 inline const char* to_string(errc code) noexcept {
@@ -32,6 +33,7 @@ inline const char* to_string(errc code) noexcept {
     case errc::io_error: return "io_error";
     case errc::parse_error: return "parse_error";
     case errc::unsupported: return "unsupported";
+    case errc::cuda_runtime: return "cuda_runtime";
   }
   return "unknown";
 }

@@ -127,9 +127,6 @@ class tensor_view {
     return out;
   }
 
-  /// Pointer to the start of a unit-stride innermost run (valid when inner_contiguous()).
-  T* row_pointer(index_t offset) const noexcept { return data_ + offset; }
-
  private:
   template <class, std::size_t>
   friend class tensor_view;

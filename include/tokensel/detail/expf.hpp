@@ -15,12 +15,8 @@
 #include <cstring>
 
 #include "tokensel/core/config.hpp"
+#include "tokensel/detail/arith.hpp"  // TOKENSEL_PORTABLE_HD
 
-#if defined(__CUDACC__)
-#define TOKENSEL_PORTABLE_HD __host__ __device__ __forceinline__
-#else
-#define TOKENSEL_PORTABLE_HD inline
-#endif
 
 /// 2^(i/32) as doubles with i << 47 subtracted from their bits (glibc's __exp2f_data.tab).
 #define TOKENSEL_DETAIL_EXPF_TABLE                                                                         \

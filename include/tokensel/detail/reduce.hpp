@@ -12,19 +12,13 @@
 
 #include "tokensel/core/config.hpp"
 #include "tokensel/core/element.hpp"
+#include "tokensel/detail/arith.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace detail {
 
-inline constexpr int canonical_lanes = 32;
-
 /// Combines 32 lane partials in the warp-tree order.
-inline float combine_lanes(std::array<float, canonical_lanes>& lane) noexcept {
-  for (int width = canonical_lanes / 2; width >= 1; width /= 2) {
-    for (int l = 0; l < width; ++l) lane[l] = lane[l] + lane[l + width];
-  }
-  return lane[0];
-}
+inline float combine_lanes(std::array<float, canonical_lanes>& lane) noexcept { return combine_lane_tree(lane.data()); }
 
 /// Canonical sum of f(x[i * stride]) for i in [0, n), f widening to fp32.
 template <class T, class F>

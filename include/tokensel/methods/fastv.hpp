@@ -66,7 +66,7 @@ inline index_t round_half_even(double x) {
 
 /// Tokens kept of n visual tokens: round(n * (1 - R)) with Python's round (half to even) of the
 /// double product, exactly as the official HF implementation computes it. Pure.
-inline index_t keep_count(index_t n, const config& cfg) {
+[[nodiscard]] inline index_t keep_count(index_t n, const config& cfg) {
   validate(cfg);
   if (n < 0) tokensel::detail::fail(errc::invalid_argument, "fastv.n", n, "must be >= 0");
   const double kept = static_cast<double>(n) * (1.0 - cfg.ratio);

@@ -186,7 +186,7 @@ inline index_t remaining_after(index_t n, const recipe& r, index_t layers_done) 
 
 /// Visual tokens that reach the end of the LLM: n - sum of the scaled drops. Pure; callable
 /// before any data (engines size their buffers with it).
-inline index_t keep_count(index_t n, const recipe& r) { return remaining_after(n, r, r.geometry.layers); }
+[[nodiscard]] inline index_t keep_count(index_t n, const recipe& r) { return remaining_after(n, r, r.geometry.layers); }
 
 /// Predicted FLOPs of the recipe relative to the unpruned model, both for n visual tokens.
 inline double flops_ratio(const recipe& r, index_t n) {

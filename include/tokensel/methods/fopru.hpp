@@ -80,7 +80,7 @@ inline token_grid grid_for(const config& cfg, index_t n) {
 
 /// Tokens kept for n patches (n excludes CLS): known before any attention is computed.
 /// Row strategy: rows_kept * cols of the grid (throws when n does not fit the grid).
-inline index_t keep_count(index_t n, const config& cfg) {
+[[nodiscard]] inline index_t keep_count(index_t n, const config& cfg) {
   validate(cfg);
   if (n < 0) tokensel::detail::fail(errc::invalid_argument, "fopru.n", n, "must be >= 0");
   if (cfg.strategy == strategy::rank || n == 0) return detail::retained(n, cfg.ratio);

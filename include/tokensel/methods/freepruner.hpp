@@ -166,7 +166,7 @@ inline void check_budget(index_t n, const config& cfg) {
 /// Fixed mode: the budget B, known before any attention is computed; throws when B > n.
 /// Adaptive mode has no such count (it depends on the data): throws errc::invalid_argument;
 /// size outputs with max_count instead.
-inline index_t keep_count(index_t n, const config& cfg) {
+[[nodiscard]] inline index_t keep_count(index_t n, const config& cfg) {
   validate(cfg);
   detail::check_patches(n);
   if (cfg.mode == mode::adaptive) {
@@ -775,7 +775,6 @@ class selector {
     std::fill(in_c_.begin(), in_c_.end(), std::uint8_t{0});
     std::fill(fence_count_.begin(), fence_count_.end(), index_t{0});
     progress_.reset();
-    complementary_done_ = false;
     map_stored_ = false;
   }
 
@@ -835,7 +834,6 @@ class selector {
           detail::complementary_from_attention(inner, sample_of(b), patches_, cfg_, s);
           fence_count_[detail::sz(b)] = s.fence_count;
         });
-        complementary_done_ = true;
       } else if (complementary) {
         if (map_.empty()) map_.resize(detail::sz(batch_ * n_ * n_));
         for_samples(policy, [&](index_t b, const auto& inner) {
@@ -850,7 +848,6 @@ class selector {
                                       [&](index_t p, float*) -> const float* { return &map(p, 0); });
           fence_count_[detail::sz(b)] = s.fence_count;
         });
-        complementary_done_ = true;
       }
     }
     progress_.end_add(layer);
@@ -873,7 +870,6 @@ class selector {
   std::vector<token_index> pivotal_sets_;
   std::vector<float> map_;  // reduced complementary-layer map, only when it precedes the last pivotal layer
   detail::layer_progress progress_;
-  bool complementary_done_ = false;
   bool map_stored_ = false;
 };
 

@@ -23,6 +23,7 @@
 
 #include "tokensel/core/batch.hpp"
 #include "tokensel/core/config.hpp"
+#include "tokensel/detail/arith.hpp"
 #include "tokensel/detail/expf.hpp"
 #include "tokensel/detail/parallel.hpp"
 #include "tokensel/detail/reduce.hpp"
@@ -81,17 +82,26 @@ inline void validate(const config& cfg) {
   }
 }
 
-/// PruMerge+ grid stride for n patches and Kc > 0 outliers: max(1, floor(floor(n / Kc) / 3)).
-inline index_t grid_stride(index_t n, index_t outliers) {
-  if (outliers <= 0) tokensel::detail::fail(errc::invalid_argument, "prumerge.outliers", outliers, "must be > 0 for a grid");
+namespace detail {
+
+/// PruMerge+ grid stride, outliers > 0: max(1, floor(floor(n / Kc) / 3)). Host and device.
+TOKENSEL_PORTABLE_HD index_t plus_grid_stride(index_t n, index_t outliers) noexcept {
   const index_t s = (n / outliers) / 3;
   return s < 1 ? 1 : s;
 }
 
-namespace detail {
-
 /// Grid indices 0, s, 2s, ... <= n - 2 (the official range stops one short of the last patch).
-inline index_t grid_size(index_t n, index_t stride) noexcept { return n < 2 ? 0 : (n - 2) / stride + 1; }
+TOKENSEL_PORTABLE_HD index_t grid_size(index_t n, index_t stride) noexcept { return n < 2 ? 0 : (n - 2) / stride + 1; }
+
+}  // namespace detail
+
+/// PruMerge+ grid stride for n patches and Kc > 0 outliers: max(1, floor(floor(n / Kc) / 3)).
+inline index_t grid_stride(index_t n, index_t outliers) {
+  if (outliers <= 0) tokensel::detail::fail(errc::invalid_argument, "prumerge.outliers", outliers, "must be > 0 for a grid");
+  return detail::plus_grid_stride(n, outliers);
+}
+
+namespace detail {
 
 using tokensel::detail::canonical_dot;
 

@@ -66,14 +66,14 @@ inline void validate(const config& cfg) {
 }
 
 /// Output rows per non-empty sample: dominant + contextual (LLaVA-1.5 default 54 + 10 = 64).
-inline index_t keep_count(const config& cfg) {
+[[nodiscard]] inline index_t keep_count(const config& cfg) {
   validate(cfg);
   return cfg.dominant + cfg.contextual;
 }
 
 /// Output rows for a sample of n tokens (CLS included): 0 when n = 0, else dominant + contextual.
 /// Throws when the budget does not fit in n tokens.
-inline index_t keep_count(index_t n, const config& cfg) {
+[[nodiscard]] inline index_t keep_count(index_t n, const config& cfg) {
   const index_t k = keep_count(cfg);
   if (n < 0) tokensel::detail::fail(errc::invalid_argument, "visionzip.n", n, "must be >= 0");
   if (n == 0) return 0;

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "tokensel/core/config.hpp"
+#include "tokensel/detail/arith.hpp"
 #include "tokensel/detail/scratch.hpp"
 #include "tokensel/detail/validate.hpp"
 #include "tokensel/core/element.hpp"
@@ -27,14 +28,14 @@ namespace detail {
 struct rank_high_first {
   const float* key;
   bool operator()(token_index a, token_index b) const noexcept {
-    return key[a] > key[b] || (key[a] == key[b] && a < b);
+    return beats_high(key[a], a, key[b], b);
   }
 };
 /// "a ranks before b": lower score first, then lower index (bottom-k rule).
 struct rank_low_first {
   const float* key;
   bool operator()(token_index a, token_index b) const noexcept {
-    return key[a] < key[b] || (key[a] == key[b] && a < b);
+    return beats_low(key[a], a, key[b], b);
   }
 };
 

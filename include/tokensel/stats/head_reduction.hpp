@@ -6,6 +6,7 @@
 #include <type_traits>
 
 #include "tokensel/core/config.hpp"
+#include "tokensel/detail/arith.hpp"
 #include "tokensel/detail/parallel.hpp"
 #include "tokensel/detail/scratch.hpp"
 #include "tokensel/detail/widen.hpp"
@@ -29,9 +30,6 @@ inline const char* to_string(head_reduction op) noexcept {
 }
 
 namespace detail {
-/// max that keeps a NaN (so bad input reaches the finiteness check instead of vanishing).
-inline float max_nan(float a, float b) noexcept { return (b > a || b != b) ? b : a; }
-
 inline void check_heads_present(index_t heads, index_t rows, index_t cols) {
   if (heads == 0 && rows != 0 && cols != 0) fail(errc::shape_mismatch, "attention.extent(0)", heads, "no heads to reduce");
 }

@@ -12,6 +12,7 @@
 #include <type_traits>
 
 #include "tokensel/core/config.hpp"
+#include "tokensel/detail/arith.hpp"
 #include "tokensel/detail/scratch.hpp"
 #include "tokensel/detail/validate.hpp"
 #include "tokensel/core/element.hpp"
@@ -54,37 +55,11 @@ inline index_t iqr_max_count(index_t n, const iqr_config& cfg = {}) {
 
 namespace detail {
 
-// numpy's _lerp: a + (b-a)*t for t < 0.5, b - (b-a)*(1-t) otherwise (the second form is exact at
-// t = 1). The volatile product keeps a compiler from fusing the multiply-add into an FMA, which
-// would round differently from numpy's separate multiply and add.
-inline double numpy_lerp(double a, double b, double t) noexcept {
-  const double diff = b - a;
-  if (t >= 0.5) {
-    volatile double p = diff * (1.0 - t);
-    return b - p;
-  }
-  volatile double p = diff * t;
-  return a + p;
-}
-
 // q in [0, 1] of an ascending array of n >= 1 values: position (n-1)q, lerp between its floor
-// neighbours, the last value at or beyond position n-1 (as numpy's _quantile does).
+// neighbours, the last value at or beyond position n-1 (numpy's _quantile; detail/arith.hpp).
 inline double percentile_sorted(const double* sorted, index_t n, double q) noexcept {
-  const double v = static_cast<double>(n - 1) * q;
-  if (v >= static_cast<double>(n - 1)) return sorted[n - 1];
-  const double lo = std::floor(v);
-  const auto i = static_cast<index_t>(lo);
-  return numpy_lerp(sorted[i], sorted[i + 1], v - lo);
-}
-
-// c * (q3 - q1) added to q3 (subtracted from q1) without contraction, in numpy's order.
-inline double upper_fence(double q1, double q3, double c) noexcept {
-  volatile double span = c * (q3 - q1);
-  return q3 + span;
-}
-inline double lower_fence(double q1, double q3, double c) noexcept {
-  volatile double span = c * (q3 - q1);
-  return q1 - span;
+  const quantile_position p = quantile_at(n, q);
+  return quantile_value(p, sorted[p.lo], p.lerp ? sorted[p.lo + 1] : sorted[p.lo]);
 }
 
 inline void check_quantile(double q) {

@@ -84,6 +84,18 @@ void reduced_visual_row(const head_attention_view<T>& columns, index_t i, index_
 
 }  // namespace detail
 
+namespace detail {
+/// The output spans of region_mass: empty, or n values each (both backends).
+inline void check_region_mass_outputs(const region_mass_out& out, index_t n) {
+  if (!out.cross.empty() && static_cast<index_t>(out.cross.size()) != n) {
+    fail(errc::shape_mismatch, "region_mass.out.cross.size()", out.cross.size(), "must be empty or " + std::to_string(n));
+  }
+  if (!out.self.empty() && static_cast<index_t>(out.self.size()) != n) {
+    fail(errc::shape_mismatch, "region_mass.out.self.size()", out.self.size(), "must be empty or " + std::to_string(n));
+  }
+}
+}  // namespace detail
+
 /// Region masses of attention [heads, L, L] (probabilities of one prefill layer, any strides,
 /// fp32/fp16/bf16) around the visual span `visual` = [s0, s0 + n), heads combined by `op`.
 /// Throws on a non-square map, a span outside [0, L), a missing head, a non-finite value in the
@@ -94,12 +106,7 @@ region_mass_result region_mass(const Policy& policy, const head_attention_view<T
   const index_t heads = attention.extent(0), L = attention.extent(1);
   detail::check_llm_attention(L, attention.extent(2), visual, "region_mass");
   const index_t s0 = visual.begin, n = visual.count, text = L - visual.end();
-  if (!out.cross.empty() && static_cast<index_t>(out.cross.size()) != n) {
-    detail::fail(errc::shape_mismatch, "region_mass.out.cross.size()", out.cross.size(), "must be empty or " + std::to_string(n));
-  }
-  if (!out.self.empty() && static_cast<index_t>(out.self.size()) != n) {
-    detail::fail(errc::shape_mismatch, "region_mass.out.self.size()", out.self.size(), "must be empty or " + std::to_string(n));
-  }
+  detail::check_region_mass_outputs(out, n);
   region_mass_result res;
   res.text_rows = text;
   if (n == 0) return res;
@@ -168,12 +175,7 @@ region_mass_result region_mass(const Policy& policy, const qk_source<T>& attenti
   const index_t L = query_tokens(attention);
   detail::check_llm_attention(L, key_tokens(attention), visual, "region_mass");
   const index_t s0 = visual.begin, n = visual.count, text = L - visual.end();
-  if (!out.cross.empty() && static_cast<index_t>(out.cross.size()) != n) {
-    detail::fail(errc::shape_mismatch, "region_mass.out.cross.size()", out.cross.size(), "must be empty or " + std::to_string(n));
-  }
-  if (!out.self.empty() && static_cast<index_t>(out.self.size()) != n) {
-    detail::fail(errc::shape_mismatch, "region_mass.out.self.size()", out.self.size(), "must be empty or " + std::to_string(n));
-  }
+  detail::check_region_mass_outputs(out, n);
   region_mass_result res;
   res.text_rows = text;
   if (n == 0) return res;

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "tokensel/core/config.hpp"
+#include "tokensel/detail/arith.hpp"
 #include "tokensel/detail/scratch.hpp"
 #include "tokensel/detail/validate.hpp"
 #include "tokensel/core/element.hpp"
@@ -37,16 +38,7 @@ struct variance_axis_result {
 
 /// Population variance of x, in double (mean first, then mean squared deviation).
 inline double population_variance(std::span<const float> x) noexcept {
-  if (x.empty()) return 0.0;
-  double mean = 0.0;
-  for (float v : x) mean += v;
-  mean /= static_cast<double>(x.size());
-  double acc = 0.0;
-  for (float v : x) {
-    const double d = static_cast<double>(v) - mean;
-    acc += d * d;
-  }
-  return acc / static_cast<double>(x.size());
+  return detail::sequential_variance(x.data(), static_cast<long long>(x.size()));
 }
 
 /// Significance of every token of a square map (attention [heads, n, n] already restricted to the

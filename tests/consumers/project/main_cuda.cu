@@ -1,6 +1,6 @@
 // CUDA consumer: checks that tokensel::cuda's include paths and flags reach a .cu file and that
 // the CPU and CUDA headers compile together under nvcc. Needs no GPU to build or run.
-#include <tokensel/cuda/error.cuh>
+#include <tokensel/cuda/core/error.cuh>
 #include <tokensel/methods/fopru.hpp>
 
 #include <cstdio>

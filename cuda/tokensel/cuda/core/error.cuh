@@ -2,7 +2,7 @@
 //
 // * Bad arguments (shapes, ratios, counts, output sizes) are checked on the host before anything
 //   is launched, by the same checks and with the same messages as the CPU backend.
-// * A failing CUDA runtime call throws tokensel::error with errc::unsupported, parameter
+// * A failing CUDA runtime call throws tokensel::error with errc::cuda_runtime, parameter
 //   "cuda.<call>" and the CUDA error name and string.
 // * Problems that depend on the data (NaN/Inf attention or scores, out-of-range gather indices)
 //   are found on the device, where nothing can be thrown without a host synchronisation. Each
@@ -20,7 +20,7 @@
 #include <cuda_runtime_api.h>
 
 #include "tokensel/core/config.hpp"
-#include "tokensel/cuda/policy.cuh"
+#include "tokensel/cuda/core/policy.cuh"
 #include "tokensel/core/error.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
@@ -32,7 +32,7 @@ inline void check(cudaError_t e, std::string_view what) {
   if (e == cudaSuccess) return;
   std::string msg = "tokensel: cuda.";
   msg.append(what).append(" = ").append(cudaGetErrorName(e)).append(": ").append(cudaGetErrorString(e));
-  throw error(errc::unsupported, "cuda." + std::string(what), std::move(msg));
+  throw error(errc::cuda_runtime, "cuda." + std::string(what), std::move(msg));
 }
 
 /// Checks the launch that was just enqueued (configuration errors surface here).

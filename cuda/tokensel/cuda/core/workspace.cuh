@@ -10,8 +10,8 @@
 #include <string_view>
 
 #include "tokensel/core/config.hpp"
-#include "tokensel/cuda/error.cuh"
-#include "tokensel/cuda/policy.cuh"
+#include "tokensel/cuda/core/error.cuh"
+#include "tokensel/cuda/core/policy.cuh"
 #include "tokensel/core/error.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE

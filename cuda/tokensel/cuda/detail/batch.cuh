@@ -57,5 +57,21 @@ void check_outputs(const selection_batch& out, std::span<Result> results, index_
 inline token_index* out_rows(const selection_batch& out) { return out.indices.data(); }
 inline long long out_stride(const selection_batch& out) { return static_cast<long long>(out.indices.stride(0)); }
 
+/// Tables over the rows of a [batch, n] score view (one uniform table per launch).
+template <class T>
+auto score_tables(const tensor_view<const T, 2>& scores) {
+  window_desc w;
+  w.heads = 1;
+  w.rows = 1;
+  w.cols = to_int(scores.extent(1), "scores.extent(1)");
+  w.sj = scores.stride(1);
+  w.data = scores.data();
+  const long long stride = static_cast<long long>(scores.stride(0)) * static_cast<long long>(sizeof(T));
+  return make_tables(scores.extent(0), true, stride, [w](index_t b) {
+    (void)b;
+    return w;
+  });
+}
+
 }  // namespace cuda_detail
 TOKENSEL_END_NAMESPACE

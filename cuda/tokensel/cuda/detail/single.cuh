@@ -14,8 +14,8 @@
 
 #include "tokensel/core/batch.hpp"
 #include "tokensel/core/config.hpp"
-#include "tokensel/cuda/policy.cuh"
-#include "tokensel/cuda/workspace.cuh"
+#include "tokensel/cuda/core/policy.cuh"
+#include "tokensel/cuda/core/workspace.cuh"
 #include "tokensel/core/error.hpp"
 #include "tokensel/core/tensor_view.hpp"
 

@@ -18,10 +18,10 @@
 #include "tokensel/cuda/detail/batch.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
 #include "tokensel/cuda/detail/single.cuh"
-#include "tokensel/cuda/element.cuh"
-#include "tokensel/cuda/error.cuh"
-#include "tokensel/cuda/policy.cuh"
-#include "tokensel/cuda/workspace.cuh"
+#include "tokensel/cuda/core/element.cuh"
+#include "tokensel/cuda/core/error.cuh"
+#include "tokensel/cuda/core/policy.cuh"
+#include "tokensel/cuda/core/workspace.cuh"
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace baselines {
@@ -47,8 +47,7 @@ struct splitmix64 {
   }
 };
 
-/// floor((2 i + 1) m / (2 k)) in 64-bit integers (detail::spread).
-__host__ __device__ inline long long spread(long long i, long long m, long long k) { return ((2 * i + 1) * m) / (2 * k); }
+using baselines::detail::spread;  // the CPU's rule (tokensel/methods/baselines.hpp), host and device
 
 inline constexpr int block = 256;
 
@@ -150,11 +149,7 @@ inline window_desc uniform_desc(const token_grid& grid, const uniform::config& c
   w.p0 = to_int(k, "uniform.k");
   if (k == 0) return w;
   const index_t rows = grid.rows, cols = grid.cols;
-  const index_t lo = (k + cols - 1) / cols, hi = rows < k ? rows : k;
-  auto kr = static_cast<index_t>(std::llround(std::sqrt(static_cast<double>(k) * static_cast<double>(rows) /
-                                                        static_cast<double>(cols))));
-  kr = kr < lo ? lo : (kr > hi ? hi : kr);
-  w.p1 = to_int(kr, "uniform.rows_used");
+  w.p1 = to_int(baselines::detail::uniform_rows_used(k, rows, cols), "uniform.rows_used");
   w.p2 = to_int(rows, "uniform.grid.rows");
   w.p3 = to_int(cols, "uniform.grid.cols");
   return w;
@@ -218,7 +213,7 @@ __global__ void pool_results_kernel(pool::result* results, int batch, pool::resu
 namespace random {
 
 /// Workspace bytes of select(cuda_policy, n, cfg, ...) for these sample sizes.
-inline std::size_t workspace_size(std::span<const index_t> n) {
+[[nodiscard]] inline std::size_t workspace_size(std::span<const index_t> n) {
   index_t n_max = 0;
   for (const index_t v : n) n_max = v > n_max ? v : n_max;
   tokensel::cuda_detail::workspace_plan plan;
@@ -263,7 +258,7 @@ inline void select(const cuda_policy& policy, std::span<const index_t> n, const 
 }
 
 /// Workspace bytes of the single-sample select(cuda_policy, n, cfg, out, ...).
-inline std::size_t workspace_size(index_t n) {
+[[nodiscard]] inline std::size_t workspace_size(index_t n) {
   return tokensel::cuda_detail::single_bytes(workspace_size(std::span<const index_t>(&n, 1)));
 }
 
@@ -285,7 +280,7 @@ inline void select(const cuda_policy& policy, index_t n, const config& cfg, std:
 namespace uniform {
 
 /// Workspace bytes of select(cuda_policy, ...): none beyond the status word.
-inline std::size_t workspace_size() {
+[[nodiscard]] inline std::size_t workspace_size() {
   tokensel::cuda_detail::workspace_plan plan;
   return plan.bytes();
 }
@@ -312,8 +307,8 @@ inline void select(const cuda_policy& policy, std::span<const token_grid> grids,
 }
 
 /// Workspace bytes of the single-sample selects: the count slot after the status word.
-inline std::size_t workspace_size(index_t) { return tokensel::cuda_detail::single_bytes(workspace_size()); }
-inline std::size_t workspace_size(const token_grid&) { return tokensel::cuda_detail::single_bytes(workspace_size()); }
+[[nodiscard]] inline std::size_t workspace_size(index_t) { return tokensel::cuda_detail::single_bytes(workspace_size()); }
+[[nodiscard]] inline std::size_t workspace_size(const token_grid&) { return tokensel::cuda_detail::single_bytes(workspace_size()); }
 
 /// One sequence of n tokens (the CPU's single-sample select); *device_result (device memory,
 /// optional) gets the count and grid.
@@ -336,7 +331,7 @@ inline void select(const cuda_policy& policy, const token_grid& grid, const conf
 
 namespace pool {
 
-inline std::size_t workspace_size() {
+[[nodiscard]] inline std::size_t workspace_size() {
   tokensel::cuda_detail::workspace_plan plan;
   return plan.bytes();
 }

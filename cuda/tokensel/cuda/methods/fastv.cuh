@@ -17,14 +17,15 @@
 #include "tokensel/cuda/detail/batch.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
 #include "tokensel/cuda/detail/single.cuh"
-#include "tokensel/cuda/detail/map_kernels.cuh"
-#include "tokensel/cuda/detail/select_kernels.cuh"
-#include "tokensel/cuda/element.cuh"
-#include "tokensel/cuda/error.cuh"
-#include "tokensel/cuda/fopru.cuh"
-#include "tokensel/cuda/policy.cuh"
-#include "tokensel/cuda/workspace.cuh"
+#include "tokensel/cuda/stats/detail/map_kernels.cuh"
+#include "tokensel/cuda/select/detail/select_kernels.cuh"
+#include "tokensel/cuda/core/element.cuh"
+#include "tokensel/cuda/core/error.cuh"
+#include "tokensel/cuda/select/detail/rank_kernels.cuh"
+#include "tokensel/cuda/core/policy.cuh"
+#include "tokensel/cuda/core/workspace.cuh"
 #include "tokensel/methods/fastv.hpp"
+#include "tokensel/cuda/stats/qk_statistics.cuh"
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace fastv {
@@ -156,14 +157,14 @@ void run(const cuda_policy& policy, const batch_ref<T>& batch, std::span<const t
 
 /// Workspace bytes of select(cuda_policy, batch, visual, cfg, ...).
 template <cuda_element T>
-std::size_t workspace_size(const attention_view<T>& batch, const token_range& visual, const config& cfg) {
+[[nodiscard]] std::size_t workspace_size(const attention_view<T>& batch, const token_range& visual, const config& cfg) {
   validate(cfg);
   tokensel::cuda_detail::workspace_plan plan;
   (void)cuda_detail::layout(plan, batch.extent(0), std::max<index_t>(visual.count, 0));
   return plan.bytes();
 }
 template <cuda_element T>
-std::size_t workspace_size(std::span<const head_attention_view<T>> batch, std::span<const token_range> visual,
+[[nodiscard]] std::size_t workspace_size(std::span<const head_attention_view<T>> batch, std::span<const token_range> visual,
                            const config& cfg) {
   validate(cfg);
   index_t n_max = 0;
@@ -195,7 +196,7 @@ void select(const cuda_policy& policy, std::span<const head_attention_view<T>> b
 
 /// Workspace bytes of the single-sample select (the batch-of-1 layout plus the count slot).
 template <cuda_element T>
-std::size_t workspace_size(const head_attention_view<T>& attention, const token_range& visual, const config& cfg) {
+[[nodiscard]] std::size_t workspace_size(const head_attention_view<T>& attention, const token_range& visual, const config& cfg) {
   using namespace tokensel::cuda_detail;
   return single_bytes(workspace_size(one(attention), one(visual), cfg));
 }
@@ -213,4 +214,118 @@ void select(const cuda_policy& policy, const head_attention_view<T>& attention, 
 }
 
 }  // namespace fastv
+// ---- fastv fed from Q/K (statistics computed tile by tile: stats/qk_statistics.cuh) ----
+//
+// Computes the statistic the method reads into its workspace (after the method's own buffers,
+// which start at offset 0 with the status word) and runs the method's device stages on it.
+
+namespace fastv {
+namespace cuda_detail {
+
+/// Rows of the reduced last rows: [batch, n_max]. desc(b, source) of the last row over visual.
+struct last_row {
+  std::span<const token_range> visual;
+  template <element T>
+  tokensel::cuda_detail::qk_desc operator()(index_t b, const qk_source<T>& src) const {
+    const token_range& v = visual.size() == 1 ? visual[0] : visual[static_cast<std::size_t>(b)];
+    const index_t queries = src.rows().count;
+    check_range(v, src.cols().count, "fastv.visual");
+    if (v.count > 0 && queries < 1) tokensel::detail::fail(errc::shape_mismatch, "fastv.attention.extent(1)", queries, "needs the last query row");
+    const auto window = restrict_window(src, token_range::all(queries), v);
+    return tokensel::cuda_detail::describe(window, {window.rows().begin + queries - 1, queries > 0 ? 1 : 0}, window.cols(), 1, "fastv");
+  }
+};
+
+inline void check_visual(index_t batch, bool uniform, std::span<const token_range> visual) {
+  if (uniform ? visual.size() != 1 : static_cast<index_t>(visual.size()) != batch) {
+    tokensel::detail::fail(errc::shape_mismatch, "fastv.visual.size()", visual.size(), "must equal the batch size " + std::to_string(batch));
+  }
+}
+
+template <element T>
+std::size_t qk_bytes(const tokensel::cuda_detail::qk_ref<T>& src, std::span<const token_range> visual, const config& cfg) {
+  using namespace tokensel::cuda_detail;
+  check_visual(src.size(), src.uniform(), visual);
+  validate(cfg);
+  const qk_shape shape = shape_of(src, last_row{visual});
+  workspace_plan plan;
+  reserve_method(plan, [&] {
+    workspace_plan m;
+    (void)layout(m, shape.batch, shape.cols);
+    return m.bytes();
+  }());
+  (void)plan.take<float>(count_of({shape.batch, shape.cols}));
+  (void)qk_layout(plan, shape, false, false, 1);
+  return plan.bytes();
+}
+
+template <element T>
+void qk_run(const cuda_policy& policy, const tokensel::cuda_detail::qk_ref<T>& src, std::span<const token_range> visual,
+            const config& cfg, const selection_batch& out, std::span<result> results) {
+  using namespace tokensel::cuda_detail;
+  src.check("fastv");
+  const index_t B = src.size();
+  check_visual(B, src.uniform(), visual);
+  check_outputs(out, results, B, "fastv");
+  if (B > 0) validate(cfg);
+  const last_row desc{visual};
+  const qk_shape shape = shape_of(src, desc);
+  for (index_t b = 0; b < src.distinct(); ++b) {
+    const index_t n = (visual.size() == 1 ? visual[0] : visual[static_cast<std::size_t>(b)]).count;
+    tokensel::detail::check_capacity(static_cast<std::size_t>(out.indices.extent(1)), keep_count(n, cfg), "fastv.out.size()");
+  }
+  workspace_plan plan(policy);
+  workspace_plan method;
+  (void)layout(method, B, shape.cols);
+  reserve_method(plan, method.bytes());
+  const long long n_max = static_cast<long long>(shape.cols);
+  float* scores = plan.take<float>(count_of({B, shape.cols}));
+  plan.require("fastv");
+  if (B == 0) return;
+  rows_batch(policy, plan, src, desc, cfg.heads, scores, n_max, n_max, false);
+  if (src.uniform()) {
+    const index_t n = visual[0].count;
+    const attention_view<float> rows(scores, {B, 1, 1, n}, {n_max, n_max, n_max, 1});
+    fastv::select(policy, rows, token_range::all(n), cfg, out, results);
+    return;
+  }
+  std::vector<head_attention_view<float>> views;
+  std::vector<token_range> all;
+  views.reserve(static_cast<std::size_t>(B));
+  all.reserve(static_cast<std::size_t>(B));
+  for (index_t b = 0; b < B; ++b) {
+    const index_t n = visual[static_cast<std::size_t>(b)].count;
+    views.emplace_back(scores + b * n_max, head_attention_view<float>::extents_type{1, 1, n});
+    all.push_back(token_range::all(n));
+  }
+  fastv::select(policy, std::span<const head_attention_view<float>>(views), std::span<const token_range>(all), cfg, out, results);
+}
+
+}  // namespace cuda_detail
+
+/// Workspace bytes of select(cuda_policy, qk_batch, visual, cfg, ...).
+template <element T>
+[[nodiscard]] std::size_t workspace_size(const qk_batch<T>& src, const token_range& visual, const config& cfg) {
+  return cuda_detail::qk_bytes(tokensel::cuda_detail::qk_ref<T>(src), std::span<const token_range>(&visual, 1), cfg);
+}
+template <element T>
+[[nodiscard]] std::size_t workspace_size(std::span<const qk_source<T>> src, std::span<const token_range> visual, const config& cfg) {
+  return cuda_detail::qk_bytes(tokensel::cuda_detail::qk_ref<T>(src), visual, cfg);
+}
+
+/// FastV from the Q/K of layer K-1 (set causal for a prefill; queries may be the last token only,
+/// [heads, 1, d]): the reduced last query row over the visual columns, then the usual stages.
+template <element T>
+void select(const cuda_policy& policy, const qk_batch<T>& src, const token_range& visual, const config& cfg,
+            const selection_batch& out, std::span<result> results = {}) {
+  cuda_detail::qk_run(policy, tokensel::cuda_detail::qk_ref<T>(src), std::span<const token_range>(&visual, 1), cfg, out, results);
+}
+template <element T>
+void select(const cuda_policy& policy, std::span<const qk_source<T>> src, std::span<const token_range> visual,
+            const config& cfg, const selection_batch& out, std::span<result> results = {}) {
+  cuda_detail::qk_run(policy, tokensel::cuda_detail::qk_ref<T>(src), visual, cfg, out, results);
+}
+
+}  // namespace fastv
+
 TOKENSEL_END_NAMESPACE

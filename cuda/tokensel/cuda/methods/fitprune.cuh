@@ -21,13 +21,13 @@
 #include "tokensel/cuda/detail/batch.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
 #include "tokensel/cuda/detail/single.cuh"
-#include "tokensel/cuda/detail/map_kernels.cuh"
-#include "tokensel/cuda/detail/select_kernels.cuh"
-#include "tokensel/cuda/element.cuh"
-#include "tokensel/cuda/error.cuh"
-#include "tokensel/cuda/fopru.cuh"
-#include "tokensel/cuda/policy.cuh"
-#include "tokensel/cuda/workspace.cuh"
+#include "tokensel/cuda/stats/detail/map_kernels.cuh"
+#include "tokensel/cuda/select/detail/select_kernels.cuh"
+#include "tokensel/cuda/core/element.cuh"
+#include "tokensel/cuda/core/error.cuh"
+#include "tokensel/cuda/select/detail/rank_kernels.cuh"
+#include "tokensel/cuda/core/policy.cuh"
+#include "tokensel/cuda/core/workspace.cuh"
 #include "tokensel/methods/fitprune.hpp"
 #include "tokensel/stats/region_mass.hpp"
 
@@ -222,12 +222,12 @@ inline void check_ragged_sizes(std::size_t batch, std::size_t visual, std::size_
 
 /// Workspace bytes of prune_layer(cuda_policy, batch, visual, drop, ...).
 template <cuda_element T>
-std::size_t workspace_size(const attention_view<T>& batch, const token_range& visual, index_t drop) {
+[[nodiscard]] std::size_t workspace_size(const attention_view<T>& batch, const token_range& visual, index_t drop) {
   return cuda_detail::bytes_for(tokensel::cuda_detail::batch_ref<T>(batch), std::span<const token_range>(&visual, 1),
                                 std::span<const index_t>(&drop, 1));
 }
 template <cuda_element T>
-std::size_t workspace_size(std::span<const head_attention_view<T>> batch, std::span<const token_range> visual,
+[[nodiscard]] std::size_t workspace_size(std::span<const head_attention_view<T>> batch, std::span<const token_range> visual,
                            std::span<const index_t> drops) {
   cuda_detail::check_ragged_sizes(batch.size(), visual.size(), drops.size());
   return cuda_detail::bytes_for(tokensel::cuda_detail::batch_ref<T>(batch), visual, drops);
@@ -254,7 +254,7 @@ void prune_layer(const cuda_policy& policy, std::span<const head_attention_view<
 
 /// Workspace bytes of the single-sample prune_layer (the batch-of-1 layout plus the count slot).
 template <cuda_element T>
-std::size_t workspace_size(const head_attention_view<T>& attention, const token_range& visual, index_t drop) {
+[[nodiscard]] std::size_t workspace_size(const head_attention_view<T>& attention, const token_range& visual, index_t drop) {
   using namespace tokensel::cuda_detail;
   return single_bytes(workspace_size(one(attention), one(visual), one(drop)));
 }

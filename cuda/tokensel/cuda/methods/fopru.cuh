@@ -23,45 +23,18 @@
 #include "tokensel/cuda/detail/batch.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
 #include "tokensel/cuda/detail/single.cuh"
-#include "tokensel/cuda/detail/map_kernels.cuh"
-#include "tokensel/cuda/detail/select_kernels.cuh"
-#include "tokensel/cuda/element.cuh"
-#include "tokensel/cuda/error.cuh"
-#include "tokensel/cuda/policy.cuh"
-#include "tokensel/cuda/workspace.cuh"
+#include "tokensel/cuda/stats/detail/map_kernels.cuh"
+#include "tokensel/cuda/select/detail/rank_kernels.cuh"
+#include "tokensel/cuda/select/detail/select_kernels.cuh"
+#include "tokensel/cuda/stats/detail/variance_axis_kernel.cuh"
+#include "tokensel/cuda/core/element.cuh"
+#include "tokensel/cuda/core/error.cuh"
+#include "tokensel/cuda/core/policy.cuh"
+#include "tokensel/cuda/core/workspace.cuh"
 #include "tokensel/methods/fopru.hpp"
+#include "tokensel/cuda/stats/qk_statistics.cuh"
 
 TOKENSEL_BEGIN_NAMESPACE
-
-namespace cuda_detail {
-
-/// Column-sum epilogue that stores the plain sum.
-struct store_column_sum {
-  float* out;
-  long long stride;
-  __device__ int split(const window_desc& d) const { return d.rows; }
-  __device__ void operator()(int b, const window_desc&, int j, float a, float) const { out[b * stride + j] = a; }
-};
-
-/// Top-k ranks of per-sample fp32 keys over d.cols elements (High: top-k rule; else bottom-k).
-template <bool High>
-struct score_ranker {
-  using key_type = float;
-  const float* keys;
-  long long stride;
-  int* rank;
-  const int* skip;
-  __device__ bool active(int b, const window_desc&) const { return skip == nullptr || skip[b] == 0; }
-  __host__ __device__ static int size(const window_desc& d) { return d.cols; }
-  __device__ bool eligible(int, const window_desc&, int) const { return true; }
-  __device__ float key(int b, const window_desc&, int i) const { return keys[b * stride + i]; }
-  __device__ static bool beats(float kj, int j, float ki, int i) {
-    return High ? beats_high(kj, j, ki, i) : beats_low(kj, j, ki, i);
-  }
-  __device__ void write(int b, const window_desc&, int i, int r) const { rank[b * stride + i] = r; }
-};
-
-}  // namespace cuda_detail
 
 namespace fopru {
 namespace cuda_detail {
@@ -148,83 +121,17 @@ index_t max_patches(const batch_ref<T>& batch, const config& cfg) {
   return m;
 }
 
-/// Writes the variance-axis statistics of sample b (FoPru's result or variance_axis_result).
+/// Writes FoPru's per-sample statistics (axis, variances, rows kept) into its results.
 struct axis_writer {
-  result* fopru = nullptr;
-  variance_axis_result* plain = nullptr;
+  result* out = nullptr;
   __device__ void operator()(int b, bool rows_win, double rv, double cv, int rows_kept) const {
-    const significance_axis axis = rows_win ? significance_axis::row_mean : significance_axis::column_mean;
-    if (fopru != nullptr) {
-      fopru[b].axis = axis;
-      fopru[b].row_variance = rv;
-      fopru[b].column_variance = cv;
-      fopru[b].rows_kept = rows_kept;
-    }
-    if (plain != nullptr) {
-      plain[b].axis = axis;
-      plain[b].row_variance = rv;
-      plain[b].column_variance = cv;
-    }
+    if (out == nullptr) return;
+    out[b].axis = rows_win ? significance_axis::row_mean : significance_axis::column_mean;
+    out[b].row_variance = rv;
+    out[b].column_variance = cv;
+    out[b].rows_kept = rows_kept;
   }
 };
-
-struct axis_args {
-  float* s1;
-  float* s2;
-  float* sig;
-  long long vec;
-  int* skip;
-  device_status* status;
-  axis_writer out;
-};
-
-inline constexpr int axis_block = 256;
-
-/// One block per sample: means, finiteness, the two variances (one thread each, concurrently in
-/// different warps), the winning vector into sig.
-template <int Dummy = 0>
-__global__ void __launch_bounds__(axis_block) axis_kernel(const sample_table t, const axis_args a) {
-  const int s = static_cast<int>(blockIdx.x);
-  if (s >= t.count) return;
-  const window_desc d = t.get(s);
-  const int b = t.first + s;
-  const int n = d.cols;
-  const int tid = static_cast<int>(threadIdx.x);
-  if (n == 0) {
-    if (tid == 0) a.out(b, false, 0.0, 0.0, 0);
-    return;
-  }
-  float* s1 = a.s1 + b * a.vec;
-  float* s2 = a.s2 + b * a.vec;
-  const float nf = static_cast<float>(n);
-  bool bad = false;
-  for (int i = tid; i < n; i += axis_block) {
-    const float m1 = fdiv(s1[i], nf), m2 = fdiv(s2[i], nf);
-    s1[i] = m1;
-    s2[i] = m2;
-    if (!finite_f32(m1)) {
-      record(a.status, status_site::row_mean, 0, static_cast<unsigned>(b), static_cast<unsigned>(i));
-      bad = true;
-    }
-    if (!finite_f32(m2)) {
-      record(a.status, status_site::column_mean, 0, static_cast<unsigned>(b), static_cast<unsigned>(i));
-      bad = true;
-    }
-  }
-  if (__syncthreads_or(bad ? 1 : 0) != 0) {
-    if (tid == 0) a.skip[b] = 1;
-    return;
-  }
-  __shared__ double var[2];
-  if (tid == 0) var[0] = sequential_variance(s1, n);
-  if (tid == 32) var[1] = sequential_variance(s2, n);
-  __syncthreads();
-  const bool rows_win = var[0] > var[1];
-  const float* chosen = rows_win ? s1 : s2;
-  float* sig = a.sig + b * a.vec;
-  for (int i = tid; i < n; i += axis_block) sig[i] = chosen[i];
-  if (tid == 0) a.out(b, rows_win, var[0], var[1], d.p2);
-}
 
 /// Ascending indices with rank < k (rank strategy); count and results.count.
 struct rank_compactor {
@@ -249,96 +156,14 @@ struct rank_compactor {
   }
 };
 
-struct row_strategy_args {
-  const float* sig;
-  float* rowscore;
-  int* rank;
-  long long vec;
-  int* skip;
-  device_status* status;
-  token_index* out;
-  long long out_stride;
-  token_index* counts;
-  result* results;
-  row_reduction op;
-};
-
-inline constexpr int rows_block = 256;
-
-/// Row strategy for one sample per block: row scores (canonical sums of Sig over a grid row, one
-/// warp per row), top rows_kept rows by rank counting, their tokens in ascending order.
-template <int Dummy = 0>
-__global__ void __launch_bounds__(rows_block) rows_kernel(const sample_table t, const row_strategy_args a) {
-  const int s = static_cast<int>(blockIdx.x);
-  if (s >= t.count) return;
-  const window_desc d = t.get(s);
-  const int b = t.first + s;
-  const int tid = static_cast<int>(threadIdx.x), warp = tid >> 5, lane = tid & 31;
-  auto finish = [&](int count) {
-    a.counts[b] = count;
-    if (a.results != nullptr) a.results[b].count = count;
-  };
-  const int n = d.cols;
-  if (__syncthreads_or((a.skip[b] != 0 || n == 0) ? 1 : 0) != 0) {
-    if (tid == 0) finish(0);
-    return;
-  }
-  const int C = d.p1, R = n / C, kept = d.p2;
-  const float* sig = a.sig + b * a.vec;
-  float* score = a.rowscore + b * a.vec;
-  int* rank = a.rank + b * a.vec;
-  bool bad = false;
-  for (int r = warp; r < R; r += rows_block / 32) {
-    float v = warp_canonical_sum(sig + static_cast<long long>(r) * C, C, 1);
-    if (a.op == row_reduction::mean) v = fdiv(v, static_cast<float>(C));
-    if (lane == 0) {
-      score[r] = v;
-      if (!finite_f32(v)) {
-        record(a.status, status_site::scores, 0, static_cast<unsigned>(b), static_cast<unsigned>(r));
-        bad = true;
-      }
-    }
-  }
-  if (__syncthreads_or(bad ? 1 : 0) != 0) {
-    if (tid == 0) {
-      a.skip[b] = 1;
-      finish(0);
-    }
-    return;
-  }
-  for (int r = tid; r < R; r += rows_block) {
-    const float kr = score[r];
-    int rk = 0;
-    for (int q = 0; q < R; ++q) rk += beats_high(score[q], q, kr, r) ? 1 : 0;
-    rank[r] = rk;
-  }
-  __syncthreads();
-  using scan_t = cub::BlockScan<int, rows_block>;
-  __shared__ typename scan_t::TempStorage scratch;
-  token_index* out = a.out + b * a.out_stride;
-  int base = 0;
-  for (int r0 = 0; r0 < R; r0 += rows_block) {
-    const int r = r0 + tid;
-    const int flag = (r < R && rank[r] < kept) ? 1 : 0;
-    int slot = 0, total = 0;
-    scan_t(scratch).ExclusiveSum(flag, slot, total);
-    if (flag != 0) {
-      for (int c = 0; c < C; ++c) out[static_cast<long long>(base + slot) * C + c] = r * C + c;
-    }
-    base += total;
-    __syncthreads();
-  }
-  if (tid == 0) finish(base * C);
-}
-
 /// Stages 3 and 4 (axis, selection) from the row sums in w.s1 and column sums in w.s2 (sample b
 /// at b * w.vec); also the tail of the Q/K path (qk_statistics.cuh).
 template <class Tables>
 void finish(const Tables& tables, const buffers& w, const config& cfg, const selection_batch& out,
             std::span<result> results, cudaStream_t stream) {
-  const axis_args aa{w.s1, w.s2, w.sig, w.vec, w.skip, w.status, axis_writer{results.empty() ? nullptr : results.data(), nullptr}};
+  const axis_args<axis_writer> aa{w.s1, w.s2, w.sig, w.vec, w.skip, w.status, axis_writer{results.empty() ? nullptr : results.data()}};
   tables.each([&](const sample_table& t) {
-    axis_kernel<><<<static_cast<unsigned>(t.count), axis_block, 0, stream>>>(t, aa);
+    variance_axis_kernel<<<static_cast<unsigned>(t.count), axis_block, 0, stream>>>(t, aa);
     check_launch("fopru_axis");
   });
 
@@ -349,11 +174,11 @@ void finish(const Tables& tables, const buffers& w, const config& cfg, const sel
                                   results.empty() ? nullptr : results.data()},
                    stream);
   } else {
-    const row_strategy_args rg{w.sig,           w.rowscore,         w.rank,           w.vec,
+    const row_strategy_args<result> rg{w.sig,           w.rowscore,         w.rank,           w.vec,
                        w.skip,          w.status,           out_rows(out),    out_stride(out),
                        out.counts.data(), results.empty() ? nullptr : results.data(), cfg.row_score};
     tables.each([&](const sample_table& t) {
-      rows_kernel<><<<static_cast<unsigned>(t.count), rows_block, 0, stream>>>(t, rg);
+      grid_rows_kernel<<<static_cast<unsigned>(t.count), rows_block, 0, stream>>>(t, rg);
       check_launch("fopru_rows");
     });
   }
@@ -409,11 +234,11 @@ std::size_t workspace_bytes(const batch_ref<T>& batch, const config& cfg) {
 
 /// Workspace bytes select(cuda_policy, batch, cfg, ...) needs (pure host arithmetic on shapes).
 template <cuda_element T>
-std::size_t workspace_size(const attention_view<T>& batch, const config& cfg) {
+[[nodiscard]] std::size_t workspace_size(const attention_view<T>& batch, const config& cfg) {
   return cuda_detail::workspace_bytes(tokensel::cuda_detail::batch_ref<T>(batch), cfg);
 }
 template <cuda_element T>
-std::size_t workspace_size(std::span<const head_attention_view<T>> batch, const config& cfg) {
+[[nodiscard]] std::size_t workspace_size(std::span<const head_attention_view<T>> batch, const config& cfg) {
   return cuda_detail::workspace_bytes(tokensel::cuda_detail::batch_ref<T>(batch), cfg);
 }
 
@@ -435,7 +260,7 @@ void select(const cuda_policy& policy, std::span<const head_attention_view<T>> b
 
 /// Workspace bytes of the single-sample select (the batch-of-1 layout plus the count slot).
 template <cuda_element T>
-std::size_t workspace_size(const head_attention_view<T>& attention, const config& cfg) {
+[[nodiscard]] std::size_t workspace_size(const head_attention_view<T>& attention, const config& cfg) {
   return tokensel::cuda_detail::single_bytes(workspace_size(tokensel::cuda_detail::one(attention), cfg));
 }
 
@@ -451,4 +276,117 @@ void select(const cuda_policy& policy, const head_attention_view<T>& attention, 
 }
 
 }  // namespace fopru
+// ---- fopru fed from Q/K (statistics computed tile by tile: stats/qk_statistics.cuh) ----
+//
+// Computes the statistic the method reads into its workspace (after the method's own buffers,
+// which start at offset 0 with the status word) and runs the method's device stages on it.
+
+namespace fopru {
+namespace cuda_detail {
+
+/// The patch window of a FoPru source (CLS skipped unless cfg.skip_cls is false); the CPU's
+/// checks in its order (check_shape).
+struct patch_window {
+  const config* cfg;
+  index_t capacity;
+  template <element T>
+  window_desc shape(const qk_source<T>& src) const {
+    return check_shape(src.rows().count, src.cols().count, src.heads(), *cfg, capacity);
+  }
+  template <element T>
+  tokensel::cuda_detail::qk_desc operator()(index_t, const qk_source<T>& src) const {
+    const window_desc w = shape(src);
+    const auto sub = restrict_tokens(src, token_range{src.rows().count - w.rows, w.rows});
+    return tokensel::cuda_detail::describe(sub, sub.rows(), sub.cols(), w.rows, "fopru");
+  }
+};
+
+struct qk_buffers {
+  buffers w;
+  tokensel::cuda_detail::qk_engine e;
+};
+
+/// FoPru's vectors (no map) and the engine.
+inline qk_buffers qk_layout(workspace_plan& plan, const tokensel::cuda_detail::qk_shape& s) {
+  qk_buffers r;
+  const auto B = count_of({s.batch}), n = count_of({s.cols});
+  r.w.status = plan.status();
+  r.w.vec = static_cast<long long>(s.cols);
+  r.w.skip = plan.take<int>(B);
+  r.w.s1 = plan.take<float>(B * n);
+  r.w.s2 = plan.take<float>(B * n);
+  r.w.sig = plan.take<float>(B * n);
+  r.w.rowscore = plan.take<float>(B * n);
+  r.w.rank = plan.take<int>(B * n);
+  r.e = tokensel::cuda_detail::qk_layout(plan, s, true, true, 1);
+  return r;
+}
+
+template <element T>
+std::size_t qk_bytes(const tokensel::cuda_detail::qk_ref<T>& src, const config& cfg) {
+  validate(cfg);
+  workspace_plan plan;
+  (void)qk_layout(plan, shape_of(src, patch_window{&cfg, INT_MAX}));
+  return plan.bytes();
+}
+
+template <element T>
+void qk_run(const cuda_policy& policy, const tokensel::cuda_detail::qk_ref<T>& src, const config& cfg,
+            const selection_batch& out, std::span<result> results) {
+  using namespace tokensel::cuda_detail;
+  src.check("fopru");
+  const index_t B = src.size();
+  check_outputs(out, results, B, "fopru");
+  if (B > 0) validate(cfg);
+  const patch_window desc{&cfg, out.indices.extent(1)};
+  const qk_shape shape = shape_of(src, desc);
+  workspace_plan plan(policy);
+  const qk_buffers r = qk_layout(plan, shape);
+  plan.require("fopru");
+  if (B == 0) return;
+  cudaStream_t stream = policy.stream;
+  reset_status(r.w.status, stream);
+  check(cudaMemsetAsync(r.w.skip, 0, static_cast<std::size_t>(B) * sizeof(int), stream), "cudaMemsetAsync(skip)");
+  // Row and column sums of the head-reduced patch map; the axis stage divides by n and checks
+  // them (a NaN/Inf in Q/K reaches it as a non-finite mean).
+  qk_outputs o;
+  o.op = cfg.heads;
+  qk_finals f;
+  f.row_sums = r.w.s1;
+  f.row_b = r.w.vec;
+  f.col_a = r.w.s2;
+  f.col_bs = r.w.vec;
+  run_qk(src, desc, r.e, o, f, stream);
+  const auto tables = make_tables(B, src.uniform(), 0, [&](index_t b) { return desc.shape(src[b]); });
+  finish(tables, r.w, cfg, out, results, stream);
+}
+
+}  // namespace cuda_detail
+
+/// Workspace bytes of select(cuda_policy, qk sources, cfg, ...).
+template <element T>
+[[nodiscard]] std::size_t workspace_size(const qk_batch<T>& src, const config& cfg) {
+  return cuda_detail::qk_bytes(tokensel::cuda_detail::qk_ref<T>(src), cfg);
+}
+template <element T>
+[[nodiscard]] std::size_t workspace_size(std::span<const qk_source<T>> src, const config& cfg) {
+  return cuda_detail::qk_bytes(tokensel::cuda_detail::qk_ref<T>(src), cfg);
+}
+
+/// FoPru from Q/K (queries and keys of the same N tokens): row and column sums of the head-reduced
+/// patch map from the tiles, then the axis and selection stages of select(view). Same indices as
+/// the view path except at near-ties (the sums agree to ~1e-6 relative, not bit for bit).
+template <element T>
+void select(const cuda_policy& policy, const qk_batch<T>& src, const config& cfg, const selection_batch& out,
+            std::span<result> results = {}) {
+  cuda_detail::qk_run(policy, tokensel::cuda_detail::qk_ref<T>(src), cfg, out, results);
+}
+template <element T>
+void select(const cuda_policy& policy, std::span<const qk_source<T>> src, const config& cfg, const selection_batch& out,
+            std::span<result> results = {}) {
+  cuda_detail::qk_run(policy, tokensel::cuda_detail::qk_ref<T>(src), cfg, out, results);
+}
+
+}  // namespace fopru
+
 TOKENSEL_END_NAMESPACE

@@ -24,15 +24,15 @@
 #include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/cuda/detail/batch.cuh"
-#include "tokensel/cuda/detail/iqr.cuh"
+#include "tokensel/cuda/stats/detail/iqr.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
 #include "tokensel/cuda/detail/single.cuh"
-#include "tokensel/cuda/detail/map_kernels.cuh"
-#include "tokensel/cuda/detail/select_kernels.cuh"
-#include "tokensel/cuda/element.cuh"
-#include "tokensel/cuda/error.cuh"
-#include "tokensel/cuda/policy.cuh"
-#include "tokensel/cuda/workspace.cuh"
+#include "tokensel/cuda/stats/detail/map_kernels.cuh"
+#include "tokensel/cuda/select/detail/select_kernels.cuh"
+#include "tokensel/cuda/core/element.cuh"
+#include "tokensel/cuda/core/error.cuh"
+#include "tokensel/cuda/core/policy.cuh"
+#include "tokensel/cuda/core/workspace.cuh"
 #include "tokensel/methods/freepruner.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
@@ -578,13 +578,13 @@ device_batch_layer_stack<E> as_device(const batch_layer_stack<E>& s) {
 
 /// Workspace bytes of select(cuda_policy, stack, cfg, ...) (pure host arithmetic on shapes).
 template <cuda_element T>
-std::size_t workspace_size(const device_batch_layer_stack<T>& stack, const config& cfg) {
+[[nodiscard]] std::size_t workspace_size(const device_batch_layer_stack<T>& stack, const config& cfg) {
   validate(cfg);
   detail::check_stack(stack.layers, stack.offset, cfg);
   return cuda_detail::bytes_for<T>(cuda_detail::batch_size_of(stack, cfg), cuda_detail::batch_n_max(stack, cfg));
 }
 template <cuda_element T>
-std::size_t workspace_size(std::span<const device_layer_stack<T>> samples, const config& cfg) {
+[[nodiscard]] std::size_t workspace_size(std::span<const device_layer_stack<T>> samples, const config& cfg) {
   validate(cfg);
   for (const auto& s : samples) detail::check_stack(s.layers, s.offset, cfg);
   return cuda_detail::bytes_for<T>(static_cast<index_t>(samples.size()), cuda_detail::ragged_n_max(samples, cfg));
@@ -613,7 +613,7 @@ void select(const cuda_policy& policy, std::span<const device_layer_stack<T>> sa
 
 /// The CPU backend's stack type (float, Eigen::half, Eigen::bfloat16 device pointers).
 template <element T>
-std::size_t workspace_size(const batch_layer_stack<T>& stack, const config& cfg) {
+[[nodiscard]] std::size_t workspace_size(const batch_layer_stack<T>& stack, const config& cfg) {
   return workspace_size(cuda_detail::as_device(stack), cfg);
 }
 template <element T>
@@ -624,7 +624,7 @@ void select(const cuda_policy& policy, const batch_layer_stack<T>& stack, const 
 
 /// Workspace bytes of the single-sample select (the batch-of-1 layout plus the count slot).
 template <cuda_element T>
-std::size_t workspace_size(const device_layer_stack<T>& stack, const config& cfg) {
+[[nodiscard]] std::size_t workspace_size(const device_layer_stack<T>& stack, const config& cfg) {
   return tokensel::cuda_detail::single_bytes(workspace_size(tokensel::cuda_detail::one(stack), cfg));
 }
 
@@ -702,7 +702,7 @@ inline selector_step plan_step(const config& cfg, index_t layer, index_t pivotal
 
 /// Workspace bytes of a cuda_selector(tokens, cfg, batch) (pure host arithmetic; same checks as
 /// the constructor).
-inline std::size_t selector_workspace_size(const config& cfg, index_t tokens, index_t batch = 1) {
+[[nodiscard]] inline std::size_t selector_workspace_size(const config& cfg, index_t tokens, index_t batch = 1) {
   const index_t n = cuda_detail::selector_patches(tokens, cfg, batch);
   tokensel::cuda_detail::workspace_plan plan;
   (void)cuda_detail::selector_layout(plan, batch, n);

@@ -33,15 +33,15 @@
 #include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/cuda/detail/batch.cuh"
-#include "tokensel/cuda/detail/iqr.cuh"
+#include "tokensel/cuda/stats/detail/iqr.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
 #include "tokensel/cuda/detail/single.cuh"
 #include "tokensel/cuda/detail/libm_expf.cuh"
-#include "tokensel/cuda/detail/map_kernels.cuh"
-#include "tokensel/cuda/element.cuh"
-#include "tokensel/cuda/error.cuh"
-#include "tokensel/cuda/policy.cuh"
-#include "tokensel/cuda/workspace.cuh"
+#include "tokensel/cuda/stats/detail/map_kernels.cuh"
+#include "tokensel/cuda/core/element.cuh"
+#include "tokensel/cuda/core/error.cuh"
+#include "tokensel/cuda/core/policy.cuh"
+#include "tokensel/cuda/core/workspace.cuh"
 #include "tokensel/methods/prumerge.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
@@ -248,9 +248,8 @@ __global__ void __launch_bounds__(block) select_kernel(const args a, int first) 
   __shared__ typename scan_t::TempStorage scratch;
   int count = kc, stride = 0;
   if (a.plus != 0 && kc > 0) {
-    stride = (n / kc) / 3;
-    if (stride < 1) stride = 1;
-    const int cells = n < 2 ? 0 : (n - 2) / stride + 1;
+    stride = static_cast<int>(prumerge::detail::plus_grid_stride(n, kc));  // the CPU's rules
+    const int cells = static_cast<int>(prumerge::detail::grid_size(n, stride));
     int base = 0;
     for (int g0 = 0; g0 < cells; g0 += block) {
       const int g = g0 + tid;
@@ -693,7 +692,7 @@ inline void throw_on_error(const cuda_policy& policy) {
 
 /// Workspace bytes of the selection-only select(cuda_policy, queries, keys, cfg, ...).
 template <cuda_element T>
-std::size_t workspace_size(const tensor_view<const T, 3>& queries, const tensor_view<const T, 3>& keys, const config& cfg) {
+[[nodiscard]] std::size_t workspace_size(const tensor_view<const T, 3>& queries, const tensor_view<const T, 3>& keys, const config& cfg) {
   validate(cfg);
   (void)queries;
   tokensel::cuda_detail::workspace_plan plan;
@@ -703,7 +702,7 @@ std::size_t workspace_size(const tensor_view<const T, 3>& queries, const tensor_
 
 /// Workspace bytes of the merging select(cuda_policy, queries, keys, features, cfg, ...).
 template <cuda_element T, cuda_element F>
-std::size_t workspace_size(const tensor_view<const T, 3>& queries, const tensor_view<const T, 3>& keys,
+[[nodiscard]] std::size_t workspace_size(const tensor_view<const T, 3>& queries, const tensor_view<const T, 3>& keys,
                            const tensor_view<const F, 3>& features, const config& cfg) {
   validate(cfg);
   (void)queries;
@@ -774,7 +773,7 @@ void select(const cuda_policy& policy, const tensor_view<const T, 3>& queries, c
 
 /// Workspace bytes of select_from_attention(cuda_policy, attention [B, n], cfg, ...).
 template <cuda_element A>
-std::size_t workspace_size(const score_view<A>& attention, const config& cfg) {
+[[nodiscard]] std::size_t workspace_size(const score_view<A>& attention, const config& cfg) {
   validate(cfg);
   tokensel::cuda_detail::workspace_plan plan;
   (void)cuda_detail::dense_layout(plan, attention.extent(0), attention.extent(1), 0, cfg, false);
@@ -821,7 +820,7 @@ void select_from_attention(const cuda_policy& policy, const score_view<A>& atten
 
 /// Workspace bytes of the ragged selection-only select(cuda_policy, batch, cfg, ...).
 template <element T>
-std::size_t workspace_size(std::span<const qk_input<T>> batch, const config& cfg) {
+[[nodiscard]] std::size_t workspace_size(std::span<const qk_input<T>> batch, const config& cfg) {
   validate(cfg);
   tokensel::cuda_detail::workspace_plan plan;
   (void)cuda_detail::ragged_layout(plan, batch, cfg, false);
@@ -830,7 +829,7 @@ std::size_t workspace_size(std::span<const qk_input<T>> batch, const config& cfg
 
 /// Workspace bytes of the ragged merging select(cuda_policy, batch, features, cfg, ...).
 template <element T, cuda_element F>
-std::size_t workspace_size(std::span<const qk_input<T>> batch, std::span<const matrix_view<const F>> features,
+[[nodiscard]] std::size_t workspace_size(std::span<const qk_input<T>> batch, std::span<const matrix_view<const F>> features,
                            const config& cfg) {
   validate(cfg);
   (void)features;
@@ -899,14 +898,14 @@ void select(const cuda_policy& policy, std::span<const qk_input<T>> batch, std::
 
 /// Workspace bytes of the single-sample selection-only select.
 template <element T>
-std::size_t workspace_size(const matrix_view<const T>& queries, const matrix_view<const T>& keys, const config& cfg) {
+[[nodiscard]] std::size_t workspace_size(const matrix_view<const T>& queries, const matrix_view<const T>& keys, const config& cfg) {
   const qk_input<T> in{queries, keys};
   return tokensel::cuda_detail::single_bytes(workspace_size(tokensel::cuda_detail::one(in), cfg));
 }
 
 /// Workspace bytes of the single-sample merging select.
 template <element T, cuda_element F>
-std::size_t workspace_size(const matrix_view<const T>& queries, const matrix_view<const T>& keys,
+[[nodiscard]] std::size_t workspace_size(const matrix_view<const T>& queries, const matrix_view<const T>& keys,
                            const matrix_view<const F>& features, const config& cfg) {
   using namespace tokensel::cuda_detail;
   const qk_input<T> in{queries, keys};

@@ -27,12 +27,13 @@
 #include "tokensel/cuda/detail/batch.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
 #include "tokensel/cuda/detail/single.cuh"
-#include "tokensel/cuda/detail/map_kernels.cuh"
-#include "tokensel/cuda/element.cuh"
-#include "tokensel/cuda/error.cuh"
-#include "tokensel/cuda/policy.cuh"
-#include "tokensel/cuda/workspace.cuh"
+#include "tokensel/cuda/stats/detail/map_kernels.cuh"
+#include "tokensel/cuda/core/element.cuh"
+#include "tokensel/cuda/core/error.cuh"
+#include "tokensel/cuda/core/policy.cuh"
+#include "tokensel/cuda/core/workspace.cuh"
 #include "tokensel/methods/visionzip.hpp"
+#include "tokensel/cuda/stats/qk_statistics.cuh"
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace visionzip {
@@ -436,7 +437,7 @@ std::pair<index_t, index_t> ragged_extents(std::span<const head_attention_view<A
 
 /// Workspace bytes of select(cuda_policy, ...) for a 4-D batch (keys [batch, heads, N, d_head]).
 template <cuda_element A, cuda_element K>
-std::size_t workspace_size(const attention_view<A>& attention, const tensor_view<const K, 4>& keys, const config& cfg) {
+[[nodiscard]] std::size_t workspace_size(const attention_view<A>& attention, const tensor_view<const K, 4>& keys, const config& cfg) {
   validate(cfg);
   tokensel::cuda_detail::workspace_plan plan;
   const bool need_keys = cfg.contextual > 0 && attention.extent(3) > 0;
@@ -446,7 +447,7 @@ std::size_t workspace_size(const attention_view<A>& attention, const tensor_view
 
 /// Workspace bytes of the ragged select(cuda_policy, ...) (one view per sample).
 template <cuda_element A, cuda_element K>
-std::size_t workspace_size(std::span<const head_attention_view<A>> attention, std::span<const tensor_view<const K, 3>> keys,
+[[nodiscard]] std::size_t workspace_size(std::span<const head_attention_view<A>> attention, std::span<const tensor_view<const K, 3>> keys,
                            const config& cfg) {
   validate(cfg);
   tokensel::cuda_detail::workspace_plan plan;
@@ -518,7 +519,7 @@ void select(const cuda_policy& policy, std::span<const head_attention_view<A>> a
 
 /// Workspace bytes of the single-sample select (the batch-of-1 layout plus the count slot).
 template <cuda_element A, cuda_element K>
-std::size_t workspace_size(const head_attention_view<A>& attention, const tensor_view<const K, 3>& keys, const config& cfg) {
+[[nodiscard]] std::size_t workspace_size(const head_attention_view<A>& attention, const tensor_view<const K, 3>& keys, const config& cfg) {
   using namespace tokensel::cuda_detail;
   return single_bytes(workspace_size(one(attention), one(keys), cfg));
 }
@@ -538,4 +539,61 @@ void select(const cuda_policy& policy, const head_attention_view<A>& attention, 
 }
 
 }  // namespace visionzip
+// ---- visionzip fed from Q/K (statistics computed tile by tile: stats/qk_statistics.cuh) ----
+//
+// Computes the statistic the method reads into its workspace (after the method's own buffers,
+// which start at offset 0 with the status word) and runs the method's device stages on it.
+
+namespace visionzip {
+namespace cuda_detail {
+
+/// The method's own workspace bytes for [batch, 1, 1, n] rows (select(view) lays them out first).
+template <cuda_element K>
+std::size_t method_bytes(index_t batch, index_t n, const tensor_view<const K, 4>& keys, const config& cfg) {
+  validate(cfg);
+  tokensel::cuda_detail::workspace_plan m;
+  (void)layout(m, batch, n, cfg.contextual > 0 && n > 0 ? keys.extent(3) : 0);
+  return m.bytes();
+}
+
+/// The CLS row (row 0 of the row window) over every key of the column window.
+inline tokensel::cuda_detail::selected_rows cls_row(index_t n) { return {{0, n > 0 ? 1 : 0}, "visionzip"}; }
+
+}  // namespace cuda_detail
+
+/// Workspace bytes of select(cuda_policy, qk_batch, keys, ...).
+template <element Q, cuda_element K>
+[[nodiscard]] std::size_t workspace_size(const qk_batch<Q>& src, const tensor_view<const K, 4>& keys, const config& cfg) {
+  using namespace tokensel::cuda_detail;
+  const index_t B = src.size(), n = B > 0 ? src[0].cols().count : 0;
+  workspace_plan plan;
+  reserve_method(plan, cuda_detail::method_bytes(B, n, keys, cfg));
+  (void)plan.take<float>(count_of({B, n}));
+  (void)qk_layout(plan, shape_of(qk_ref<Q>(src), cuda_detail::cls_row(n)), false, false, 1);
+  return plan.bytes();
+}
+
+/// VisionZip from the Q/K of the feature layer (queries [heads, N or 1, d]: only the CLS row 0 is
+/// read): the CLS row summed over heads, then the stages of select(view); keys / hidden / features
+/// as there (keys may be src.keys).
+template <element Q, cuda_element K, cuda_element H, cuda_element O>
+void select(const cuda_policy& policy, const qk_batch<Q>& src, const tensor_view<const K, 4>& keys,
+            const tensor_view<const H, 3>& hidden, const config& cfg, const selection_batch& out,
+            const tensor_view<O, 3>& features, std::span<result> results = {}) {
+  using namespace tokensel::cuda_detail;
+  const qk_ref<Q> ref(src);
+  ref.check("visionzip");
+  const index_t B = src.size(), n = B > 0 ? src[0].cols().count : 0;
+  workspace_plan plan(policy);
+  reserve_method(plan, cuda_detail::method_bytes(B, n, keys, cfg));
+  float* rows = plan.take<float>(count_of({B, n}));
+  const auto n_ld = static_cast<long long>(n);
+  if (B > 0 && n > 0) rows_batch(policy, plan, ref, cuda_detail::cls_row(n), head_reduction::sum, rows, n_ld, n_ld, false);
+  plan.require("visionzip");
+  const attention_view<float> view(B * n > 0 ? rows : nullptr, {B, 1, 1, n}, {n_ld, n_ld, n_ld, 1});
+  visionzip::select(policy, view, keys, hidden, cfg, out, features, results);
+}
+
+}  // namespace visionzip
+
 TOKENSEL_END_NAMESPACE

@@ -14,10 +14,10 @@
 #include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/batch.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
-#include "tokensel/cuda/element.cuh"
-#include "tokensel/cuda/error.cuh"
-#include "tokensel/cuda/policy.cuh"
-#include "tokensel/cuda/workspace.cuh"
+#include "tokensel/cuda/core/element.cuh"
+#include "tokensel/cuda/core/error.cuh"
+#include "tokensel/cuda/core/policy.cuh"
+#include "tokensel/cuda/core/workspace.cuh"
 #include "tokensel/select/gather.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
@@ -93,7 +93,7 @@ void move_rows(const cuda_policy& policy, const tensor_view<const S, 3>& src, co
 }  // namespace cuda_detail
 
 /// Workspace bytes of gather_rows / scatter_rows (cuda_policy): the status word.
-inline std::size_t gather_workspace_size() {
+[[nodiscard]] inline std::size_t gather_workspace_size() {
   cuda_detail::workspace_plan plan;
   return plan.bytes();
 }

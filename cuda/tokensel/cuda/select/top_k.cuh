@@ -14,33 +14,17 @@
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/cuda/detail/batch.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
-#include "tokensel/cuda/detail/select_kernels.cuh"
-#include "tokensel/cuda/element.cuh"
-#include "tokensel/cuda/error.cuh"
-#include "tokensel/cuda/fopru.cuh"
-#include "tokensel/cuda/policy.cuh"
-#include "tokensel/cuda/workspace.cuh"
+#include "tokensel/cuda/select/detail/select_kernels.cuh"
+#include "tokensel/cuda/core/element.cuh"
+#include "tokensel/cuda/core/error.cuh"
+#include "tokensel/cuda/select/detail/rank_kernels.cuh"
+#include "tokensel/cuda/core/policy.cuh"
+#include "tokensel/cuda/core/workspace.cuh"
 #include "tokensel/select/row_aggregation.hpp"
 #include "tokensel/select/top_k.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace cuda_detail {
-
-/// Tables over the rows of a [batch, n] score view (one uniform table per launch).
-template <class T>
-auto score_tables(const tensor_view<const T, 2>& scores) {
-  window_desc w;
-  w.heads = 1;
-  w.rows = 1;
-  w.cols = to_int(scores.extent(1), "scores.extent(1)");
-  w.sj = scores.stride(1);
-  w.data = scores.data();
-  const long long stride = static_cast<long long>(scores.stride(0)) * static_cast<long long>(sizeof(T));
-  return make_tables(scores.extent(0), true, stride, [w](index_t b) {
-    (void)b;
-    return w;
-  });
-}
 
 /// Ranks of typed, strided scores (High: top-k rule); rejects non-finite scores of a sample.
 template <class D, bool High>
@@ -155,7 +139,7 @@ __global__ void __launch_bounds__(convert_block) to_f32_kernel(const sample_tabl
 
 /// Workspace bytes of top_k / bottom_k (cuda_policy) over scores [batch, n].
 template <cuda_element T>
-std::size_t top_k_workspace_size(const tensor_view<const T, 2>& scores) {
+[[nodiscard]] std::size_t top_k_workspace_size(const tensor_view<const T, 2>& scores) {
   cuda_detail::workspace_plan plan;
   (void)cuda_detail::select_layout(plan, scores.extent(0), scores.extent(1), false);
   return plan.bytes();
@@ -179,7 +163,7 @@ void bottom_k(const cuda_policy& policy, const tensor_view<const T, 2>& scores, 
 
 /// Workspace bytes of select_rows (cuda_policy) over scores [batch, n].
 template <cuda_element T>
-std::size_t select_rows_workspace_size(const tensor_view<const T, 2>& scores) {
+[[nodiscard]] std::size_t select_rows_workspace_size(const tensor_view<const T, 2>& scores) {
   cuda_detail::workspace_plan plan;
   (void)cuda_detail::select_layout(plan, scores.extent(0), scores.extent(1), true);
   return plan.bytes();
@@ -221,9 +205,9 @@ void select_rows(const cuda_policy& policy, const tensor_view<const T, 2>& score
           t, w.values, w.vec, w.skip, w.status);
       check_launch("select_rows_convert");
     }
-    const fopru::cuda_detail::row_strategy_args rg{w.values, w.rowscore, w.rank, w.vec, w.skip, w.status,
+    const row_strategy_args<void> rg{w.values, w.rowscore, w.rank, w.vec, w.skip, w.status,
                                                    out_rows(out), out_stride(out), out.counts.data(), nullptr, op};
-    fopru::cuda_detail::rows_kernel<><<<static_cast<unsigned>(t.count), fopru::cuda_detail::rows_block, 0, stream>>>(t, rg);
+    grid_rows_kernel<<<static_cast<unsigned>(t.count), rows_block, 0, stream>>>(t, rg);
     check_launch("select_rows");
   });
 }

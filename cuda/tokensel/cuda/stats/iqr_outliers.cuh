@@ -1,7 +1,7 @@
 // tokensel CUDA backend: adaptive IQR outliers (spec 1.4) of every row of a [batch, n] score view
 // on the device: numpy's linear quartiles in double, fence Q3 + c (Q3 - Q1), strict >, optional
 // lower fence. Same quartiles, fences, counts and indices as iqr_outliers of the CPU backend
-// (tokensel/iqr_outliers.hpp). One block per row (tokensel/cuda/detail/iqr.cuh), one launch.
+// (tokensel/iqr_outliers.hpp). One block per row (tokensel/cuda/stats/detail/iqr.cuh), one launch.
 #pragma once
 
 #include <cstddef>
@@ -14,13 +14,12 @@
 #include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/cuda/detail/batch.cuh"
-#include "tokensel/cuda/detail/iqr.cuh"
+#include "tokensel/cuda/stats/detail/iqr.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
-#include "tokensel/cuda/element.cuh"
-#include "tokensel/cuda/error.cuh"
-#include "tokensel/cuda/policy.cuh"
-#include "tokensel/cuda/top_k.cuh"
-#include "tokensel/cuda/workspace.cuh"
+#include "tokensel/cuda/core/element.cuh"
+#include "tokensel/cuda/core/error.cuh"
+#include "tokensel/cuda/core/policy.cuh"
+#include "tokensel/cuda/core/workspace.cuh"
 #include "tokensel/stats/iqr_outliers.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
@@ -106,7 +105,7 @@ inline std::size_t iqr_bytes(index_t batch, index_t n) {
 
 /// Workspace bytes of iqr_outliers(cuda_policy) over x [batch, n].
 template <cuda_element T>
-std::size_t iqr_workspace_size(const tensor_view<const T, 2>& x) {
+[[nodiscard]] std::size_t iqr_workspace_size(const tensor_view<const T, 2>& x) {
   return cuda_detail::iqr_bytes(x.extent(0), x.extent(1));
 }
 

@@ -14,12 +14,12 @@
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/cuda/detail/batch.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
-#include "tokensel/cuda/detail/map_kernels.cuh"
-#include "tokensel/cuda/element.cuh"
-#include "tokensel/cuda/error.cuh"
-#include "tokensel/cuda/fopru.cuh"
-#include "tokensel/cuda/policy.cuh"
-#include "tokensel/cuda/workspace.cuh"
+#include "tokensel/cuda/stats/detail/map_kernels.cuh"
+#include "tokensel/cuda/core/element.cuh"
+#include "tokensel/cuda/core/error.cuh"
+#include "tokensel/cuda/stats/detail/variance_axis_kernel.cuh"
+#include "tokensel/cuda/core/policy.cuh"
+#include "tokensel/cuda/core/workspace.cuh"
 #include "tokensel/stats/head_reduction.hpp"
 #include "tokensel/stats/map_sums.hpp"
 #include "tokensel/stats/variance_axis.hpp"
@@ -87,7 +87,7 @@ struct degree_epilogue {
 // ---- reduce_heads ---------------------------------------------------------------------------
 
 /// Workspace bytes of reduce_heads(cuda_policy, ...): the status word only.
-inline std::size_t reduce_heads_workspace_size() {
+[[nodiscard]] inline std::size_t reduce_heads_workspace_size() {
   cuda_detail::workspace_plan plan;
   (void)plan.take<int>(1);
   return plan.bytes();
@@ -124,7 +124,7 @@ void reduce_heads(const cuda_policy& policy, const head_attention_view<T>& atten
 
 /// Workspace bytes of map_sums(cuda_policy, attention, op, out) for these outputs.
 template <cuda_element T>
-std::size_t map_sums_workspace_size(const head_attention_view<T>& attention, const map_sums_out& out) {
+[[nodiscard]] std::size_t map_sums_workspace_size(const head_attention_view<T>& attention, const map_sums_out& out) {
   cuda_detail::workspace_plan plan;
   (void)cuda_detail::map_layout(plan, attention.extent(1), attention.extent(2), !out.column_sums.empty(), false, false);
   return plan.bytes();
@@ -172,7 +172,7 @@ void map_sums(const cuda_policy& policy, const head_attention_view<T>& attention
 
 /// Workspace bytes of contribution_degree(cuda_policy, attention, op, range, out).
 template <cuda_element T>
-std::size_t contribution_degree_workspace_size(const head_attention_view<T>&, const token_range& range) {
+[[nodiscard]] std::size_t contribution_degree_workspace_size(const head_attention_view<T>&, const token_range& range) {
   cuda_detail::workspace_plan plan;
   (void)cuda_detail::map_layout(plan, range.count, range.count, true, true, false);
   return plan.bytes();
@@ -224,7 +224,7 @@ void contribution_degree(const cuda_policy& policy, const head_attention_view<T>
 
 /// Workspace bytes of variance_axis_significance(cuda_policy, attention, ...).
 template <cuda_element T>
-std::size_t variance_axis_workspace_size(const head_attention_view<T>& attention) {
+[[nodiscard]] std::size_t variance_axis_workspace_size(const head_attention_view<T>& attention) {
   cuda_detail::workspace_plan plan;
   (void)cuda_detail::map_layout(plan, attention.extent(1), attention.extent(2), true, false, true);
   return plan.bytes();
@@ -264,10 +264,10 @@ void variance_axis_significance(const cuda_policy& policy, const head_attention_
     ca.skip = w.skip;
     launch_column_sums(tables, ca, store_column_sum{w.s2, 0}, stream);
   }
-  const fopru::cuda_detail::axis_args aa{w.s1, w.s2, significance.data(), 0, w.skip, w.status,
-                                         fopru::cuda_detail::axis_writer{nullptr, result}};
+  const axis_args<variance_axis_writer> aa{w.s1, w.s2, significance.data(), 0, w.skip, w.status,
+                                          variance_axis_writer{result}};
   tables.each([&](const sample_table& t) {
-    fopru::cuda_detail::axis_kernel<><<<1, fopru::cuda_detail::axis_block, 0, stream>>>(t, aa);
+    variance_axis_kernel<<<1, axis_block, 0, stream>>>(t, aa);
     check_launch("variance_axis");
   });
 }

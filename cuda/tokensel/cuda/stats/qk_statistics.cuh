@@ -1,5 +1,8 @@
 // tokensel CUDA backend: attention statistics straight from Q and K (FlashAttention engines),
-// the device half of tokensel/qk_statistics.hpp. The N x N probabilities are never stored.
+// the device half of tokensel/stats/qk_statistics.hpp. The N x N probabilities are never stored.
+// The FoPru, FastV and VisionZip overloads fed from Q/K live in their method headers
+// (methods/*.cuh); FastV and VisionZip read a one-head row [batch, 1, 1, n] (the head reduction
+// of a single head is the identity), FoPru its row and column sums.
 //
 // Sources are the CPU's qk_source<T> holding device pointers (T = float, Eigen::half or
 // Eigen::bfloat16; a __half / __nv_bfloat16 buffer is passed as Eigen::half / Eigen::bfloat16, same
@@ -54,15 +57,12 @@
 #include "tokensel/stats/contribution_degree.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
-#include "tokensel/cuda/detail/map_kernels.cuh"
-#include "tokensel/cuda/element.cuh"
-#include "tokensel/cuda/error.cuh"
-#include "tokensel/cuda/fastv.cuh"
-#include "tokensel/cuda/fopru.cuh"
-#include "tokensel/cuda/policy.cuh"
-#include "tokensel/cuda/region_mass.cuh"
-#include "tokensel/cuda/visionzip.cuh"
-#include "tokensel/cuda/workspace.cuh"
+#include "tokensel/cuda/stats/detail/map_kernels.cuh"
+#include "tokensel/cuda/core/element.cuh"
+#include "tokensel/cuda/core/error.cuh"
+#include "tokensel/cuda/core/policy.cuh"
+#include "tokensel/cuda/stats/region_mass.cuh"
+#include "tokensel/cuda/core/workspace.cuh"
 #include "tokensel/stats/head_reduction.hpp"
 #include "tokensel/stats/map_sums.hpp"
 #include "tokensel/core/qk_source.hpp"
@@ -653,16 +653,16 @@ inline void reserve_method(workspace_plan& plan, std::size_t bytes) { (void)plan
 
 /// Workspace bytes of map_sums(cuda_policy, source, op, out) (pure host arithmetic on shapes).
 template <element T>
-std::size_t map_sums_workspace_size(const qk_source<T>& src, const map_sums_out& out) {
+[[nodiscard]] std::size_t map_sums_workspace_size(const qk_source<T>& src, const map_sums_out& out) {
   return cuda_detail::map_sums_bytes(cuda_detail::qk_ref<T>(std::span<const qk_source<T>>(&src, 1)), !out.column_sums.empty(),
                                      !out.row_sums.empty());
 }
 template <element T>
-std::size_t map_sums_workspace_size(const qk_batch<T>& src, const qk_map_sums_out& out) {
+[[nodiscard]] std::size_t map_sums_workspace_size(const qk_batch<T>& src, const qk_map_sums_out& out) {
   return cuda_detail::map_sums_bytes(cuda_detail::qk_ref<T>(src), out.column_sums.data() != nullptr, out.row_sums.data() != nullptr);
 }
 template <element T>
-std::size_t map_sums_workspace_size(std::span<const qk_source<T>> src, const qk_map_sums_out& out) {
+[[nodiscard]] std::size_t map_sums_workspace_size(std::span<const qk_source<T>> src, const qk_map_sums_out& out) {
   return cuda_detail::map_sums_bytes(cuda_detail::qk_ref<T>(src), out.column_sums.data() != nullptr, out.row_sums.data() != nullptr);
 }
 
@@ -699,11 +699,11 @@ void map_sums(const cuda_policy& policy, std::span<const qk_source<T>> src, head
 
 /// Workspace bytes of reduced_rows(cuda_policy, source, op, rows, out).
 template <element T>
-std::size_t reduced_rows_workspace_size(const qk_source<T>& src, const token_range& rows) {
+[[nodiscard]] std::size_t reduced_rows_workspace_size(const qk_source<T>& src, const token_range& rows) {
   return cuda_detail::rows_bytes(cuda_detail::qk_ref<T>(std::span<const qk_source<T>>(&src, 1)), rows);
 }
 template <element T>
-std::size_t reduced_rows_workspace_size(const qk_batch<T>& src, const token_range& rows) {
+[[nodiscard]] std::size_t reduced_rows_workspace_size(const qk_batch<T>& src, const token_range& rows) {
   return cuda_detail::rows_bytes(cuda_detail::qk_ref<T>(src), rows);
 }
 
@@ -742,7 +742,7 @@ void reduced_rows(const cuda_policy& policy, const qk_batch<T>& src, head_reduct
 
 /// Workspace bytes of contribution_degree(cuda_policy, source, op, range, out).
 template <element T>
-std::size_t contribution_degree_workspace_size(const qk_source<T>& src, const token_range& range) {
+[[nodiscard]] std::size_t contribution_degree_workspace_size(const qk_source<T>& src, const token_range& range) {
   cuda_detail::workspace_plan plan;
   const auto sub = restrict_tokens(src, range);
   (void)cuda_detail::qk_layout(plan, {1, src.heads(), sub.rows().count, sub.cols().count}, true, false, 1);
@@ -798,7 +798,7 @@ struct region_rows {
 
 /// Workspace bytes of region_mass(cuda_policy, source, visual, ...).
 template <element T>
-std::size_t region_mass_workspace_size(const qk_source<T>& src, const token_range& visual) {
+[[nodiscard]] std::size_t region_mass_workspace_size(const qk_source<T>& src, const token_range& visual) {
   using namespace cuda_detail;
   workspace_plan plan;
   const qk_ref<T> ref(std::span<const qk_source<T>>(&src, 1));
@@ -821,12 +821,7 @@ void region_mass(const cuda_policy& policy, const qk_source<T>& src, const token
   const region_rows desc{visual};
   const qk_shape shape = shape_of(ref, desc);
   const index_t n = visual.count, text = shape.rows - n;
-  if (!out.cross.empty() && static_cast<index_t>(out.cross.size()) != n) {
-    detail::fail(errc::shape_mismatch, "region_mass.out.cross.size()", out.cross.size(), "must be empty or " + std::to_string(n));
-  }
-  if (!out.self.empty() && static_cast<index_t>(out.self.size()) != n) {
-    detail::fail(errc::shape_mismatch, "region_mass.out.self.size()", out.self.size(), "must be empty or " + std::to_string(n));
-  }
+  detail::check_region_mass_outputs(out, n);
   workspace_plan plan(policy);
   int* skip = plan.take<int>(1);
   const qk_engine e = qk_layout(plan, shape, true, true, 2);
@@ -853,7 +848,7 @@ void region_mass(const cuda_policy& policy, const qk_source<T>& src, const token
 
 /// Workspace bytes of materialize_attention(cuda_policy, source, out).
 template <element T>
-std::size_t materialize_attention_workspace_size(const qk_source<T>& src) {
+[[nodiscard]] std::size_t materialize_attention_workspace_size(const qk_source<T>& src) {
   cuda_detail::workspace_plan plan;
   (void)cuda_detail::qk_layout(plan, {1, src.heads(), src.rows().count, src.cols().count}, false, false, 1);
   return plan.bytes();
@@ -884,280 +879,5 @@ void materialize_attention(const cuda_policy& policy, const qk_source<T>& src, c
   run_qk(ref, desc, e, o, qk_finals{}, policy.stream);
 }
 
-// ---- methods fed from Q/K ----------------------------------------------------------------------
-//
-// Each overload computes the statistic the method reads into its workspace (after the method's
-// own buffers, which start at offset 0 with the status word) and runs the method's device stages
-// on it: FastV and VisionZip read a one-head row [batch, 1, 1, n] (the head reduction of a single
-// head is the identity: x / 1 and 0 + x), FoPru its row and column sums.
-
-namespace fastv {
-namespace cuda_detail {
-
-/// Rows of the reduced last rows: [batch, n_max]. desc(b, source) of the last row over visual.
-struct last_row {
-  std::span<const token_range> visual;
-  template <element T>
-  tokensel::cuda_detail::qk_desc operator()(index_t b, const qk_source<T>& src) const {
-    const token_range& v = visual.size() == 1 ? visual[0] : visual[static_cast<std::size_t>(b)];
-    const index_t queries = src.rows().count;
-    check_range(v, src.cols().count, "fastv.visual");
-    if (v.count > 0 && queries < 1) tokensel::detail::fail(errc::shape_mismatch, "fastv.attention.extent(1)", queries, "needs the last query row");
-    const auto window = restrict_window(src, token_range::all(queries), v);
-    return tokensel::cuda_detail::describe(window, {window.rows().begin + queries - 1, queries > 0 ? 1 : 0}, window.cols(), 1, "fastv");
-  }
-};
-
-inline void check_visual(index_t batch, bool uniform, std::span<const token_range> visual) {
-  if (uniform ? visual.size() != 1 : static_cast<index_t>(visual.size()) != batch) {
-    tokensel::detail::fail(errc::shape_mismatch, "fastv.visual.size()", visual.size(), "must equal the batch size " + std::to_string(batch));
-  }
-}
-
-template <element T>
-std::size_t qk_bytes(const tokensel::cuda_detail::qk_ref<T>& src, std::span<const token_range> visual, const config& cfg) {
-  using namespace tokensel::cuda_detail;
-  check_visual(src.size(), src.uniform(), visual);
-  validate(cfg);
-  const qk_shape shape = shape_of(src, last_row{visual});
-  workspace_plan plan;
-  reserve_method(plan, [&] {
-    workspace_plan m;
-    (void)layout(m, shape.batch, shape.cols);
-    return m.bytes();
-  }());
-  (void)plan.take<float>(count_of({shape.batch, shape.cols}));
-  (void)qk_layout(plan, shape, false, false, 1);
-  return plan.bytes();
-}
-
-template <element T>
-void qk_run(const cuda_policy& policy, const tokensel::cuda_detail::qk_ref<T>& src, std::span<const token_range> visual,
-            const config& cfg, const selection_batch& out, std::span<result> results) {
-  using namespace tokensel::cuda_detail;
-  src.check("fastv");
-  const index_t B = src.size();
-  check_visual(B, src.uniform(), visual);
-  check_outputs(out, results, B, "fastv");
-  if (B > 0) validate(cfg);
-  const last_row desc{visual};
-  const qk_shape shape = shape_of(src, desc);
-  for (index_t b = 0; b < src.distinct(); ++b) {
-    const index_t n = (visual.size() == 1 ? visual[0] : visual[static_cast<std::size_t>(b)]).count;
-    tokensel::detail::check_capacity(static_cast<std::size_t>(out.indices.extent(1)), keep_count(n, cfg), "fastv.out.size()");
-  }
-  workspace_plan plan(policy);
-  workspace_plan method;
-  (void)layout(method, B, shape.cols);
-  reserve_method(plan, method.bytes());
-  const long long n_max = static_cast<long long>(shape.cols);
-  float* scores = plan.take<float>(count_of({B, shape.cols}));
-  plan.require("fastv");
-  if (B == 0) return;
-  rows_batch(policy, plan, src, desc, cfg.heads, scores, n_max, n_max, false);
-  if (src.uniform()) {
-    const index_t n = visual[0].count;
-    const attention_view<float> rows(scores, {B, 1, 1, n}, {n_max, n_max, n_max, 1});
-    fastv::select(policy, rows, token_range::all(n), cfg, out, results);
-    return;
-  }
-  std::vector<head_attention_view<float>> views;
-  std::vector<token_range> all;
-  views.reserve(static_cast<std::size_t>(B));
-  all.reserve(static_cast<std::size_t>(B));
-  for (index_t b = 0; b < B; ++b) {
-    const index_t n = visual[static_cast<std::size_t>(b)].count;
-    views.emplace_back(scores + b * n_max, head_attention_view<float>::extents_type{1, 1, n});
-    all.push_back(token_range::all(n));
-  }
-  fastv::select(policy, std::span<const head_attention_view<float>>(views), std::span<const token_range>(all), cfg, out, results);
-}
-
-}  // namespace cuda_detail
-
-/// Workspace bytes of select(cuda_policy, qk_batch, visual, cfg, ...).
-template <element T>
-std::size_t workspace_size(const qk_batch<T>& src, const token_range& visual, const config& cfg) {
-  return cuda_detail::qk_bytes(tokensel::cuda_detail::qk_ref<T>(src), std::span<const token_range>(&visual, 1), cfg);
-}
-template <element T>
-std::size_t workspace_size(std::span<const qk_source<T>> src, std::span<const token_range> visual, const config& cfg) {
-  return cuda_detail::qk_bytes(tokensel::cuda_detail::qk_ref<T>(src), visual, cfg);
-}
-
-/// FastV from the Q/K of layer K-1 (set causal for a prefill; queries may be the last token only,
-/// [heads, 1, d]): the reduced last query row over the visual columns, then the usual stages.
-template <element T>
-void select(const cuda_policy& policy, const qk_batch<T>& src, const token_range& visual, const config& cfg,
-            const selection_batch& out, std::span<result> results = {}) {
-  cuda_detail::qk_run(policy, tokensel::cuda_detail::qk_ref<T>(src), std::span<const token_range>(&visual, 1), cfg, out, results);
-}
-template <element T>
-void select(const cuda_policy& policy, std::span<const qk_source<T>> src, std::span<const token_range> visual,
-            const config& cfg, const selection_batch& out, std::span<result> results = {}) {
-  cuda_detail::qk_run(policy, tokensel::cuda_detail::qk_ref<T>(src), visual, cfg, out, results);
-}
-
-}  // namespace fastv
-
-namespace visionzip {
-namespace cuda_detail {
-
-/// The method's own workspace bytes for [batch, 1, 1, n] rows (select(view) lays them out first).
-template <cuda_element K>
-std::size_t method_bytes(index_t batch, index_t n, const tensor_view<const K, 4>& keys, const config& cfg) {
-  validate(cfg);
-  tokensel::cuda_detail::workspace_plan m;
-  (void)layout(m, batch, n, cfg.contextual > 0 && n > 0 ? keys.extent(3) : 0);
-  return m.bytes();
-}
-
-/// The CLS row (row 0 of the row window) over every key of the column window.
-inline tokensel::cuda_detail::selected_rows cls_row(index_t n) { return {{0, n > 0 ? 1 : 0}, "visionzip"}; }
-
-}  // namespace cuda_detail
-
-/// Workspace bytes of select(cuda_policy, qk_batch, keys, ...).
-template <element Q, cuda_element K>
-std::size_t workspace_size(const qk_batch<Q>& src, const tensor_view<const K, 4>& keys, const config& cfg) {
-  using namespace tokensel::cuda_detail;
-  const index_t B = src.size(), n = B > 0 ? src[0].cols().count : 0;
-  workspace_plan plan;
-  reserve_method(plan, cuda_detail::method_bytes(B, n, keys, cfg));
-  (void)plan.take<float>(count_of({B, n}));
-  (void)qk_layout(plan, shape_of(qk_ref<Q>(src), cuda_detail::cls_row(n)), false, false, 1);
-  return plan.bytes();
-}
-
-/// VisionZip from the Q/K of the feature layer (queries [heads, N or 1, d]: only the CLS row 0 is
-/// read): the CLS row summed over heads, then the stages of select(view); keys / hidden / features
-/// as there (keys may be src.keys).
-template <element Q, cuda_element K, cuda_element H, cuda_element O>
-void select(const cuda_policy& policy, const qk_batch<Q>& src, const tensor_view<const K, 4>& keys,
-            const tensor_view<const H, 3>& hidden, const config& cfg, const selection_batch& out,
-            const tensor_view<O, 3>& features, std::span<result> results = {}) {
-  using namespace tokensel::cuda_detail;
-  const qk_ref<Q> ref(src);
-  ref.check("visionzip");
-  const index_t B = src.size(), n = B > 0 ? src[0].cols().count : 0;
-  workspace_plan plan(policy);
-  reserve_method(plan, cuda_detail::method_bytes(B, n, keys, cfg));
-  float* rows = plan.take<float>(count_of({B, n}));
-  const auto n_ld = static_cast<long long>(n);
-  if (B > 0 && n > 0) rows_batch(policy, plan, ref, cuda_detail::cls_row(n), head_reduction::sum, rows, n_ld, n_ld, false);
-  plan.require("visionzip");
-  const attention_view<float> view(B * n > 0 ? rows : nullptr, {B, 1, 1, n}, {n_ld, n_ld, n_ld, 1});
-  visionzip::select(policy, view, keys, hidden, cfg, out, features, results);
-}
-
-}  // namespace visionzip
-
-namespace fopru {
-namespace cuda_detail {
-
-/// The patch window of a FoPru source (CLS skipped unless cfg.skip_cls is false); the CPU's
-/// checks in its order (check_shape).
-struct patch_window {
-  const config* cfg;
-  index_t capacity;
-  template <element T>
-  window_desc shape(const qk_source<T>& src) const {
-    return check_shape(src.rows().count, src.cols().count, src.heads(), *cfg, capacity);
-  }
-  template <element T>
-  tokensel::cuda_detail::qk_desc operator()(index_t, const qk_source<T>& src) const {
-    const window_desc w = shape(src);
-    const auto sub = restrict_tokens(src, token_range{src.rows().count - w.rows, w.rows});
-    return tokensel::cuda_detail::describe(sub, sub.rows(), sub.cols(), w.rows, "fopru");
-  }
-};
-
-struct qk_buffers {
-  buffers w;
-  tokensel::cuda_detail::qk_engine e;
-};
-
-/// FoPru's vectors (no map) and the engine.
-inline qk_buffers qk_layout(workspace_plan& plan, const tokensel::cuda_detail::qk_shape& s) {
-  qk_buffers r;
-  const auto B = count_of({s.batch}), n = count_of({s.cols});
-  r.w.status = plan.status();
-  r.w.vec = static_cast<long long>(s.cols);
-  r.w.skip = plan.take<int>(B);
-  r.w.s1 = plan.take<float>(B * n);
-  r.w.s2 = plan.take<float>(B * n);
-  r.w.sig = plan.take<float>(B * n);
-  r.w.rowscore = plan.take<float>(B * n);
-  r.w.rank = plan.take<int>(B * n);
-  r.e = tokensel::cuda_detail::qk_layout(plan, s, true, true, 1);
-  return r;
-}
-
-template <element T>
-std::size_t qk_bytes(const tokensel::cuda_detail::qk_ref<T>& src, const config& cfg) {
-  validate(cfg);
-  workspace_plan plan;
-  (void)qk_layout(plan, shape_of(src, patch_window{&cfg, INT_MAX}));
-  return plan.bytes();
-}
-
-template <element T>
-void qk_run(const cuda_policy& policy, const tokensel::cuda_detail::qk_ref<T>& src, const config& cfg,
-            const selection_batch& out, std::span<result> results) {
-  using namespace tokensel::cuda_detail;
-  src.check("fopru");
-  const index_t B = src.size();
-  check_outputs(out, results, B, "fopru");
-  if (B > 0) validate(cfg);
-  const patch_window desc{&cfg, out.indices.extent(1)};
-  const qk_shape shape = shape_of(src, desc);
-  workspace_plan plan(policy);
-  const qk_buffers r = qk_layout(plan, shape);
-  plan.require("fopru");
-  if (B == 0) return;
-  cudaStream_t stream = policy.stream;
-  reset_status(r.w.status, stream);
-  check(cudaMemsetAsync(r.w.skip, 0, static_cast<std::size_t>(B) * sizeof(int), stream), "cudaMemsetAsync(skip)");
-  // Row and column sums of the head-reduced patch map; the axis stage divides by n and checks
-  // them (a NaN/Inf in Q/K reaches it as a non-finite mean).
-  qk_outputs o;
-  o.op = cfg.heads;
-  qk_finals f;
-  f.row_sums = r.w.s1;
-  f.row_b = r.w.vec;
-  f.col_a = r.w.s2;
-  f.col_bs = r.w.vec;
-  run_qk(src, desc, r.e, o, f, stream);
-  const auto tables = make_tables(B, src.uniform(), 0, [&](index_t b) { return desc.shape(src[b]); });
-  finish(tables, r.w, cfg, out, results, stream);
-}
-
-}  // namespace cuda_detail
-
-/// Workspace bytes of select(cuda_policy, qk sources, cfg, ...).
-template <element T>
-std::size_t workspace_size(const qk_batch<T>& src, const config& cfg) {
-  return cuda_detail::qk_bytes(tokensel::cuda_detail::qk_ref<T>(src), cfg);
-}
-template <element T>
-std::size_t workspace_size(std::span<const qk_source<T>> src, const config& cfg) {
-  return cuda_detail::qk_bytes(tokensel::cuda_detail::qk_ref<T>(src), cfg);
-}
-
-/// FoPru from Q/K (queries and keys of the same N tokens): row and column sums of the head-reduced
-/// patch map from the tiles, then the axis and selection stages of select(view). Same indices as
-/// the view path except at near-ties (the sums agree to ~1e-6 relative, not bit for bit).
-template <element T>
-void select(const cuda_policy& policy, const qk_batch<T>& src, const config& cfg, const selection_batch& out,
-            std::span<result> results = {}) {
-  cuda_detail::qk_run(policy, tokensel::cuda_detail::qk_ref<T>(src), cfg, out, results);
-}
-template <element T>
-void select(const cuda_policy& policy, std::span<const qk_source<T>> src, const config& cfg, const selection_batch& out,
-            std::span<result> results = {}) {
-  cuda_detail::qk_run(policy, tokensel::cuda_detail::qk_ref<T>(src), cfg, out, results);
-}
-
-}  // namespace fopru
 
 TOKENSEL_END_NAMESPACE

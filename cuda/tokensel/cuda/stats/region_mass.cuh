@@ -11,12 +11,12 @@
 #include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
-#include "tokensel/cuda/detail/map_kernels.cuh"
-#include "tokensel/cuda/element.cuh"
-#include "tokensel/cuda/error.cuh"
-#include "tokensel/cuda/map_sums.cuh"
-#include "tokensel/cuda/policy.cuh"
-#include "tokensel/cuda/workspace.cuh"
+#include "tokensel/cuda/stats/detail/map_kernels.cuh"
+#include "tokensel/cuda/core/element.cuh"
+#include "tokensel/cuda/core/error.cuh"
+#include "tokensel/cuda/stats/map_sums.cuh"
+#include "tokensel/cuda/core/policy.cuh"
+#include "tokensel/cuda/core/workspace.cuh"
 #include "tokensel/stats/region_mass.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
@@ -55,7 +55,7 @@ inline void region_layout(workspace_plan& plan, index_t rows, index_t n, int** s
 
 /// Workspace bytes of region_mass(cuda_policy, attention, visual, ...).
 template <cuda_element T>
-std::size_t region_mass_workspace_size(const head_attention_view<T>& attention, const token_range& visual) {
+[[nodiscard]] std::size_t region_mass_workspace_size(const head_attention_view<T>& attention, const token_range& visual) {
   cuda_detail::workspace_plan plan;
   int* skip;
   float *map, *totals;
@@ -74,12 +74,7 @@ void region_mass(const cuda_policy& policy, const head_attention_view<T>& attent
   const index_t heads = attention.extent(0), L = attention.extent(1);
   detail::check_llm_attention(L, attention.extent(2), visual, "region_mass");
   const index_t s0 = visual.begin, n = visual.count, text = L - visual.end();
-  if (!out.cross.empty() && static_cast<index_t>(out.cross.size()) != n) {
-    detail::fail(errc::shape_mismatch, "region_mass.out.cross.size()", out.cross.size(), "must be empty or " + std::to_string(n));
-  }
-  if (!out.self.empty() && static_cast<index_t>(out.self.size()) != n) {
-    detail::fail(errc::shape_mismatch, "region_mass.out.self.size()", out.self.size(), "must be empty or " + std::to_string(n));
-  }
+  detail::check_region_mass_outputs(out, n);
   if (n > 0) detail::check_heads_present(heads, L, L);
   const index_t rows = n > 0 ? n + text : 0;
   workspace_plan plan(policy);

@@ -17,7 +17,7 @@
 #include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
-#include "tokensel/cuda/error.cuh"
+#include "tokensel/cuda/core/error.cuh"
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace cuda_detail {

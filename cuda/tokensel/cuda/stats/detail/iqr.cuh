@@ -34,7 +34,8 @@ __device__ quartiles block_quartiles(const float* x, int n) {
   __shared__ double result[2];  // plain doubles: __shared__ objects take no initialisers
   const int tid = static_cast<int>(threadIdx.x);
   const quantile_position p1 = quantile_at(n, 0.25), p3 = quantile_at(n, 0.75);
-  const int pos[4] = {p1.lo, p1.lerp ? p1.lo + 1 : p1.lo, p3.lo, p3.lerp ? p3.lo + 1 : p3.lo};
+  const int pos[4] = {static_cast<int>(p1.lo), static_cast<int>(p1.lerp ? p1.lo + 1 : p1.lo), static_cast<int>(p3.lo),
+                      static_cast<int>(p3.lerp ? p3.lo + 1 : p3.lo)};
   if (tid < 4) owner[tid] = INT_MAX;
   __syncthreads();
   for (int i0 = 0; i0 < n; i0 += Block) {
