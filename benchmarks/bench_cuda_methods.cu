@@ -20,11 +20,11 @@
 #include <vector>
 
 #include "bench_cuda_common.cuh"
-#include "tokensel/cuda/fastv.cuh"
-#include "tokensel/cuda/fitprune.cuh"
-#include "tokensel/cuda/fopru.cuh"
-#include "tokensel/cuda/freepruner.cuh"
-#include "tokensel/cuda/prumerge.cuh"
+#include "tokensel/cuda/methods/fastv.cuh"
+#include "tokensel/cuda/methods/fitprune.cuh"
+#include "tokensel/cuda/methods/fopru.cuh"
+#include "tokensel/cuda/methods/freepruner.cuh"
+#include "tokensel/cuda/methods/prumerge.cuh"
 
 using namespace tokensel;
 

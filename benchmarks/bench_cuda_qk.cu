@@ -15,8 +15,8 @@
 #include <vector>
 
 #include "bench_cuda_common.cuh"
-#include "tokensel/cuda/map_sums.cuh"
-#include "tokensel/cuda/qk_statistics.cuh"
+#include "tokensel/cuda/stats/map_sums.cuh"
+#include "tokensel/cuda/stats/qk_statistics.cuh"
 
 using namespace tokensel;
 

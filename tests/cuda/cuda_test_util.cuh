@@ -21,12 +21,12 @@
 #include <type_traits>
 #include <vector>
 
-#include "tokensel/cuda/element.cuh"
-#include "tokensel/cuda/error.cuh"
-#include "tokensel/cuda/policy.cuh"
-#include "tokensel/element.hpp"
-#include "tokensel/batch.hpp"
-#include "tokensel/tensor_view.hpp"
+#include "tokensel/cuda/core/element.cuh"
+#include "tokensel/cuda/core/error.cuh"
+#include "tokensel/cuda/core/policy.cuh"
+#include "tokensel/core/element.hpp"
+#include "tokensel/core/batch.hpp"
+#include "tokensel/core/tensor_view.hpp"
 
 namespace tokensel_test {
 

@@ -5,8 +5,8 @@
 #include <span>
 #include <vector>
 
-#include "tokensel/baselines.hpp"
-#include "tokensel/cuda/baselines.cuh"
+#include "tokensel/methods/baselines.hpp"
+#include "tokensel/cuda/methods/baselines.cuh"
 
 using namespace tokensel;
 using namespace tokensel_test;

@@ -6,8 +6,8 @@
 #include <span>
 #include <vector>
 
-#include "tokensel/cuda/fopru.cuh"
-#include "tokensel/fopru.hpp"
+#include "tokensel/cuda/methods/fopru.cuh"
+#include "tokensel/methods/fopru.hpp"
 
 using namespace tokensel;
 using namespace tokensel_test;

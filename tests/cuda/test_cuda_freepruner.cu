@@ -6,8 +6,8 @@
 #include <span>
 #include <vector>
 
-#include "tokensel/cuda/freepruner.cuh"
-#include "tokensel/freepruner.hpp"
+#include "tokensel/cuda/methods/freepruner.cuh"
+#include "tokensel/methods/freepruner.hpp"
 
 using namespace tokensel;
 using namespace tokensel_test;

@@ -12,16 +12,16 @@
 #include <span>
 #include <vector>
 
-#include "tokensel/baselines.hpp"
-#include "tokensel/contribution_degree.hpp"
-#include "tokensel/cuda/baselines.cuh"
+#include "tokensel/methods/baselines.hpp"
+#include "tokensel/stats/contribution_degree.hpp"
+#include "tokensel/cuda/methods/baselines.cuh"
 #include "tokensel/cuda/detail/arith.cuh"
-#include "tokensel/cuda/freepruner.cuh"
+#include "tokensel/cuda/methods/freepruner.cuh"
 #include "tokensel/detail/reduce.hpp"
-#include "tokensel/freepruner.hpp"
-#include "tokensel/iqr_outliers.hpp"
-#include "tokensel/top_k.hpp"
-#include "tokensel/variance_axis.hpp"
+#include "tokensel/methods/freepruner.hpp"
+#include "tokensel/stats/iqr_outliers.hpp"
+#include "tokensel/select/top_k.hpp"
+#include "tokensel/stats/variance_axis.hpp"
 
 using namespace tokensel;
 namespace cd = tokensel::cuda_detail;

@@ -6,10 +6,10 @@
 #include <span>
 #include <vector>
 
-#include "tokensel/cuda/fastv.cuh"
-#include "tokensel/cuda/fitprune.cuh"
-#include "tokensel/fastv.hpp"
-#include "tokensel/fitprune.hpp"
+#include "tokensel/cuda/methods/fastv.cuh"
+#include "tokensel/cuda/methods/fitprune.cuh"
+#include "tokensel/methods/fastv.hpp"
+#include "tokensel/methods/fitprune.hpp"
 
 using namespace tokensel;
 using namespace tokensel_test;

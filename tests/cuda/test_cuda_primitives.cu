@@ -5,20 +5,20 @@
 #include <span>
 #include <vector>
 
-#include "tokensel/contribution_degree.hpp"
-#include "tokensel/cuda/gather.cuh"
-#include "tokensel/cuda/iqr_outliers.cuh"
-#include "tokensel/cuda/map_sums.cuh"
-#include "tokensel/cuda/region_mass.cuh"
-#include "tokensel/cuda/top_k.cuh"
-#include "tokensel/gather.hpp"
-#include "tokensel/head_reduction.hpp"
-#include "tokensel/iqr_outliers.hpp"
-#include "tokensel/map_sums.hpp"
-#include "tokensel/region_mass.hpp"
-#include "tokensel/row_aggregation.hpp"
-#include "tokensel/top_k.hpp"
-#include "tokensel/variance_axis.hpp"
+#include "tokensel/stats/contribution_degree.hpp"
+#include "tokensel/cuda/select/gather.cuh"
+#include "tokensel/cuda/stats/iqr_outliers.cuh"
+#include "tokensel/cuda/stats/map_sums.cuh"
+#include "tokensel/cuda/stats/region_mass.cuh"
+#include "tokensel/cuda/select/top_k.cuh"
+#include "tokensel/select/gather.hpp"
+#include "tokensel/stats/head_reduction.hpp"
+#include "tokensel/stats/iqr_outliers.hpp"
+#include "tokensel/stats/map_sums.hpp"
+#include "tokensel/stats/region_mass.hpp"
+#include "tokensel/select/row_aggregation.hpp"
+#include "tokensel/select/top_k.hpp"
+#include "tokensel/stats/variance_axis.hpp"
 
 using namespace tokensel;
 using namespace tokensel_test;

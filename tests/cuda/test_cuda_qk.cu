@@ -1,4 +1,4 @@
-// CUDA statistics from Q and K (tokensel/cuda/qk_statistics.cuh).
+// CUDA statistics from Q and K (tokensel/cuda/stats/qk_statistics.cuh).
 //
 // Host tests (run everywhere): argument validation (before any launch), workspace sizing, and a
 // host emulation of the kernels' order (32 x 32 tiles, online softmax over ascending key tiles,
@@ -19,12 +19,15 @@
 #include <vector>
 
 #include "cuda_test_util.cuh"
-#include "tokensel/cuda/qk_statistics.cuh"
-#include "tokensel/fastv.hpp"
-#include "tokensel/fopru.hpp"
-#include "tokensel/qk_statistics.hpp"
-#include "tokensel/region_mass.hpp"
-#include "tokensel/visionzip.hpp"
+#include "tokensel/cuda/methods/fastv.cuh"
+#include "tokensel/cuda/methods/fopru.cuh"
+#include "tokensel/cuda/methods/visionzip.cuh"
+#include "tokensel/cuda/stats/qk_statistics.cuh"
+#include "tokensel/methods/fastv.hpp"
+#include "tokensel/methods/fopru.hpp"
+#include "tokensel/stats/qk_statistics.hpp"
+#include "tokensel/stats/region_mass.hpp"
+#include "tokensel/methods/visionzip.hpp"
 
 using namespace tokensel;
 using namespace tokensel_test;
@@ -459,23 +462,23 @@ TEST(CudaQkDevice, FastVAndVisionZipFromQk) {
                     tensor_view<float, 3>(feats.data(), {B, 64, 8}));
   EXPECT_TRUE(status(ws.policy).ok);
   const auto got = sel.rows();
+  const auto got_features = feats.download();
   for (index_t b = 0; b < B; ++b) {
     const qk_source<float> src{.queries = tensor_view<const float, 3>(q.data() + b * H * N * D, {H, N, D}),
                                .keys = tensor_view<const float, 3>(k.data() + b * H * N * D, {H, N, D})};
-  const auto got_features = feats.download();
     std::vector<token_index> want(64);
     std::vector<float> fw(64 * 8);
     const auto r = visionzip::select(seq, src, src.keys, tensor_view<const float, 2>(hidden.data() + b * N * 8, {N, 8}), vcfg,
                                      std::span<token_index>(want), tensor_view<float, 2>(fw.data(), {64, 8}));
     want.resize(static_cast<std::size_t>(r.count));
     EXPECT_EQ(got[static_cast<std::size_t>(b)], want) << "sample " << b;
-  }
-}
-
     // The merged rows (dominant rows, then the contextual merges), bit for bit.
     fw.resize(static_cast<std::size_t>(r.count * 8));
     const std::vector<float> gf(got_features.begin() + b * 64 * 8, got_features.begin() + b * 64 * 8 + r.count * 8);
     EXPECT_EQ(gf, fw) << "merged features, sample " << b;
+  }
+}
+
 TEST(CudaQkDevice, FoPruFromQk) {
   TOKENSEL_REQUIRE_DEVICE();
   int compared = 0;

@@ -9,14 +9,14 @@
 #include <span>
 #include <vector>
 
-#include "tokensel/cuda/baselines.cuh"
+#include "tokensel/cuda/methods/baselines.cuh"
 #include "tokensel/cuda/detail/single.cuh"
-#include "tokensel/cuda/fastv.cuh"
-#include "tokensel/cuda/fitprune.cuh"
-#include "tokensel/cuda/fopru.cuh"
-#include "tokensel/cuda/freepruner.cuh"
-#include "tokensel/cuda/prumerge.cuh"
-#include "tokensel/cuda/visionzip.cuh"
+#include "tokensel/cuda/methods/fastv.cuh"
+#include "tokensel/cuda/methods/fitprune.cuh"
+#include "tokensel/cuda/methods/fopru.cuh"
+#include "tokensel/cuda/methods/freepruner.cuh"
+#include "tokensel/cuda/methods/prumerge.cuh"
+#include "tokensel/cuda/methods/visionzip.cuh"
 
 using namespace tokensel;
 using namespace tokensel_test;

@@ -5,8 +5,8 @@
 #include <span>
 #include <vector>
 
-#include "tokensel/cuda/visionzip.cuh"
-#include "tokensel/visionzip.hpp"
+#include "tokensel/cuda/methods/visionzip.cuh"
+#include "tokensel/methods/visionzip.hpp"
 
 using namespace tokensel;
 using namespace tokensel_test;
