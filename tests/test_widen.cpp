@@ -44,10 +44,35 @@ TEST(Widen, HalfMatchesScalarOnEveryPattern) {
 
 TEST(Widen, BFloat16MatchesScalarOnEveryPattern) { check_all_patterns<Eigen::bfloat16>(); }
 
-TEST(Widen, VectorPathCompiledWhereSupported) {
+// CMake compiles this file with -mavx -mf16c whenever the compiler accepts them and says so through
+// TOKENSEL_TEST_F16C_FLAGS (1 or 0): the vector path must then really be compiled in (otherwise the
+// two tests above silently test only the scalar loop), and must not be without the flags.
+TEST(Widen, VectorPathCompiledExactlyWhenTheFlagsAreGiven) {
 #if defined(__F16C__) && defined(__AVX__)
-  SUCCEED() << "F16C path compiled";
+  constexpr bool vector_path = true;
 #else
-  GTEST_SKIP() << "compiler does not accept -mavx -mf16c: only the scalar path is built";
+  constexpr bool vector_path = false;
 #endif
+#ifndef TOKENSEL_TEST_F16C_FLAGS
+  GTEST_SKIP() << "built outside tests/CMakeLists.txt: nobody says whether -mavx -mf16c were given";
+#else
+  EXPECT_EQ(vector_path, TOKENSEL_TEST_F16C_FLAGS != 0)
+      << "tests/CMakeLists.txt " << (TOKENSEL_TEST_F16C_FLAGS ? "adds" : "does not add")
+      << " -mavx -mf16c, but __F16C__/__AVX__ are " << (vector_path ? "" : "not ") << "defined";
+#endif
+}
+
+// Every length 0..40 at every start offset 0..7: the 8-wide blocks, the scalar tail and unaligned
+// loads, each against the element-wise conversion (values away from NaN: exact equality).
+TEST(Widen, HalfAllLengthsAndOffsets) {
+  std::vector<Eigen::half> src(48);
+  for (std::size_t i = 0; i < src.size(); ++i) src[i] = Eigen::half(static_cast<float>(i) * 0.37f - 7.0f);
+  for (index_t off = 0; off < 8; ++off) {
+    for (index_t n = 0; n + off <= 40; ++n) {
+      std::vector<float> out(static_cast<std::size_t>(n) + 1, -99.0f);
+      detail::widen(src.data() + off, n, out.data());
+      for (index_t j = 0; j < n; ++j) ASSERT_EQ(out[static_cast<std::size_t>(j)], to_float(src[static_cast<std::size_t>(off + j)])) << off << " " << n << " " << j;
+      EXPECT_EQ(out[static_cast<std::size_t>(n)], -99.0f) << "wrote past n = " << n;
+    }
+  }
 }

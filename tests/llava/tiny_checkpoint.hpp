@@ -26,6 +26,22 @@ struct golden {
   const std::vector<float>& operator[](const std::string& k) const { return t.at(k); }
 };
 
+/// <stem>.json and every tensor of <stem>.safetensors in a variant directory (stem "golden": the
+/// unpruned transformers goldens; "pruned": tools/llava/make_pruned_goldens.py's per-method goldens).
+inline golden read_golden(const std::filesystem::path& dir, const std::string& stem) {
+  golden g;
+  std::ifstream in(dir / (stem + ".json"));
+  g.meta = nlohmann::json::parse(in);
+  const auto f = tokensel::safetensors::file::open(dir / (stem + ".safetensors"));
+  for (const auto& info : f.tensors()) {
+    const auto h = f.load(info.name).converted(tokensel::dtype::f32);
+    const auto d = h.data<float>();
+    g.t[info.name].assign(d.begin(), d.end());
+    g.shape[info.name] = info.shape;
+  }
+  return g;
+}
+
 struct variant {
   std::unique_ptr<llava::llava_model> model;
   golden g;
@@ -41,20 +57,20 @@ inline variant& load(const std::string& name) {
     slot = std::make_unique<variant>();
     const std::filesystem::path dir = data_dir / ("llava-tiny-" + name);
     slot->model = std::make_unique<llava::llava_model>(dir);
-    std::ifstream in(dir / "golden.json");
-    slot->g.meta = nlohmann::json::parse(in);
-    const auto f = tokensel::safetensors::file::open(dir / "golden.safetensors");
-    for (const auto& info : f.tensors()) {
-      const auto h = f.load(info.name).converted(tokensel::dtype::f32);
-      const auto d = h.data<float>();
-      slot->g.t[info.name].assign(d.begin(), d.end());
-      slot->g.shape[info.name] = info.shape;
-    }
+    slot->g = read_golden(dir, "golden");
     slot->ids = slot->g.meta["input_ids"].get<std::vector<std::int32_t>>();
     slot->ids_expanded = slot->g.meta["input_ids_expanded"].get<std::vector<std::int32_t>>();
     slot->pixels = slot->g[slot->g.meta["pixel_values_key"].get<std::string>()].data();
   }
   return *slot;
+}
+
+/// The pruned goldens (pruned.json / pruned.safetensors) of variant "fp32" or "bf16", loaded once.
+inline const golden& pruned(const std::string& name) {
+  static std::map<std::string, golden> cache;
+  auto it = cache.find(name);
+  if (it == cache.end()) it = cache.emplace(name, read_golden(data_dir / ("llava-tiny-" + name), "pruned")).first;
+  return it->second;
 }
 
 }  // namespace llava_test

@@ -304,7 +304,7 @@ std::vector<float> llama_model::decode_step(std::int32_t token, std::int32_t pos
 }
 
 std::vector<std::int32_t> llama_model::generate(std::vector<float> logits, std::int32_t next_position, int max_new,
-                                                kv_cache& cache) const {
+                                                kv_cache& cache, std::vector<std::vector<float>>* step_logits) const {
   std::vector<std::int32_t> out;
   for (int t = 0; t < max_new; ++t) {
     const auto best = std::max_element(logits.begin(), logits.end()) - logits.begin();  // first max
@@ -312,6 +312,7 @@ std::vector<std::int32_t> llama_model::generate(std::vector<float> logits, std::
     out.push_back(id);
     if (id == cfg_.eos || t + 1 == max_new) break;
     logits = decode_step(id, next_position++, cache);
+    if (step_logits) step_logits->push_back(logits);
   }
   return out;
 }

@@ -107,7 +107,7 @@ llava_model::~llava_model() = default;
 // llava::error, so callers catch one type; the message keeps tokensel's parameter name.
 run_result llava_model::run(const float* pixels, std::span<const std::int32_t> ids, const run_options& o) const {
   try {
-    return run_impl(pixels, ids, o.selection, o.max_new_tokens, true);
+    return run_impl(pixels, ids, o.selection, o.max_new_tokens, true, o.record_intermediates);
   } catch (const ts::error& e) {
     throw error(std::string("llava: ") + to_string(o.selection.name) + ": " + e.what());
   }
@@ -170,7 +170,7 @@ ts::fitprune::recipe fitprune_recipe(const selection_options& s, const llava_con
 }  // namespace
 
 run_result llava_model::run_impl(const float* pixels, std::span<const std::int32_t> ids, const selection_options& sel,
-                                 int max_new, bool decode) const {
+                                 int max_new, bool decode, bool record) const {
   run_result res;
   res.time.load = load_ms_;
   const auto& vc = cfg_.vision;
@@ -293,6 +293,10 @@ run_result llava_model::run_impl(const float* pixels, std::span<const std::int32
       if (!sel.keep.empty()) throw error("llava: prumerge is adaptive (IQR outliers): --keep does not apply");
       ts::prumerge::config c;
       c.plus = m == method::prumerge_plus;
+      // The official order (LLaVA-PruMerge feeds the merged rows to the projector as torch.topk
+      // ranks them, then the PruMerge+ grid, then the extra row): the LLM sees these rows at these
+      // positions, so the spatial order (mode::fixed) would give another model output.
+      c.mode = ts::prumerge::mode::parity;
       kept.resize(static_cast<std::size_t>(ts::prumerge::max_count(n, c)));
       std::vector<float> merged(static_cast<std::size_t>(ts::prumerge::max_rows(n, c) * D));
       const auto r = ts::prumerge::select(ts::par, ts::matrix_view<const float>(co.last_q.data(), {N, D}),
@@ -372,6 +376,7 @@ run_result llava_model::run_impl(const float* pixels, std::span<const std::int32
   }
   res.time.selection = ms_since(t0) + in_vision_selection;
   const std::int64_t k_rows = static_cast<std::int64_t>(rows.size()) / D;
+  if (record) res.projector_input = rows;
 
   // ---- projector and the LLM sequence ---------------------------------------------------------------
   t0 = clock_type::now();
@@ -494,7 +499,8 @@ run_result llava_model::run_impl(const float* pixels, std::span<const std::int32
 
   if (decode && max_new > 0) {
     t0 = clock_type::now();
-    res.answer_ids = llama_->generate(res.logits, static_cast<std::int32_t>(L), max_new, cache);
+    res.answer_ids = llama_->generate(res.logits, static_cast<std::int32_t>(L), max_new, cache,
+                                      record ? &res.decode_logits : nullptr);
     res.time.decode = ms_since(t0);
   }
   return res;

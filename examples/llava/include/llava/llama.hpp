@@ -73,9 +73,10 @@ class llama_model {
   std::vector<float> decode_step(std::int32_t token, std::int32_t position, kv_cache& cache) const;
 
   /// Greedy decoding from the prefill's logits: argmax (lowest id on ties) until EOS (included
-  /// in the output) or max_new tokens; the first token sits at `next_position`.
+  /// in the output) or max_new tokens; the first token sits at `next_position`. `step_logits`
+  /// (optional) receives the logits of every decode step (one per token fed back).
   std::vector<std::int32_t> generate(std::vector<float> logits, std::int32_t next_position, int max_new,
-                                     kv_cache& cache) const;
+                                     kv_cache& cache, std::vector<std::vector<float>>* step_logits = nullptr) const;
 
  private:
   struct layer_weights {

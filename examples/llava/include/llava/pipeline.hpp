@@ -11,7 +11,8 @@
 //                            (ratio: max(1, floor(n * ratio))). Layers scaled to the tower:
 //                            pivotal [round(6/22 f), f], complementary f, f = feature attention layer
 //   prumerge, prumerge+      adaptive only (IQR); a keep value is an error. Merged features (+1
-//                            extra row, official merge) feed the projector
+//                            extra row, official merge) feed the projector in the official
+//                            order (prumerge::mode::parity: top-Kc by attention, grid, extra row)
 //   visionzip                keep = output rows k (CLS counts as a dominant token):
 //                            contextual = floor(k * 10 / 64), dominant = k - contextual
 //                            (the paper's 54 + 10 split); default without keep: 54 + 10
@@ -78,6 +79,8 @@ struct selection_options {
 struct run_options {
   selection_options selection;
   int max_new_tokens = 32;
+  /// Keep run_result::projector_input and decode_logits (tests against independent references).
+  bool record_intermediates = false;
 };
 
 struct timings {           ///< milliseconds (wall clock)
@@ -105,6 +108,11 @@ struct run_result {
   /// maps and LLM layers' [heads, L, L] maps (0 with from_qk or a method that reads none).
   std::int64_t attention_maps = 0;
   std::vector<float> logits;              ///< logits of the last prompt position
+  /// With run_options::record_intermediates only: the vision rows fed to the projector [rows, D]
+  /// (gathered, merged or pooled, in the order the LLM sees them) and the logits of every decode
+  /// step after the first token (step t: after feeding answer_ids[t] at position sequence_length + t).
+  std::vector<float> projector_input;
+  std::vector<std::vector<float>> decode_logits;
   timings time;
 };
 
@@ -132,7 +140,7 @@ class llava_model {
 
  private:
   run_result run_impl(const float* pixels, std::span<const std::int32_t> input_ids, const selection_options& sel,
-                      int max_new_tokens, bool decode) const;
+                      int max_new_tokens, bool decode, bool record = false) const;
   std::filesystem::path dir_;
   llava_config cfg_;
   std::unique_ptr<weight_store> weights_;
