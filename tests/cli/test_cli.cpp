@@ -580,6 +580,7 @@ TEST_F(Cli, BadFiles) {
     f << st << std::string(8, '\0');
   }
   expect_failure(m + path("i64.safetensors") + " --tensor i", "safetensors.dtype = I64");
+  npy::write(path("hand_f32.npy"), hand_attention());  // a real .npy: the tensor-name rule, not a missing file
   expect_failure(m + path("hand_f32.npy") + " --tensor x", "tensor names apply to .safetensors files");
   npy::write(path("flat.npy"), host_tensor(dtype::f32, {5, 5}));
   expect_failure(m + path("flat.npy"), "is neither [heads, N, N] nor [layers, heads, N, N]");

@@ -18,6 +18,7 @@
 #include <utility>
 
 #include "tokensel/core/batch.hpp"
+#include "tokensel/core/budget.hpp"
 #include "tokensel/core/config.hpp"
 #include "tokensel/detail/arith.hpp"
 #include "tokensel/detail/parallel.hpp"
@@ -137,6 +138,26 @@ inline void validate(const config& cfg) { detail::check_budget(cfg.ratio, cfg.co
 
 [[nodiscard]] inline index_t keep_count(index_t n, const config& cfg) { return detail::budget(n, cfg.ratio, cfg.count, "random"); }
 
+/// The config that keeps `b` of n tokens (a fraction is the ratio, a count the count).
+[[nodiscard]] inline config with_budget(const budget& b, index_t n, config base = {}) {
+  base.ratio.reset();
+  base.count.reset();
+  if (b.is_fraction()) {
+    base.ratio = b.fraction_value();
+  } else {
+    base.count = b.tokens(n, "random");
+  }
+  return base;
+}
+
+/// random reads nothing from the model: it keeps keep_count(n) tokens.
+[[nodiscard]] inline method_requirements requirements(const config& cfg, const model_shape& shape) {
+  tokensel::detail::check_model_shape(shape, "random");
+  method_requirements r;
+  r.keep = r.output_rows = keep_count(shape.visual_tokens, cfg);
+  return r;
+}
+
 /// Stream s of a seed: splitmix64 started at seed + s * 0xD1B54A32D192ED03 (batched sample b uses
 /// stream b, so a batch reproduces the single-sample calls with stream = b).
 inline constexpr std::uint64_t stream_step = 0xD1B54A32D192ED03ull;
@@ -213,6 +234,26 @@ struct result {
 inline void validate(const config& cfg) { detail::check_budget(cfg.ratio, cfg.count, "uniform"); }
 
 [[nodiscard]] inline index_t keep_count(index_t n, const config& cfg) { return detail::budget(n, cfg.ratio, cfg.count, "uniform"); }
+
+/// The config that keeps `b` of n tokens (a fraction is the ratio, a count the count).
+[[nodiscard]] inline config with_budget(const budget& b, index_t n, config base = {}) {
+  base.ratio.reset();
+  base.count.reset();
+  if (b.is_fraction()) {
+    base.ratio = b.fraction_value();
+  } else {
+    base.count = b.tokens(n, "uniform");
+  }
+  return base;
+}
+
+/// uniform reads nothing from the model: it keeps keep_count(n) tokens on the patch grid.
+[[nodiscard]] inline method_requirements requirements(const config& cfg, const model_shape& shape) {
+  tokensel::detail::check_model_shape(shape, "uniform");
+  method_requirements r;
+  r.keep = r.output_rows = keep_count(shape.visual_tokens, cfg);
+  return r;
+}
 
 /// On a rows x cols grid (row-major), k tokens:
 ///   kr  = round(sqrt(k rows / cols)) clamped to [ceil(k / cols), min(rows, k)]  (rows used)
@@ -305,6 +346,42 @@ inline token_grid output_grid(const token_grid& grid, const config& cfg) {
 }
 
 [[nodiscard]] inline index_t keep_count(const token_grid& grid, const config& cfg) { return output_grid(grid, cfg).size(); }
+
+/// The config that keeps `b` of the tokens of grid: the window w whose pooled grid,
+/// ceil(rows / w) x ceil(cols / w), holds exactly that many tokens. Pooling keeps only those
+/// counts (all, about a quarter, a ninth, ...); any other budget is refused with the nearest ones.
+[[nodiscard]] inline config with_budget(const budget& b, const token_grid& grid, config base = {}) {
+  detail::check_grid_extents(grid, "pool.grid");
+  const index_t n = grid.size();
+  const index_t k = b.tokens(n, "pool");
+  const index_t side = grid.rows > grid.cols ? grid.rows : grid.cols;
+  index_t below = 0, above = n;  // nearest achievable counts around k
+  for (index_t w = 1; w <= side; ++w) {
+    base.window = w;
+    if (!base.partial_windows && (grid.rows % w != 0 || grid.cols % w != 0)) continue;
+    const index_t got = keep_count(grid, base);
+    if (got == k) return base;
+    if (got < k && got > below) below = got;
+    if (got > k && got < above) above = got;
+  }
+  tokensel::detail::fail(errc::invalid_argument, "pool.budget", b.describe(),
+                         "pooling " + std::to_string(grid.rows) + "x" + std::to_string(grid.cols) + " keeps " +
+                             std::to_string(above) + " or " + std::to_string(below) + " tokens, not " +
+                             std::to_string(k) + ": give one of those");
+}
+
+/// Pooling reads the hidden states it averages (no attention); it keeps the pooled grid.
+[[nodiscard]] inline method_requirements requirements(const config& cfg, const token_grid& grid, const model_shape& shape) {
+  tokensel::detail::check_model_shape(shape, "pool");
+  if (grid.size() != shape.visual_tokens) {
+    tokensel::detail::fail(errc::shape_mismatch, "pool.grid", std::to_string(grid.rows) + "x" + std::to_string(grid.cols),
+                           "must hold the " + std::to_string(shape.visual_tokens) + " visual tokens");
+  }
+  method_requirements r;
+  r.hidden_states = true;
+  r.keep = r.output_rows = keep_count(grid, cfg);
+  return r;
+}
 
 /// features [n, d] on grid (rows * cols = n, row-major) -> out [>= keep_count, d], output tokens
 /// row-major over the pooled grid. Each output = (sum of the window's tokens, row-major, fp32) /

@@ -17,6 +17,7 @@
 
 #include "tokensel/core/attention_source.hpp"
 #include "tokensel/core/batch.hpp"
+#include "tokensel/core/budget.hpp"
 #include "tokensel/core/config.hpp"
 #include "tokensel/detail/reduce.hpp"
 #include "tokensel/detail/scratch.hpp"
@@ -73,6 +74,39 @@ inline index_t round_half_even(double x) {
   // Near 2^63 the double product can round up to n or beyond, out of index_t's range.
   if (kept >= static_cast<double>(n)) return n;
   return detail::round_half_even(kept);
+}
+
+/// The config that keeps `b` of n visual tokens; layer and heads come from base. FastV's ratio
+/// is the dropped fraction: a kept fraction f gives R = 1 - f. A count becomes the R whose
+/// keep_count is that count (the neighbouring doubles of 1 - k / n are tried, since the official
+/// rounding is of the double product); none is refused.
+[[nodiscard]] inline config with_budget(const budget& b, index_t n, config base = {}) {
+  if (b.is_fraction()) {
+    base.ratio = 1.0 - b.fraction_value();
+    return base;
+  }
+  const index_t k = b.tokens(n, "fastv");
+  const double r = 1.0 - static_cast<double>(k) / static_cast<double>(n);
+  for (const double candidate : {r, std::nextafter(r, -1.0), std::nextafter(r, 2.0)}) {
+    if (!(candidate >= 0.0 && candidate < 1.0)) continue;
+    base.ratio = candidate;
+    if (keep_count(n, base) == k) return base;
+  }
+  tokensel::detail::fail(errc::invalid_argument, "fastv.budget", b.describe(),
+                         "no drop ratio keeps exactly this many of " + std::to_string(n) + " tokens: give a fraction");
+}
+
+/// What FastV reads: the last query row of LLM layer K-1 (after which it drops; the scores are
+/// that row over the visual span).
+[[nodiscard]] inline method_requirements requirements(const config& cfg, const model_shape& shape) {
+  tokensel::detail::check_model_shape(shape, "fastv");
+  validate(cfg);
+  method_requirements r;
+  r.stage = stage::llm;
+  r.layers = {cfg.layer - 1, cfg.layer - 1};
+  r.last_query_row = true;
+  r.keep = r.output_rows = keep_count(shape.visual_tokens, cfg);
+  return r;
 }
 
 /// From precomputed head-reduced scores of the visual tokens (e.g. the last query row computed

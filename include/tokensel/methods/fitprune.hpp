@@ -31,6 +31,7 @@
 
 #include "tokensel/core/attention_source.hpp"
 #include "tokensel/core/batch.hpp"
+#include "tokensel/core/budget.hpp"
 #include "tokensel/core/config.hpp"
 #include "tokensel/detail/scratch.hpp"
 #include "tokensel/detail/validate.hpp"
@@ -187,6 +188,23 @@ inline index_t remaining_after(index_t n, const recipe& r, index_t layers_done) 
 /// Visual tokens that reach the end of the LLM: n - sum of the scaled drops. Pure; callable
 /// before any data (engines size their buffers with it).
 [[nodiscard]] inline index_t keep_count(index_t n, const recipe& r) { return remaining_after(n, r, r.geometry.layers); }
+
+/// What FitPrune reads: at every LLM layer l with a drop (drops_at(l) > 0), the attention rows
+/// of the visual and text tokens over the visual columns (self- and cross-attention masses).
+/// The recipe is the budget (calibrated offline); keep_count(n) tokens reach the end.
+[[nodiscard]] inline method_requirements requirements(const recipe& r, const model_shape& shape) {
+  tokensel::detail::check_model_shape(shape, "fitprune");
+  method_requirements req;
+  req.stage = stage::llm;
+  req.keep = req.output_rows = keep_count(shape.visual_tokens, r);
+  for (index_t l = 0; l < r.geometry.layers; ++l) {
+    if (drops_at(r, l, shape.visual_tokens) == 0) continue;
+    if (req.layers.empty()) req.layers.first = l;
+    req.layers.last = l;
+  }
+  req.full_maps = !req.layers.empty();
+  return req;
+}
 
 /// Predicted FLOPs of the recipe relative to the unpruned model, both for n visual tokens.
 inline double flops_ratio(const recipe& r, index_t n) {

@@ -15,6 +15,7 @@
 
 #include "tokensel/core/attention_source.hpp"
 #include "tokensel/core/batch.hpp"
+#include "tokensel/core/budget.hpp"
 #include "tokensel/core/config.hpp"
 #include "tokensel/detail/scratch.hpp"
 #include "tokensel/detail/validate.hpp"
@@ -86,6 +87,40 @@ inline token_grid grid_for(const config& cfg, index_t n) {
   if (cfg.strategy == strategy::rank || n == 0) return detail::retained(n, cfg.ratio);
   const token_grid grid = detail::grid_for(cfg, n);
   return detail::retained(grid.rows, cfg.ratio) * grid.cols;
+}
+
+/// The config that keeps `b` of n patches; strategy, heads, grid and CLS handling come from base.
+/// A fraction is the retention ratio itself. A count becomes the smallest ratio whose keep_count
+/// is that count; one the strategy cannot keep exactly (row strategy: whole grid rows) is refused.
+[[nodiscard]] inline config with_budget(const budget& b, index_t n, config base = {}) {
+  if (b.is_fraction()) {
+    base.ratio = b.fraction_value();
+    return base;
+  }
+  const index_t k = b.tokens(n, "fopru");
+  base.ratio = static_cast<double>(k) / static_cast<double>(n);
+  if (keep_count(n, base) < k) base.ratio = std::min(1.0, std::nextafter(base.ratio, 2.0));
+  if (keep_count(n, base) != k) {
+    tokensel::detail::fail(errc::invalid_argument, "fopru.budget", b.describe(),
+                           "the " + std::string(base.strategy == strategy::row ? "row" : "rank") +
+                               " strategy cannot keep exactly this many of " + std::to_string(n) +
+                               " patches (the row strategy keeps whole grid rows): give a fraction");
+  }
+  return base;
+}
+
+/// What FoPru reads: the full attention map (every query row; or Q/K) of the feature layer.
+[[nodiscard]] inline method_requirements requirements(const config& cfg, const model_shape& shape) {
+  tokensel::detail::check_feature_layer(shape, "fopru");
+  if (cfg.skip_cls != shape.cls) {
+    tokensel::detail::fail(errc::invalid_argument, "fopru.skip_cls", cfg.skip_cls ? "true" : "false",
+                           "must match the model (CLS token present: " + std::string(shape.cls ? "yes" : "no") + ")");
+  }
+  method_requirements r;
+  r.layers = {shape.feature_layer, shape.feature_layer};
+  r.full_maps = true;
+  r.keep = r.output_rows = keep_count(shape.visual_tokens, cfg);
+  return r;
 }
 
 /// One sample: the penultimate layer's attention [heads, N, N] (N includes CLS when skip_cls), or

@@ -33,6 +33,7 @@
 
 #include "tokensel/core/attention_source.hpp"
 #include "tokensel/core/batch.hpp"
+#include "tokensel/core/budget.hpp"
 #include "tokensel/core/config.hpp"
 #include "tokensel/stats/contribution_degree.hpp"
 #include "tokensel/detail/parallel.hpp"
@@ -175,6 +176,34 @@ inline void check_budget(index_t n, const config& cfg) {
   }
   detail::check_budget(n, cfg);
   return cfg.budget;
+}
+
+/// The config that keeps `b` of n patches: fixed mode with budget B (a fraction f gives
+/// max(1, floor(n f))); the other fields come from base.
+[[nodiscard]] inline config with_budget(const budget& b, index_t n, config base = {}) {
+  base.mode = mode::fixed;
+  base.budget = b.tokens(n, "freepruner");
+  return base;
+}
+
+/// What freePruner reads: full maps of layers first_layer..last_layer (pivotal) and of the
+/// complementary layer. Adaptive mode keeps a data-dependent count (at most n).
+[[nodiscard]] inline method_requirements requirements(const config& cfg, const model_shape& shape) {
+  tokensel::detail::check_model_shape(shape, "freepruner");
+  validate(cfg);
+  if (cfg.skip_cls != shape.cls) {
+    tokensel::detail::fail(errc::invalid_argument, "freepruner.skip_cls", cfg.skip_cls ? "true" : "false",
+                           "must match the model (CLS token present: " + std::string(shape.cls ? "yes" : "no") + ")");
+  }
+  tokensel::detail::check_model_layer(shape, cfg.last_layer, "freepruner.last_layer");
+  tokensel::detail::check_model_layer(shape, cfg.complementary_layer, "freepruner.complementary_layer");
+  method_requirements r;
+  r.layers = {cfg.first_layer, cfg.last_layer};
+  if (!r.layers.contains(cfg.complementary_layer)) r.extra_layer = {cfg.complementary_layer, cfg.complementary_layer};
+  r.full_maps = true;
+  r.adaptive = cfg.mode == mode::adaptive;
+  r.keep = r.output_rows = r.adaptive ? shape.visual_tokens : keep_count(shape.visual_tokens, cfg);
+  return r;
 }
 
 /// Output capacity a sample of n patches needs: n (adaptive) or B (fixed; throws when B > n).

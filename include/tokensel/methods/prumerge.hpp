@@ -22,6 +22,7 @@
 #include <type_traits>
 
 #include "tokensel/core/batch.hpp"
+#include "tokensel/core/budget.hpp"
 #include "tokensel/core/config.hpp"
 #include "tokensel/detail/arith.hpp"
 #include "tokensel/detail/expf.hpp"
@@ -372,6 +373,28 @@ inline index_t max_rows(index_t n, const config& cfg) {
     tokensel::detail::fail(errc::invalid_argument, "prumerge.n", n, "too large: the row count with the extra row overflows");
   }
   return k + extra;
+}
+
+/// PruMerge keeps an adaptive count (IQR outliers of the CLS attention): no budget applies.
+[[nodiscard]] inline config with_budget(const budget& b, index_t, config = {}) {
+  tokensel::detail::fail(errc::invalid_argument, "prumerge.budget", b.describe(),
+                         "PruMerge is adaptive (IQR outliers of the CLS attention): a budget does not apply");
+}
+
+/// What PruMerge reads at the feature layer: the CLS query row and the keys; with merge, the
+/// hidden states it folds into the kept rows. The count is adaptive, at most max_count(n).
+[[nodiscard]] inline method_requirements requirements(const config& cfg, const model_shape& shape) {
+  tokensel::detail::check_feature_layer(shape, "prumerge");
+  if (!shape.cls) tokensel::detail::fail(errc::invalid_argument, "prumerge.model", "needs a CLS token (its attention row ranks the tokens)");
+  method_requirements r;
+  r.layers = {shape.feature_layer, shape.feature_layer};
+  r.cls_row = true;
+  r.keys = true;
+  r.hidden_states = cfg.merge;
+  r.adaptive = true;
+  r.keep = max_count(shape.visual_tokens, cfg);
+  r.output_rows = max_rows(shape.visual_tokens, cfg);
+  return r;
 }
 
 /// The CLS row of softmax(Q K^T * scale) over the n patches (columns 1..n of row 0; the softmax

@@ -24,6 +24,7 @@
 
 #include "tokensel/core/attention_source.hpp"
 #include "tokensel/core/batch.hpp"
+#include "tokensel/core/budget.hpp"
 #include "tokensel/core/config.hpp"
 #include "tokensel/detail/parallel.hpp"
 #include "tokensel/detail/reduce.hpp"
@@ -82,6 +83,30 @@ inline void validate(const config& cfg) {
                            "exceeds the " + std::to_string(n) + " tokens of the sample (CLS included)");
   }
   return k;
+}
+
+/// The config that keeps `b` of n patches as dominant + contextual tokens in the official
+/// 54 : 10 proportion: contextual = floor(k 10 / 64), dominant = k - contextual (CLS counts as
+/// one of the dominant tokens, as in the official code).
+[[nodiscard]] inline config with_budget(const budget& b, index_t n, config base = {}) {
+  const index_t k = b.tokens(n, "visionzip");
+  base.contextual = k * 10 / 64;
+  base.dominant = k - base.contextual;
+  return base;
+}
+
+/// What VisionZip reads at the feature layer: the CLS query row of the attention (dominant
+/// tokens), the keys (contextual similarity) and the hidden states it merges.
+[[nodiscard]] inline method_requirements requirements(const config& cfg, const model_shape& shape) {
+  tokensel::detail::check_feature_layer(shape, "visionzip");
+  if (!shape.cls) tokensel::detail::fail(errc::invalid_argument, "visionzip.model", "needs a CLS token (its attention row ranks the tokens)");
+  method_requirements r;
+  r.layers = {shape.feature_layer, shape.feature_layer};
+  r.cls_row = true;
+  r.keys = true;
+  r.hidden_states = true;
+  r.keep = r.output_rows = keep_count(shape.visual_tokens + 1, cfg);
+  return r;
 }
 
 namespace detail {
