@@ -13,7 +13,7 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTOKENSEL_SAN
   -DTOKENSEL_BUILD_TESTS=ON -DTOKENSEL_BUILD_EXAMPLES=ON -DTOKENSEL_BUILD_BENCHMARKS=OFF \
   -DTOKENSEL_WITH_CUDA=OFF >/dev/null
 # Only the test executables and the CLI (the header self-containment check adds nothing here).
-targets=(tokensel-cli test_cli)
+targets=(tokensel-cli test_cli test_readme_snippet)
 for f in tests/test_*.cpp; do targets+=("$(basename "$f" .cpp)"); done
 # The LLaVA runtime (its file parsers, model and CLI) when its packages are present.
 if pkg-config --exists sentencepiece stb 2>/dev/null; then
