@@ -2,10 +2,13 @@
 // tools/llava/make_tiny_llava.py) with their transformers goldens, loaded once per variant.
 #pragma once
 
+#include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -71,6 +74,31 @@ inline const golden& pruned(const std::string& name) {
   auto it = cache.find(name);
   if (it == cache.end()) it = cache.emplace(name, read_golden(data_dir / ("llava-tiny-" + name), "pruned")).first;
   return it->second;
+}
+
+/// Overwrites element `index` of the F32 tensor `tensor` in a safetensors file with `value`, in
+/// place (hostile-weight tests on a scratch copy of a tiny checkpoint). Throws std::runtime_error
+/// when the tensor is absent, not F32 or shorter than index + 1.
+inline void overwrite_f32(const std::filesystem::path& file, const std::string& tensor, std::int64_t index, float value) {
+  std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+  unsigned char len[8] = {};
+  f.read(reinterpret_cast<char*>(len), 8);
+  std::uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = n << 8 | len[i];  // little-endian header length
+  std::string header(static_cast<std::size_t>(n), '\0');
+  f.read(header.data(), static_cast<std::streamsize>(n));
+  if (!f) throw std::runtime_error("overwrite_f32: cannot read the header of " + file.string());
+  const auto h = nlohmann::json::parse(header);
+  if (!h.contains(tensor) || h[tensor].at("dtype") != "F32") throw std::runtime_error("overwrite_f32: no F32 tensor " + tensor);
+  const auto begin = h[tensor].at("data_offsets")[0].get<std::uint64_t>();
+  const auto end = h[tensor].at("data_offsets")[1].get<std::uint64_t>();
+  const auto at = begin + 4 * static_cast<std::uint64_t>(index);
+  if (index < 0 || at + 4 > end) throw std::runtime_error("overwrite_f32: index outside " + tensor);
+  unsigned char bytes[4];
+  std::memcpy(bytes, &value, 4);  // the host is little-endian, as the runtime assumes
+  f.seekp(static_cast<std::streamoff>(8 + n + at));
+  f.write(reinterpret_cast<const char*>(bytes), 4);
+  if (!f.flush()) throw std::runtime_error("overwrite_f32: cannot write " + file.string());
 }
 
 }  // namespace llava_test

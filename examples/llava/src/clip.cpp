@@ -23,6 +23,21 @@ void softmax_row(float* row, std::int64_t count) {
   for (std::int64_t j = 0; j < count; ++j) row[j] *= inv;
 }
 
+bool all_finite(const float* x, std::int64_t count) noexcept {
+  constexpr std::uint32_t exponent = 0x7f800000u;  // all ones: Inf or NaN
+  std::uint32_t bad = 0;
+  for (std::int64_t i = 0; i < count; ++i) {
+    std::uint32_t b;
+    std::memcpy(&b, x + i, sizeof b);
+    bad |= static_cast<std::uint32_t>((b & exponent) == exponent);
+  }
+  return bad == 0;
+}
+
+void throw_non_finite(const std::string& what) {
+  throw error("llava: non-finite " + what + ": a weight of that layer or an earlier one is NaN/Inf (or the values overflow fp32)");
+}
+
 void apply_activation(const std::string& name, float* x, std::int64_t count) {
   if (name == "quick_gelu") {
 #pragma omp parallel for schedule(static) if (count > 65536)
@@ -88,6 +103,11 @@ void softmax_rows(float* s, std::int64_t rows, std::int64_t cols) {
 }
 
 std::string vt(const std::string& rest) { return "model.vision_tower.vision_model." + rest; }
+
+/// "CLIP layer 3 (vision_model.encoder.layers.3<suffix>)"
+std::string clip_layer(int l, const char* suffix = "") {
+  return "CLIP layer " + std::to_string(l) + " (vision_model.encoder.layers." + std::to_string(l) + suffix + ")";
+}
 
 }  // namespace
 
@@ -166,6 +186,9 @@ clip_output clip_model::encode(const float* pixels, const clip_options& opt) con
     const auto w = pre_ln_w_->to_float(), b = pre_ln_b_->to_float();
     layer_norm(x.data(), N, D, w, b, v.layer_norm_eps, x.data());
   }
+  if (!all_finite(x.data(), N * D)) {
+    throw_non_finite("activations after the CLIP embeddings (vision_model.embeddings, vision_model.pre_layrnorm)");
+  }
   if (feature == 0) out.features = x;
 
   std::vector<float> h(static_cast<std::size_t>(N * D)), q(h.size()), k(h.size()), val(h.size()), att(h.size());
@@ -188,14 +211,20 @@ clip_output clip_model::encode(const float* pixels, const clip_options& opt) con
     linear(*lw.q_w, lw.q_b, h.data(), N, q.data());
     linear(*lw.k_w, lw.k_b, h.data(), N, k.data());
     linear(*lw.v_w, lw.v_b, h.data(), N, val.data());
+    const bool full = opt.on_attention || listed(opt.attention_layers, l);
+    const bool want_mean = listed(opt.head_mean_layers, l);
+    // Q and K leave this function (maps, head means, Q/K, keys) before the layer's output is
+    // checked: a NaN/Inf there is named here rather than by the selection method reading them.
+    if ((full || want_mean || l == opt.keys_layer || listed(opt.qk_layers, l)) &&
+        (!all_finite(q.data(), N * D) || !all_finite(k.data(), N * D))) {
+      throw_non_finite("queries/keys in " + clip_layer(l, ".self_attn"));
+    }
     if (l == opt.keys_layer) {
       out.keys.resize(static_cast<std::size_t>(H * N * hd));
       for (std::int64_t hh = 0; hh < H; ++hh)
         for (std::int64_t i = 0; i < N; ++i)
           std::memcpy(out.keys.data() + (hh * N + i) * hd, k.data() + i * D + hh * hd, static_cast<std::size_t>(hd) * 4);
     }
-    const bool full = opt.on_attention || listed(opt.attention_layers, l);
-    const bool want_mean = listed(opt.head_mean_layers, l);
     if (full) probs.resize(static_cast<std::size_t>(H * N * N));
     if (want_mean) mean.resize(static_cast<std::size_t>(N * N));
     if (full || want_mean) ++out.maps_materialised;
@@ -250,6 +279,7 @@ clip_output clip_model::encode(const float* pixels, const clip_options& opt) con
     apply_activation(v.hidden_act, mid.data(), N * I);
     linear(*lw.fc2_w, lw.fc2_b, mid.data(), N, h.data());
     for (std::size_t i = 0; i < x.size(); ++i) x[i] += h[i];
+    if (!all_finite(x.data(), N * D)) throw_non_finite("activations after " + clip_layer(l));
     if (l + 1 == feature) out.features = x;
     if (opt.last_layer_qk && l + 1 == last) {
       const auto& lw2 = layers_[static_cast<std::size_t>(last)];
@@ -258,6 +288,9 @@ clip_output clip_model::encode(const float* pixels, const clip_options& opt) con
       out.last_k.resize(x.size());
       linear(*lw2.q_w, lw2.q_b, h.data(), N, out.last_q.data());
       linear(*lw2.k_w, lw2.k_b, h.data(), N, out.last_k.data());
+      if (!all_finite(out.last_q.data(), N * D) || !all_finite(out.last_k.data(), N * D)) {
+        throw_non_finite("queries/keys in " + clip_layer(last, ".self_attn"));
+      }
     }
   }
   if (opt.last_layer_qk && last == 0) {
@@ -283,6 +316,7 @@ void projector::forward(const float* x, std::int64_t n, float* out) const {
   linear(*w1_, b1_, x, n, mid.data());
   apply_activation(act_, mid.data(), n * mid_);
   linear(*w2_, b2_, mid.data(), n, out);
+  if (!all_finite(out, n * out_)) throw_non_finite("activations after the projector (multi_modal_projector)");
 }
 
 }  // namespace llava

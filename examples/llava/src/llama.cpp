@@ -16,6 +16,11 @@ using rmat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajo
 
 namespace {
 std::string lm(const std::string& rest) { return "model.language_model." + rest; }
+
+/// "LLM layer 2 (language_model.layers.2<suffix>)"
+std::string llm_layer(int l, const char* suffix = "") {
+  return "LLM layer " + std::to_string(l) + " (language_model.layers." + std::to_string(l) + suffix + ")";
+}
 }  // namespace
 
 llama_model::llama_model(const llama_config& cfg, const weight_store& w) : cfg_(cfg) {
@@ -52,7 +57,12 @@ void llama_model::embed(std::span<const std::int32_t> ids, float* out) const {
       throw error("llava: token id " + std::to_string(ids[i]) + " at position " + std::to_string(i) +
                   " is outside the vocabulary [0, " + std::to_string(cfg_.vocab) + ")");
     }
-    embed_->to_float(ids[i], 1, out + static_cast<std::int64_t>(i) * d);
+    float* row = out + static_cast<std::int64_t>(i) * d;
+    embed_->to_float(ids[i], 1, row);
+    if (!all_finite(row, d)) {
+      throw error("llava: non-finite embedding of token id " + std::to_string(ids[i]) +
+                  " (language_model.embed_tokens.weight row " + std::to_string(ids[i]) + "): the weight is NaN/Inf");
+    }
   }
 }
 
@@ -91,10 +101,15 @@ void llama_model::mlp(const layer_weights& lw, const float* x, std::int64_t n, f
   linear(*lw.down, nullptr, g.data(), n, out);
 }
 
-std::vector<float> llama_model::logits_of(const float* row) const {
+std::vector<float> llama_model::logits_of(const float* row, std::int32_t decode_position) const {
   std::vector<float> h(static_cast<std::size_t>(cfg_.hidden)), logits(static_cast<std::size_t>(cfg_.vocab));
   rms_norm(row, *norm_, 1, h.data());
   linear(*lm_head_, nullptr, h.data(), 1, logits.data());
+  if (!all_finite(logits.data(), cfg_.vocab)) {
+    throw_non_finite(decode_position < 0 ? std::string("values in the LLM's final logits (lm_head)")
+                                         : "values in the LLM's logits of the decode step at position " +
+                                               std::to_string(decode_position) + " (lm_head)");
+  }
   return logits;
 }
 
@@ -137,6 +152,9 @@ std::vector<float> llama_model::prefill(const float* embeddings, std::span<const
   if (L == 0) throw error("llava: empty prompt");
   if (static_cast<std::int64_t>(cache.length.size()) != cfg_.layers) throw error("llava: KV cache of the wrong model");
   std::vector<float> x(embeddings, embeddings + L * d);
+  if (!all_finite(x.data(), L * d)) {
+    throw error("llava: non-finite values in the LLM's input embeddings (the prompt's token rows or the image features)");
+  }
   if (layer_rows) layer_rows->clear();
   std::vector<std::int32_t> pos(positions.begin(), positions.end());
   std::vector<std::int32_t> rows(static_cast<std::size_t>(L));
@@ -210,6 +228,11 @@ std::vector<float> llama_model::prefill(const float* embeddings, std::span<const
       }
     }
     cache.length[static_cast<std::size_t>(l)] = T;
+    // The hook reads Q/K (or the probabilities formed from them) before the layer's output is
+    // checked: a NaN/Inf there is named here rather than by the selection method.
+    if (hooked && (!all_finite(q.data(), L * H * hd) || !all_finite(k.data(), L * KV * hd))) {
+      throw_non_finite("queries/keys in " + llm_layer(l, ".self_attn"));
+    }
     if (hooked) {
       std::optional<std::vector<std::int32_t>> keep;
       if (want) {
@@ -255,9 +278,10 @@ std::vector<float> llama_model::prefill(const float* embeddings, std::span<const
     rms_norm(x.data(), *lw.post_norm, L, n2.data());
     mlp(lw, n2.data(), L, h.data());
     for (std::int64_t i = 0; i < L * d; ++i) x[static_cast<std::size_t>(i)] += h[static_cast<std::size_t>(i)];
+    if (!all_finite(x.data(), L * d)) throw_non_finite("activations after " + llm_layer(l));
   }
   if (final_rows) *final_rows = rows;
-  return logits_of(x.data() + (L - 1) * d);
+  return logits_of(x.data() + (L - 1) * d, -1);
 }
 
 std::vector<float> llama_model::decode_step(std::int32_t token, std::int32_t position, kv_cache& cache) const {
@@ -300,7 +324,7 @@ std::vector<float> llama_model::decode_step(std::int32_t token, std::int32_t pos
     mlp(lw, n2.data(), 1, h.data());
     for (std::int64_t i = 0; i < d; ++i) x[static_cast<std::size_t>(i)] += h[static_cast<std::size_t>(i)];
   }
-  return logits_of(x.data());
+  return logits_of(x.data(), position);
 }
 
 std::vector<std::int32_t> llama_model::generate(std::vector<float> logits, std::int32_t next_position, int max_new,

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <string>
 #include <vector>
 
 #include <tokensel/core/qk_source.hpp>
@@ -101,6 +102,17 @@ class projector {
   std::string act_;
   int in_ = 0, mid_ = 0, out_ = 0;
 };
+
+/// Whether every x[i] is finite: one pass over the bit patterns (an exponent of all ones is Inf or
+/// NaN), an integer OR that the compiler vectorises; no floating-point comparison, so it holds
+/// under -ffast-math too.
+bool all_finite(const float* x, std::int64_t count) noexcept;
+
+/// Throws llava::error "llava: non-finite <what>: a weight of that layer or an earlier one is
+/// NaN/Inf (or the values overflow fp32)". The forward passes (CLIP, projector, Llama) check the
+/// rows each layer hands on with all_finite and call this naming the layer, e.g. "activations after
+/// CLIP layer 3 (vision_model.encoder.layers.3)": a NaN/Inf weight fails the run, never answers.
+[[noreturn]] void throw_non_finite(const std::string& what);
 
 /// Activations shared by CLIP, the projector and Llama (by transformers name).
 void apply_activation(const std::string& name, float* x, std::int64_t count);

@@ -84,7 +84,9 @@ class llama_model {
   };
   void rms_norm(const float* x, const tensor& w, std::int64_t n, float* out) const;
   void mlp(const layer_weights& lw, const float* x, std::int64_t n, float* out) const;
-  std::vector<float> logits_of(const float* hidden_row) const;
+  /// Final norm and lm_head of one row; non-finite logits are an error naming the prefill's final
+  /// logits (decode_position < 0) or the decode step at that position.
+  std::vector<float> logits_of(const float* hidden_row, std::int32_t decode_position) const;
 
   llama_config cfg_;
   const tensor *embed_, *norm_, *lm_head_;
