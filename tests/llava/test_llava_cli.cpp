@@ -251,6 +251,10 @@ TEST(LlavaCli, BadInputsOneLineNonZero) {
       {{"--model", (data_dir / "nope").string(), "--image", image, "--prompt", "x"}, "not found"},
       {{"--model", model, "--image", image, "--prompt", "no placeholder", "--template", "raw"}, "no <image> placeholder"},
       {{"--model", broken.string(), "--image", image, "--prompt", "x"}, "model.safetensors"},
+      // Pooling the 8x8 grid keeps 64, 16, 9, ... tokens: half of them is refused (it used to keep
+      // every token silently, window round(sqrt(2)) = 1), naming the achievable counts.
+      {{"--model", model, "--image", image, "--prompt", "x", "--method", "pool", "--keep", "0.5"},
+       "pool.budget = 0.5: pooling 8x8 keeps 64 or 16 tokens, not 32"},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.needle);

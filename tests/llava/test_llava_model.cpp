@@ -539,14 +539,30 @@ TEST(Errors, ClearMessages) {
   EXPECT_THROW(llava::keep_spec::parse("1.5"), llava::error);
   EXPECT_THROW(llava::keep_spec::parse("0"), llava::error);
   EXPECT_THROW(llava::keep_spec::parse("abc"), llava::error);
-  try {  // tokensel's error, passed on as llava::error naming the method and the parameter
-    run_method(v, "fopru", "65");
-    FAIL();
-  } catch (const llava::error& e) {
-    EXPECT_NE(std::string(e.what()).find("fopru.ratio"), std::string::npos) << e.what();
+  // tokensel's errors (the budget, a method's with_budget), passed on as llava::error naming the
+  // method and the parameter.
+  const auto error_of = [&](const std::string& method, const std::string& keep) -> std::string {
+    try {
+      run_method(v, method, keep);
+    } catch (const llava::error& e) {
+      return e.what();
+    }
+    return "(no error)";
+  };
+  for (const char* method : {"fopru", "visionzip", "fastv", "freepruner", "random", "uniform", "fitprune"}) {
+    const auto e = error_of(method, "65");
+    EXPECT_NE(e.find(std::string("llava: ") + method + ": "), std::string::npos) << e;
+    EXPECT_NE(e.find("budget.count = 65: exceeds the 64 visual tokens"), std::string::npos) << e;
   }
-  EXPECT_THROW(run_method(v, "visionzip", "65"), llava::error);
-  EXPECT_THROW(run_method(v, "fastv", "65"), llava::error);
+  EXPECT_NE(error_of("prumerge", "0.5").find("prumerge.budget = 0.5: PruMerge is adaptive"), std::string::npos);
+  EXPECT_NE(error_of("pool", "0.5").find("pool.budget = 0.5: pooling 8x8 keeps 64 or 16 tokens, not 32"), std::string::npos)
+      << error_of("pool", "0.5");
+  EXPECT_NE(error_of("fopru", "0.5").find("(no error)"), std::string::npos);
+  try {
+    llava::keep_spec::parse("1.5");
+  } catch (const llava::error& e) {
+    EXPECT_NE(std::string(e.what()).find("budget.fraction = 1.5: must be in (0, 1]"), std::string::npos) << e.what();
+  }
 }
 
 /// A scratch copy of a tiny checkpoint directory (removed by the destructor).

@@ -6,7 +6,10 @@
 #include <cmath>
 #include <cstdlib>
 #include <ctime>
+#include <memory>
 #include <numeric>
+#include <span>
+#include <utility>
 
 #include <tokensel/methods/baselines.hpp>
 #include <tokensel/methods/fastv.hpp>
@@ -15,8 +18,9 @@
 #include <tokensel/methods/fopru.hpp>
 #include <tokensel/methods/freepruner.hpp>
 #include <tokensel/methods/prumerge.hpp>
-#include <tokensel/stats/region_mass.hpp>
 #include <tokensel/methods/visionzip.hpp>
+#include <tokensel/select/gather.hpp>
+#include <tokensel/select/sequence.hpp>
 
 namespace llava {
 
@@ -64,31 +68,24 @@ const char* to_string(method m) noexcept {
 bool encoder_side(method m) noexcept { return m != method::none && m != method::fastv && m != method::fitprune; }
 
 keep_spec keep_spec::parse(std::string_view text) {
-  keep_spec k;
   const std::string s(text);
   if (s.empty()) throw error("llava: --keep: empty value (a ratio in (0, 1] or a token count)");
   char* end = nullptr;
-  if (s.find_first_of(".eE") != std::string::npos) {
-    const double r = std::strtod(s.c_str(), &end);
-    if (end != s.c_str() + s.size() || !(r > 0.0 && r <= 1.0)) {
-      throw error("llava: --keep = " + s + ": a ratio must be in (0, 1]");
+  keep_spec k;
+  try {
+    if (s.find_first_of(".eE") != std::string::npos) {
+      const double r = std::strtod(s.c_str(), &end);
+      if (end != s.c_str() + s.size()) throw error("llava: --keep = " + s + ": not a number (a ratio in (0, 1])");
+      k.value = ts::budget::fraction(r);
+    } else {
+      const long long c = std::strtoll(s.c_str(), &end, 10);
+      if (end != s.c_str() + s.size()) throw error("llava: --keep = " + s + ": a count must be an integer >= 1");
+      k.value = ts::budget::count(c);
     }
-    k.ratio = r;
-  } else {
-    const long long c = std::strtoll(s.c_str(), &end, 10);
-    if (end != s.c_str() + s.size() || c < 1) throw error("llava: --keep = " + s + ": a count must be an integer >= 1");
-    k.count = c;
+  } catch (const ts::error& e) {
+    throw error("llava: --keep = " + s + ": " + e.what());
   }
   return k;
-}
-
-std::int64_t keep_spec::tokens(std::int64_t n) const {
-  if (count) {
-    if (*count > n) throw error("llava: --keep = " + std::to_string(*count) + ": exceeds the " + std::to_string(n) + " visual tokens");
-    return *count;
-  }
-  if (ratio) return std::max<std::int64_t>(1, static_cast<std::int64_t>(std::floor(static_cast<double>(n) * *ratio)));
-  return n;
 }
 
 llava_model::llava_model(const std::filesystem::path& dir, weight_store::progress_fn progress) : dir_(dir) {
@@ -123,38 +120,64 @@ run_result llava_model::prefill(const float* pixels, std::span<const std::int32_
 
 namespace {
 
+/// One selection, settled before anything runs: the method's config (the runtime's defaults, then
+/// --keep through the method's with_budget) and what the method requires (requirements), which
+/// decides what CLIP and the LLM prefill hand over and sizes every output.
+struct plan {
+  method m = method::none;
+  bool qk = false;  ///< statistics from Q/K (--from-qk)
+  ts::model_shape shape;
+  ts::token_grid grid;
+  ts::method_requirements req;
+  ts::fopru::config fopru;
+  ts::freepruner::config freepruner;
+  ts::prumerge::config prumerge;
+  ts::visionzip::config visionzip;
+  ts::fastv::config fastv;
+  ts::fitprune::recipe fitprune;
+  ts::baselines::random::config random;
+  ts::baselines::uniform::config uniform;
+  ts::baselines::pool::config pool;
+};
+
+/// base, or base with the budget of --keep (the method's own rounding and refusals).
+template <class Config>
+Config budgeted(const keep_spec& keep, std::int64_t n, Config base) {
+  return keep.empty() ? base : with_budget(*keep.value, n, base);
+}
+
 /// freePruner's layers scaled to a tower whose feature attention layer is f (6..22 for f = 22).
-ts::freepruner::config freepruner_config(int f, const keep_spec& keep, std::int64_t n) {
+ts::freepruner::config freepruner_base(int f, std::int64_t n) {
   ts::freepruner::config c;
   c.last_layer = f;
   c.complementary_layer = f;
   c.first_layer = static_cast<ts::index_t>(std::lround(6.0 * f / 22.0));
   c.k_pivotal = std::min<ts::index_t>(c.k_pivotal, n);
-  if (!keep.empty()) {
-    c.mode = ts::freepruner::mode::fixed;
-    c.budget = keep.tokens(n);
-  }
   return c;
+}
+
+ts::fitprune::recipe load_fitprune_recipe(const std::string& path, const llava_config& cfg) {
+  ts::fitprune::recipe r;
+  try {
+    r = ts::fitprune::load_recipe(path);
+  } catch (const std::exception& e) {
+    throw error(std::string("llava: fitprune recipe: ") + e.what());
+  }
+  if (r.geometry.layers != cfg.text.layers) {
+    throw error("llava: fitprune recipe " + path + " is for " + std::to_string(r.geometry.layers) +
+                " LLM layers, the model has " + std::to_string(cfg.text.layers));
+  }
+  return r;
 }
 
 /// The FitPrune recipe: from a JSON file, or synthetic from keep (see pipeline.hpp).
 ts::fitprune::recipe fitprune_recipe(const selection_options& s, const llava_config& cfg, std::int64_t n) {
   if (!s.fitprune_recipe.empty()) {
     if (!s.keep.empty()) throw error("llava: fitprune: give either a recipe file or --keep, not both");
-    ts::fitprune::recipe r;
-    try {
-      r = ts::fitprune::load_recipe(s.fitprune_recipe);
-    } catch (const std::exception& e) {
-      throw error(std::string("llava: fitprune recipe: ") + e.what());
-    }
-    if (r.geometry.layers != cfg.text.layers) {
-      throw error("llava: fitprune recipe " + s.fitprune_recipe + " is for " + std::to_string(r.geometry.layers) +
-                  " LLM layers, the model has " + std::to_string(cfg.text.layers));
-    }
-    return r;
+    return load_fitprune_recipe(s.fitprune_recipe, cfg);
   }
   if (s.keep.empty()) throw error("llava: fitprune needs --keep (ratio or count) or a recipe file");
-  const std::int64_t keep = s.keep.tokens(n);
+  const std::int64_t keep = s.keep.value->tokens(n, "fitprune");
   ts::fitprune::recipe r;
   r.geometry = {cfg.text.hidden, cfg.text.intermediate, cfg.text.layers, n};
   r.drops.assign(static_cast<std::size_t>(cfg.text.layers), 0);
@@ -167,335 +190,456 @@ ts::fitprune::recipe fitprune_recipe(const selection_options& s, const llava_con
   return r;
 }
 
+/// Each method: its config through with_budget, then requirements(config, shape).
+void configure(plan& p, const selection_options& s, const llava_config& cfg) {
+  const std::int64_t n = p.shape.visual_tokens;
+  switch (p.m) {
+    case method::none:
+      p.req.keep = p.req.output_rows = cfg.image_tokens();
+      return;
+    case method::fopru:
+      p.fopru = budgeted(s.keep, n, ts::fopru::config{});
+      p.req = requirements(p.fopru, p.shape);
+      return;
+    case method::freepruner:
+      p.freepruner = budgeted(s.keep, n, freepruner_base(static_cast<int>(p.shape.feature_layer), n));
+      p.req = requirements(p.freepruner, p.shape);
+      return;
+    case method::prumerge:
+    case method::prumerge_plus:
+      // The official order (LLaVA-PruMerge feeds the merged rows to the projector as torch.topk
+      // ranks them, then the PruMerge+ grid, then the extra row): the LLM sees these rows at these
+      // positions, so the spatial order (mode::fixed) would give another model output.
+      p.prumerge.plus = p.m == method::prumerge_plus;
+      p.prumerge.mode = ts::prumerge::mode::parity;
+      p.prumerge = budgeted(s.keep, n, p.prumerge);  // refuses any budget: adaptive
+      p.req = requirements(p.prumerge, p.shape);
+      return;
+    case method::visionzip:
+      p.visionzip = budgeted(s.keep, n, ts::visionzip::config{});
+      p.req = requirements(p.visionzip, p.shape);
+      return;
+    case method::fastv:
+      p.fastv.layer = s.fastv_layer;
+      p.fastv = budgeted(s.keep, n, p.fastv);
+      p.req = requirements(p.fastv, p.shape);
+      if (p.fastv.layer >= cfg.text.layers) {  // dropping after the last layer would prune nothing
+        throw error("llava: fastv layer K = " + std::to_string(p.fastv.layer) + " must be below the " +
+                    std::to_string(cfg.text.layers) + " LLM layers");
+      }
+      return;
+    case method::fitprune:
+      p.fitprune = fitprune_recipe(s, cfg, n);
+      p.req = requirements(p.fitprune, p.shape);
+      return;
+    case method::random:
+      p.random.seed = s.seed;
+      p.random = with_budget(s.keep.empty() ? ts::budget::fraction(0.5) : *s.keep.value, n, p.random);
+      p.req = requirements(p.random, p.shape);
+      return;
+    case method::uniform:
+      p.uniform = with_budget(s.keep.empty() ? ts::budget::fraction(0.5) : *s.keep.value, n, p.uniform);
+      p.req = requirements(p.uniform, p.shape);
+      return;
+    case method::pool:
+      if (!s.keep.empty()) p.pool = ts::baselines::pool::with_budget(*s.keep.value, p.grid, p.pool);
+      p.req = ts::baselines::pool::requirements(p.pool, p.grid, p.shape);
+      return;
+  }
+}
+
+plan make_plan(const selection_options& s, const llava_config& cfg) {
+  if (s.name != method::none && cfg.vision_feature_select_strategy != "default") {
+    throw error("llava: token selection needs vision_feature_select_strategy = default (CLS dropped)");
+  }
+  plan p;
+  p.m = s.name;
+  p.qk = s.from_qk;
+  const auto& vc = cfg.vision;
+  // the attention layer that produces the features (CLIP runs up to it)
+  p.shape = {vc.patches(), true, cfg.feature_hidden_index() - 1, vc.layers};
+  p.grid = {vc.grid(), vc.grid()};
+  configure(p, s, cfg);
+  if (p.req.stage == ts::stage::llm && !p.req.layers.empty() && p.req.layers.last >= cfg.text.layers) {
+    throw error(std::string("llava: ") + to_string(p.m) + " reads LLM layer " + std::to_string(p.req.layers.last) +
+                "; the model has " + std::to_string(cfg.text.layers) + " LLM layers");
+  }
+  return p;
+}
+
+// ---- encoder side ------------------------------------------------------------------------------
+
+// FoPru and freePruner reduce the heads by their mean (the configs here keep that default), so
+// they read CLIP's fused head-mean maps as 1-head views: the mean over one head is x / 1 = x, so
+// the selection is bit for bit the one from the full [heads, N, N] maps, reading N * N floats per
+// layer instead of heads * N * N.
+static_assert(ts::fopru::config{}.heads == ts::head_reduction::mean &&
+                  ts::freepruner::config{}.heads == ts::head_reduction::mean,
+              "the fused CLIP maps are head means; another reduction needs the full maps");
+
+/// What CLIP hands over, from the plan's requirements: full maps of every required layer (as head
+/// means, or Q/K), or the CLS row and keys of one layer (the attention map and keys, or Q/K; the
+/// layer after the feature layer as the last layer's Q/K, computed without running it).
+clip_options clip_inputs(const plan& p, int layers_run, int encoder_layers) {
+  clip_options o;
+  const auto& r = p.req;
+  if (p.m == method::none || r.stage != ts::stage::encoder || r.layers.empty()) return o;
+  if (r.full_maps) {
+    for (int l = 0; l < layers_run; ++l)
+      if (r.layers.contains(l) || r.extra_layer.contains(l)) (p.qk ? o.qk_layers : o.head_mean_layers).push_back(l);
+    return o;
+  }
+  const int layer = static_cast<int>(r.layers.first);
+  if (layer >= layers_run) {
+    if (layer != encoder_layers - 1 || !r.keys) {
+      throw error(std::string("llava: ") + to_string(p.m) + " reads CLIP layer " + std::to_string(layer) +
+                  ": past the feature layer only the last layer's Q/K are available");
+    }
+    o.last_layer_qk = true;
+  } else if (p.qk) {
+    o.qk_layers = {layer};  // only the CLS query row is read; the keys are the source's keys
+  } else {
+    o.attention_layers = {layer};
+    if (r.keys) o.keys_layer = layer;
+  }
+  return o;
+}
+
+/// The vision rows fed to the projector [k, D] and the kept patch indices (anchors), ascending.
+struct vision_rows {
+  std::vector<float> rows;
+  std::vector<ts::token_index> kept;
+};
+
+/// The library's gather: the kept patches' features, in kept order.
+vision_rows gathered(const ts::matrix_view<const float>& patches, std::vector<ts::token_index> kept) {
+  vision_rows v;
+  const ts::index_t k = static_cast<ts::index_t>(kept.size()), D = patches.extent(1);
+  v.rows.resize(static_cast<std::size_t>(k * D));
+  ts::gather_rows(patches, std::span<const ts::token_index>(kept), ts::matrix_view<float>(v.rows.data(), {k, D}));
+  v.kept = std::move(kept);
+  return v;
+}
+
+/// Everything an encoder-side method reads: the plan, CLIP's output and the patch rows.
+struct encoder_inputs {
+  const plan& p;
+  const clip_output& co;
+  const ts::matrix_view<const float> patches;  ///< [n, D], CLS dropped
+  const clip_config& vc;
+};
+
+vision_rows select_fopru(const encoder_inputs& in, int f) {
+  const auto N = in.vc.tokens();
+  std::vector<ts::token_index> kept(static_cast<std::size_t>(in.p.req.keep));
+  const auto r = in.p.qk ? ts::fopru::select(ts::par, in.co.qk_source(f), in.p.fopru, kept)
+                         : ts::fopru::select(ts::par, ts::head_attention_view<float>(in.co.head_mean.at(f).data(), {1, N, N}),
+                                             in.p.fopru, kept);
+  kept.resize(static_cast<std::size_t>(r.count));
+  return gathered(in.patches, std::move(kept));
+}
+
+vision_rows select_freepruner(const encoder_inputs& in, ts::freepruner::selector& fp) {
+  std::vector<ts::token_index> kept(static_cast<std::size_t>(in.p.req.keep));
+  const auto r = fp.finish(kept);
+  kept.resize(static_cast<std::size_t>(r.count));
+  return gathered(in.patches, std::move(kept));
+}
+
+vision_rows select_prumerge(const encoder_inputs& in) {
+  const auto N = in.vc.tokens(), D = in.vc.hidden;
+  vision_rows v;
+  v.kept.resize(static_cast<std::size_t>(in.p.req.keep));
+  v.rows.resize(static_cast<std::size_t>(in.p.req.output_rows * D));
+  const auto r = ts::prumerge::select(ts::par, ts::matrix_view<const float>(in.co.last_q.data(), {N, D}),
+                                      ts::matrix_view<const float>(in.co.last_k.data(), {N, D}), in.patches, in.p.prumerge,
+                                      v.kept, ts::matrix_view<float>(v.rows.data(), {in.p.req.output_rows, D}));
+  v.kept.resize(static_cast<std::size_t>(r.count));
+  v.rows.resize(static_cast<std::size_t>(r.rows() * D));
+  std::sort(v.kept.begin(), v.kept.end());
+  return v;
+}
+
+vision_rows select_visionzip(const encoder_inputs& in, int f) {
+  const auto& vc = in.vc;
+  const std::int64_t N = vc.tokens(), D = vc.hidden, k = in.p.req.output_rows;
+  std::vector<ts::token_index> out(static_cast<std::size_t>(k));
+  vision_rows v;
+  v.rows.resize(static_cast<std::size_t>(k * D));
+  const ts::matrix_view<const float> hidden(in.co.features.data(), {N, D});
+  const ts::matrix_view<float> features(v.rows.data(), {k, D});
+  ts::visionzip::result r;
+  if (in.p.qk) {
+    // Only the CLS query row is read: the source holds that row of Q and every key.
+    auto src = in.co.qk_source(f);
+    src.queries = src.queries.slice(1, 0, 1);
+    r = ts::visionzip::select(ts::par, src, src.keys, hidden, in.p.visionzip, out, features);
+  } else {
+    r = ts::visionzip::select(ts::par, ts::head_attention_view<float>(in.co.attention.at(f).data(), {vc.heads, N, N}),
+                              ts::tensor_view<const float, 3>(in.co.keys.data(), {vc.heads, N, vc.head_dim()}), hidden,
+                              in.p.visionzip, out, features);
+  }
+  v.rows.resize(static_cast<std::size_t>(r.count * D));
+  for (ts::index_t i = 0; i < r.count; ++i)
+    if (out[static_cast<std::size_t>(i)] > 0) v.kept.push_back(out[static_cast<std::size_t>(i)] - 1);
+  std::sort(v.kept.begin(), v.kept.end());
+  v.kept.erase(std::unique(v.kept.begin(), v.kept.end()), v.kept.end());
+  return v;
+}
+
+vision_rows select_pool(const encoder_inputs& in) {
+  const auto D = in.vc.hidden;
+  const auto& c = in.p.pool;
+  const auto& grid = in.p.grid;
+  vision_rows v;
+  v.rows.resize(static_cast<std::size_t>(in.p.req.output_rows * D));
+  const auto r = ts::baselines::pool::apply(ts::par, in.patches, grid, c,
+                                            ts::matrix_view<float>(v.rows.data(), {in.p.req.output_rows, D}));
+  for (ts::index_t o = 0; o < r.count; ++o)
+    v.kept.push_back(static_cast<ts::token_index>(r.grid.row_of(o) * c.window * grid.cols + r.grid.col_of(o) * c.window));
+  return v;
+}
+
+/// random and uniform: indices from the plan alone, then the gather.
+vision_rows select_baseline(const encoder_inputs& in) {
+  std::vector<ts::token_index> kept(static_cast<std::size_t>(in.p.req.keep));
+  const auto count = in.p.m == method::random
+                         ? ts::baselines::random::select(ts::par, in.p.shape.visual_tokens, in.p.random, kept).count
+                         : ts::baselines::uniform::select(ts::par, in.p.grid, in.p.uniform, kept).count;
+  kept.resize(static_cast<std::size_t>(count));
+  return gathered(in.patches, std::move(kept));
+}
+
+/// freePruner adds each required layer as CLIP produces it (streamed; nothing is stored).
+class freepruner_stream {
+ public:
+  freepruner_stream(const plan& p, std::int64_t tokens, clip_options& o) {
+    if (p.m != method::freepruner) return;
+    fp_ = std::make_unique<ts::freepruner::selector>(tokens, p.freepruner);
+    if (p.qk) {
+      o.on_qk = [this](int layer, const ts::qk_source<float>& src) { timed([&] { fp_->add_layer(ts::par, layer, src); }); };
+    } else {
+      o.on_head_mean = [this, tokens](int layer, const float* mean) {
+        timed([&] { fp_->add_layer(ts::par, layer, ts::head_attention_view<float>(mean, {1, tokens, tokens})); });
+      };
+    }
+  }
+  ts::freepruner::selector& selector() { return *fp_; }
+  double ms() const noexcept { return ms_; }
+
+ private:
+  template <class F>
+  void timed(F&& f) {
+    const auto t = clock_type::now();
+    f();
+    ms_ += ms_since(t);
+  }
+  std::unique_ptr<ts::freepruner::selector> fp_;
+  double ms_ = 0;
+};
+
+/// Runs the plan's encoder-side method; the other methods pass every image row on.
+vision_rows select_encoder(const encoder_inputs& in, freepruner_stream& fp, int f, std::int64_t image_rows) {
+  switch (in.p.m) {
+    case method::none:
+    case method::fastv:
+    case method::fitprune: {
+      vision_rows v;
+      v.rows.assign(in.patches.data(), in.patches.data() + image_rows * in.vc.hidden);
+      return v;
+    }
+    case method::fopru: return select_fopru(in, f);
+    case method::freepruner: return select_freepruner(in, fp.selector());
+    case method::prumerge:
+    case method::prumerge_plus: return select_prumerge(in);
+    case method::visionzip: return select_visionzip(in, f);
+    case method::random:
+    case method::uniform: return select_baseline(in);
+    case method::pool: return select_pool(in);
+  }
+  return {};
+}
+
+// ---- LLM side ----------------------------------------------------------------------------------
+
+/// The prefill hook of an LLM-stage method (FastV, FitPrune): at each layer the requirements name
+/// (and, for FitPrune, that drops tokens) it selects the visual rows to keep and the prefill goes
+/// on with the survivors. Holds the running visual count and the time spent selecting.
+class llm_selection {
+ public:
+  llm_selection(const plan& p, std::int64_t s0, std::int64_t visual, int heads)
+      : p_(p), s0_(s0), n_(visual), visual_now_(visual), heads_(heads) {
+    if (p.req.stage != ts::stage::llm) return;
+    hook_.wants_attention = [this](int l) { return p_.req.layers.contains(l) && drop_at(l) > 0; };
+    if (p.qk) {
+      hook_.after_qk = [this](int l, const ts::qk_source<float>& src) { return run(l, src.key_count(), src); };
+    } else {
+      hook_.after_attention = [this](int l, const float* probs, std::int64_t len) {
+        return run(l, len, ts::head_attention_view<float>(probs, {heads_, len, len}));
+      };
+    }
+    active_ = true;
+  }
+  llm_selection(const llm_selection&) = delete;
+  llm_selection& operator=(const llm_selection&) = delete;
+
+  const prefill_hook* hook() const noexcept { return active_ ? &hook_ : nullptr; }
+  std::int64_t maps() const noexcept { return hook_.maps_materialised; }
+  double ms() const noexcept { return ms_; }
+
+ private:
+  /// Visual tokens the method drops after layer l (FastV: all but its keep count at layer K - 1).
+  std::int64_t drop_at(int l) const {
+    if (p_.m == method::fastv) return 1;  // wants its one layer; the count is its keep_count
+    return ts::fitprune::drops_at(p_.fitprune, l, n_);
+  }
+
+  template <class Source>
+  prefill_hook::keep_rows run(int l, std::int64_t len, const Source& src) {
+    const auto t = clock_type::now();
+    const ts::token_range visual{s0_, visual_now_};
+    std::vector<ts::token_index> keep;
+    ts::index_t count = 0;
+    if (p_.m == method::fastv) {
+      keep.resize(static_cast<std::size_t>(ts::fastv::keep_count(visual_now_, p_.fastv)));
+      count = fastv(src, len, visual, keep);
+    } else {
+      const auto drop = std::min<std::int64_t>(drop_at(l), visual_now_);
+      keep.resize(static_cast<std::size_t>(visual_now_ - drop));
+      count = ts::fitprune::prune_layer(ts::par, src, visual, drop, ts::fitprune::config{}, keep).count;
+    }
+    keep.resize(static_cast<std::size_t>(count));
+    std::vector<std::int32_t> rows(static_cast<std::size_t>(len - visual_now_ + count));
+    ts::sequence_keep(len, visual, keep, rows);
+    visual_now_ = count;
+    ms_ += ms_since(t);
+    return rows;
+  }
+
+  ts::index_t fastv(const ts::qk_source<float>& src, std::int64_t len, const ts::token_range& visual,
+                    std::span<ts::token_index> keep) const {
+    // FastV reads the last query row only: a 1-row source sees every key (causal offset L-1).
+    auto last = src;
+    last.queries = src.queries.slice(1, len - 1, 1);
+    return ts::fastv::select(ts::par, last, visual, p_.fastv, keep).count;
+  }
+  ts::index_t fastv(const ts::head_attention_view<float>& probs, std::int64_t, const ts::token_range& visual,
+                    std::span<ts::token_index> keep) const {
+    return ts::fastv::select(ts::par, probs, visual, p_.fastv, keep).count;
+  }
+
+  const plan& p_;
+  std::int64_t s0_, n_, visual_now_;
+  int heads_;
+  prefill_hook hook_;
+  bool active_ = false;
+  double ms_ = 0;
+};
+
+/// The image slot of the prompt: first index and length (1, or the expanded n_img copies).
+std::pair<std::int64_t, std::int64_t> image_slot(std::span<const std::int32_t> ids, const llava_config& cfg) {
+  const std::int64_t n_img = cfg.image_tokens();
+  std::vector<std::int64_t> slots;
+  for (std::size_t i = 0; i < ids.size(); ++i)
+    if (ids[i] == cfg.image_token_index) slots.push_back(static_cast<std::int64_t>(i));
+  if (slots.size() == 1) return {slots[0], 1};
+  if (static_cast<std::int64_t>(slots.size()) == n_img && slots.back() - slots.front() + 1 == n_img) return {slots[0], n_img};
+  if (slots.empty()) {
+    throw error("llava: the prompt has no <image> token (id " + std::to_string(cfg.image_token_index) + ")");
+  }
+  throw error("llava: the prompt has " + std::to_string(slots.size()) + " image tokens; expected 1 or " +
+              std::to_string(n_img) + " consecutive");
+}
+
+
+/// CLIP with the inputs the plan requires, then the encoder-side selection (times and maps into res).
+vision_rows encode_and_select(const clip_model& clip, const llava_config& cfg, const plan& p, const float* pixels,
+                              run_result& res) {
+  const auto& vc = cfg.vision;
+  clip_options copt = clip_inputs(p, cfg.feature_hidden_index(), vc.layers);
+  freepruner_stream fp(p, vc.tokens(), copt);
+  auto t0 = clock_type::now();
+  const clip_output co = clip.encode(pixels, copt);
+  res.time.vision = ms_since(t0) - fp.ms();
+  res.attention_maps = co.maps_materialised;
+
+  t0 = clock_type::now();
+  const std::int64_t n_img = cfg.image_tokens();
+  const float* patches = co.features.data() + (cfg.vision_feature_select_strategy == "default" ? vc.hidden : 0);
+  const encoder_inputs in{p, co, ts::matrix_view<const float>(patches, {n_img, vc.hidden}), vc};
+  vision_rows v = select_encoder(in, fp, static_cast<int>(p.shape.feature_layer), n_img);
+  res.time.selection = ms_since(t0) + fp.ms();
+  return v;
+}
+
+/// The LLM input: prefix embeddings, the projected vision rows, text embeddings [L, Dt].
+std::vector<float> build_sequence(const llama_model& llama, const projector& proj, std::span<const std::int32_t> prefix,
+                                  const std::vector<float>& rows, std::int64_t k_rows, std::span<const std::int32_t> text,
+                                  std::int64_t Dt) {
+  const auto P = static_cast<std::int64_t>(prefix.size());
+  const std::int64_t L = P + k_rows + static_cast<std::int64_t>(text.size());
+  std::vector<float> seq(static_cast<std::size_t>(L * Dt));
+  llama.embed(prefix, seq.data());
+  proj.forward(rows.data(), k_rows, seq.data() + P * Dt);
+  llama.embed(text, seq.data() + (P + k_rows) * Dt);
+  return seq;
+}
+
+/// run_result::kept / kept_tokens: the encoder's anchors, or the visual rows that reached the last
+/// LLM layer (LLM-stage methods), or every token (no method).
+void record_kept(const plan& p, std::span<const std::int32_t> final_rows, std::int64_t s0, std::int64_t k_rows,
+                 std::int64_t n_img, std::vector<ts::token_index> kept, run_result& res) {
+  if (p.req.stage == ts::stage::llm) {
+    for (auto r : final_rows)
+      if (r >= s0 && r < s0 + k_rows) kept.push_back(r - static_cast<std::int32_t>(s0));
+    res.kept_tokens = static_cast<std::int64_t>(kept.size());
+  } else {
+    res.kept_tokens = k_rows;
+    if (p.m == method::none) {
+      kept.resize(static_cast<std::size_t>(n_img));
+      std::iota(kept.begin(), kept.end(), 0);
+    }
+  }
+  res.kept.assign(kept.begin(), kept.end());
+}
+
 }  // namespace
 
 run_result llava_model::run_impl(const float* pixels, std::span<const std::int32_t> ids, const selection_options& sel,
                                  int max_new, bool decode, bool record) const {
   run_result res;
   res.time.load = load_ms_;
-  const auto& vc = cfg_.vision;
-  const std::int64_t n = vc.patches(), N = vc.tokens(), D = vc.hidden, G = vc.grid(), Dt = cfg_.text.hidden;
-  const std::int64_t n_img = cfg_.image_tokens();
-  const method m = sel.name;
-  if (m != method::none && cfg_.vision_feature_select_strategy != "default") {
-    throw error("llava: token selection needs vision_feature_select_strategy = default (CLS dropped)");
-  }
+  const plan p = make_plan(sel, cfg_);
+  const auto [s0, slot_len] = image_slot(ids, cfg_);
+  const std::vector<std::int32_t> prefix(ids.begin(), ids.begin() + s0);
+  const std::vector<std::int32_t> text(ids.begin() + s0 + slot_len, ids.end());
 
-  // ---- the image slot ------------------------------------------------------------------------
-  std::vector<std::int64_t> slots;
-  for (std::size_t i = 0; i < ids.size(); ++i)
-    if (ids[i] == cfg_.image_token_index) slots.push_back(static_cast<std::int64_t>(i));
-  std::int64_t s0 = 0, slot_len = 0;
-  if (slots.size() == 1) {
-    s0 = slots[0];
-    slot_len = 1;
-  } else if (static_cast<std::int64_t>(slots.size()) == n_img && slots.back() - slots.front() + 1 == n_img) {
-    s0 = slots[0];
-    slot_len = n_img;
-  } else if (slots.empty()) {
-    throw error("llava: the prompt has no <image> token (id " + std::to_string(cfg_.image_token_index) + ")");
-  } else {
-    throw error("llava: the prompt has " + std::to_string(slots.size()) + " image tokens; expected 1 or " +
-                std::to_string(n_img) + " consecutive");
-  }
-  std::vector<std::int32_t> prefix(ids.begin(), ids.begin() + s0);
-  std::vector<std::int32_t> text(ids.begin() + s0 + slot_len, ids.end());
+  vision_rows v = encode_and_select(*clip_, cfg_, p, pixels, res);
+  const std::int64_t k_rows = static_cast<std::int64_t>(v.rows.size()) / cfg_.vision.hidden;
+  if (record) res.projector_input = v.rows;
 
-  // ---- vision ----------------------------------------------------------------------------------
-  const int f = cfg_.feature_hidden_index() - 1;  // attention layer that produces the features
-  clip_options copt;
-  std::unique_ptr<ts::freepruner::selector> fp;
-  // FoPru and freePruner reduce the heads by their mean (the configs here keep that default), so
-  // they read CLIP's fused head-mean maps as 1-head views: the mean over one head is x / 1 = x, so
-  // the selection is bit for bit the one from the full [heads, N, N] maps, reading N * N floats per
-  // layer instead of heads * N * N.
-  static_assert(ts::fopru::config{}.heads == ts::head_reduction::mean &&
-                    ts::freepruner::config{}.heads == ts::head_reduction::mean,
-                "the fused CLIP maps are head means; another reduction needs the full maps");
-  const bool qk = sel.from_qk;
-  if (m == method::fopru) (qk ? copt.qk_layers : copt.head_mean_layers) = {f};
-  if (m == method::visionzip) {
-    if (qk) {
-      copt.qk_layers = {f};  // the keys VisionZip averages are the source's keys
-    } else {
-      copt.attention_layers = {f};
-      copt.keys_layer = f;
-    }
-  }
-  if (m == method::prumerge || m == method::prumerge_plus) copt.last_layer_qk = true;
-  double in_vision_selection = 0;
-  if (m == method::freepruner) {
-    fp = std::make_unique<ts::freepruner::selector>(N, freepruner_config(f, sel.keep, n));
-    for (int l = 0; l < cfg_.feature_hidden_index(); ++l)
-      if (fp->needs(l)) (qk ? copt.qk_layers : copt.head_mean_layers).push_back(l);
-    if (qk) {
-      copt.on_qk = [&](int layer, const ts::qk_source<float>& src) {
-        const auto t = clock_type::now();
-        fp->add_layer(ts::par, layer, src);
-        in_vision_selection += ms_since(t);
-      };
-    } else {
-      copt.on_head_mean = [&](int layer, const float* mean) {
-        const auto t = clock_type::now();
-        fp->add_layer(ts::par, layer, ts::head_attention_view<float>(mean, {1, N, N}));
-        in_vision_selection += ms_since(t);
-      };
-    }
-  }
   auto t0 = clock_type::now();
-  clip_output co = clip_->encode(pixels, copt);
-  res.time.vision = ms_since(t0) - in_vision_selection;
-
-  // ---- encoder-side selection -------------------------------------------------------------------
-  t0 = clock_type::now();
-  const float* patches = co.features.data() + (cfg_.vision_feature_select_strategy == "default" ? D : 0);
-  const ts::matrix_view<const float> patch_view(patches, {n_img, D});
-  std::vector<float> rows;  // vision features fed to the projector [k, D]
-  std::vector<ts::token_index> kept;
-  auto gather = [&](std::span<const ts::token_index> idx) {
-    rows.resize(idx.size() * static_cast<std::size_t>(D));
-    for (std::size_t r = 0; r < idx.size(); ++r)
-      std::copy_n(patches + idx[r] * D, D, rows.data() + r * static_cast<std::size_t>(D));
-  };
-  switch (m) {
-    case method::none:
-    case method::fastv:
-    case method::fitprune:
-      rows.assign(patches, patches + n_img * D);
-      break;
-    case method::fopru: {
-      ts::fopru::config c;
-      if (sel.keep.count) {
-        c.ratio = static_cast<double>(*sel.keep.count) / static_cast<double>(n);
-        if (ts::fopru::keep_count(n, c) != *sel.keep.count) {
-          throw error("llava: fopru cannot keep exactly " + std::to_string(*sel.keep.count) + " of " + std::to_string(n) +
-                      " tokens; give a ratio");
-        }
-      } else if (sel.keep.ratio) {
-        c.ratio = *sel.keep.ratio;
-      }
-      kept.resize(static_cast<std::size_t>(ts::fopru::keep_count(n, c)));
-      const auto r = qk ? ts::fopru::select(ts::par, co.qk_source(f), c, kept)
-                        : ts::fopru::select(ts::par, ts::head_attention_view<float>(co.head_mean.at(f).data(), {1, N, N}), c, kept);
-      kept.resize(static_cast<std::size_t>(r.count));
-      gather(kept);
-      break;
-    }
-    case method::freepruner: {
-      kept.resize(static_cast<std::size_t>(ts::freepruner::max_count(n, fp->settings())));
-      const auto r = fp->finish(kept);
-      kept.resize(static_cast<std::size_t>(r.count));
-      gather(kept);
-      break;
-    }
-    case method::prumerge:
-    case method::prumerge_plus: {
-      if (!sel.keep.empty()) throw error("llava: prumerge is adaptive (IQR outliers): --keep does not apply");
-      ts::prumerge::config c;
-      c.plus = m == method::prumerge_plus;
-      // The official order (LLaVA-PruMerge feeds the merged rows to the projector as torch.topk
-      // ranks them, then the PruMerge+ grid, then the extra row): the LLM sees these rows at these
-      // positions, so the spatial order (mode::fixed) would give another model output.
-      c.mode = ts::prumerge::mode::parity;
-      kept.resize(static_cast<std::size_t>(ts::prumerge::max_count(n, c)));
-      std::vector<float> merged(static_cast<std::size_t>(ts::prumerge::max_rows(n, c) * D));
-      const auto r = ts::prumerge::select(ts::par, ts::matrix_view<const float>(co.last_q.data(), {N, D}),
-                                          ts::matrix_view<const float>(co.last_k.data(), {N, D}), patch_view, c, kept,
-                                          ts::matrix_view<float>(merged.data(), {ts::prumerge::max_rows(n, c), D}));
-      kept.resize(static_cast<std::size_t>(r.count));
-      merged.resize(static_cast<std::size_t>(r.rows() * D));
-      rows = std::move(merged);
-      std::sort(kept.begin(), kept.end());
-      break;
-    }
-    case method::visionzip: {
-      ts::visionzip::config c;
-      if (!sel.keep.empty()) {
-        const std::int64_t k = sel.keep.tokens(n);
-        c.contextual = k * 10 / 64;
-        c.dominant = k - c.contextual;
-      }
-      const auto k = ts::visionzip::keep_count(N, c);
-      std::vector<ts::token_index> out(static_cast<std::size_t>(k));
-      rows.resize(static_cast<std::size_t>(k * D));
-      const ts::matrix_view<const float> hidden(co.features.data(), {N, D});
-      const ts::matrix_view<float> features(rows.data(), {k, D});
-      ts::visionzip::result r;
-      if (qk) {
-        // Only the CLS query row is read: the source holds that row of Q and every key.
-        auto src = co.qk_source(f);
-        src.queries = src.queries.slice(1, 0, 1);
-        r = ts::visionzip::select(ts::par, src, src.keys, hidden, c, out, features);
-      } else {
-        r = ts::visionzip::select(ts::par, ts::head_attention_view<float>(co.attention.at(f).data(), {vc.heads, N, N}),
-                                  ts::tensor_view<const float, 3>(co.keys.data(), {vc.heads, N, vc.head_dim()}), hidden, c,
-                                  out, features);
-      }
-      rows.resize(static_cast<std::size_t>(r.count * D));
-      for (ts::index_t i = 0; i < r.count; ++i)
-        if (out[static_cast<std::size_t>(i)] > 0) kept.push_back(out[static_cast<std::size_t>(i)] - 1);
-      std::sort(kept.begin(), kept.end());
-      kept.erase(std::unique(kept.begin(), kept.end()), kept.end());
-      break;
-    }
-    case method::random: {
-      ts::baselines::random::config c;
-      c.seed = sel.seed;
-      if (sel.keep.count) c.count = *sel.keep.count;
-      else c.ratio = sel.keep.ratio.value_or(0.5);
-      kept.resize(static_cast<std::size_t>(ts::baselines::random::keep_count(n, c)));
-      const auto r = ts::baselines::random::select(ts::par, n, c, kept);
-      kept.resize(static_cast<std::size_t>(r.count));
-      gather(kept);
-      break;
-    }
-    case method::uniform: {
-      ts::baselines::uniform::config c;
-      if (sel.keep.count) c.count = *sel.keep.count;
-      else c.ratio = sel.keep.ratio.value_or(0.5);
-      kept.resize(static_cast<std::size_t>(ts::baselines::uniform::keep_count(n, c)));
-      const auto r = ts::baselines::uniform::select(ts::par, ts::token_grid{G, G}, c, kept);
-      kept.resize(static_cast<std::size_t>(r.count));
-      gather(kept);
-      break;
-    }
-    case method::pool: {
-      ts::baselines::pool::config c;
-      if (!sel.keep.empty()) {
-        const double k = static_cast<double>(sel.keep.tokens(n));
-        c.window = std::max<ts::index_t>(1, std::lround(std::sqrt(static_cast<double>(n) / k)));
-      }
-      const ts::token_grid grid{G, G};
-      const auto k = ts::baselines::pool::keep_count(grid, c);
-      rows.resize(static_cast<std::size_t>(k * D));
-      const auto r = ts::baselines::pool::apply(ts::par, patch_view, grid, c, ts::matrix_view<float>(rows.data(), {k, D}));
-      for (ts::index_t o = 0; o < r.count; ++o)
-        kept.push_back(static_cast<ts::token_index>(r.grid.row_of(o) * c.window * G + r.grid.col_of(o) * c.window));
-      break;
-    }
-  }
-  res.time.selection = ms_since(t0) + in_vision_selection;
-  const std::int64_t k_rows = static_cast<std::int64_t>(rows.size()) / D;
-  if (record) res.projector_input = rows;
-
-  // ---- projector and the LLM sequence ---------------------------------------------------------------
-  t0 = clock_type::now();
-  const std::int64_t L = static_cast<std::int64_t>(prefix.size()) + k_rows + static_cast<std::int64_t>(text.size());
-  std::vector<float> seq(static_cast<std::size_t>(L * Dt));
-  llama_->embed(prefix, seq.data());
-  projector_->forward(rows.data(), k_rows, seq.data() + static_cast<std::int64_t>(prefix.size()) * Dt);
-  llama_->embed(text, seq.data() + (static_cast<std::int64_t>(prefix.size()) + k_rows) * Dt);
+  const std::vector<float> seq = build_sequence(*llama_, *projector_, prefix, v.rows, k_rows, text, cfg_.text.hidden);
   res.time.projector = ms_since(t0);
+  const std::int64_t L = static_cast<std::int64_t>(seq.size()) / cfg_.text.hidden;
   std::vector<std::int32_t> positions(static_cast<std::size_t>(L));
   std::iota(positions.begin(), positions.end(), 0);
   res.sequence_length = L;
   res.visual_begin = s0;
-  res.total_tokens = n_img;
+  res.total_tokens = cfg_.image_tokens();
 
-  // ---- LLM-side selection hooks ----------------------------------------------------------------------
-  prefill_hook hook;
-  const prefill_hook* hook_ptr = nullptr;
-  double hook_ms = 0;
-  const int H = cfg_.text.heads;
-  ts::fitprune::recipe recipe;
-  ts::fitprune::position_tracker tracker;
-  std::int64_t visual_now = k_rows;
-  // After an in-LLM selection: the sequence rows to keep (prefix, kept visual, text) and the new
-  // visual count; the hook's time is accounted to selection.
-  auto survivors = [&](std::vector<ts::token_index>& keep, std::int64_t count, std::int64_t len,
-                       clock_type::time_point started) {
-    keep.resize(static_cast<std::size_t>(count));
-    std::vector<std::int32_t> out(static_cast<std::size_t>(len - visual_now + count));
-    ts::sequence_keep(len, ts::token_range{s0, visual_now}, keep, out);
-    visual_now = count;
-    hook_ms += ms_since(started);
-    return out;
-  };
-  if (m == method::fastv) {
-    ts::fastv::config c;
-    c.layer = sel.fastv_layer;
-    if (sel.keep.count) {
-      c.ratio = 1.0 - static_cast<double>(*sel.keep.count) / static_cast<double>(n_img);
-      if (ts::fastv::keep_count(n_img, c) != *sel.keep.count) {
-        throw error("llava: fastv cannot keep exactly " + std::to_string(*sel.keep.count) + " tokens; give a ratio");
-      }
-    } else if (sel.keep.ratio) {
-      c.ratio = 1.0 - *sel.keep.ratio;
-    }
-    ts::fastv::validate(c);
-    if (c.layer >= cfg_.text.layers) {
-      throw error("llava: fastv layer K = " + std::to_string(c.layer) + " must be below the " +
-                  std::to_string(cfg_.text.layers) + " LLM layers");
-    }
-    hook.wants_attention = [c](int l) { return l == c.layer - 1; };
-    if (qk) {
-      hook.after_qk = [&, c](int, const ts::qk_source<float>& src) -> prefill_hook::keep_rows {
-        const auto t = clock_type::now();
-        const std::int64_t len = src.key_count();
-        // FastV reads the last query row only: a 1-row source sees every key (causal offset L-1).
-        auto last = src;
-        last.queries = src.queries.slice(1, len - 1, 1);
-        std::vector<ts::token_index> keep(static_cast<std::size_t>(ts::fastv::keep_count(visual_now, c)));
-        const auto r = ts::fastv::select(ts::par, last, ts::token_range{s0, visual_now}, c, keep);
-        return survivors(keep, r.count, len, t);
-      };
-    } else {
-      hook.after_attention = [&, c](int, const float* probs, std::int64_t len) -> std::optional<std::vector<std::int32_t>> {
-        const auto t = clock_type::now();
-        std::vector<ts::token_index> keep(static_cast<std::size_t>(ts::fastv::keep_count(visual_now, c)));
-        const auto r = ts::fastv::select(ts::par, ts::head_attention_view<float>(probs, {H, len, len}), ts::token_range{s0, visual_now}, c, keep);
-        return survivors(keep, r.count, len, t);
-      };
-    }
-    hook_ptr = &hook;
-  } else if (m == method::fitprune) {
-    recipe = fitprune_recipe(sel, cfg_, n_img);
-    tracker.reset(n_img);
-    hook.wants_attention = [&](int l) { return ts::fitprune::drops_at(recipe, l, n_img) > 0; };
-    if (qk) {
-      hook.after_qk = [&](int l, const ts::qk_source<float>& src) -> prefill_hook::keep_rows {
-        const auto t = clock_type::now();
-        const std::int64_t len = src.key_count();
-        const auto drop = std::min<std::int64_t>(ts::fitprune::drops_at(recipe, l, n_img), visual_now);
-        std::vector<ts::token_index> keep(static_cast<std::size_t>(visual_now - drop));
-        const auto r = ts::fitprune::prune_layer(ts::par, src, ts::token_range{s0, visual_now}, drop, ts::fitprune::config{}, keep);
-        return survivors(keep, r.count, len, t);
-      };
-    } else {
-      hook.after_attention = [&](int l, const float* probs, std::int64_t len) -> std::optional<std::vector<std::int32_t>> {
-        const auto t = clock_type::now();
-        const auto drop = std::min<std::int64_t>(ts::fitprune::drops_at(recipe, l, n_img), visual_now);
-        std::vector<ts::token_index> keep(static_cast<std::size_t>(visual_now - drop));
-        const auto r = ts::fitprune::prune_layer(ts::par, ts::head_attention_view<float>(probs, {H, len, len}),
-                                                 ts::token_range{s0, visual_now}, drop, ts::fitprune::config{}, keep);
-        return survivors(keep, r.count, len, t);
-      };
-    }
-    hook_ptr = &hook;
-  }
-
+  llm_selection llm(p, s0, k_rows, cfg_.text.heads);
   auto cache = llama_->make_cache(L + std::max(0, max_new));
   const double cpu0 = cpu_ms();
   t0 = clock_type::now();
   std::vector<std::int32_t> final_rows;
-  res.logits = llama_->prefill(seq.data(), positions, cache, hook_ptr, &final_rows, &res.layer_rows);
-  res.time.prefill = ms_since(t0) - hook_ms;
+  res.logits = llama_->prefill(seq.data(), positions, cache, llm.hook(), &final_rows, &res.layer_rows);
+  res.time.prefill = ms_since(t0) - llm.ms();
   res.time.prefill_cpu = cpu_ms() - cpu0;
-  res.attention_maps = co.maps_materialised + hook.maps_materialised;
-  res.time.selection += hook_ms;
+  res.attention_maps += llm.maps();
+  res.time.selection += llm.ms();
   res.final_length = static_cast<std::int64_t>(final_rows.size());
-  if (m == method::fastv || m == method::fitprune) {
-    for (auto r : final_rows)
-      if (r >= s0 && r < s0 + k_rows) kept.push_back(r - static_cast<std::int32_t>(s0));
-    res.kept_tokens = static_cast<std::int64_t>(kept.size());
-  } else {
-    res.kept_tokens = k_rows;
-    if (m == method::none) {
-      kept.resize(static_cast<std::size_t>(n_img));
-      std::iota(kept.begin(), kept.end(), 0);
-    }
-  }
-  res.kept.assign(kept.begin(), kept.end());
+  record_kept(p, final_rows, s0, k_rows, res.total_tokens, std::move(v.kept), res);
 
   if (decode && max_new > 0) {
     t0 = clock_type::now();

@@ -381,13 +381,20 @@ inline index_t max_rows(index_t n, const config& cfg) {
                          "PruMerge is adaptive (IQR outliers of the CLS attention): a budget does not apply");
 }
 
-/// What PruMerge reads at the feature layer: the CLS query row and the keys; with merge, the
-/// hidden states it folds into the kept rows. The count is adaptive, at most max_count(n).
+/// What PruMerge reads: the CLS query row and the keys of the layer AFTER the feature layer (the
+/// official code takes the last CLIP layer's Q and K of the features, hidden_states[-2], without
+/// running that layer further); with merge, the hidden states it folds into the kept rows. The
+/// count is adaptive, at most max_count(n).
 [[nodiscard]] inline method_requirements requirements(const config& cfg, const model_shape& shape) {
   tokensel::detail::check_feature_layer(shape, "prumerge");
   if (!shape.cls) tokensel::detail::fail(errc::invalid_argument, "prumerge.model", "needs a CLS token (its attention row ranks the tokens)");
+  if (shape.encoder_layers != 0 && shape.feature_layer + 1 >= shape.encoder_layers) {
+    tokensel::detail::fail(errc::invalid_argument, "prumerge.shape.feature_layer", shape.feature_layer,
+                           "must be below the last of the " + std::to_string(shape.encoder_layers) +
+                               " encoder layers (PruMerge reads the layer after it)");
+  }
   method_requirements r;
-  r.layers = {shape.feature_layer, shape.feature_layer};
+  r.layers = {shape.feature_layer + 1, shape.feature_layer + 1};
   r.cls_row = true;
   r.keys = true;
   r.hidden_states = cfg.merge;

@@ -4,11 +4,16 @@
 // run between CLIP and the projector through tokensel's public API; fastv and fitprune run
 // inside the LLM prefill (llama.hpp hook). No method = the unpruned model, exactly.
 //
-// `keep` (ratio in (0, 1] or an absolute count) per method:
-//   fopru, random, uniform   ratio -> the method's own ratio rule; count -> exactly count
-//                            (fopru: ratio = count / n, checked to give count)
+// Every method is driven the same way (pipeline.cpp): its config from the runtime's defaults below
+// and `keep` through `method::with_budget(budget, n, base)` (tokensel/core/budget.hpp), then
+// `requirements(config, shape)` decides what CLIP / the prefill hand over (layers, full maps or the
+// CLS row and keys, encoder or LLM stage) and sizes the outputs (keep, output_rows; adaptive: the
+// maximum), then the method's select. `keep` (a fraction in (0, 1] or an absolute count):
+//   fopru, random, uniform   fraction -> the method's own ratio rule; count -> exactly count
+//                            (fopru: the ratio whose keep_count is count); random and uniform
+//                            default to 0.5
 //   freepruner               absent: adaptive (paper); present: fixed mode, budget = count
-//                            (ratio: max(1, floor(n * ratio))). Layers scaled to the tower:
+//                            (fraction: max(1, floor(n * f))). Layers scaled to the tower:
 //                            pivotal [round(6/22 f), f], complementary f, f = feature attention layer
 //   prumerge, prumerge+      adaptive only (IQR); a keep value is an error. Merged features (+1
 //                            extra row, official merge) feed the projector in the official
@@ -16,9 +21,11 @@
 //   visionzip                keep = output rows k (CLS counts as a dominant token):
 //                            contextual = floor(k * 10 / 64), dominant = k - contextual
 //                            (the paper's 54 + 10 split); default without keep: 54 + 10
-//   pool                     window w = max(1, round(sqrt(n / k))) (ratio 0.25 -> 2x2)
-//   fastv                    ratio R = 1 - keep ratio (count: R = 1 - count / n, checked),
-//                            layer K = selection_options::fastv_layer (2)
+//   pool                     the window whose pooled grid holds exactly k tokens (0.25 -> 2x2);
+//                            any other k is an error naming the nearest achievable counts;
+//                            default without keep: 2x2
+//   fastv                    drop ratio R = 1 - keep fraction (count: the R that keeps exactly
+//                            count), layer K = selection_options::fastv_layer (2)
 //   fitprune                 recipe JSON (selection_options::fitprune_recipe, its layer count must
 //                            equal the LLM's) or, from keep, a synthetic recipe that drops
 //                            n - keep tokens spread evenly over the first half of the LLM
@@ -41,6 +48,8 @@
 #include <string_view>
 #include <vector>
 
+#include <tokensel/core/budget.hpp>
+
 #include "llava/clip.hpp"
 #include "llava/config.hpp"
 #include "llava/llama.hpp"
@@ -56,15 +65,15 @@ method parse_method(std::string_view name);
 const char* to_string(method m) noexcept;
 bool encoder_side(method m) noexcept;   ///< runs between CLIP and the projector
 
-/// --keep: text with '.', 'e' or 'E' is a ratio ("0.5", "1.0"), an integer is a count ("144").
+/// --keep: text with '.', 'e' or 'E' is a keep fraction ("0.5", "1.0"), an integer is a count
+/// ("144"); either becomes a tokensel::budget, which each method turns into its config with its
+/// own with_budget (its rounding, and its refusals: a count it cannot keep exactly, an adaptive
+/// method).
 struct keep_spec {
-  std::optional<double> ratio;
-  std::optional<std::int64_t> count;
-  bool empty() const noexcept { return !ratio && !count; }
-  /// Throws llava::error for non-numbers, ratios outside (0, 1], counts < 1.
+  std::optional<tokensel::budget> value;  ///< absent: the method's default
+  bool empty() const noexcept { return !value; }
+  /// Throws llava::error for non-numbers, fractions outside (0, 1], counts < 1.
   static keep_spec parse(std::string_view text);
-  /// Tokens to keep out of n (ratio: max(1, floor(n * ratio)); count must be <= n).
-  std::int64_t tokens(std::int64_t n) const;
 };
 
 struct selection_options {
