@@ -1,6 +1,6 @@
 // Statistics from Q/K allocate nothing proportional to n^2, and nothing at all once warm.
 //
-// This file replaces the global operator new / delete (every form) with counting versions: while
+// support/counting_allocator.hpp replaces the global operator new / delete (every form) with counting versions: while
 // counting is on, every allocation adds its size to a total and updates the largest single
 // allocation. Eigen's own heap use (its GEMM packing buffers come from malloc, not operator new)
 // is caught with Eigen's EIGEN_RUNTIME_NO_MALLOC hook: eigen_assert is redefined below to count
@@ -19,72 +19,7 @@
 // would quadruple for n x n storage). With n = 1024, 1 head and d = 64 the tile is 256 KiB and
 // the largest block 1 MiB, against 4 MiB for the n x n fp32 map of that one head (and 64 MiB for
 // a 16-head materialised layer).
-#include <atomic>
-#include <cstddef>
-#include <cstdio>
-#include <cstdlib>
-#include <new>
-#include <thread>
-
-namespace {
-std::atomic<bool> counting{false};
-std::atomic<std::size_t> total_bytes{0}, largest{0}, allocations{0};
-std::atomic<std::size_t> eigen_heap_checks{0};
-
-void note(std::size_t n) noexcept {
-  if (!counting.load(std::memory_order_relaxed)) return;
-  total_bytes += n;
-  ++allocations;
-  std::size_t prev = largest.load();
-  while (n > prev && !largest.compare_exchange_weak(prev, n)) {
-  }
-}
-
-void* allocate(std::size_t n, std::size_t align) {
-  note(n);
-  void* p = nullptr;
-  if (align <= alignof(std::max_align_t)) {
-    p = std::malloc(n == 0 ? 1 : n);
-  } else {
-    p = std::aligned_alloc(align, (n + align - 1) / align * align);
-  }
-  if (p == nullptr) throw std::bad_alloc();
-  return p;
-}
-}  // namespace
-
-void* operator new(std::size_t n) { return allocate(n, 0); }
-void* operator new[](std::size_t n) { return allocate(n, 0); }
-void* operator new(std::size_t n, std::align_val_t a) { return allocate(n, static_cast<std::size_t>(a)); }
-void* operator new[](std::size_t n, std::align_val_t a) { return allocate(n, static_cast<std::size_t>(a)); }
-void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
-  try { return allocate(n, 0); } catch (...) { return nullptr; }
-}
-void* operator new[](std::size_t n, const std::nothrow_t&) noexcept {
-  try { return allocate(n, 0); } catch (...) { return nullptr; }
-}
-void* operator new(std::size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
-  try { return allocate(n, static_cast<std::size_t>(a)); } catch (...) { return nullptr; }
-}
-void* operator new[](std::size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
-  try { return allocate(n, static_cast<std::size_t>(a)); } catch (...) { return nullptr; }
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
-void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept { std::free(p); }
-
-// Eigen: runtime no-malloc checks, counted instead of asserted (must precede every Eigen include).
-#define EIGEN_RUNTIME_NO_MALLOC
-#define eigen_assert(x) ((x) ? (void)0 : (void)++eigen_heap_checks)
+#include "support/counting_allocator.hpp"  // first: it replaces operator new and hooks Eigen
 
 #include <gtest/gtest.h>
 
@@ -97,21 +32,8 @@ using namespace tokensel;
 
 namespace {
 
-struct counts {
-  std::size_t bytes = 0, largest = 0, allocations = 0, eigen = 0;
-};
-
-template <class F>
-counts measure(F&& f) {
-  total_bytes = 0;
-  largest = 0;
-  allocations = 0;
-  eigen_heap_checks = 0;
-  counting = true;
-  f();
-  counting = false;
-  return {total_bytes.load(), largest.load(), allocations.load(), eigen_heap_checks.load()};
-}
+using tokensel_test_alloc::counts;
+using tokensel_test_alloc::measure;
 
 struct qk {
   index_t heads, n, d;

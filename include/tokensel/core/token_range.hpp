@@ -31,10 +31,15 @@ struct token_range {
   static token_range visual_span(index_t first, index_t count) noexcept { return {first, count}; }
 };
 
+/// Whether range lies inside [0, n). count > n - begin rather than begin + count > n: no
+/// overflow for fuzzed or huge values.
+inline bool range_within(const token_range& range, index_t n) noexcept {
+  return range.begin >= 0 && range.count >= 0 && range.count <= n - range.begin;
+}
+
 /// Throws unless range lies inside [0, n).
 inline void check_range(const token_range& range, index_t n, std::string_view name) {
-  // count > n - begin rather than begin + count > n: no overflow for fuzzed or huge values.
-  if (range.begin < 0 || range.count < 0 || range.count > n - range.begin) {
+  if (!range_within(range, n)) {
     constexpr index_t hi = std::numeric_limits<index_t>::max(), lo = std::numeric_limits<index_t>::min();
     const bool end_fits = range.count >= 0 ? range.begin <= hi - range.count : range.begin >= lo - range.count;
     // Built with append: GCC 12 warns (-Wrestrict, a false positive) on "[" + std::string chains.

@@ -63,7 +63,8 @@ inline void check_llm_attention(index_t queries, index_t keys, const token_range
     fail(errc::shape_mismatch, std::string(method) + ".attention",
          std::to_string(queries) + "x" + std::to_string(keys), "queries and keys must be the same tokens (prefill)");
   }
-  check_range(visual, keys, std::string(method) + ".visual");
+  // The name is built only on failure: this runs on every prefill layer's hot path.
+  if (!range_within(visual, keys)) check_range(visual, keys, std::string(method) + ".visual");
 }
 
 /// Reduces heads of row i over the visual columns (view already sliced to them) and rejects
