@@ -208,6 +208,8 @@ int run_info(const std::vector<std::string>& args) {
     out["metadata"] = meta;
   }
   std::cout << out.dump(2) << "\n";
+  std::cout.flush();
+  if (!std::cout) throw usage_error("cannot write the output");
   return 0;
 }
 

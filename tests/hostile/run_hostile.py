@@ -196,6 +196,11 @@ def build_cases(tmp, cli, llava, data):
 
     # Class 6: output that cannot be written is an error, and nothing is left behind.
     T("out-dev-full", sel + ["pool", "--features", feats, "--out", "/dev/full"], 2, r"--out:.*write failed")
+    # The JSON on stdout is flushed and checked (stdout redirected to /dev/full by a shell).
+    to_full = ["sh", "-c", 'exec "$0" "$@" >/dev/full', cli]
+    cases.append(Case("cli/stdout-dev-full-info", to_full + ["info", a9], 2, r"cannot write the output", "tokensel"))
+    cases.append(Case("cli/stdout-dev-full-select", to_full + sel + ["random", "--n", "10", "--count", "3"], 2,
+                      r"cannot write the output", "tokensel"))
     T("out-missing-dir", sel + ["pool", "--features", feats, "--out", p("no_such_dir/out.npy")], 2,
       r"--out:.*cannot open for writing", no_outputs=[p("no_such_dir")])
     os.mkdir(p("outdir"))
@@ -294,6 +299,35 @@ def build_cases(tmp, cli, llava, data):
                                                                st[8 + n:]}), image), 1, r"duplicate key 'dtype'")
     L("weights-40000-extra-tensors", run(model_with("extra", write={"model.safetensors": add_tensors(st, 40000)}),
                                           image), 0, None, max_seconds=10)
+
+    # Class 5: non-finite weights. Loading cannot tell which NaN/Inf matters; the forward passes check
+    # each layer's output rows and fail naming the layer (never an answer).
+    def weight_set(name, index, value):
+        header = json.loads(st[8:8 + n])
+        assert header[name]["dtype"] == "F32"
+        at = 8 + n + header[name]["data_offsets"][0] + 4 * index
+        return st[:at] + struct.pack("<f", value) + st[at + 4:]
+    nan, inf = float("nan"), float("inf")
+    clip_l = "model.vision_tower.vision_model.encoder.layers."
+    bos_row = cfg["text_config"]["bos_token_id"] * cfg["text_config"]["hidden_size"]  # BOS opens every prompt
+    for case, (tensor, index, value, extra, pattern) in {
+        "nan-clip-layer-1": (clip_l + "1.mlp.fc1.weight", 5, nan, (),
+                             r"non-finite activations after CLIP layer 1 \(vision_model\.encoder\.layers\.1\)"),
+        "nan-clip-last-layer-prumerge": (clip_l + "3.self_attn.q_proj.weight", 0, nan, ("--method", "prumerge"),
+                                         r"non-finite queries/keys in CLIP layer 3 \(vision_model\.encoder\.layers\.3\.self_attn\)"),
+        "nan-projector": ("model.multi_modal_projector.linear_2.weight", 3, nan, (),
+                          r"non-finite activations after the projector \(multi_modal_projector\)"),
+        "inf-llm-layer-2": ("model.language_model.layers.2.mlp.up_proj.weight", 9, inf, (),
+                            r"non-finite activations after LLM layer 2 \(language_model\.layers\.2\)"),
+        "nan-lm-head": ("lm_head.weight", 7, nan, (), r"non-finite values in the LLM's final logits \(lm_head\)"),
+        "inf-embedding-bos": ("model.language_model.embed_tokens.weight", bos_row, inf, (),
+                              r"non-finite embedding of token id 1 \(language_model\.embed_tokens\.weight row 1\)"),
+    }.items():
+        L("weights-" + case, run(model_with(case, write={"model.safetensors": weight_set(tensor, index, value)}), image,
+                                 *extra), 1, pattern + r".*NaN/Inf")
+    # A NaN in a layer past the feature layer that no method reads changes nothing.
+    L("weights-nan-clip-layer-3-unused", run(model_with("nan_unused", write={"model.safetensors": weight_set(
+        clip_l + "3.self_attn.q_proj.weight", 0, nan)}), image), 0, None)
 
     # Class 6: the overlay.
     L("overlay-dev-full", run(model, image, "--overlay", "/dev/full"), 1, r"overlay /dev/full: write failed")
