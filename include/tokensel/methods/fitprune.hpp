@@ -389,6 +389,80 @@ inline void check_fit_request(double reduction, const fit_options& opts) {
 
 }  // namespace detail
 
+namespace detail {
+
+/// One sample's scores at layer l over its present tokens (cross into c, self into v) and its
+/// masses {Wc, Ws}; everything must be finite.
+template <class Source>
+std::pair<double, double> read_scores(Source& source, index_t s, index_t l, std::span<const token_index> present,
+                                      std::span<float> c, std::span<float> v) {
+  source.scores(s, l, present, c, v);
+  for (std::size_t j = 0; j < c.size(); ++j) {
+    if (!std::isfinite(c[j]) || !std::isfinite(v[j])) {
+      tokensel::detail::fail(errc::non_finite, "fitprune.scores(sample " + std::to_string(s) + ", layer " + std::to_string(l) + ")",
+                             std::isfinite(c[j]) ? v[j] : c[j], "calibration scores must be finite");
+    }
+  }
+  const double wc = source.cross_mass(s, l), ws = source.self_mass(s, l);
+  if (!std::isfinite(wc) || !std::isfinite(ws)) {
+    tokensel::detail::fail(errc::non_finite, "fitprune.masses(sample " + std::to_string(s) + ", layer " + std::to_string(l) + ")",
+                           std::isfinite(wc) ? ws : wc, "calibration masses must be finite");
+  }
+  return {wc, ws};
+}
+
+/// Buffers of one FIT pass, sized for n0 tokens, reused by every sample and layer.
+struct fit_workspace {
+  explicit fit_workspace(std::size_t n0) : cross(n0), self(n0), by_cross(n0), by_self(n0), kept(n0), low_cross(n0) {}
+  std::vector<float> cross, self;
+  std::vector<token_index> by_cross, by_self, kept;
+  std::vector<char> low_cross;
+  std::vector<double> suffix;
+
+  /// Removes from `mine` (compacted in place) the intersection of the largest low-cross and
+  /// low-self sets keeping (1 - alpha) of Wc and Ws; returns how many went.
+  index_t prune(std::span<token_index> mine, double wc, double ws, double alpha) {
+    const std::size_t un = mine.size();
+    const auto n = static_cast<index_t>(un);
+    std::span<const float> c(cross.data(), un), v(self.data(), un);
+    auto order_by = [&](std::span<const float> key, std::vector<token_index>& order) {
+      std::iota(order.begin(), order.begin() + n, token_index{0});
+      std::sort(order.begin(), order.begin() + n, tokensel::detail::rank_low_first{key.data()});
+    };
+    order_by(c, by_cross);
+    order_by(v, by_self);
+    const index_t mc = removable(c, {by_cross.data(), un}, wc, alpha, suffix);
+    const index_t ms = removable(v, {by_self.data(), un}, ws, alpha, suffix);
+    std::fill(low_cross.begin(), low_cross.begin() + n, char{0});
+    for (index_t i = 0; i < mc; ++i) low_cross[static_cast<std::size_t>(by_cross[i])] = 1;
+    std::fill(kept.begin(), kept.begin() + n, token_index{1});
+    index_t gone = 0;
+    for (index_t i = 0; i < ms; ++i) {
+      const auto j = static_cast<std::size_t>(by_self[i]);
+      if (low_cross[j] != 0) {
+        kept[j] = 0;
+        ++gone;
+      }
+    }
+    if (gone > 0) {
+      index_t w = 0;
+      for (std::size_t j = 0; j < un; ++j) {
+        if (kept[j] != 0) mine[static_cast<std::size_t>(w++)] = mine[j];
+      }
+    }
+    return gone;
+  }
+};
+
+inline void check_fit_once(const flops_model& geometry, double alpha, double reduction, index_t samples) {
+  validate(geometry);
+  if (!(alpha >= 0.0 && alpha <= 1.0)) tokensel::detail::fail(errc::invalid_argument, "fitprune.alpha", alpha, "must be in [0, 1]");
+  if (!(reduction > 0.0 && reduction < 1.0)) tokensel::detail::fail(errc::invalid_argument, "fitprune.reduction", reduction, "must be in (0, 1)");
+  if (samples < 1) tokensel::detail::fail(errc::invalid_argument, "fitprune.samples", samples, "calibration needs at least one sample");
+}
+
+}  // namespace detail
+
 /// FIT(alpha) on a calibration source: walks the layers; before each layer, estimates the mean
 /// per-sample cost (layers done + this layer's attention + the rest at the current counts) and
 /// stops when it is <= (1 - reduction) * original; otherwise removes, per sample, the intersection
@@ -396,11 +470,8 @@ inline void check_fit_request(double reduction, const fit_options& opts) {
 template <class Source>
   requires calibration_source<std::remove_reference_t<Source>>
 fit_pass fit_once(Source&& source, const flops_model& geometry, double alpha, double reduction) {
-  validate(geometry);
-  if (!(alpha >= 0.0 && alpha <= 1.0)) tokensel::detail::fail(errc::invalid_argument, "fitprune.alpha", alpha, "must be in [0, 1]");
-  if (!(reduction > 0.0 && reduction < 1.0)) tokensel::detail::fail(errc::invalid_argument, "fitprune.reduction", reduction, "must be in (0, 1)");
   const index_t samples = source.samples();
-  if (samples < 1) tokensel::detail::fail(errc::invalid_argument, "fitprune.samples", samples, "calibration needs at least one sample");
+  detail::check_fit_once(geometry, alpha, reduction, samples);
   const index_t n0 = geometry.visual_tokens, layers = geometry.layers;
   const auto un0 = static_cast<std::size_t>(n0);
 
@@ -408,10 +479,7 @@ fit_pass fit_once(Source&& source, const flops_model& geometry, double alpha, do
   std::vector<index_t> count(static_cast<std::size_t>(samples), n0);
   for (index_t s = 0; s < samples; ++s) std::iota(present.begin() + s * n0, present.begin() + (s + 1) * n0, token_index{0});
   std::vector<std::int64_t> removed(static_cast<std::size_t>(layers), 0);
-  std::vector<float> cross(un0), self(un0);
-  std::vector<token_index> by_cross(un0), by_self(un0), kept(un0);
-  std::vector<char> low_cross(un0);
-  std::vector<double> suffix;
+  detail::fit_workspace ws(un0);
 
   const double budget = geometry.original() * (1.0 - reduction);
   double spent = 0;  // summed over samples
@@ -433,48 +501,14 @@ fit_pass fit_once(Source&& source, const flops_model& geometry, double alpha, do
     }
     for (index_t s = 0; s < samples; ++s) {
       const auto us = static_cast<std::size_t>(s);
-      const index_t n = count[us];
-      const auto un = static_cast<std::size_t>(n);
+      const auto un = static_cast<std::size_t>(count[us]);
       std::span<token_index> mine(present.data() + us * un0, un);
-      if (n > 0) {
-        std::span<float> c(cross.data(), un), v(self.data(), un);
-        source.scores(s, l, std::span<const token_index>(mine), c, v);
-        for (std::size_t j = 0; j < un; ++j) {
-          if (!std::isfinite(c[j]) || !std::isfinite(v[j])) {
-            tokensel::detail::fail(errc::non_finite, "fitprune.scores(sample " + std::to_string(s) + ", layer " + std::to_string(l) + ")",
-                                   std::isfinite(c[j]) ? v[j] : c[j], "calibration scores must be finite");
-          }
-        }
-        const double wc = source.cross_mass(s, l), ws = source.self_mass(s, l);
-        if (!std::isfinite(wc) || !std::isfinite(ws)) {
-          tokensel::detail::fail(errc::non_finite, "fitprune.masses(sample " + std::to_string(s) + ", layer " + std::to_string(l) + ")",
-                                 std::isfinite(wc) ? ws : wc, "calibration masses must be finite");
-        }
-        auto order_by = [&](std::span<const float> key, std::vector<token_index>& order) {
-          std::iota(order.begin(), order.begin() + n, token_index{0});
-          std::sort(order.begin(), order.begin() + n, tokensel::detail::rank_low_first{key.data()});
-        };
-        order_by(c, by_cross);
-        order_by(v, by_self);
-        const index_t mc = detail::removable(c, {by_cross.data(), un}, wc, alpha, suffix);
-        const index_t ms = detail::removable(v, {by_self.data(), un}, ws, alpha, suffix);
-        std::fill(low_cross.begin(), low_cross.begin() + n, char{0});
-        for (index_t i = 0; i < mc; ++i) low_cross[static_cast<std::size_t>(by_cross[i])] = 1;
-        std::fill(kept.begin(), kept.begin() + n, token_index{1});
-        index_t gone = 0;
-        for (index_t i = 0; i < ms; ++i) {
-          const auto j = static_cast<std::size_t>(by_self[i]);
-          if (low_cross[j] != 0) {
-            kept[j] = 0;
-            ++gone;
-          }
-        }
+      if (un > 0) {
+        const auto [wc, wself] = detail::read_scores(source, s, l, std::span<const token_index>(mine),
+                                                     std::span<float>(ws.cross.data(), un), std::span<float>(ws.self.data(), un));
+        const index_t gone = ws.prune(mine, wc, wself, alpha);
         if (gone > 0) {
-          index_t w = 0;
-          for (std::size_t j = 0; j < un; ++j) {
-            if (kept[j] != 0) mine[static_cast<std::size_t>(w++)] = mine[j];
-          }
-          count[us] = w;
+          count[us] -= gone;
           removed[static_cast<std::size_t>(l)] += gone;
         }
       }

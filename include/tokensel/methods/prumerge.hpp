@@ -193,23 +193,14 @@ void normalise_rows(const Policy& policy, float* rows, index_t n, index_t dim) {
 
 struct no_features {};
 
-/// Selection (and, when features are given, merge) from the patch attention a[n] (finite) and,
-/// for the merge, the unit patch keys [n, dim].
-template <class Policy, class Features, class Merged>
-result run(const Policy& policy, std::span<const float> attn, const float* unit_keys, index_t dim,
-           const Features& features, const config& cfg, std::span<token_index> out, const Merged& merged) {
-  constexpr bool with_features = !std::is_same_v<Features, no_features>;
+/// The kept tokens of the patch attention: IQR outliers (top-Kc, descending), PruMerge+'s stride
+/// grid after them, into order[0, res.count) in parity order (spatial order with mode::fixed);
+/// kept[i] = 1 for a kept patch. Fills res's counts.
+inline void choose_tokens(std::span<const float> attn, const config& cfg, std::span<token_index> order,
+                          std::span<unsigned char> kept, result& res) {
   const auto n = static_cast<index_t>(attn.size());
-  result res;
-  if (n == 0) return res;
-
-  tokensel::detail::scratch_scope scratch;
   res.iqr = iqr_fences<float>(as_view(attn, "prumerge.attention"), iqr_config{.multiplier = cfg.iqr_multiplier});
   res.outliers = res.iqr.count;
-
-  // order[0, count): kept indices in parity order (top-Kc descending, then grid ascending).
-  auto order = scratch.take<token_index>(static_cast<std::size_t>(n));
-  auto kept = scratch.take_zeroed<unsigned char>(static_cast<std::size_t>(n));
   top_k<float>(as_view(attn, "prumerge.attention"), res.outliers, order, index_order::ranked);
   for (index_t r = 0; r < res.outliers; ++r) kept[order[r]] = 1;
   res.count = res.outliers;
@@ -229,6 +220,111 @@ result run(const Policy& policy, std::span<const float> attn, const float* unit_
       if (kept[i]) order[r++] = static_cast<token_index>(i);
     }
   }
+}
+
+/// Cosines of every kept token to every patch, cosine[count, n]. Blocks of patch keys are reused
+/// across all kept tokens while they sit in cache; each entry is one canonical dot product, so
+/// the blocking does not change any bit.
+template <class Policy>
+void kept_cosines(const Policy& policy, const float* unit_keys, index_t dim, index_t n,
+                  std::span<const token_index> order, std::span<float> cosine) {
+  constexpr index_t block = 32;
+  const auto count = static_cast<index_t>(order.size());
+  tokensel::detail::parallel_for(policy, (n + block - 1) / block, [&](index_t blk) {
+    const index_t j1 = std::min(n, (blk + 1) * block);
+    for (index_t r = 0; r < count; ++r) {
+      const float* ui = unit_keys + order[r] * dim;
+      for (index_t j = blk * block; j < j1; ++j) cosine[r * n + j] = canonical_dot(ui, unit_keys + j * dim, dim);
+    }
+  });
+}
+
+/// merged[r] = features[order[r]] + sum over its m nearest other patches (by cosine, accumulated
+/// in ascending index order) of attn[j] features[j]; m = 0: the kept row itself.
+template <class Policy, class Features, class Merged>
+void merge_neighbours(const Policy& policy, std::span<const float> attn, const Features& features,
+                      std::span<const token_index> order, std::span<const float> cosine, index_t m,
+                      const Merged& merged) {
+  using O = typename Merged::value_type;
+  const auto n = static_cast<index_t>(attn.size());
+  const index_t d = features.extent(1);
+  tokensel::detail::parallel_for(policy, static_cast<index_t>(order.size()), [&](index_t r) {
+    tokensel::detail::scratch_scope local;
+    auto cand = local.take<token_index>(static_cast<std::size_t>(n - 1));
+    auto acc = local.take_zeroed<float>(static_cast<std::size_t>(d));
+    const index_t i = order[r];
+    if (m > 0) {
+      index_t c = 0;
+      for (index_t j = 0; j < n; ++j) {
+        if (j != i) cand[c++] = static_cast<token_index>(j);
+      }
+      const tokensel::detail::rank_high_first nearer{cosine.data() + r * n};
+      if (m < n - 1) std::nth_element(cand.begin(), cand.begin() + (m - 1), cand.end(), nearer);
+      std::sort(cand.begin(), cand.begin() + m);  // accumulate in ascending index order
+      for (index_t t = 0; t < m; ++t) {
+        const index_t j = cand[t];
+        const float w = attn[j];
+        for (index_t col = 0; col < d; ++col) acc[col] += w * to_float(features(j, col));
+      }
+    }
+    for (index_t col = 0; col < d; ++col) merged(r, col) = from_float<O>(to_float(features(i, col)) + acc[col]);
+  });
+}
+
+/// The extra row: sum over the patches not kept of attn[j] features[j], into merged[row].
+template <class Features, class Merged>
+void extra_row(std::span<const float> attn, const Features& features, std::span<const unsigned char> kept, index_t row,
+               const Merged& merged, tokensel::detail::scratch_scope& scratch) {
+  using O = typename Merged::value_type;
+  const index_t d = features.extent(1);
+  auto acc = scratch.take_zeroed<float>(static_cast<std::size_t>(d));
+  for (index_t j = 0; j < static_cast<index_t>(attn.size()); ++j) {
+    if (kept[j]) continue;
+    const float w = attn[j];
+    for (index_t col = 0; col < d; ++col) acc[col] += w * to_float(features(j, col));
+  }
+  for (index_t col = 0; col < d; ++col) merged(row, col) = from_float<O>(acc[col]);
+}
+
+/// The output rows of the kept tokens order[0, res.count): copied (no merge), or merged with
+/// their nearest neighbours, then the extra row.
+template <class Policy, class Features, class Merged>
+void write_rows(const Policy& policy, std::span<const float> attn, const float* unit_keys, index_t dim,
+                const Features& features, const config& cfg, std::span<const token_index> order,
+                std::span<const unsigned char> kept, const result& res, const Merged& merged,
+                tokensel::detail::scratch_scope& scratch) {
+  using O = typename Merged::value_type;
+  const auto n = static_cast<index_t>(attn.size());
+  const index_t d = features.extent(1);
+  const auto chosen = order.first(static_cast<std::size_t>(res.count));
+  if (!cfg.merge) {
+    for (index_t r = 0; r < res.count; ++r) {
+      for (index_t c = 0; c < d; ++c) merged(r, c) = from_float<O>(to_float(features(order[r], c)));
+    }
+    return;
+  }
+  const index_t m = res.neighbours;
+  auto cosine = scratch.take<float>(static_cast<std::size_t>(m > 0 ? res.count * n : 0));
+  if (m > 0) kept_cosines(policy, unit_keys, dim, n, chosen, cosine);
+  merge_neighbours(policy, attn, features, chosen, cosine, m, merged);
+  if (res.extra_token) extra_row(attn, features, kept, res.count, merged, scratch);
+}
+
+/// Selection (and, when features are given, merge) from the patch attention a[n] (finite) and,
+/// for the merge, the unit patch keys [n, dim].
+template <class Policy, class Features, class Merged>
+result run(const Policy& policy, std::span<const float> attn, const float* unit_keys, index_t dim,
+           const Features& features, const config& cfg, std::span<token_index> out, const Merged& merged) {
+  constexpr bool with_features = !std::is_same_v<Features, no_features>;
+  const auto n = static_cast<index_t>(attn.size());
+  result res;
+  if (n == 0) return res;
+
+  tokensel::detail::scratch_scope scratch;
+  // order[0, count): kept indices in parity order (top-Kc descending, then grid ascending).
+  auto order = scratch.take<token_index>(static_cast<std::size_t>(n));
+  auto kept = scratch.take_zeroed<unsigned char>(static_cast<std::size_t>(n));
+  choose_tokens(attn, cfg, order, kept, res);
   if constexpr (with_features) {
     res.extra_token = cfg.merge && cfg.extra_token;
     if (cfg.merge) res.neighbours = std::min(cfg.neighbours, n - 1);
@@ -243,64 +339,8 @@ result run(const Policy& policy, std::span<const float> attn, const float* unit_
     }
   }
   std::copy(order.begin(), order.begin() + res.count, out.begin());
-  if constexpr (!with_features) {
-    return res;
-  } else {
-    const index_t d = features.extent(1);
-    using O = typename Merged::value_type;
-    if (!cfg.merge) {
-      for (index_t r = 0; r < res.count; ++r) {
-        for (index_t c = 0; c < d; ++c) merged(r, c) = from_float<O>(to_float(features(order[r], c)));
-      }
-      return res;
-    }
-    const index_t m = res.neighbours;
-    // Cosines of every kept token to every patch, [count, n]. Blocks of patch keys are reused
-    // across all kept tokens while they sit in cache; each entry is one canonical dot product,
-    // so the blocking does not change any bit.
-    auto cosine = scratch.take<float>(static_cast<std::size_t>(m > 0 ? res.count * n : 0));
-    if (m > 0) {
-      constexpr index_t block = 32;
-      tokensel::detail::parallel_for(policy, (n + block - 1) / block, [&](index_t blk) {
-        const index_t j1 = std::min(n, (blk + 1) * block);
-        for (index_t r = 0; r < res.count; ++r) {
-          const float* ui = unit_keys + order[r] * dim;
-          for (index_t j = blk * block; j < j1; ++j) cosine[r * n + j] = canonical_dot(ui, unit_keys + j * dim, dim);
-        }
-      });
-    }
-    tokensel::detail::parallel_for(policy, res.count, [&](index_t r) {
-      tokensel::detail::scratch_scope local;
-      auto cand = local.take<token_index>(static_cast<std::size_t>(n - 1));
-      auto acc = local.take_zeroed<float>(static_cast<std::size_t>(d));
-      const index_t i = order[r];
-      if (m > 0) {
-        index_t c = 0;
-        for (index_t j = 0; j < n; ++j) {
-          if (j != i) cand[c++] = static_cast<token_index>(j);
-        }
-        const tokensel::detail::rank_high_first nearer{cosine.data() + r * n};
-        if (m < n - 1) std::nth_element(cand.begin(), cand.begin() + (m - 1), cand.end(), nearer);
-        std::sort(cand.begin(), cand.begin() + m);  // accumulate in ascending index order
-        for (index_t t = 0; t < m; ++t) {
-          const index_t j = cand[t];
-          const float w = attn[j];
-          for (index_t col = 0; col < d; ++col) acc[col] += w * to_float(features(j, col));
-        }
-      }
-      for (index_t col = 0; col < d; ++col) merged(r, col) = from_float<O>(to_float(features(i, col)) + acc[col]);
-    });
-    if (res.extra_token) {
-      auto acc = scratch.take_zeroed<float>(static_cast<std::size_t>(d));
-      for (index_t j = 0; j < n; ++j) {
-        if (kept[j]) continue;
-        const float w = attn[j];
-        for (index_t col = 0; col < d; ++col) acc[col] += w * to_float(features(j, col));
-      }
-      for (index_t col = 0; col < d; ++col) merged(res.count, col) = from_float<O>(acc[col]);
-    }
-    return res;
-  }
+  if constexpr (with_features) write_rows(policy, attn, unit_keys, dim, features, cfg, order, kept, res, merged, scratch);
+  return res;
 }
 
 /// Q/K path: converts the keys, forms the CLS attention, normalises the patch keys, then runs.

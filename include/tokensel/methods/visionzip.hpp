@@ -178,6 +178,107 @@ void cls_scores(const Policy& policy, const qk_source<A>& attention, std::span<f
 
 }  // namespace detail
 
+namespace detail {
+
+template <element H, element O>
+void copy_row(const matrix_view<const H>& hidden, index_t src, const matrix_view<O>& features, index_t dst) {
+  for (index_t c = 0; c < hidden.extent(1); ++c) features(dst, c) = from_float<O>(to_float(hidden(src, c)));
+}
+
+/// 1. Dominant: CLS-row attention summed over heads (ascending head order), patches only; out[0]
+///    = 0 (CLS), out[1, dominant) the top dominant - 1 patches as sequence indices, ascending.
+template <cpu_policy Policy, class Source>
+void dominant_tokens(const Policy& policy, const Source& attention, index_t dominant, std::span<token_index> out,
+                     tokensel::detail::scratch_scope& scratch) {
+  auto score = scratch.take<float>(static_cast<std::size_t>(key_tokens(attention) - 1));
+  cls_scores(policy, attention, score);
+  out[0] = 0;
+  top_k<float>(as_view(std::span<const float>(score), "visionzip.cls_attention"), dominant - 1,
+               out.subspan(1, static_cast<std::size_t>(dominant - 1)), index_order::ascending);
+  for (index_t r = 1; r < dominant; ++r) out[r] += 1;  // patch index -> sequence index
+}
+
+/// Head-mean keys of the remaining tokens, L2-normalised, into unit [rest.size(), d_head]. A zero
+/// key vector stays zero (its similarity to every target is 0) where the official code would
+/// divide by zero.
+template <cpu_policy Policy, element K>
+void unit_keys(const Policy& policy, const tensor_view<const K, 3>& keys, std::span<const token_index> rest,
+               std::span<float> unit) {
+  const index_t kheads = keys.extent(0), dh = keys.extent(2);
+  tokensel::detail::parallel_for(policy, static_cast<index_t>(rest.size()), [&](index_t p) {
+    float* u = unit.data() + p * dh;
+    const index_t t = rest[static_cast<std::size_t>(p)];
+    for (index_t c = 0; c < dh; ++c) {
+      float s = 0.0f;
+      for (index_t h = 0; h < kheads; ++h) {
+        const float v = to_float(keys(h, t, c));
+        if (!std::isfinite(v)) tokensel::detail::fail(errc::non_finite, at3("visionzip.keys", h, t, c), v, "values must be finite");
+        s += v;
+      }
+      u[c] = s / static_cast<float>(kheads);
+    }
+    const float norm = std::sqrt(tokensel::detail::canonical_dot(u, u, dh));
+    if (norm > 0.0f) {
+      for (index_t c = 0; c < dh; ++c) u[c] = u[c] / norm;
+    }
+  });
+}
+
+/// owner[p]: -1 for the targets (remaining positions t * step, t < contextual), else the target
+/// whose unit key is most similar (strict >: ties go to the first target).
+template <cpu_policy Policy>
+void assign_to_targets(const Policy& policy, std::span<const float> unit, index_t dh, index_t contextual, index_t step,
+                       std::span<index_t> owner) {
+  tokensel::detail::parallel_for(policy, static_cast<index_t>(owner.size()), [&](index_t p) {
+    if (p % step == 0 && p / step < contextual) {
+      owner[static_cast<std::size_t>(p)] = -1;
+      return;
+    }
+    const float* u = unit.data() + p * dh;
+    index_t best = 0;
+    float best_sim = tokensel::detail::canonical_dot(u, unit.data(), dh);
+    for (index_t t = 1; t < contextual; ++t) {
+      const float sim = tokensel::detail::canonical_dot(u, unit.data() + t * step * dh, dh);
+      if (sim > best_sim) {
+        best_sim = sim;
+        best = t;
+      }
+    }
+    owner[static_cast<std::size_t>(p)] = best;
+  });
+}
+
+/// Output rows: the dominant rows, then for each target its row + the mean of its assigned rows
+/// (summed in ascending token order); out[dominant + t] = target t's sequence index.
+template <cpu_policy Policy, element H, element O>
+void write_rows(const Policy& policy, const matrix_view<const H>& hidden, std::span<const token_index> rest,
+                std::span<const index_t> owner, index_t dominant, index_t contextual, index_t step,
+                std::span<token_index> out, const matrix_view<O>& features) {
+  const index_t d = hidden.extent(1), remaining = static_cast<index_t>(rest.size());
+  tokensel::detail::parallel_for(policy, dominant + contextual, [&](index_t r) {
+    if (r < dominant) {
+      copy_row(hidden, out[r], features, r);
+      return;
+    }
+    const index_t t = r - dominant, target = rest[static_cast<std::size_t>(t * step)];
+    out[r] = static_cast<token_index>(target);
+    tokensel::detail::scratch_scope local;
+    auto acc = local.take_zeroed<float>(static_cast<std::size_t>(d));
+    index_t assigned = 0;
+    for (index_t p = 0; p < remaining; ++p) {
+      if (owner[static_cast<std::size_t>(p)] != t) continue;
+      ++assigned;
+      for (index_t c = 0; c < d; ++c) acc[c] += to_float(hidden(rest[static_cast<std::size_t>(p)], c));
+    }
+    const float count = static_cast<float>(assigned > 0 ? assigned : 1);
+    for (index_t c = 0; c < d; ++c) {
+      features(r, c) = from_float<O>(to_float(hidden(target, c)) + acc[c] / count);
+    }
+  });
+}
+
+}  // namespace detail
+
 /// One sample.
 ///   attention [heads, N, N] (or [heads, 1, N]: only the CLS query row 0 is read), CLS at token 0,
 ///             or its qk_source (queries [heads, N or 1, d], keys [heads, N, d]; scale, GQA);
@@ -192,111 +293,44 @@ template <cpu_policy Policy, attention_source Source, element K, element H, elem
 result select(const Policy& policy, const Source& attention, const tensor_view<const K, 3>& keys,
               const matrix_view<const H>& hidden, const config& cfg, std::span<token_index> out,
               const matrix_view<O>& features) {
-  using tokensel::detail::fail;
   validate(cfg);
   detail::check_shapes(attention, keys, hidden, features, cfg);
   const index_t n = key_tokens(attention);
   const index_t k = keep_count(n, cfg);
   tokensel::detail::check_capacity(out.size(), k, "visionzip.out.size()");
   if (features.extent(0) < k) {
-    fail(errc::shape_mismatch, "visionzip.features.extent(0)", features.extent(0),
-         "below the " + std::to_string(k) + " output rows");
+    tokensel::detail::fail(errc::shape_mismatch, "visionzip.features.extent(0)", features.extent(0),
+                           "below the " + std::to_string(k) + " output rows");
   }
   result res;
   if (n == 0) return res;
 
-  const index_t dominant = cfg.dominant, contextual = cfg.contextual, d = hidden.extent(1);
+  const index_t dominant = cfg.dominant, contextual = cfg.contextual;
   const index_t remaining = n - dominant;
   tokensel::detail::scratch_scope scratch;
-
-  // 1. Dominant: CLS-row attention summed over heads (ascending head order), patches only.
-  auto score = scratch.take<float>(static_cast<std::size_t>(n - 1));
-  detail::cls_scores(policy, attention, score);
-  out[0] = 0;
-  top_k<float>(as_view(std::span<const float>(score), "visionzip.cls_attention"), dominant - 1,
-               out.subspan(1, static_cast<std::size_t>(dominant - 1)), index_order::ascending);
-  for (index_t r = 1; r < dominant; ++r) out[r] += 1;  // patch index -> sequence index
-
-  auto copy_row = [&](index_t src, index_t dst) {
-    for (index_t c = 0; c < d; ++c) features(dst, c) = from_float<O>(to_float(hidden(src, c)));
-  };
-
+  detail::dominant_tokens(policy, attention, dominant, out, scratch);
   res.dominant = dominant;
   res.count = dominant;
   if (contextual == 0) {
-    tokensel::detail::parallel_for(policy, dominant, [&](index_t r) { copy_row(out[r], r); });
+    tokensel::detail::parallel_for(policy, dominant, [&](index_t r) { detail::copy_row(hidden, out[r], features, r); });
     return res;
   }
 
-  // 2. Remaining tokens, ascending (CLS is dominant, so never among them).
+  // 2. Remaining tokens, ascending (CLS is dominant, so never among them), and their unit keys.
   auto rest = scratch.take<token_index>(static_cast<std::size_t>(remaining));
   complement(std::span<const token_index>(out.data(), static_cast<std::size_t>(dominant)), n, rest);
-
-  // Head-mean keys of the remaining tokens, L2-normalised. A zero key vector stays zero (its
-  // similarity to every target is 0) where the official code would divide by zero.
-  const index_t kheads = keys.extent(0), dh = keys.extent(2);
+  const index_t dh = keys.extent(2);
   auto unit = scratch.take<float>(static_cast<std::size_t>(remaining * dh));
-  tokensel::detail::parallel_for(policy, remaining, [&](index_t p) {
-    float* u = unit.data() + p * dh;
-    const index_t t = rest[p];
-    for (index_t c = 0; c < dh; ++c) {
-      float s = 0.0f;
-      for (index_t h = 0; h < kheads; ++h) {
-        const float v = to_float(keys(h, t, c));
-        if (!std::isfinite(v)) fail(errc::non_finite, detail::at3("visionzip.keys", h, t, c), v, "values must be finite");
-        s += v;
-      }
-      u[c] = s / static_cast<float>(kheads);
-    }
-    const float norm = std::sqrt(tokensel::detail::canonical_dot(u, u, dh));
-    if (norm > 0.0f) {
-      for (index_t c = 0; c < dh; ++c) u[c] = u[c] / norm;
-    }
-  });
+  detail::unit_keys(policy, keys, rest, unit);
 
-  // 3. Targets at remaining positions t * step; assign every other remaining token to its most
-  //    similar target (strict >: ties go to the first target).
+  // 3. Targets at remaining positions t * step; every other remaining token goes to its most
+  //    similar target.
   const index_t step = remaining / contextual > 1 ? remaining / contextual : 1;
   auto owner = scratch.take<index_t>(static_cast<std::size_t>(remaining));  // -1 for targets
-  tokensel::detail::parallel_for(policy, remaining, [&](index_t p) {
-    if (p % step == 0 && p / step < contextual) {
-      owner[p] = -1;
-      return;
-    }
-    const float* u = unit.data() + p * dh;
-    index_t best = 0;
-    float best_sim = tokensel::detail::canonical_dot(u, unit.data(), dh);
-    for (index_t t = 1; t < contextual; ++t) {
-      const float sim = tokensel::detail::canonical_dot(u, unit.data() + t * step * dh, dh);
-      if (sim > best_sim) {
-        best_sim = sim;
-        best = t;
-      }
-    }
-    owner[p] = best;
-  });
+  detail::assign_to_targets(policy, unit, dh, contextual, step, owner);
 
-  // 4. Output rows: dominant rows, then target + mean(assigned), summed in ascending token order.
-  tokensel::detail::parallel_for(policy, dominant + contextual, [&](index_t r) {
-    if (r < dominant) {
-      copy_row(out[r], r);
-      return;
-    }
-    const index_t t = r - dominant, target = rest[t * step];
-    out[r] = static_cast<token_index>(target);
-    tokensel::detail::scratch_scope local;
-    auto acc = local.take_zeroed<float>(static_cast<std::size_t>(d));
-    index_t assigned = 0;
-    for (index_t p = 0; p < remaining; ++p) {
-      if (owner[p] != t) continue;
-      ++assigned;
-      for (index_t c = 0; c < d; ++c) acc[c] += to_float(hidden(rest[p], c));
-    }
-    const float count = static_cast<float>(assigned > 0 ? assigned : 1);
-    for (index_t c = 0; c < d; ++c) {
-      features(r, c) = from_float<O>(to_float(hidden(target, c)) + acc[c] / count);
-    }
-  });
+  // 4. Output rows: dominant rows, then target + mean(assigned).
+  detail::write_rows(policy, hidden, rest, owner, dominant, contextual, step, out, features);
   res.contextual = contextual;
   res.count = dominant + contextual;
   res.merged = remaining - contextual;
