@@ -153,6 +153,8 @@ TEST(SafetensorsHostile, HeaderLength) {
   expect_open_error(std::string("\x02\0\0\0", 4), errc::parse_error, "file too short");
   expect_open_error(st_image("{}", "").substr(0, 9), errc::parse_error,
                     "header length 2 runs beyond the end of the file (9 bytes)");
+  // Length 0 (a fuzz finding: the empty header reached memchr with a null pointer).
+  expect_open_error(std::string(8, '\0') + "abcd", errc::parse_error, "header length 0: the JSON header is empty");
   std::string huge = st_image("{}", "");
   huge[7] = '\x7f';
   expect_open_error(huge, errc::parse_error, "safetensors.header_len");

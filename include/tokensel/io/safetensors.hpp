@@ -209,6 +209,7 @@ class file {
 
     // The format pads the JSON with spaces; a NUL byte (or any control byte outside a string)
     // is not JSON, and nlohmann would stop at a NUL as if the text ended there.
+    if (raw.empty()) detail::parse_fail("header_len", name, "header length 0: the JSON header is empty");
     if (const void* nul = std::memchr(text, 0, raw.size()); nul != nullptr) {
       detail::parse_fail("header", name,
                          "NUL byte at header offset " + std::to_string(static_cast<const char*>(nul) - text) +
