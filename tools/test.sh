@@ -5,15 +5,17 @@
 #   bundle: tools/gpu-bundle.sh packs the main build's CUDA binaries (no recompiling) and checks
 #      the size limit, then runs the bundle's gpu-check.sh here (no GPU: every step must skip
 #      with its reason and the summary table must still come out)
+#   python: tools/python-test.sh: pip install ./python (nanobind extension) + pytest python/tests
+#      (CLI / llava-runtime parity against the main build's binaries, transformers example)
 #   2. conan create (offline profile) with its test_package
 #   3. libFuzzer targets, FUZZ_SECONDS (default 20) each from the committed seed corpora
 #   4. AddressSanitizer + UndefinedBehaviorSanitizer build + ctest (last: its summary closes the log)
-# TOKENSEL_STAGES (default "main bundle conan fuzz sanitize") picks stages; missing packages are
+# TOKENSEL_STAGES (default "main bundle python conan fuzz sanitize") picks stages; missing packages are
 # installed first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install-deps.sh
-stages=" ${TOKENSEL_STAGES:-main bundle conan fuzz sanitize} "
+stages=" ${TOKENSEL_STAGES:-main bundle python conan fuzz sanitize} "
 jobs=${TOKENSEL_JOBS:-$(nproc)}
 export TOKENSEL_JOBS=$jobs
 timing=""
@@ -47,6 +49,7 @@ bundle_stage() {
 }
 case $stages in *" main "*) stage main main_stage ;; esac
 case $stages in *" bundle "*) stage bundle bundle_stage ;; esac
+case $stages in *" python "*) stage python bash tools/python-test.sh ;; esac
 case $stages in *" conan "*) stage conan bash tools/conan-create.sh ;; esac
 case $stages in *" fuzz "*) FUZZ_SECONDS=${FUZZ_SECONDS:-20} stage fuzz bash tools/fuzz.sh ;; esac
 echo "stage times so far: ${timing:-none}"
