@@ -109,6 +109,27 @@ inline void check_grid_extents(const token_grid& grid, std::string_view name) {
   }
 }
 
+/// with_budget of the baselines configured by ratio or count: a fraction is the ratio, a count
+/// the count (at most n).
+template <class Config>
+Config ratio_or_count(const tokensel::budget& b, index_t n, Config base, const char* method) {
+  base.ratio.reset();
+  base.count.reset();
+  if (b.is_fraction()) {
+    base.ratio = b.fraction_value();
+  } else {
+    base.count = b.tokens(n, method);
+  }
+  return base;
+}
+
+/// requirements of a baseline that reads nothing from the model and keeps `keep` tokens.
+inline method_requirements reads_nothing(index_t keep) {
+  method_requirements r;
+  r.keep = r.output_rows = keep;
+  return r;
+}
+
 /// Uniform grid: rows used for k of rows x cols tokens (k >= 1): kr = round(sqrt(k rows / cols))
 /// clamped to [ceil(k / cols), min(rows, k)]. Both backends size the grid with this.
 inline index_t uniform_rows_used(index_t k, index_t rows, index_t cols) {
@@ -140,22 +161,13 @@ inline void validate(const config& cfg) { detail::check_budget(cfg.ratio, cfg.co
 
 /// The config that keeps `b` of n tokens (a fraction is the ratio, a count the count).
 [[nodiscard]] inline config with_budget(const budget& b, index_t n, config base = {}) {
-  base.ratio.reset();
-  base.count.reset();
-  if (b.is_fraction()) {
-    base.ratio = b.fraction_value();
-  } else {
-    base.count = b.tokens(n, "random");
-  }
-  return base;
+  return detail::ratio_or_count(b, n, base, "random");
 }
 
 /// random reads nothing from the model: it keeps keep_count(n) tokens.
 [[nodiscard]] inline method_requirements requirements(const config& cfg, const model_shape& shape) {
   tokensel::detail::check_model_shape(shape, "random");
-  method_requirements r;
-  r.keep = r.output_rows = keep_count(shape.visual_tokens, cfg);
-  return r;
+  return detail::reads_nothing(keep_count(shape.visual_tokens, cfg));
 }
 
 /// Stream s of a seed: splitmix64 started at seed + s * 0xD1B54A32D192ED03 (batched sample b uses
@@ -237,22 +249,13 @@ inline void validate(const config& cfg) { detail::check_budget(cfg.ratio, cfg.co
 
 /// The config that keeps `b` of n tokens (a fraction is the ratio, a count the count).
 [[nodiscard]] inline config with_budget(const budget& b, index_t n, config base = {}) {
-  base.ratio.reset();
-  base.count.reset();
-  if (b.is_fraction()) {
-    base.ratio = b.fraction_value();
-  } else {
-    base.count = b.tokens(n, "uniform");
-  }
-  return base;
+  return detail::ratio_or_count(b, n, base, "uniform");
 }
 
 /// uniform reads nothing from the model: it keeps keep_count(n) tokens on the patch grid.
 [[nodiscard]] inline method_requirements requirements(const config& cfg, const model_shape& shape) {
   tokensel::detail::check_model_shape(shape, "uniform");
-  method_requirements r;
-  r.keep = r.output_rows = keep_count(shape.visual_tokens, cfg);
-  return r;
+  return detail::reads_nothing(keep_count(shape.visual_tokens, cfg));
 }
 
 /// On a rows x cols grid (row-major), k tokens:
