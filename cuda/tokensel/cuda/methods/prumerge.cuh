@@ -186,23 +186,12 @@ __global__ void __launch_bounds__(block) scores_kernel(const args a, int first) 
   if (!finite_f32(v)) flag(a, b, attention_value, static_cast<unsigned>(j));
 }
 
-/// Block per sample: the CLS softmax, IQR fences, top-Kc, grid, order, counts and statistics.
-template <int Dummy = 0>
-__global__ void __launch_bounds__(block) select_kernel(const args a, int first) {
-  const int b = first + static_cast<int>(blockIdx.x);
-  const int tid = static_cast<int>(threadIdx.x);
-  const int n = a.n;
-  float* e = a.logit + b * (a.vec + 1);
-  float* attn = a.attn + b * a.vec;
-  int* order = a.order + b * a.vec;
-  int* kept = a.kept + b * a.vec;
-  token_index* out = a.out + b * a.out_stride;
-  __shared__ float red[block / 32];
-  __shared__ float total;
-  // Logits: non-finite -> prumerge.logits[j] (the CPU checks them before anything else here).
+/// select_kernel's logit check: non-finite -> prumerge.logits[j] (the CPU checks them before
+/// anything else here). m becomes this thread's max of its finite share; returns whether it saw a
+/// non-finite logit.
+__device__ __forceinline__ bool check_logits(const args& a, int b, const float* e, float& m) {
   bool bad = false;
-  float m = -INFINITY;
-  for (int j = tid; j <= n && a.from_scores == 0; j += block) {
+  for (int j = static_cast<int>(threadIdx.x); j <= a.n && a.from_scores == 0; j += block) {
     const float v = e[j];
     if (!finite_f32(v)) {
       record(a.status, status_site::keys_value, logits_value, static_cast<unsigned>(b + a.sample0), static_cast<unsigned>(j));
@@ -211,19 +200,13 @@ __global__ void __launch_bounds__(block) select_kernel(const args a, int first) 
       m = std_max(m, v);  // the max of finite values: order-free (a zero's sign never matters below)
     }
   }
-  const bool skipped = __syncthreads_or((bad || a.skip[b] != 0) ? 1 : 0) != 0;
-  if (skipped || n == 0) {
-    if (tid == 0) {
-      a.count[b] = 0;
-      a.counts[b] = 0;
-      if (a.results != nullptr) a.results[b] = result{};
-    }
-    return;
-  }
-  if (a.from_scores == 0) softmax(a, e, attn, m, red, &total);
-  const quartiles q = block_quartiles<block>(attn, n);
-  const double upper = upper_fence(q.q1, q.q3, a.multiplier), lower = lower_fence(q.q1, q.q3, a.multiplier);
-  // Outliers (strict >) are exactly the top-Kc; their ranks give the parity order.
+  return bad;
+}
+
+/// Outliers (strict > upper) are exactly the top-Kc: kept[j] = 1 for them, order[0 .. kc) their
+/// ranks (the parity order). Returns kc. Ends with a barrier.
+__device__ __forceinline__ int rank_outliers(const args& a, const float* attn, int* kept, int* order, double upper) {
+  const int tid = static_cast<int>(threadIdx.x), n = a.n;
   __shared__ int outliers_sh;
   if (tid == 0) outliers_sh = 0;
   __syncthreads();
@@ -244,60 +227,106 @@ __global__ void __launch_bounds__(block) select_kernel(const args a, int first) 
     order[rank] = j;  // rank < kc: only outliers beat an outlier
   }
   __syncthreads();
-  using scan_t = cub::BlockScan<int, block>;
-  __shared__ typename scan_t::TempStorage scratch;
+  return kc;
+}
+
+using select_scan = cub::BlockScan<int, block>;
+
+/// PruMerge+ grid after the kc outliers: every stride-th patch not already kept is appended to
+/// order (kept = 2: a grid token, not an outlier). Returns the kept count; stride is set.
+__device__ __forceinline__ int add_plus_grid(const args& a, int kc, int* kept, int* order, int& stride,
+                                             typename select_scan::TempStorage& scratch) {
+  const int tid = static_cast<int>(threadIdx.x), n = a.n;
+  stride = static_cast<int>(prumerge::detail::plus_grid_stride(n, kc));  // the CPU's rules
+  const int cells = static_cast<int>(prumerge::detail::grid_size(n, stride));
+  int base = 0;
+  for (int g0 = 0; g0 < cells; g0 += block) {
+    const int g = g0 + tid;
+    const int add = (g < cells && kept[g * stride] == 0) ? 1 : 0;
+    int pos = 0, sum = 0;
+    select_scan(scratch).ExclusiveSum(add, pos, sum);
+    if (add != 0) {
+      order[kc + base + pos] = g * stride;
+      kept[g * stride] = 2;  // a grid token (not an outlier): still kept
+    }
+    base += sum;
+    __syncthreads();
+  }
+  return kc + base;
+}
+
+/// The fixed order: order = the kept indices ascending.
+__device__ __forceinline__ void order_ascending(const args& a, const int* kept, int* order,
+                                                typename select_scan::TempStorage& scratch) {
+  const int tid = static_cast<int>(threadIdx.x), n = a.n;
+  int base = 0;
+  for (int j0 = 0; j0 < n; j0 += block) {
+    const int j = j0 + tid;
+    const int k = (j < n && kept[j] != 0) ? 1 : 0;
+    int pos = 0, sum = 0;
+    select_scan(scratch).ExclusiveSum(k, pos, sum);
+    if (k != 0) order[base + pos] = j;
+    base += sum;
+    __syncthreads();
+  }
+}
+
+/// Thread 0 of select_kernel: the sample's count and (when asked) its statistics.
+__device__ __forceinline__ void write_result(const args& a, int b, int count, int kc, int stride, const quartiles& q,
+                                             double upper, double lower) {
+  a.count[b] = count;
+  a.counts[b] = count;
+  if (a.results == nullptr) return;
+  result& res = a.results[b];
+  res.count = count;
+  res.outliers = kc;
+  res.grid = count - kc;
+  res.stride = stride;
+  res.neighbours = a.with_features != 0 && a.merge != 0 ? a.neighbours : 0;
+  res.extra_token = a.with_features != 0 && a.merge != 0 && a.extra != 0;
+  res.iqr.count = kc;
+  res.iqr.q1 = q.q1;
+  res.iqr.q3 = q.q3;
+  res.iqr.upper_fence = upper;
+  res.iqr.lower_fence = lower;
+}
+
+/// Block per sample: the CLS softmax, IQR fences, top-Kc, grid, order, counts and statistics.
+template <int Dummy = 0>
+__global__ void __launch_bounds__(block) select_kernel(const args a, int first) {
+  const int b = first + static_cast<int>(blockIdx.x);
+  const int tid = static_cast<int>(threadIdx.x);
+  const int n = a.n;
+  float* e = a.logit + b * (a.vec + 1);
+  float* attn = a.attn + b * a.vec;
+  int* order = a.order + b * a.vec;
+  int* kept = a.kept + b * a.vec;
+  token_index* out = a.out + b * a.out_stride;
+  __shared__ float red[block / 32];
+  __shared__ float total;
+  float m = -INFINITY;
+  const bool bad = check_logits(a, b, e, m);
+  const bool skipped = __syncthreads_or((bad || a.skip[b] != 0) ? 1 : 0) != 0;
+  if (skipped || n == 0) {
+    if (tid == 0) {
+      a.count[b] = 0;
+      a.counts[b] = 0;
+      if (a.results != nullptr) a.results[b] = result{};
+    }
+    return;
+  }
+  if (a.from_scores == 0) softmax(a, e, attn, m, red, &total);
+  const quartiles q = block_quartiles<block>(attn, n);
+  const double upper = upper_fence(q.q1, q.q3, a.multiplier), lower = lower_fence(q.q1, q.q3, a.multiplier);
+  const int kc = rank_outliers(a, attn, kept, order, upper);
+  __shared__ typename select_scan::TempStorage scratch;
   int count = kc, stride = 0;
-  if (a.plus != 0 && kc > 0) {
-    stride = static_cast<int>(prumerge::detail::plus_grid_stride(n, kc));  // the CPU's rules
-    const int cells = static_cast<int>(prumerge::detail::grid_size(n, stride));
-    int base = 0;
-    for (int g0 = 0; g0 < cells; g0 += block) {
-      const int g = g0 + tid;
-      const int add = (g < cells && kept[g * stride] == 0) ? 1 : 0;
-      int pos = 0, sum = 0;
-      scan_t(scratch).ExclusiveSum(add, pos, sum);
-      if (add != 0) {
-        order[kc + base + pos] = g * stride;
-        kept[g * stride] = 2;  // a grid token (not an outlier): still kept
-      }
-      base += sum;
-      __syncthreads();
-    }
-    count = kc + base;
-  }
+  if (a.plus != 0 && kc > 0) count = add_plus_grid(a, kc, kept, order, stride, scratch);
   __syncthreads();
-  if (a.parity == 0) {  // ascending kept indices
-    int base = 0;
-    for (int j0 = 0; j0 < n; j0 += block) {
-      const int j = j0 + tid;
-      const int k = (j < n && kept[j] != 0) ? 1 : 0;
-      int pos = 0, sum = 0;
-      scan_t(scratch).ExclusiveSum(k, pos, sum);
-      if (k != 0) order[base + pos] = j;
-      base += sum;
-      __syncthreads();
-    }
-  }
+  if (a.parity == 0) order_ascending(a, kept, order, scratch);  // ascending kept indices
   __syncthreads();
   for (int r = tid; r < count; r += block) out[r] = order[r];
-  if (tid == 0) {
-    a.count[b] = count;
-    a.counts[b] = count;
-    if (a.results != nullptr) {
-      result& res = a.results[b];
-      res.count = count;
-      res.outliers = kc;
-      res.grid = count - kc;
-      res.stride = stride;
-      res.neighbours = a.with_features != 0 && a.merge != 0 ? a.neighbours : 0;
-      res.extra_token = a.with_features != 0 && a.merge != 0 && a.extra != 0;
-      res.iqr.count = kc;
-      res.iqr.q1 = q.q1;
-      res.iqr.q3 = q.q3;
-      res.iqr.upper_fence = upper;
-      res.iqr.lower_fence = lower;
-    }
-  }
+  if (tid == 0) write_result(a, b, count, kc, stride, q, upper, lower);
 }
 
 inline constexpr int cosine_rows = 8;  // kept rows per block of the cosine stage

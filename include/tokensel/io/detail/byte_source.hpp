@@ -107,57 +107,43 @@ inline std::string read_file(const std::filesystem::path& path, std::uint64_t ma
   return out;
 }
 
-/// The checked write: bytes become the content of path, or an io_error is thrown and nothing is
-/// left behind. A regular (or new) target is written to a temporary file in the same folder,
-/// flushed, closed, checked and renamed over the target; an existing device, FIFO with a reader
-/// or other special file is written in place (never created), and a FIFO without a reader is an
-/// error, not a hang. `what` names the output for messages ("--out", "overlay").
-inline void write_file(const std::filesystem::path& path, std::span<const std::byte> bytes, std::string_view what = "file") {
-  namespace fs = std::filesystem;
-  const std::string name = path.string();
-  const std::string who(what);
-  std::error_code ec;
-  const auto st = fs::status(path, ec);
-  if (ec && ec != std::errc::no_such_file_or_directory) {
-    if (ec == std::errc::too_many_symbolic_link_levels) {
-      fail(errc::io_error, who, name, "cannot write: a loop of symbolic links (too many levels)");
-    }
-    fail(errc::io_error, who, name, "cannot write: " + ec.message());
-  }
-  if (fs::exists(st) && fs::is_directory(st)) fail(errc::io_error, who, name, "cannot write: is a directory");
 #if defined(TOKENSEL_HAVE_POSIX_IO)
-  if (fs::exists(st) && !fs::is_regular_file(st)) {
-    // In place, never created; O_NONBLOCK so a FIFO without a reader fails (ENXIO) instead of
-    // blocking; then blocking writes.
-    const int fd = ::open(name.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0) {
-      const int e = errno;
-      fail(errc::io_error, who, name,
-           std::string("cannot open for writing: ") +
-               (e == ENXIO ? "a FIFO with no reader" : std::generic_category().message(e)));
-    }
-    const int flags = ::fcntl(fd, F_GETFL);
-    if (flags >= 0) ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
-    std::size_t done = 0;
-    while (done < bytes.size()) {
-      const auto n = ::write(fd, bytes.data() + done, bytes.size() - done);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        const int e = errno;
-        ::close(fd);
-        fail(errc::io_error, who, name, "write failed: " + std::generic_category().message(e));
-      }
-      done += static_cast<std::size_t>(n);
-    }
-    if (::close(fd) != 0) {
-      fail(errc::io_error, who, name, "write failed on close: " + std::generic_category().message(errno));
-    }
-    return;
+/// write_file's in-place write of an existing special file (device, FIFO): never created;
+/// O_NONBLOCK so a FIFO without a reader fails (ENXIO) instead of blocking; then blocking writes.
+inline void write_special_in_place(const std::string& name, std::span<const std::byte> bytes, const std::string& who) {
+  const int fd = ::open(name.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    const int e = errno;
+    fail(errc::io_error, who, name,
+         std::string("cannot open for writing: ") +
+             (e == ENXIO ? "a FIFO with no reader" : std::generic_category().message(e)));
   }
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags >= 0) ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+  std::size_t done = 0;
+  while (done < bytes.size()) {
+    const auto n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int e = errno;
+      ::close(fd);
+      fail(errc::io_error, who, name, "write failed: " + std::generic_category().message(e));
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  if (::close(fd) != 0) {
+    fail(errc::io_error, who, name, "write failed on close: " + std::generic_category().message(errno));
+  }
+}
 #endif
-  // A temporary next to the target (same file system, so the rename is atomic).
+
+/// write_file's temporary next to the target (same file system, so the rename is atomic), opened
+/// exclusively (never follows or reuses an existing name); its name goes to tmp. Throws when no
+/// name can be opened.
+inline std::FILE* open_temporary_beside(const std::filesystem::path& path, std::string& tmp, const std::string& name,
+                                        const std::string& who) {
+  namespace fs = std::filesystem;
   const fs::path dir = path.has_parent_path() ? path.parent_path() : fs::path(".");
-  std::string tmp;
   std::FILE* f = nullptr;
   for (unsigned attempt = 0; attempt < 100 && f == nullptr; ++attempt) {
     const auto salt = static_cast<unsigned long long>(reinterpret_cast<std::uintptr_t>(&tmp)) ^
@@ -178,6 +164,35 @@ inline void write_file(const std::filesystem::path& path, std::span<const std::b
   if (f == nullptr) {
     fail(errc::io_error, who, name, "cannot open for writing: " + std::generic_category().message(errno));
   }
+  return f;
+}
+
+/// The checked write: bytes become the content of path, or an io_error is thrown and nothing is
+/// left behind. A regular (or new) target is written to a temporary file in the same folder,
+/// flushed, closed, checked and renamed over the target; an existing device, FIFO with a reader
+/// or other special file is written in place (never created), and a FIFO without a reader is an
+/// error, not a hang. `what` names the output for messages ("--out", "overlay").
+inline void write_file(const std::filesystem::path& path, std::span<const std::byte> bytes, std::string_view what = "file") {
+  namespace fs = std::filesystem;
+  const std::string name = path.string();
+  const std::string who(what);
+  std::error_code ec;
+  const auto st = fs::status(path, ec);
+  if (ec && ec != std::errc::no_such_file_or_directory) {
+    if (ec == std::errc::too_many_symbolic_link_levels) {
+      fail(errc::io_error, who, name, "cannot write: a loop of symbolic links (too many levels)");
+    }
+    fail(errc::io_error, who, name, "cannot write: " + ec.message());
+  }
+  if (fs::exists(st) && fs::is_directory(st)) fail(errc::io_error, who, name, "cannot write: is a directory");
+#if defined(TOKENSEL_HAVE_POSIX_IO)
+  if (fs::exists(st) && !fs::is_regular_file(st)) {
+    write_special_in_place(name, bytes, who);
+    return;
+  }
+#endif
+  std::string tmp;
+  std::FILE* f = open_temporary_beside(path, tmp, name, who);
   bool ok = bytes.empty() || std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
   int e = ok ? 0 : errno;
   if (std::fflush(f) != 0 && ok) { ok = false; e = errno; }
