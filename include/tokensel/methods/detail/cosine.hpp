@@ -1,0 +1,77 @@
+// tokensel internals: unit rows and cosine similarities of feature rows, shared by the
+// feature-similarity methods (DivPrune, DART, VisPruner).
+//
+// A row x (widened to fp32, optionally scaled channel-wise by w) becomes u = x / ||x||, the norm
+// being sqrt of the canonical fp32 dot of x with itself (detail/reduce.hpp) and each element
+// divided by it (one rounded division, as the CUDA backend's fdiv). A zero row stays zero, so its
+// cosine with every row is 0 (the official codes would divide by zero). The cosine of two rows
+// is the canonical dot of their unit rows: symmetric bit for bit (products commute).
+#pragma once
+
+#include <cmath>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "tokensel/core/config.hpp"
+#include "tokensel/core/element.hpp"
+#include "tokensel/core/error.hpp"
+#include "tokensel/core/tensor_view.hpp"
+#include "tokensel/detail/arith.hpp"
+#include "tokensel/detail/parallel.hpp"
+#include "tokensel/detail/reduce.hpp"
+
+TOKENSEL_BEGIN_NAMESPACE
+namespace detail {
+
+/// unit[r * D, (r + 1) * D) = the unit vector of x(rows[r], :) (scaled by `weight` when it is not
+/// empty). rows may be null: then row r is x's row r. Non-finite inputs throw, naming `name`
+/// and the element's (row, channel).
+template <class Policy, element X, element W = float>
+void unit_feature_rows(const Policy& policy, const matrix_view<const X>& x, const token_index* rows, index_t count,
+               std::span<float> unit, std::string_view name,
+               const vector_view<const W>& weight = vector_view<const W>{}) {
+  const index_t d = x.extent(1);
+  const bool weighted = weight.extent(0) > 0;
+  tokensel::detail::parallel_for(policy, count, [&](index_t r) {
+    const index_t t = rows ? static_cast<index_t>(rows[r]) : r;
+    float* u = unit.data() + r * d;
+    for (index_t c = 0; c < d; ++c) {
+      const float v = to_float(x(t, c));
+      if (!std::isfinite(v)) {
+        tokensel::detail::fail(errc::non_finite, std::string(name) + "[" + std::to_string(t) + ", " + std::to_string(c) + "]",
+                               v, "values must be finite");
+      }
+      u[c] = weighted ? tokensel::detail::fmul(v, to_float(weight(c))) : v;
+    }
+    const float norm = std::sqrt(tokensel::detail::canonical_dot(u, u, d));
+    if (norm > 0.0f && std::isfinite(norm)) {
+      for (index_t c = 0; c < d; ++c) u[c] = tokensel::detail::fdiv(u[c], norm);
+    } else if (!(norm > 0.0f)) {
+      for (index_t c = 0; c < d; ++c) u[c] = 0.0f;
+    } else {
+      tokensel::detail::fail(errc::non_finite, std::string(name) + "[" + std::to_string(t) + ", :]", norm,
+                             "the row's norm overflows fp32");
+    }
+  });
+}
+
+/// Cosine of unit rows a and b (length d).
+inline float unit_cosine(const float* a, const float* b, index_t d) noexcept { return tokensel::detail::canonical_dot(a, b, d); }
+
+/// Checks a channel weight: empty, or d finite values.
+template <element W>
+void check_channel_weight(const vector_view<const W>& weight, index_t d, std::string_view name) {
+  if (weight.extent(0) == 0) return;
+  if (weight.extent(0) != d) {
+    tokensel::detail::fail(errc::shape_mismatch, std::string(name) + ".extent(0)", weight.extent(0),
+                           "must be 0 (no weight) or the feature width " + std::to_string(d));
+  }
+  for (index_t c = 0; c < d; ++c) {
+    const float w = to_float(weight(c));
+    if (!std::isfinite(w)) tokensel::detail::fail(errc::non_finite, std::string(name) + "[" + std::to_string(c) + "]", w, "must be finite");
+  }
+}
+
+}  // namespace detail
+TOKENSEL_END_NAMESPACE
