@@ -13,12 +13,15 @@
 #include <vector>
 
 #include "tokensel/methods/baselines.hpp"
+#include "tokensel/methods/dart.hpp"
+#include "tokensel/methods/divprune.hpp"
 #include "tokensel/methods/fastv.hpp"
 #include "tokensel/methods/fitprune.hpp"
 #include "tokensel/methods/fopru.hpp"
 #include "tokensel/methods/freepruner.hpp"
 #include "tokensel/methods/prumerge.hpp"
 #include "tokensel/methods/visionzip.hpp"
+#include "tokensel/methods/vispruner.hpp"
 #include "tokensel/select/gather.hpp"
 #include "tokensel/select/top_k.hpp"
 
@@ -132,6 +135,27 @@ TYPED_TEST(NoAllocation, EncoderMethods) {
   EXPECT_NO_ALLOCATION((void)visionzip::select(seq, attn, tensor_view<const T, 3>(keys.data(), {kHeads, kTokens, dh}),
                                                matrix_view<const T>(hidden.data(), {kTokens, d}), vz, std::span(out).first(static_cast<std::size_t>(k)),
                                                matrix_view<float>(feats.data(), {k, d})));
+}
+
+TYPED_TEST(NoAllocation, FeatureSimilarityMethods) {
+  // DivPrune, VisPruner (encoder side) and DART (LLM side): scratch only, also on f16 / bf16 inputs.
+  using T = TypeParam;
+  std::mt19937 rng(11);
+  const index_t d = 40;
+  const auto x = normal_values<T>(rng, static_cast<std::size_t>(kPatches * d));
+  const matrix_view<const T> features(x.data(), {kPatches, d});
+  std::vector<token_index> out(kPatches), order(kPatches);
+  EXPECT_NO_ALLOCATION((void)divprune::select(seq, features, divprune::config{.count = 36}, out, order));
+  const auto a = softmax_maps<T>(rng, kHeads, 1, kTokens);
+  EXPECT_NO_ALLOCATION((void)vispruner::select(seq, head_attention_view<T>(a.data(), {kHeads, 1, kTokens}), features,
+                                               vispruner::config{.count = 36}, out));
+  const index_t len = 200, dh = 16;
+  const token_range visual{20, 150};
+  const auto keys = normal_values<T>(rng, static_cast<std::size_t>(kHeads * len * dh));
+  const auto hidden = normal_values<T>(rng, static_cast<std::size_t>(len * d));
+  EXPECT_NO_ALLOCATION((void)dart::select(seq, tensor_view<const T, 3>(keys.data(), {kHeads, len, dh}),
+                                          matrix_view<const T>(hidden.data(), {len, d}), vector_view<const float>{}, visual,
+                                          dart::config{.count = 40}, out));
 }
 
 TYPED_TEST(NoAllocation, PruMergeAndPlus) {
