@@ -144,13 +144,95 @@ clip_model::clip_model(const llava_config& cfg, const weight_store& w) : cfg_(cf
   }
 }
 
-clip_output clip_model::encode(const float* pixels, const clip_options& opt) const {
+namespace {
+
+bool listed(const std::vector<int>& layers, int l) { return std::find(layers.begin(), layers.end(), l) != layers.end(); }
+
+/// Keys k [N, H * hd] as [H, N, hd] (clip_output::keys).
+std::vector<float> keys_per_head(const float* k, std::int64_t N, std::int64_t H, std::int64_t hd) {
+  const std::int64_t D = H * hd;
+  std::vector<float> keys(static_cast<std::size_t>(H * N * hd));
+  for (std::int64_t hh = 0; hh < H; ++hh)
+    for (std::int64_t i = 0; i < N; ++i)
+      std::memcpy(keys.data() + (hh * N + i) * hd, k + i * D + hh * hd, static_cast<std::size_t>(hd) * 4);
+  return keys;
+}
+
+/// Self-attention of one layer: att [N, D] from q, k, val [N, D]; the probabilities [H, N, N] into
+/// probs when it is not null, their head mean [N, N] into mean when it is not null.
+/// Attention by blocks of query rows, each block through the heads in ascending order, so the
+/// head-mean map is summed while the block's probabilities are in cache, in reduce_heads' order.
+/// The block height is a multiple of Eigen's GEMM micro-kernel rows (12 / 24 / 48 for SSE / AVX /
+/// AVX-512 floats) and the last block takes the tail, so every row goes through the same kernel
+/// path as in one [N, N] product per head: the probabilities are the same bits either way
+/// (checked on AVX2 against the former one-product-per-head loop). Threads split the blocks.
+void attend(const float* q, const float* k, const float* val, std::int64_t N, std::int64_t H, std::int64_t hd,
+            float* probs, float* mean, float* att) {
+  const std::int64_t D = H * hd;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const auto hf = static_cast<float>(H);
+  const bool full = probs != nullptr;
+  constexpr std::int64_t row_block = 48;
+  const std::int64_t blocks = std::max<std::int64_t>(1, N / row_block);
+#pragma omp parallel for schedule(static)
+  for (std::int64_t b = 0; b < blocks; ++b) {
+    const std::int64_t i0 = b * row_block, rows = b + 1 == blocks ? N - i0 : row_block;
+    thread_local std::vector<float> tile;  // the block's rows of one head when no full map is kept
+    if (!full && tile.size() < static_cast<std::size_t>(rows * N)) tile.resize(static_cast<std::size_t>(rows * N));
+    float* acc = mean != nullptr ? mean + i0 * N : nullptr;
+    const std::int64_t count = rows * N;
+    for (std::int64_t hh = 0; hh < H; ++hh) {
+      using smap = Eigen::Map<const rmat, 0, Eigen::OuterStride<>>;
+      smap Q(q + i0 * D + hh * hd, rows, hd, Eigen::OuterStride<>(D));
+      smap K(k + hh * hd, N, hd, Eigen::OuterStride<>(D));
+      smap V(val + hh * hd, N, hd, Eigen::OuterStride<>(D));
+      float* p = full ? probs + (hh * N + i0) * N : tile.data();
+      Eigen::Map<rmat> Pm(p, rows, N);
+      Pm.noalias() = (Q * K.transpose()) * scale;
+      softmax_rows(p, rows, N);
+      if (acc != nullptr) {
+        if (hh == 0) {
+          std::copy_n(p, count, acc);
+        } else {
+          for (std::int64_t e = 0; e < count; ++e) acc[e] += p[e];
+        }
+      }
+      Eigen::Map<rmat, 0, Eigen::OuterStride<>> O(att + i0 * D + hh * hd, rows, hd, Eigen::OuterStride<>(D));
+      O.noalias() = Pm * V;
+    }
+    if (acc != nullptr) {
+      for (std::int64_t e = 0; e < count; ++e) acc[e] = acc[e] / hf;  // a division, as reduce_heads
+    }
+  }
+}
+
+/// What layer l hands on as opt asks: its probabilities, head mean and Q/K, to the callbacks or
+/// into out.
+void hand_out(int l, const clip_options& opt, std::vector<float>& probs, std::vector<float>& mean, bool want_mean,
+              const std::vector<float>& q, const std::vector<float>& k, std::int64_t N, std::int64_t H, std::int64_t hd,
+              clip_output& out) {
+  if (opt.on_attention) opt.on_attention(l, probs.data());
+  if (listed(opt.attention_layers, l)) out.attention[l] = probs;
+  if (want_mean) {
+    if (opt.on_head_mean) opt.on_head_mean(l, mean.data());
+    else out.head_mean[l] = mean;
+  }
+  if (listed(opt.qk_layers, l)) {
+    if (opt.on_qk) {
+      opt.on_qk(l, clip_qk_source(q.data(), k.data(), N, H, hd));
+    } else {
+      out.q[l] = q;
+      out.k[l] = k;
+    }
+  }
+}
+
+}  // namespace
+
+int clip_model::layers_to_run(const clip_options& opt) const {
   const auto& v = cfg_.vision;
-  const std::int64_t D = v.hidden, P = v.patch, G = v.grid(), n = v.patches(), N = v.tokens(), S = v.image_size;
-  const std::int64_t H = v.heads, hd = v.head_dim(), I = v.intermediate, C = v.channels;
-  const int feature = cfg_.feature_hidden_index();
   const int last = v.layers - 1;
-  int run = feature;  // layers 0 .. run-1 run fully
+  int run = cfg_.feature_hidden_index();  // layers 0 .. run-1 run fully
   if (opt.keys_layer >= run) run = opt.keys_layer + 1;
   for (int l : opt.attention_layers) run = std::max(run, l + 1);
   for (int l : opt.head_mean_layers) run = std::max(run, l + 1);
@@ -160,12 +242,13 @@ clip_output clip_model::encode(const float* pixels, const clip_options& opt) con
   }
   if (opt.last_layer_qk) run = std::max(run, last);  // hidden_states[last] is the last layer's input
   if (run > static_cast<int>(layers_.size())) throw error("llava: CLIP layer " + std::to_string(run - 1) + " requested but absent");
+  return run;
+}
 
-  clip_output out;
-  out.tokens = static_cast<int>(N);
-  out.hidden = static_cast<int>(D);
-  out.heads = static_cast<int>(H);
-
+std::vector<float> clip_model::embed(const float* pixels) const {
+  const auto& v = cfg_.vision;
+  const std::int64_t D = v.hidden, P = v.patch, G = v.grid(), n = v.patches(), N = v.tokens(), S = v.image_size;
+  const std::int64_t C = v.channels;
   // Patch embedding: unfold [C, S, S] into [n, C*P*P] rows (c, ky, kx) = the conv weight's order.
   std::vector<float> patches(static_cast<std::size_t>(n * C * P * P));
 #pragma omp parallel for schedule(static)
@@ -178,14 +261,43 @@ clip_output clip_model::encode(const float* pixels, const clip_options& opt) con
   }
   std::vector<float> x(static_cast<std::size_t>(N * D));
   linear(*patch_w_, nullptr, patches.data(), n, x.data() + D);
-  {
-    const auto cls = class_emb_->to_float();
-    std::copy(cls.begin(), cls.end(), x.begin());
-    const auto pos = pos_emb_->to_float();
-    for (std::size_t i = 0; i < x.size(); ++i) x[i] += pos[i];
-    const auto w = pre_ln_w_->to_float(), b = pre_ln_b_->to_float();
-    layer_norm(x.data(), N, D, w, b, v.layer_norm_eps, x.data());
+  const auto cls = class_emb_->to_float();
+  std::copy(cls.begin(), cls.end(), x.begin());
+  const auto pos = pos_emb_->to_float();
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] += pos[i];
+  const auto w = pre_ln_w_->to_float(), b = pre_ln_b_->to_float();
+  layer_norm(x.data(), N, D, w, b, v.layer_norm_eps, x.data());
+  return x;
+}
+
+void clip_model::last_layer_qk(const std::vector<float>& x, std::vector<float>& h, clip_output& out) const {
+  const auto& v = cfg_.vision;
+  const std::int64_t D = v.hidden, N = v.tokens();
+  const int last = v.layers - 1;
+  const auto& lw2 = layers_[static_cast<std::size_t>(last)];
+  layer_norm(x.data(), N, D, lw2.ln1_w->to_float(), lw2.ln1_b->to_float(), v.layer_norm_eps, h.data());
+  out.last_q.resize(x.size());
+  out.last_k.resize(x.size());
+  linear(*lw2.q_w, lw2.q_b, h.data(), N, out.last_q.data());
+  linear(*lw2.k_w, lw2.k_b, h.data(), N, out.last_k.data());
+  if (!all_finite(out.last_q.data(), N * D) || !all_finite(out.last_k.data(), N * D)) {
+    throw_non_finite("queries/keys in " + clip_layer(last, ".self_attn"));
   }
+}
+
+clip_output clip_model::encode(const float* pixels, const clip_options& opt) const {
+  const auto& v = cfg_.vision;
+  const std::int64_t D = v.hidden, N = v.tokens();
+  const std::int64_t H = v.heads, hd = v.head_dim(), I = v.intermediate;
+  const int feature = cfg_.feature_hidden_index();
+  const int last = v.layers - 1;
+  const int run = layers_to_run(opt);
+
+  clip_output out;
+  out.tokens = static_cast<int>(N);
+  out.hidden = static_cast<int>(D);
+  out.heads = static_cast<int>(H);
+  std::vector<float> x = embed(pixels);
   if (!all_finite(x.data(), N * D)) {
     throw_non_finite("activations after the CLIP embeddings (vision_model.embeddings, vision_model.pre_layrnorm)");
   }
@@ -194,17 +306,6 @@ clip_output clip_model::encode(const float* pixels, const clip_options& opt) con
   std::vector<float> h(static_cast<std::size_t>(N * D)), q(h.size()), k(h.size()), val(h.size()), att(h.size());
   std::vector<float> mid(static_cast<std::size_t>(N * I));
   std::vector<float> probs, mean;  // [H, N, N] / [N, N], for the layers that want them
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  const auto hf = static_cast<float>(H);
-  auto listed = [](const std::vector<int>& layers, int l) { return std::find(layers.begin(), layers.end(), l) != layers.end(); };
-  // Attention by blocks of query rows, each block through the heads in ascending order, so the
-  // head-mean map is summed while the block's probabilities are in cache, in reduce_heads' order.
-  // The block height is a multiple of Eigen's GEMM micro-kernel rows (12 / 24 / 48 for SSE / AVX /
-  // AVX-512 floats) and the last block takes the tail, so every row goes through the same kernel
-  // path as in one [N, N] product per head: the probabilities are the same bits either way
-  // (checked on AVX2 against the former one-product-per-head loop). Threads split the blocks.
-  constexpr std::int64_t row_block = 48;
-  const std::int64_t blocks = std::max<std::int64_t>(1, N / row_block);
   for (int l = 0; l < run; ++l) {
     const auto& lw = layers_[static_cast<std::size_t>(l)];
     layer_norm(x.data(), N, D, lw.ln1_w->to_float(), lw.ln1_b->to_float(), v.layer_norm_eps, h.data());
@@ -219,59 +320,13 @@ clip_output clip_model::encode(const float* pixels, const clip_options& opt) con
         (!all_finite(q.data(), N * D) || !all_finite(k.data(), N * D))) {
       throw_non_finite("queries/keys in " + clip_layer(l, ".self_attn"));
     }
-    if (l == opt.keys_layer) {
-      out.keys.resize(static_cast<std::size_t>(H * N * hd));
-      for (std::int64_t hh = 0; hh < H; ++hh)
-        for (std::int64_t i = 0; i < N; ++i)
-          std::memcpy(out.keys.data() + (hh * N + i) * hd, k.data() + i * D + hh * hd, static_cast<std::size_t>(hd) * 4);
-    }
+    if (l == opt.keys_layer) out.keys = keys_per_head(k.data(), N, H, hd);
     if (full) probs.resize(static_cast<std::size_t>(H * N * N));
     if (want_mean) mean.resize(static_cast<std::size_t>(N * N));
     if (full || want_mean) ++out.maps_materialised;
-#pragma omp parallel for schedule(static)
-    for (std::int64_t b = 0; b < blocks; ++b) {
-      const std::int64_t i0 = b * row_block, rows = b + 1 == blocks ? N - i0 : row_block;
-      thread_local std::vector<float> tile;  // the block's rows of one head when no full map is kept
-      if (!full && tile.size() < static_cast<std::size_t>(rows * N)) tile.resize(static_cast<std::size_t>(rows * N));
-      float* acc = want_mean ? mean.data() + i0 * N : nullptr;
-      const std::int64_t count = rows * N;
-      for (std::int64_t hh = 0; hh < H; ++hh) {
-        using smap = Eigen::Map<const rmat, 0, Eigen::OuterStride<>>;
-        smap Q(q.data() + i0 * D + hh * hd, rows, hd, Eigen::OuterStride<>(D));
-        smap K(k.data() + hh * hd, N, hd, Eigen::OuterStride<>(D));
-        smap V(val.data() + hh * hd, N, hd, Eigen::OuterStride<>(D));
-        float* p = full ? probs.data() + (hh * N + i0) * N : tile.data();
-        Eigen::Map<rmat> Pm(p, rows, N);
-        Pm.noalias() = (Q * K.transpose()) * scale;
-        softmax_rows(p, rows, N);
-        if (acc != nullptr) {
-          if (hh == 0) {
-            std::copy_n(p, count, acc);
-          } else {
-            for (std::int64_t e = 0; e < count; ++e) acc[e] += p[e];
-          }
-        }
-        Eigen::Map<rmat, 0, Eigen::OuterStride<>> O(att.data() + i0 * D + hh * hd, rows, hd, Eigen::OuterStride<>(D));
-        O.noalias() = Pm * V;
-      }
-      if (acc != nullptr) {
-        for (std::int64_t e = 0; e < count; ++e) acc[e] = acc[e] / hf;  // a division, as reduce_heads
-      }
-    }
-    if (opt.on_attention) opt.on_attention(l, probs.data());
-    if (listed(opt.attention_layers, l)) out.attention[l] = probs;
-    if (want_mean) {
-      if (opt.on_head_mean) opt.on_head_mean(l, mean.data());
-      else out.head_mean[l] = mean;
-    }
-    if (listed(opt.qk_layers, l)) {
-      if (opt.on_qk) {
-        opt.on_qk(l, clip_qk_source(q.data(), k.data(), N, H, hd));
-      } else {
-        out.q[l] = q;
-        out.k[l] = k;
-      }
-    }
+    attend(q.data(), k.data(), val.data(), N, H, hd, full ? probs.data() : nullptr, want_mean ? mean.data() : nullptr,
+           att.data());
+    hand_out(l, opt, probs, mean, want_mean, q, k, N, H, hd, out);
     linear(*lw.o_w, lw.o_b, att.data(), N, h.data());
     for (std::size_t i = 0; i < x.size(); ++i) x[i] += h[i];
     layer_norm(x.data(), N, D, lw.ln2_w->to_float(), lw.ln2_b->to_float(), v.layer_norm_eps, h.data());
@@ -281,17 +336,7 @@ clip_output clip_model::encode(const float* pixels, const clip_options& opt) con
     for (std::size_t i = 0; i < x.size(); ++i) x[i] += h[i];
     if (!all_finite(x.data(), N * D)) throw_non_finite("activations after " + clip_layer(l));
     if (l + 1 == feature) out.features = x;
-    if (opt.last_layer_qk && l + 1 == last) {
-      const auto& lw2 = layers_[static_cast<std::size_t>(last)];
-      layer_norm(x.data(), N, D, lw2.ln1_w->to_float(), lw2.ln1_b->to_float(), v.layer_norm_eps, h.data());
-      out.last_q.resize(x.size());
-      out.last_k.resize(x.size());
-      linear(*lw2.q_w, lw2.q_b, h.data(), N, out.last_q.data());
-      linear(*lw2.k_w, lw2.k_b, h.data(), N, out.last_k.data());
-      if (!all_finite(out.last_q.data(), N * D) || !all_finite(out.last_k.data(), N * D)) {
-        throw_non_finite("queries/keys in " + clip_layer(last, ".self_attn"));
-      }
-    }
+    if (opt.last_layer_qk && l + 1 == last) last_layer_qk(x, h, out);
   }
   if (opt.last_layer_qk && last == 0) {
     // One-layer tower: the last layer's input is the embedding output (not reached above).

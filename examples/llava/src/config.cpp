@@ -97,26 +97,8 @@ bool known_activation(const std::string& a) {
          a == "silu" || a == "swish" || a == "gelu_fast";
 }
 
-}  // namespace
-
-llava_config load_config(const std::filesystem::path& path) {
-  const std::string file = path.string();
-  std::error_code ec;
-  if (!std::filesystem::exists(std::filesystem::symlink_status(path, ec))) {
-    throw error("llava: " + file + ": cannot open the model config (config.json)");
-  }
-  const std::string text = read_input_file(path, max_json_file_bytes, "a JSON file");
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
-    throw error("llava: " + file + ": invalid JSON: " + e.what());
-  }
-  reader r{file};
-  if (!j.is_object()) r.fail("config", "must be a JSON object");
-  llava_config c;
-
-  // LlavaConfig's default vision tower when vision_config is absent (CLIP ViT-L/14-336).
+/// vision_config, or LlavaConfig's default vision tower when it is absent (CLIP ViT-L/14-336).
+void read_vision_config(const reader& r, const json& j, llava_config& c) {
   auto vit = j.find("vision_config");
   if (vit == j.end() || vit->is_null()) {
     c.vision.hidden = 1024;
@@ -125,22 +107,49 @@ llava_config load_config(const std::filesystem::path& path) {
     c.vision.heads = 16;
     c.vision.patch = 14;
     c.vision.image_size = 336;
-  } else {
-    if (!vit->is_object()) r.fail("vision_config", "must be an object");
-    const std::string p = "vision_config.";
-    std::string type = "clip_vision_model";
-    r.get_string(*vit, "model_type", p, type);
-    if (type != "clip_vision_model") r.fail(p + "model_type", "'" + type + "' is not supported (clip_vision_model is)");
-    r.get_int(*vit, "hidden_size", p, c.vision.hidden);
-    r.get_int(*vit, "intermediate_size", p, c.vision.intermediate);
-    r.get_int(*vit, "num_hidden_layers", p, c.vision.layers);
-    r.get_int(*vit, "num_attention_heads", p, c.vision.heads);
-    r.get_int(*vit, "patch_size", p, c.vision.patch);
-    r.get_int(*vit, "image_size", p, c.vision.image_size);
-    r.get_int(*vit, "num_channels", p, c.vision.channels);
-    r.get_double(*vit, "layer_norm_eps", p, c.vision.layer_norm_eps);
-    r.get_string(*vit, "hidden_act", p, c.vision.hidden_act);
+    return;
   }
+  if (!vit->is_object()) r.fail("vision_config", "must be an object");
+  const std::string p = "vision_config.";
+  std::string type = "clip_vision_model";
+  r.get_string(*vit, "model_type", p, type);
+  if (type != "clip_vision_model") r.fail(p + "model_type", "'" + type + "' is not supported (clip_vision_model is)");
+  r.get_int(*vit, "hidden_size", p, c.vision.hidden);
+  r.get_int(*vit, "intermediate_size", p, c.vision.intermediate);
+  r.get_int(*vit, "num_hidden_layers", p, c.vision.layers);
+  r.get_int(*vit, "num_attention_heads", p, c.vision.heads);
+  r.get_int(*vit, "patch_size", p, c.vision.patch);
+  r.get_int(*vit, "image_size", p, c.vision.image_size);
+  r.get_int(*vit, "num_channels", p, c.vision.channels);
+  r.get_double(*vit, "layer_norm_eps", p, c.vision.layer_norm_eps);
+  r.get_string(*vit, "hidden_act", p, c.vision.hidden_act);
+}
+
+/// text_config.rope_parameters (transformers >= 5 nests rope_theta there, with rope_type),
+/// rope_scaling and the bias flags: only what the runtime implements.
+void read_rope_and_biases(const reader& r, const json& txt, const std::string& p, llava_config& c) {
+  if (const json* rp = r.object_or_null(txt, "rope_parameters", p)) {
+    r.get_double(*rp, "rope_theta", p + "rope_parameters.", c.text.rope_theta);
+    std::string t = "default";
+    r.get_string(*rp, "rope_type", p + "rope_parameters.", t);
+    if (t != "default") r.fail(p + "rope_parameters.rope_type", "rope type '" + t + "' is not supported");
+  }
+  if (const json* rs = r.object_or_null(txt, "rope_scaling", p)) {
+    std::string t = "?";
+    r.get_string(*rs, "type", p + "rope_scaling.", t);
+    r.get_string(*rs, "rope_type", p + "rope_scaling.", t);
+    if (t != "default") r.fail(p + "rope_scaling", "rope scaling '" + t + "' is not supported");
+  }
+  bool attention_bias = false, mlp_bias = false;
+  r.get_bool(txt, "attention_bias", p, attention_bias);
+  r.get_bool(txt, "mlp_bias", p, mlp_bias);
+  if (attention_bias) r.fail(p + "attention_bias", "attention biases are not supported");
+  if (mlp_bias) r.fail(p + "mlp_bias", "MLP biases are not supported");
+}
+
+/// text_config (LlamaConfig's defaults when absent); kv_heads and head_dim follow from the heads
+/// when not given.
+void read_text_config(const reader& r, const json& j, llava_config& c) {
   auto txt = j.find("text_config");
   bool kv_given = false, head_dim_given = false;
   if (txt != j.end() && !txt->is_null()) {
@@ -162,30 +171,17 @@ llava_config load_config(const std::filesystem::path& path) {
     r.get_int(*txt, "bos_token_id", p, c.text.bos, 0);
     r.get_int(*txt, "eos_token_id", p, c.text.eos, 0);
     r.get_string(*txt, "hidden_act", p, c.text.hidden_act);
-    // transformers >= 5 nests rope_theta in "rope_parameters" (with rope_type).
-    if (const json* rp = r.object_or_null(*txt, "rope_parameters", p)) {
-      r.get_double(*rp, "rope_theta", p + "rope_parameters.", c.text.rope_theta);
-      std::string t = "default";
-      r.get_string(*rp, "rope_type", p + "rope_parameters.", t);
-      if (t != "default") r.fail(p + "rope_parameters.rope_type", "rope type '" + t + "' is not supported");
-    }
-    if (const json* rs = r.object_or_null(*txt, "rope_scaling", p)) {
-      std::string t = "?";
-      r.get_string(*rs, "type", p + "rope_scaling.", t);
-      r.get_string(*rs, "rope_type", p + "rope_scaling.", t);
-      if (t != "default") r.fail(p + "rope_scaling", "rope scaling '" + t + "' is not supported");
-    }
-    bool attention_bias = false, mlp_bias = false;
-    r.get_bool(*txt, "attention_bias", p, attention_bias);
-    r.get_bool(*txt, "mlp_bias", p, mlp_bias);
-    if (attention_bias) r.fail(p + "attention_bias", "attention biases are not supported");
-    if (mlp_bias) r.fail(p + "mlp_bias", "MLP biases are not supported");
+    read_rope_and_biases(r, *txt, p, c);
   }
   if (!kv_given) c.text.kv_heads = c.text.heads;
   if (!head_dim_given) {
     if (c.text.hidden % c.text.heads != 0) r.fail("text_config.hidden_size", "not divisible by num_attention_heads");
     c.text.head_dim = c.text.hidden / c.text.heads;
   }
+}
+
+/// The shape rules both towers must meet before anything is sized from them.
+void check_shapes(const reader& r, const llava_config& c) {
   if (c.text.heads % c.text.kv_heads != 0) r.fail("text_config.num_key_value_heads", "must divide num_attention_heads");
   if (c.text.head_dim % 2 != 0) r.fail("text_config.head_dim", "must be even (rotary embedding)");
   if (c.vision.hidden % c.vision.heads != 0) r.fail("vision_config.hidden_size", "not divisible by num_attention_heads");
@@ -207,7 +203,10 @@ llava_config load_config(const std::filesystem::path& path) {
   if (c.vision.channels != 3) r.fail("vision_config.num_channels", "must be 3 (RGB)");
   if (!known_activation(c.vision.hidden_act)) r.fail("vision_config.hidden_act", "'" + c.vision.hidden_act + "' is not supported");
   if (c.text.hidden_act != "silu" && c.text.hidden_act != "swish") r.fail("text_config.hidden_act", "'" + c.text.hidden_act + "' is not supported (silu is)");
+}
 
+/// The top-level LlavaConfig fields: the image placeholder, the projector and the feature layer.
+void read_llava_fields(const reader& r, const json& j, llava_config& c) {
   r.get_int(j, "image_token_index", "", c.image_token_index, 0);
   r.get_int(j, "image_token_id", "", c.image_token_index, 0);
   r.get_int(j, "pad_token_id", "", c.pad_token_id, 0);
@@ -242,6 +241,30 @@ llava_config load_config(const std::filesystem::path& path) {
   bool projector_bias = true;
   r.get_bool(j, "multimodal_projector_bias", "", projector_bias);
   if (!projector_bias) r.fail("multimodal_projector_bias", "false is not supported");
+}
+
+}  // namespace
+
+llava_config load_config(const std::filesystem::path& path) {
+  const std::string file = path.string();
+  std::error_code ec;
+  if (!std::filesystem::exists(std::filesystem::symlink_status(path, ec))) {
+    throw error("llava: " + file + ": cannot open the model config (config.json)");
+  }
+  const std::string text = read_input_file(path, max_json_file_bytes, "a JSON file");
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    throw error("llava: " + file + ": invalid JSON: " + e.what());
+  }
+  reader r{file};
+  if (!j.is_object()) r.fail("config", "must be a JSON object");
+  llava_config c;
+  read_vision_config(r, j, c);
+  read_text_config(r, j, c);
+  check_shapes(r, c);
+  read_llava_fields(r, j, c);
   return c;
 }
 

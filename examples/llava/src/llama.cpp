@@ -8,6 +8,8 @@
 
 #include <Eigen/Core>
 
+#include <tokensel/select/sequence.hpp>
+
 #include "llava/clip.hpp"
 
 namespace llava {
@@ -142,12 +144,105 @@ void append(std::vector<float>& cache, std::int64_t capacity, const float* rows,
       std::memcpy(cache.data() + (h * capacity + at + i) * hd, rows + (i * kvh + h) * hd, static_cast<std::size_t>(hd) * 4);
 }
 
+/// Causal attention of the L prefill rows q [L, H * hd] over the layer's cached keys and values
+/// kc, vc [KV, capacity, hd] (past earlier positions, then these rows) into att [L, H * hd]; the
+/// probabilities [H, L, past + L] into probs when it is not null (zeros above the diagonal).
+/// In blocks of query rows: block [i0, i1) multiplies only the keys 0 .. past + i1 - 1 it can see
+/// (the masked upper triangle is never computed).
+void causal_attention(const float* q, const float* kc, const float* vc, std::int64_t capacity, std::int64_t L,
+                      std::int64_t past, std::int64_t H, std::int64_t KV, std::int64_t hd, float scale, float* probs,
+                      float* att) {
+  const std::int64_t group = H / KV, T = past + L;
+  const bool want = probs != nullptr;
+  constexpr std::int64_t rb = 64;
+  const std::int64_t row_blocks = (L + rb - 1) / rb;
+#pragma omp parallel
+  {
+    std::vector<float> local;
+#pragma omp for schedule(dynamic, 1) collapse(2)
+    for (std::int64_t hh = 0; hh < H; ++hh) {
+      for (std::int64_t blk = 0; blk < row_blocks; ++blk) {
+        const std::int64_t g = hh / group, i0 = blk * rb, i1 = std::min(L, i0 + rb), nr = i1 - i0;
+        const std::int64_t vis_max = past + i1;  // keys visible to the block's last row
+        float* P;
+        std::int64_t stride;
+        if (want) {
+          P = probs + (hh * L + i0) * T;
+          stride = T;
+        } else {
+          local.resize(static_cast<std::size_t>(rb * T));
+          P = local.data();
+          stride = vis_max;
+        }
+        using smap = Eigen::Map<const rmat, 0, Eigen::OuterStride<>>;
+        smap Q(q + i0 * H * hd + hh * hd, nr, hd, Eigen::OuterStride<>(H * hd));
+        Eigen::Map<const rmat> K(kc + g * capacity * hd, vis_max, hd);
+        Eigen::Map<const rmat> V(vc + g * capacity * hd, vis_max, hd);
+        Eigen::Map<rmat, 0, Eigen::OuterStride<>> S(P, nr, vis_max, Eigen::OuterStride<>(stride));
+        S.noalias() = (Q * K.transpose()) * scale;
+        for (std::int64_t i = 0; i < nr; ++i) {  // row i0 + i sees keys 0 .. past + i0 + i
+          float* r = P + i * stride;
+          const std::int64_t vis = past + i0 + i + 1;
+          softmax_row(r, vis);
+          for (std::int64_t j = vis; j < vis_max; ++j) r[j] = 0.0f;
+        }
+        Eigen::Map<rmat, 0, Eigen::OuterStride<>> O(att + i0 * H * hd + hh * hd, nr, hd, Eigen::OuterStride<>(H * hd));
+        O.noalias() = S * V;
+      }
+    }
+  }
+}
+
+/// The rows hook keeps at layer l: from the probabilities probs [H, L, L] when they were formed,
+/// else from Q [L, heads, hd] rows and the cached K [kv_heads, capacity, hd] seen as [heads, L, hd]
+/// and [kv_heads, L, hd] (past = 0: the cache holds exactly this prefill's keys).
+prefill_hook::keep_rows call_hook(const prefill_hook& hook, int l, const float* probs, const float* q, const float* kc,
+                                  std::int64_t capacity, std::int64_t L, std::int64_t H, std::int64_t KV, std::int64_t hd,
+                                  float scale) {
+  if (probs != nullptr) return hook.after_attention(l, probs, L);
+  tokensel::qk_source<float> src{
+      .queries = tokensel::tensor_view<const float, 3>(q, {H, L, hd}, {hd, H * hd, 1}),
+      .keys = tokensel::tensor_view<const float, 3>(kc, {KV, L, hd}, {capacity * hd, hd, 1}),
+      .scale = scale,
+      .causal = true,
+  };
+  return hook.after_qk(l, src);
+}
+
+/// The survivors keep (ascending rows of [0, L)) of a prefill hook at layer l continue: their
+/// rows of x [L, d] and att [L, width], their position ids and original rows move to the front.
+/// Returns their number. The layer's cache keeps everything (it was filled before the hook).
+std::int64_t keep_survivors(const std::vector<std::int32_t>& keep, int l, std::int64_t L, std::int64_t d,
+                            std::int64_t width, std::vector<float>& x, std::vector<float>& att,
+                            std::vector<std::int32_t>& pos, std::vector<std::int32_t>& rows) {
+  const std::int64_t nk = static_cast<std::int64_t>(keep.size());
+  for (std::int64_t i = 0; i < nk; ++i) {
+    const std::int32_t r = keep[static_cast<std::size_t>(i)];
+    if (r < 0 || r >= L || (i > 0 && r <= keep[static_cast<std::size_t>(i - 1)])) {
+      throw error("llava: prefill hook returned an invalid row list at layer " + std::to_string(l));
+    }
+  }
+  if (nk == 0) throw error("llava: prefill hook dropped every row");
+  for (std::int64_t i = 0; i < nk; ++i) {
+    const std::int32_t r = keep[static_cast<std::size_t>(i)];
+    if (r == i) continue;
+    std::memmove(x.data() + i * d, x.data() + r * d, static_cast<std::size_t>(d) * 4);
+    std::memmove(att.data() + i * width, att.data() + r * width, static_cast<std::size_t>(width) * 4);
+  }
+  tokensel::compact_positions(pos, L, keep);  // survivors keep their original position ids
+  tokensel::compact_positions(rows, L, keep);
+  x.resize(static_cast<std::size_t>(nk * d));
+  pos.resize(static_cast<std::size_t>(nk));
+  rows.resize(static_cast<std::size_t>(nk));
+  return nk;
+}
+
 }  // namespace
 
 std::vector<float> llama_model::prefill(const float* embeddings, std::span<const std::int32_t> positions, kv_cache& cache,
                                         const prefill_hook* hook, std::vector<std::int32_t>* final_rows,
                                         std::vector<std::int64_t>* layer_rows) const {
-  const std::int64_t d = cfg_.hidden, hd = cfg_.head_dim, H = cfg_.heads, KV = cfg_.kv_heads, group = H / KV;
+  const std::int64_t d = cfg_.hidden, hd = cfg_.head_dim, H = cfg_.heads, KV = cfg_.kv_heads;
   std::int64_t L = static_cast<std::int64_t>(positions.size());
   if (L == 0) throw error("llava: empty prompt");
   if (static_cast<std::int64_t>(cache.length.size()) != cfg_.layers) throw error("llava: KV cache of the wrong model");
@@ -188,45 +283,8 @@ std::vector<float> llama_model::prefill(const float* embeddings, std::span<const
       probs.assign(static_cast<std::size_t>(H * L * T), 0.0f);
       ++hook->maps_materialised;
     }
-    // Causal attention in blocks of query rows: block [i0, i1) multiplies only the keys
-    // 0 .. past + i1 - 1 it can see (the masked upper triangle is never computed).
-    constexpr std::int64_t rb = 64;
-    const std::int64_t row_blocks = (L + rb - 1) / rb;
-#pragma omp parallel
-    {
-      std::vector<float> local;
-#pragma omp for schedule(dynamic, 1) collapse(2)
-      for (std::int64_t hh = 0; hh < H; ++hh) {
-        for (std::int64_t blk = 0; blk < row_blocks; ++blk) {
-          const std::int64_t g = hh / group, i0 = blk * rb, i1 = std::min(L, i0 + rb), nr = i1 - i0;
-          const std::int64_t vis_max = past + i1;  // keys visible to the block's last row
-          float* P;
-          std::int64_t stride;
-          if (want) {
-            P = probs.data() + (hh * L + i0) * T;
-            stride = T;
-          } else {
-            local.resize(static_cast<std::size_t>(rb * T));
-            P = local.data();
-            stride = vis_max;
-          }
-          using smap = Eigen::Map<const rmat, 0, Eigen::OuterStride<>>;
-          smap Q(q.data() + i0 * H * hd + hh * hd, nr, hd, Eigen::OuterStride<>(H * hd));
-          Eigen::Map<const rmat> K(kc.data() + g * cache.capacity * hd, vis_max, hd);
-          Eigen::Map<const rmat> V(vc.data() + g * cache.capacity * hd, vis_max, hd);
-          Eigen::Map<rmat, 0, Eigen::OuterStride<>> S(P, nr, vis_max, Eigen::OuterStride<>(stride));
-          S.noalias() = (Q * K.transpose()) * scale;
-          for (std::int64_t i = 0; i < nr; ++i) {  // row i0 + i sees keys 0 .. past + i0 + i
-            float* r = P + i * stride;
-            const std::int64_t vis = past + i0 + i + 1;
-            softmax_row(r, vis);
-            for (std::int64_t j = vis; j < vis_max; ++j) r[j] = 0.0f;
-          }
-          Eigen::Map<rmat, 0, Eigen::OuterStride<>> O(att.data() + i0 * H * hd + hh * hd, nr, hd, Eigen::OuterStride<>(H * hd));
-          O.noalias() = S * V;
-        }
-      }
-    }
+    causal_attention(q.data(), kc.data(), vc.data(), cache.capacity, L, past, H, KV, hd, scale,
+                     want ? probs.data() : nullptr, att.data());
     cache.length[static_cast<std::size_t>(l)] = T;
     // The hook reads Q/K (or the probabilities formed from them) before the layer's output is
     // checked: a NaN/Inf there is named here rather than by the selection method.
@@ -234,41 +292,9 @@ std::vector<float> llama_model::prefill(const float* embeddings, std::span<const
       throw_non_finite("queries/keys in " + llm_layer(l, ".self_attn"));
     }
     if (hooked) {
-      std::optional<std::vector<std::int32_t>> keep;
-      if (want) {
-        keep = hook->after_attention(l, probs.data(), L);
-      } else {
-        // Q [L, heads, hd] rows and the cached K [kv_heads, capacity, hd] seen as [heads, L, hd]
-        // and [kv_heads, L, hd] (past = 0: the cache holds exactly this prefill's keys).
-        tokensel::qk_source<float> src{
-            .queries = tokensel::tensor_view<const float, 3>(q.data(), {H, L, hd}, {hd, H * hd, 1}),
-            .keys = tokensel::tensor_view<const float, 3>(kc.data(), {KV, L, hd}, {cache.capacity * hd, hd, 1}),
-            .scale = scale,
-            .causal = true,
-        };
-        keep = hook->after_qk(l, src);
-      }
-      if (keep) {
-        // Survivors continue; the layer's cache keeps everything (it was filled above).
-        const std::int64_t nk = static_cast<std::int64_t>(keep->size());
-        for (std::int64_t i = 0; i < nk; ++i) {
-          const std::int32_t r = (*keep)[static_cast<std::size_t>(i)];
-          if (r < 0 || r >= L || (i > 0 && r <= (*keep)[static_cast<std::size_t>(i - 1)])) {
-            throw error("llava: prefill hook returned an invalid row list at layer " + std::to_string(l));
-          }
-          if (r != i) {
-            std::memmove(x.data() + i * d, x.data() + r * d, static_cast<std::size_t>(d) * 4);
-            std::memmove(att.data() + i * H * hd, att.data() + r * H * hd, static_cast<std::size_t>(H * hd) * 4);
-            pos[static_cast<std::size_t>(i)] = pos[static_cast<std::size_t>(r)];
-            rows[static_cast<std::size_t>(i)] = rows[static_cast<std::size_t>(r)];
-          }
-        }
-        if (nk == 0) throw error("llava: prefill hook dropped every row");
-        L = nk;
-        x.resize(static_cast<std::size_t>(L * d));
-        pos.resize(static_cast<std::size_t>(L));
-        rows.resize(static_cast<std::size_t>(L));
-      }
+      const auto keep = call_hook(*hook, l, want ? probs.data() : nullptr, q.data(), kc.data(), cache.capacity, L, H, KV,
+                                  hd, scale);
+      if (keep) L = keep_survivors(*keep, l, L, d, H * hd, x, att, pos, rows);
     }
     if (layer_rows) layer_rows->push_back(L);
     h.resize(static_cast<std::size_t>(L * d));

@@ -65,8 +65,6 @@ const char* to_string(method m) noexcept {
   return "?";
 }
 
-bool encoder_side(method m) noexcept { return m != method::none && m != method::fastv && m != method::fitprune; }
-
 keep_spec keep_spec::parse(std::string_view text) {
   const std::string s(text);
   if (s.empty()) throw error("llava: --keep: empty value (a ratio in (0, 1] or a token count)");

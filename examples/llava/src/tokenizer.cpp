@@ -97,16 +97,21 @@ std::string replace_all(std::string_view s, std::string_view from, std::string_v
 
 bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
 
-std::optional<nlohmann::json> read_json(const std::filesystem::path& p) {
-  std::error_code ec;
-  if (!std::filesystem::exists(std::filesystem::symlink_status(p, ec))) return std::nullopt;
-  std::string text;
-  try {  // the one file rule: a regular file of at most 64 MiB (a FIFO, a device, a link loop: error)
-    text = read_input_file(p, max_json_file_bytes, "a JSON file");
+// The one file rule: a regular file of at most 64 MiB (a FIFO, a device, a link loop: error),
+// its message as a tokenizer error.
+std::string read_tokenizer_file(const std::filesystem::path& p, const char* kind) {
+  try {
+    return read_input_file(p, max_json_file_bytes, kind);
   } catch (const error& e) {
     std::string msg = e.what();
     fail(msg.rfind("llava: ", 0) == 0 ? msg.substr(7) : msg);
   }
+}
+
+std::optional<nlohmann::json> read_json(const std::filesystem::path& p) {
+  std::error_code ec;
+  if (!std::filesystem::exists(std::filesystem::symlink_status(p, ec))) return std::nullopt;
+  const std::string text = read_tokenizer_file(p, "a JSON file");
   try {
     return nlohmann::json::parse(text);
   } catch (const std::exception& e) {
@@ -128,6 +133,149 @@ struct tokenizer::impl {
   std::map<std::int32_t, std::size_t> by_id;  // id -> index in `added`
 };
 
+namespace {
+
+/// Adds t to the literal tokens, or replaces the one with its content or id (empty: ignored).
+void add_token(std::vector<added_token>& added, added_token t) {
+  if (t.content.empty()) return;
+  for (auto& a : added) {
+    if (a.content == t.content || a.id == t.id) {
+      a = t;
+      return;
+    }
+  }
+  added.push_back(std::move(t));
+}
+
+added_token entry(const nlohmann::json& j, std::int32_t id) {
+  added_token t;
+  t.id = id;
+  t.content = j.value("content", "");
+  t.lstrip = j.value("lstrip", false);
+  t.rstrip = j.value("rstrip", false);
+  t.special = j.value("special", true);
+  return t;
+}
+
+/// What tokenizer_config.json and tokenizer.json say; unset where they say nothing.
+struct tokenizer_settings {
+  std::optional<bool> legacy, bos_flag, eos_flag, cleanup;
+  std::optional<prefix_rule> rule;
+};
+
+void read_tokenizer_config(const nlohmann::json& cfg, const std::filesystem::path& file, tokenizer_settings& s,
+                           std::vector<added_token>& added) {
+  if (cfg.contains("add_bos_token") && cfg["add_bos_token"].is_boolean()) s.bos_flag = cfg["add_bos_token"].get<bool>();
+  if (cfg.contains("add_eos_token") && cfg["add_eos_token"].is_boolean()) s.eos_flag = cfg["add_eos_token"].get<bool>();
+  s.cleanup = cfg.value("clean_up_tokenization_spaces", false);
+  if (cfg.contains("legacy") && cfg["legacy"].is_boolean()) s.legacy = cfg["legacy"].get<bool>();
+  if (!cfg.contains("added_tokens_decoder")) return;
+  for (const auto& [key, val] : cfg["added_tokens_decoder"].items()) {
+    std::int32_t id = -1;
+    const auto [end, e] = std::from_chars(key.data(), key.data() + key.size(), id);
+    if (e != std::errc() || end != key.data() + key.size() || id < 0 || !val.is_object()) {
+      fail(file.string() + ": added_tokens_decoder['" + key.substr(0, 40) +
+           "']: expected a token id (a non-negative integer) mapping to an object");
+    }
+    add_token(added, entry(val, id));
+  }
+}
+
+void read_added_tokens(const nlohmann::json& tj, const std::filesystem::path& file, std::vector<added_token>& added) {
+  if (!tj.contains("added_tokens")) return;
+  for (const auto& val : tj["added_tokens"]) {
+    const bool ok = val.is_object() && val.contains("id") && val["id"].is_number_integer() &&
+                    val["id"].get<long long>() >= 0 && val["id"].get<long long>() <= INT32_MAX;
+    if (!ok) {
+      fail(file.string() + ": added_tokens[]: expected an object with an integer \"id\" in [0, 2^31), got " +
+           val.dump().substr(0, 80));
+    }
+    add_token(added, entry(val, val["id"].get<std::int32_t>()));
+  }
+}
+
+/// BOS / EOS: the post-processor template of a single sequence (special tokens around $A); a flag
+/// tokenizer_config.json gave stays.
+void read_post_processor(const nlohmann::json& tj, const sentencepiece::SentencePieceProcessor& sp, std::int32_t bos_id,
+                         std::int32_t eos_id, tokenizer_settings& s) {
+  if (!tj.contains("post_processor") || !tj["post_processor"].is_object()) return;
+  const auto& pp = tj["post_processor"];
+  if (pp.value("type", "") != "TemplateProcessing" || !pp.contains("single")) return;
+  bool seen_seq = false, bos = false, eos = false;
+  for (const auto& piece : pp["single"]) {
+    if (piece.contains("Sequence")) {
+      seen_seq = true;
+    } else if (piece.contains("SpecialToken")) {
+      const std::string id = piece["SpecialToken"].value("id", "");
+      if (!seen_seq && id == sp.IdToPiece(bos_id)) bos = true;
+      if (seen_seq && id == sp.IdToPiece(eos_id)) eos = true;
+    }
+  }
+  if (!s.bos_flag) s.bos_flag = bos;
+  if (!s.eos_flag) s.eos_flag = eos;
+}
+
+/// Each element of a "Sequence" (its list under `list`), or j itself.
+template <class F>
+void for_each_step(const nlohmann::json& j, const char* list, F&& f) {
+  if (j.value("type", "") == "Sequence") {
+    for (const auto& m : j.value(list, nlohmann::json::array())) f(m);
+  } else {
+    f(j);
+  }
+}
+
+/// The prefix rule as the fast tokenizer defines it: a Prepend normaliser (legacy), or a Metaspace
+/// pre-tokenizer's prepend scheme (non-legacy).
+void read_prefix_rule(const nlohmann::json& tj, tokenizer_settings& s) {
+  bool prepend = false;
+  std::optional<prefix_rule> meta_rule;
+  auto scan_norm = [&](const nlohmann::json& n) {
+    if (n.is_object() && n.value("type", "") == "Prepend") prepend = true;
+  };
+  if (tj.contains("normalizer") && tj["normalizer"].is_object()) for_each_step(tj["normalizer"], "normalizers", scan_norm);
+  auto scan_pre = [&](const nlohmann::json& p) {
+    if (!p.is_object() || p.value("type", "") != "Metaspace") return;
+    const std::string scheme = p.value("prepend_scheme", p.value("add_prefix_space", true) ? "always" : "never");
+    meta_rule = scheme == "first" ? prefix_rule::first_segment
+                : scheme == "never" ? prefix_rule::never
+                                    : prefix_rule::unless_space;
+  };
+  if (tj.contains("pre_tokenizer") && tj["pre_tokenizer"].is_object()) {
+    for_each_step(tj["pre_tokenizer"], "pretokenizers", scan_pre);
+  }
+  if (prepend) {
+    s.legacy = true;
+    s.rule = prefix_rule::every_segment;
+  } else if (meta_rule) {
+    s.legacy = false;
+    s.rule = *meta_rule;
+  }
+}
+
+/// tokenizer_config.json and tokenizer.json of dir, where present.
+tokenizer_settings read_tokenizer_files(const std::filesystem::path& dir, const sentencepiece::SentencePieceProcessor& sp,
+                                        std::int32_t bos_id, std::int32_t eos_id, std::vector<added_token>& added) {
+  tokenizer_settings s;
+  try {
+    if (const auto cfg = read_json(dir / "tokenizer_config.json")) {
+      read_tokenizer_config(*cfg, dir / "tokenizer_config.json", s, added);
+    }
+    if (const auto tj = read_json(dir / "tokenizer.json")) {
+      read_added_tokens(*tj, dir / "tokenizer.json", added);
+      read_post_processor(*tj, sp, bos_id, eos_id, s);
+      read_prefix_rule(*tj, s);
+    }
+  } catch (const tokenizer_error&) {
+    throw;
+  } catch (const std::exception& e) {
+    fail(dir.string() + ": unreadable tokenizer files (" + e.what() + ")");
+  }
+  return s;
+}
+
+}  // namespace
+
 tokenizer::tokenizer(const std::filesystem::path& path, int image_token_id, int pad_token_id)
     : impl_(std::make_unique<impl>()), image_(image_token_id), pad_(pad_token_id) {
   std::error_code ec;
@@ -136,141 +284,29 @@ tokenizer::tokenizer(const std::filesystem::path& path, int image_token_id, int 
   if (!is_dir && !std::filesystem::exists(path, ec)) fail(path.string() + ": no such file or directory");
   const auto model_file = is_dir ? path / "tokenizer.model" : path;
   if (!std::filesystem::exists(std::filesystem::symlink_status(model_file, ec))) fail(model_file.string() + ": no such file");
-  std::string bytes;
-  try {  // the one file rule: a regular file of at most 64 MiB
-    bytes = read_input_file(model_file, max_json_file_bytes, "a tokenizer file");
-  } catch (const error& e) {
-    std::string msg = e.what();
-    fail(msg.rfind("llava: ", 0) == 0 ? msg.substr(7) : msg);
-  }
+  const std::string bytes = read_tokenizer_file(model_file, "a tokenizer file");
   const auto status = impl_->sp.LoadFromSerializedProto(with_identity_normalizer(bytes, model_file.string()));
   if (!status.ok()) fail(model_file.string() + ": not a SentencePiece model (" + status.ToString() + ")");
   bos_ = impl_->sp.bos_id() >= 0 ? impl_->sp.bos_id() : 1;
   eos_ = impl_->sp.eos_id() >= 0 ? impl_->sp.eos_id() : 2;
 
-  auto add = [&](added_token t) {
-    if (t.content.empty()) return;
-    for (auto& a : impl_->added) {
-      if (a.content == t.content || a.id == t.id) {
-        a = t;
-        return;
-      }
-    }
-    impl_->added.push_back(std::move(t));
-  };
+  auto& added = impl_->added;
   // HF registers <unk>, <s>, </s> as added (special) tokens: they are matched literally in text.
   for (int id : {impl_->sp.unk_id(), impl_->sp.bos_id(), impl_->sp.eos_id()}) {
-    if (id >= 0) add({impl_->sp.IdToPiece(id), id, false, false, true});
+    if (id >= 0) add_token(added, {impl_->sp.IdToPiece(id), id, false, false, true});
   }
-  auto entry = [](const nlohmann::json& j, std::int32_t id) {
-    added_token t;
-    t.id = id;
-    t.content = j.value("content", "");
-    t.lstrip = j.value("lstrip", false);
-    t.rstrip = j.value("rstrip", false);
-    t.special = j.value("special", true);
-    return t;
-  };
-  bool listed_image = false, listed_pad = false;
-  std::optional<bool> legacy, bos_flag, eos_flag;
-  try {
-    if (const auto cfg = read_json(dir / "tokenizer_config.json")) {
-      if (cfg->contains("add_bos_token") && (*cfg)["add_bos_token"].is_boolean()) bos_flag = (*cfg)["add_bos_token"].get<bool>();
-      if (cfg->contains("add_eos_token") && (*cfg)["add_eos_token"].is_boolean()) eos_flag = (*cfg)["add_eos_token"].get<bool>();
-      cleanup_ = cfg->value("clean_up_tokenization_spaces", false);
-      if (cfg->contains("legacy") && (*cfg)["legacy"].is_boolean()) legacy = (*cfg)["legacy"].get<bool>();
-      if (cfg->contains("added_tokens_decoder")) {
-        for (const auto& [key, val] : (*cfg)["added_tokens_decoder"].items()) {
-          std::int32_t id = -1;
-          const auto [end, e] = std::from_chars(key.data(), key.data() + key.size(), id);
-          if (e != std::errc() || end != key.data() + key.size() || id < 0 || !val.is_object()) {
-            fail((dir / "tokenizer_config.json").string() + ": added_tokens_decoder['" + key.substr(0, 40) +
-                 "']: expected a token id (a non-negative integer) mapping to an object");
-          }
-          add(entry(val, id));
-        }
-      }
-    }
-    if (const auto tj = read_json(dir / "tokenizer.json")) {
-      if (tj->contains("added_tokens")) {
-        for (const auto& val : (*tj)["added_tokens"]) {
-          const bool ok = val.is_object() && val.contains("id") && val["id"].is_number_integer() &&
-                          val["id"].get<long long>() >= 0 && val["id"].get<long long>() <= INT32_MAX;
-          if (!ok) {
-            fail((dir / "tokenizer.json").string() + ": added_tokens[]: expected an object with an integer \"id\" in [0, 2^31), got " +
-                 val.dump().substr(0, 80));
-          }
-          add(entry(val, val["id"].get<std::int32_t>()));
-        }
-      }
-      // BOS / EOS: the post-processor template of a single sequence (special tokens around $A).
-      if (tj->contains("post_processor") && (*tj)["post_processor"].is_object()) {
-        const auto& pp = (*tj)["post_processor"];
-        if (pp.value("type", "") == "TemplateProcessing" && pp.contains("single")) {
-          bool seen_seq = false, bos = false, eos = false;
-          for (const auto& piece : pp["single"]) {
-            if (piece.contains("Sequence")) {
-              seen_seq = true;
-            } else if (piece.contains("SpecialToken")) {
-              const std::string id = piece["SpecialToken"].value("id", "");
-              if (!seen_seq && id == impl_->sp.IdToPiece(bos_)) bos = true;
-              if (seen_seq && id == impl_->sp.IdToPiece(eos_)) eos = true;
-            }
-          }
-          if (!bos_flag) bos_flag = bos;
-          if (!eos_flag) eos_flag = eos;
-        }
-      }
-      // The prefix rule as the fast tokenizer defines it.
-      bool prepend = false;
-      std::optional<prefix_rule> meta_rule;
-      auto scan_norm = [&](const nlohmann::json& n) {
-        if (n.is_object() && n.value("type", "") == "Prepend") prepend = true;
-      };
-      if (tj->contains("normalizer") && (*tj)["normalizer"].is_object()) {
-        const auto& n = (*tj)["normalizer"];
-        if (n.value("type", "") == "Sequence") {
-          for (const auto& m : n.value("normalizers", nlohmann::json::array())) scan_norm(m);
-        } else {
-          scan_norm(n);
-        }
-      }
-      auto scan_pre = [&](const nlohmann::json& p) {
-        if (!p.is_object() || p.value("type", "") != "Metaspace") return;
-        const std::string scheme = p.value("prepend_scheme", p.value("add_prefix_space", true) ? "always" : "never");
-        meta_rule = scheme == "first" ? prefix_rule::first_segment
-                    : scheme == "never" ? prefix_rule::never
-                                        : prefix_rule::unless_space;
-      };
-      if (tj->contains("pre_tokenizer") && (*tj)["pre_tokenizer"].is_object()) {
-        const auto& p = (*tj)["pre_tokenizer"];
-        if (p.value("type", "") == "Sequence") {
-          for (const auto& m : p.value("pretokenizers", nlohmann::json::array())) scan_pre(m);
-        } else {
-          scan_pre(p);
-        }
-      }
-      if (prepend) {
-        legacy = true;
-        rule_ = prefix_rule::every_segment;
-      } else if (meta_rule) {
-        legacy = false;
-        rule_ = *meta_rule;
-      }
-    }
-  } catch (const tokenizer_error&) {
-    throw;
-  } catch (const std::exception& e) {
-    fail(dir.string() + ": unreadable tokenizer files (" + e.what() + ")");
-  }
-  add_bos_ = bos_flag.value_or(true);
-  add_eos_ = eos_flag.value_or(false);
-  if (!std::filesystem::is_regular_file(dir / "tokenizer.json", ec) && legacy.has_value()) {
+  const tokenizer_settings s = read_tokenizer_files(dir, impl_->sp, bos_, eos_, added);
+  if (s.cleanup) cleanup_ = *s.cleanup;
+  if (s.rule) rule_ = *s.rule;
+  add_bos_ = s.bos_flag.value_or(true);
+  add_eos_ = s.eos_flag.value_or(false);
+  if (!std::filesystem::is_regular_file(dir / "tokenizer.json", ec) && s.legacy.has_value()) {
     // transformers builds the fast tokenizer from tokenizer.model: legacy (the default) prepends to
     // every segment, non-legacy uses Metaspace with prepend_scheme "first".
-    rule_ = *legacy ? prefix_rule::every_segment : prefix_rule::first_segment;
+    rule_ = *s.legacy ? prefix_rule::every_segment : prefix_rule::first_segment;
   }
-  for (const auto& a : impl_->added) {
+  bool listed_image = false, listed_pad = false;
+  for (const auto& a : added) {
     if (a.content == image_placeholder) {
       image_ = a.id;
       listed_image = true;
@@ -280,9 +316,9 @@ tokenizer::tokenizer(const std::filesystem::path& path, int image_token_id, int 
       listed_pad = true;
     }
   }
-  if (!listed_image) add({std::string(image_placeholder), image_, false, false, true});
-  if (!listed_pad && pad_ >= impl_->sp.GetPieceSize()) add({"<pad>", pad_, false, false, true});
-  for (std::size_t i = 0; i < impl_->added.size(); ++i) impl_->by_id[impl_->added[i].id] = i;
+  if (!listed_image) add_token(added, {std::string(image_placeholder), image_, false, false, true});
+  if (!listed_pad && pad_ >= impl_->sp.GetPieceSize()) add_token(added, {"<pad>", pad_, false, false, true});
+  for (std::size_t i = 0; i < added.size(); ++i) impl_->by_id[added[i].id] = i;
 }
 
 tokenizer::~tokenizer() = default;

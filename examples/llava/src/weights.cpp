@@ -100,41 +100,91 @@ std::string weight_store::canonical_name(std::string_view s, bool* legacy) {
   return std::string(s);
 }
 
+namespace {
+
+namespace fs = std::filesystem;
+
+// symlink_status: a dangling link or a link loop exists (and is then refused by the file rule).
+bool present(const fs::path& p) {
+  std::error_code e;
+  return fs::exists(fs::symlink_status(p, e));
+}
+
+/// The shards of model.safetensors.index.json, in first-use order; index gets stored name -> file.
+std::vector<fs::path> read_shard_index(const fs::path& dir, const fs::path& index_path,
+                                       std::map<std::string, std::string>& index) {
+  std::vector<fs::path> files;
+  const std::string text = read_input_file(index_path, max_json_file_bytes, "a JSON file");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw error("llava: " + index_path.string() + ": invalid JSON: " + e.what());
+  }
+  if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object()) {
+    throw error("llava: " + index_path.string() + ": weight_map: missing or not an object");
+  }
+  std::set<std::string> seen;
+  for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+    if (!it->is_string()) throw error("llava: " + index_path.string() + ": weight_map['" + it.key() + "']: must be a file name");
+    const auto f = it->get<std::string>();
+    if (f.find('/') != std::string::npos || f.find("..") != std::string::npos) {
+      throw error("llava: " + index_path.string() + ": weight_map['" + it.key() + "'] = '" + f + "': not a plain file name");
+    }
+    index[it.key()] = f;
+    if (seen.insert(f).second) files.push_back(dir / f);
+  }
+  if (files.empty()) throw error("llava: " + index_path.string() + ": weight_map is empty");
+  return files;
+}
+
+/// Maps the whole of path read-only into base and size (base stays MAP_FAILED for an empty file).
+void map_read_only(const fs::path& path, void*& base, std::size_t& size) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) throw error("llava: " + path.string() + ": cannot open for reading");
+  struct stat st{};
+  if (fstat(fd, &st) != 0) {
+    ::close(fd);
+    throw error("llava: " + path.string() + ": cannot stat");
+  }
+  size = static_cast<std::size_t>(st.st_size);
+  base = size > 0 ? mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0) : MAP_FAILED;
+  ::close(fd);
+  if (size > 0 && base == MAP_FAILED) throw error("llava: " + path.string() + ": mmap failed");
+}
+
+/// The store's entry of one stored tensor of the shard at path, mapped at bytes; legacy is set
+/// when its name is of the pre-4.52 layout.
+tensor entry_of(const tokensel::safetensors::tensor_info& info, const fs::path& path, const std::byte* bytes,
+                std::uint64_t data_offset, bool& legacy) {
+  tensor t;
+  t.stored_name = info.name;
+  t.name = weight_store::canonical_name(info.name, &legacy);
+  t.file = path.string();
+  if (!info.loadable()) {
+    // Indexed (so the error can name it) but without data: get() rejects it.
+    t.data = nullptr;
+  } else {
+    t.type = info.dtype == "F32" ? storage::f32 : info.dtype == "F16" ? storage::f16 : storage::bf16;
+    t.data = bytes + data_offset + info.begin;
+  }
+  t.shape.assign(info.shape.begin(), info.shape.end());
+  if (!info.loadable()) t.shape.insert(t.shape.begin(), -1);  // marks unsupported (dtype kept in stored_name note)
+  if (!info.loadable()) t.stored_name += " (dtype " + info.dtype + ")";
+  return t;
+}
+
+}  // namespace
+
 weight_store::weight_store(const std::filesystem::path& dir, progress_fn progress) : dir_(dir) {
-  namespace fs = std::filesystem;
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) throw error("llava: model directory '" + dir.string() + "' does not exist");
   // Files to open: the index's shards (in first-use order) or the single file.
   std::vector<fs::path> files;
   std::map<std::string, std::string> index;  // stored name -> file, when sharded
   const fs::path index_path = dir / "model.safetensors.index.json";
-  // symlink_status: a dangling link or a link loop exists (and is then refused by the file rule).
-  auto present = [](const fs::path& p) {
-    std::error_code e;
-    return fs::exists(fs::symlink_status(p, e));
-  };
   if (present(index_path)) {
-    const std::string text = read_input_file(index_path, max_json_file_bytes, "a JSON file");
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(text);
-    } catch (const nlohmann::json::exception& e) {
-      throw error("llava: " + index_path.string() + ": invalid JSON: " + e.what());
-    }
-    if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object()) {
-      throw error("llava: " + index_path.string() + ": weight_map: missing or not an object");
-    }
-    std::set<std::string> seen;
-    for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-      if (!it->is_string()) throw error("llava: " + index_path.string() + ": weight_map['" + it.key() + "']: must be a file name");
-      const auto f = it->get<std::string>();
-      if (f.find('/') != std::string::npos || f.find("..") != std::string::npos) {
-        throw error("llava: " + index_path.string() + ": weight_map['" + it.key() + "'] = '" + f + "': not a plain file name");
-      }
-      index[it.key()] = f;
-      if (seen.insert(f).second) files.push_back(dir / f);
-    }
-    if (files.empty()) throw error("llava: " + index_path.string() + ": weight_map is empty");
+    files = read_shard_index(dir, index_path, index);
   } else if (present(dir / "model.safetensors")) {
     files.push_back(dir / "model.safetensors");
   } else {
@@ -159,17 +209,7 @@ weight_store::weight_store(const std::filesystem::path& dir, progress_fn progres
     }
     auto m = std::make_unique<mapping>();
     m->path = path.string();
-    const int fd = ::open(path.c_str(), O_RDONLY);
-    if (fd < 0) throw error("llava: " + path.string() + ": cannot open for reading");
-    struct stat st{};
-    if (fstat(fd, &st) != 0) {
-      ::close(fd);
-      throw error("llava: " + path.string() + ": cannot stat");
-    }
-    m->size = static_cast<std::size_t>(st.st_size);
-    m->base = m->size > 0 ? mmap(nullptr, m->size, PROT_READ, MAP_PRIVATE, fd, 0) : MAP_FAILED;
-    ::close(fd);
-    if (m->size > 0 && m->base == MAP_FAILED) throw error("llava: " + path.string() + ": mmap failed");
+    map_read_only(path, m->base, m->size);
     const auto* bytes = static_cast<const std::byte*>(m->base);
     for (const auto& info : infos) {
       if (info.name.size() >= 13 && info.name.ends_with("position_ids")) continue;  // buffer, not a weight
@@ -178,21 +218,8 @@ weight_store::weight_store(const std::filesystem::path& dir, progress_fn progres
         if (it != index.end() && dir / it->second != path) continue;  // the index assigns it elsewhere
       }
       bool legacy = false;
-      tensor t;
-      t.stored_name = info.name;
-      t.name = canonical_name(info.name, &legacy);
+      tensor t = entry_of(info, path, bytes, data_offset, legacy);
       legacy_ = legacy_ || legacy;
-      t.file = path.string();
-      if (!info.loadable()) {
-        // Indexed (so the error can name it) but without data: get() rejects it.
-        t.data = nullptr;
-      } else {
-        t.type = info.dtype == "F32" ? storage::f32 : info.dtype == "F16" ? storage::f16 : storage::bf16;
-        t.data = bytes + data_offset + info.begin;
-      }
-      t.shape.assign(info.shape.begin(), info.shape.end());
-      if (!info.loadable()) t.shape.insert(t.shape.begin(), -1);  // marks unsupported (dtype kept in stored_name note)
-      if (!info.loadable()) t.stored_name += " (dtype " + info.dtype + ")";
       auto [pos, fresh] = tensors_.emplace(t.name, std::move(t));
       if (!fresh) {
         throw error("llava: " + path.string() + ": tensor '" + info.name + "' appears twice (also in " + pos->second.file +

@@ -83,6 +83,12 @@ class clip_model {
     const tensor *ln1_w, *ln1_b, *q_w, *q_b, *k_w, *k_b, *v_w, *v_b, *o_w, *o_b, *ln2_w, *ln2_b, *fc1_w, *fc1_b,
         *fc2_w, *fc2_b;
   };
+  /// encode's steps: the layers to run for options (throws when the checkpoint lacks them), the
+  /// embeddings [N, D] of the pixels, and the last layer's Q/K from its input x (h: scratch).
+  int layers_to_run(const clip_options& options) const;
+  std::vector<float> embed(const float* pixels) const;
+  void last_layer_qk(const std::vector<float>& x, std::vector<float>& h, clip_output& out) const;
+
   llava_config cfg_;
   const tensor *patch_w_, *class_emb_, *pos_emb_, *pre_ln_w_, *pre_ln_b_;
   std::vector<layer_weights> layers_;

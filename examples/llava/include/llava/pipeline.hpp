@@ -63,7 +63,6 @@ enum class method { none, fopru, freepruner, prumerge, prumerge_plus, visionzip,
 /// "random", "uniform", "pool"; throws llava::error listing them otherwise.
 method parse_method(std::string_view name);
 const char* to_string(method m) noexcept;
-bool encoder_side(method m) noexcept;   ///< runs between CLIP and the projector
 
 /// --keep: text with '.', 'e' or 'E' is a keep fraction ("0.5", "1.0"), an integer is a count
 /// ("144"); either becomes a tokensel::budget, which each method turns into its config with its
