@@ -161,6 +161,7 @@ method make_fopru();
 std::vector<method> make_baselines();
 method make_freepruner();
 method make_visionzip();
+method make_divprune();
 method make_prumerge();
 method make_fitprune();
 method make_fastv();

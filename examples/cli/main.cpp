@@ -52,6 +52,7 @@ const std::vector<method>& all_methods() {
     m.push_back(make_fastv());
     m.push_back(make_prumerge());
     m.push_back(make_visionzip());
+    m.push_back(make_divprune());
     for (auto& b : make_baselines()) m.push_back(std::move(b));
     return m;
   }();
