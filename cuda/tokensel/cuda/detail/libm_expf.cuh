@@ -22,14 +22,14 @@ struct expf_table_lookup {
 #if defined(__CUDA_ARCH__)
     return expf_table_device[i & 31u];
 #else
-    return tokensel::detail::expf_impl::host_table[i & 31u];
+    return detail::expf_impl::host_table[i & 31u];
 #endif
   }
 };
 
 /// expf(x) for x <= 0, bit-identical to the CPU backend's tokensel::detail::expf_nonpositive.
 TOKENSEL_HD float libm_expf_nonpositive(float x) {
-  return tokensel::detail::expf_nonpositive(x, expf_table_lookup{});
+  return detail::expf_nonpositive(x, expf_table_lookup{});
 }
 
 }  // namespace cuda_detail
