@@ -163,6 +163,23 @@ void check_shapes(const tensor_view<const K, 3>& keys, const matrix_view<const H
   tokensel::detail::check_channel_weight(weight, hidden.extent(1), "dart.norm_weight");
 }
 
+/// taken: ascending positions into pool[0, pool_size): their tokens go to out[written ..) (written
+/// advances), the rest of the pool is compacted in order. Returns the new pool size.
+inline index_t move_taken(std::span<const token_index> taken, std::span<token_index> pool, index_t pool_size,
+                          std::span<token_index> out, index_t& written) {
+  const auto quota = static_cast<index_t>(taken.size());
+  index_t next = 0, kept_pool = 0;
+  for (index_t c = 0; c < pool_size; ++c) {
+    if (next < quota && taken[static_cast<std::size_t>(next)] == c) {
+      out[static_cast<std::size_t>(written++)] = pool[static_cast<std::size_t>(c)];
+      ++next;
+    } else {
+      pool[static_cast<std::size_t>(kept_pool++)] = pool[static_cast<std::size_t>(c)];
+    }
+  }
+  return kept_pool;
+}
+
 }  // namespace detail
 
 /// One sequence.
@@ -244,17 +261,7 @@ result select(const Policy& policy, const tensor_view<const K, 3>& keys, const m
     });
     bottom_k<float>(as_view(std::span<const float>(sim.data(), static_cast<std::size_t>(pool_size)), "dart.similarity"), quota,
                     taken.first(static_cast<std::size_t>(quota)), index_order::ascending);
-    // taken: ascending pool positions; move their tokens to out and compact the pool in order.
-    index_t next = 0, kept_pool = 0;
-    for (index_t c = 0; c < pool_size; ++c) {
-      if (next < quota && taken[static_cast<std::size_t>(next)] == c) {
-        out[static_cast<std::size_t>(written++)] = pool[static_cast<std::size_t>(c)];
-        ++next;
-      } else {
-        pool[static_cast<std::size_t>(kept_pool++)] = pool[static_cast<std::size_t>(c)];
-      }
-    }
-    pool_size = kept_pool;
+    pool_size = detail::move_taken(taken.first(static_cast<std::size_t>(quota)), pool, pool_size, out, written);
   }
   std::sort(out.begin(), out.begin() + k);
   return res;

@@ -150,6 +150,25 @@ void cls_scores(const Policy& policy, const qk_source<A>& attention, std::span<f
                matrix_view<float>(score.data(), {1, n - 1}, "vispruner.cls_attention"));
 }
 
+/// The patches of attention (CLS excluded), after select's checks of the attention's query rows
+/// and heads and of the features' row count.
+template <attention_source Source, element F>
+index_t checked_patches(const Source& attention, const matrix_view<const F>& features) {
+  using tokensel::detail::fail;
+  const index_t big_n = key_tokens(attention), queries = query_tokens(attention);
+  if (queries != big_n && queries != 1) {
+    fail(errc::shape_mismatch, "vispruner.attention.extent(1)", queries,
+         "must be the " + std::to_string(big_n) + " tokens or 1 (the CLS query row only)");
+  }
+  if (big_n > 0 && source_heads(attention) < 1) fail(errc::shape_mismatch, "vispruner.attention.extent(0)", source_heads(attention), "no heads");
+  const index_t n = big_n > 0 ? big_n - 1 : 0;
+  if (features.extent(0) != n) {
+    fail(errc::shape_mismatch, "vispruner.features.extent(0)", features.extent(0),
+         "must equal the " + std::to_string(n) + " patches of the attention (CLS excluded)");
+  }
+  return n;
+}
+
 }  // namespace detail
 
 /// One image.
@@ -161,17 +180,7 @@ template <cpu_policy Policy, attention_source Source, element F>
 result select(const Policy& policy, const Source& attention, const matrix_view<const F>& features, const config& cfg,
               std::span<token_index> out) {
   using tokensel::detail::fail;
-  const index_t big_n = key_tokens(attention), queries = query_tokens(attention);
-  if (queries != big_n && queries != 1) {
-    fail(errc::shape_mismatch, "vispruner.attention.extent(1)", queries,
-         "must be the " + std::to_string(big_n) + " tokens or 1 (the CLS query row only)");
-  }
-  if (big_n > 0 && detail::source_heads(attention) < 1) fail(errc::shape_mismatch, "vispruner.attention.extent(0)", detail::source_heads(attention), "no heads");
-  const index_t n = big_n > 0 ? big_n - 1 : 0, d = features.extent(1);
-  if (features.extent(0) != n) {
-    fail(errc::shape_mismatch, "vispruner.features.extent(0)", features.extent(0),
-         "must equal the " + std::to_string(n) + " patches of the attention (CLS excluded)");
-  }
+  const index_t n = detail::checked_patches(attention, features), d = features.extent(1);
   const index_t k = keep_count(n, cfg);
   tokensel::detail::check_capacity(out.size(), k, "vispruner.out.size()");
   result res;
