@@ -24,6 +24,7 @@
 #include "tokensel/methods/vispruner.hpp"
 #include "tokensel/select/gather.hpp"
 #include "tokensel/select/top_k.hpp"
+#include "support/random_inputs.hpp"
 
 using namespace tokensel;
 using tokensel_test_alloc::counts;
@@ -35,28 +36,8 @@ constexpr index_t kHeads = 4;
 constexpr index_t kPatches = 144;  // 12 x 12 grid
 constexpr index_t kTokens = kPatches + 1;
 
-/// Row-softmax maps, stored in T.
-template <class T>
-std::vector<T> softmax_maps(std::mt19937& rng, index_t count, index_t rows, index_t cols) {
-  std::normal_distribution<float> logit(0.0f, 3.0f);
-  std::vector<T> a(static_cast<std::size_t>(count * rows * cols));
-  std::vector<float> row(static_cast<std::size_t>(cols));
-  for (index_t r = 0; r < count * rows; ++r) {
-    float m = -INFINITY, s = 0.0f;
-    for (auto& v : row) m = std::max(m, v = logit(rng));
-    for (auto& v : row) s += v = std::exp(v - m);
-    for (index_t c = 0; c < cols; ++c) a[static_cast<std::size_t>(r * cols + c)] = T(row[static_cast<std::size_t>(c)] / s);
-  }
-  return a;
-}
-
-template <class T>
-std::vector<T> normal_values(std::mt19937& rng, std::size_t n) {
-  std::normal_distribution<float> x(0.0f, 1.0f);
-  std::vector<T> v(n);
-  for (auto& e : v) e = T(x(rng));
-  return v;
-}
+using tokensel_test::normal_values;
+using tokensel_test::softmax_maps;
 
 /// Runs `call` twice on a fresh thread (an empty scratch arena): what the warm second call
 /// allocated, with Eigen's heap checks on.
