@@ -33,43 +33,43 @@ void unit_feature_rows(const Policy& policy, const matrix_view<const X>& x, cons
                const vector_view<const W>& weight = vector_view<const W>{}) {
   const index_t d = x.extent(1);
   const bool weighted = weight.extent(0) > 0;
-  tokensel::detail::parallel_for(policy, count, [&](index_t r) {
+  detail::parallel_for(policy, count, [&](index_t r) {
     const index_t t = rows ? static_cast<index_t>(rows[r]) : r;
     float* u = unit.data() + r * d;
     for (index_t c = 0; c < d; ++c) {
       const float v = to_float(x(t, c));
       if (!std::isfinite(v)) {
-        tokensel::detail::fail(errc::non_finite, std::string(name) + "[" + std::to_string(t) + ", " + std::to_string(c) + "]",
+        detail::fail(errc::non_finite, std::string(name) + "[" + std::to_string(t) + ", " + std::to_string(c) + "]",
                                v, "values must be finite");
       }
-      u[c] = weighted ? tokensel::detail::fmul(v, to_float(weight(c))) : v;
+      u[c] = weighted ? detail::fmul(v, to_float(weight(c))) : v;
     }
-    const float norm = std::sqrt(tokensel::detail::canonical_dot(u, u, d));
+    const float norm = std::sqrt(detail::canonical_dot(u, u, d));
     if (norm > 0.0f && std::isfinite(norm)) {
-      for (index_t c = 0; c < d; ++c) u[c] = tokensel::detail::fdiv(u[c], norm);
+      for (index_t c = 0; c < d; ++c) u[c] = detail::fdiv(u[c], norm);
     } else if (!(norm > 0.0f)) {
       for (index_t c = 0; c < d; ++c) u[c] = 0.0f;
     } else {
-      tokensel::detail::fail(errc::non_finite, std::string(name) + "[" + std::to_string(t) + ", :]", norm,
+      detail::fail(errc::non_finite, std::string(name) + "[" + std::to_string(t) + ", :]", norm,
                              "the row's norm overflows fp32");
     }
   });
 }
 
 /// Cosine of unit rows a and b (length d).
-inline float unit_cosine(const float* a, const float* b, index_t d) noexcept { return tokensel::detail::canonical_dot(a, b, d); }
+inline float unit_cosine(const float* a, const float* b, index_t d) noexcept { return detail::canonical_dot(a, b, d); }
 
 /// Checks a channel weight: empty, or d finite values.
 template <element W>
 void check_channel_weight(const vector_view<const W>& weight, index_t d, std::string_view name) {
   if (weight.extent(0) == 0) return;
   if (weight.extent(0) != d) {
-    tokensel::detail::fail(errc::shape_mismatch, std::string(name) + ".extent(0)", weight.extent(0),
+    detail::fail(errc::shape_mismatch, std::string(name) + ".extent(0)", weight.extent(0),
                            "must be 0 (no weight) or the feature width " + std::to_string(d));
   }
   for (index_t c = 0; c < d; ++c) {
     const float w = to_float(weight(c));
-    if (!std::isfinite(w)) tokensel::detail::fail(errc::non_finite, std::string(name) + "[" + std::to_string(c) + "]", w, "must be finite");
+    if (!std::isfinite(w)) detail::fail(errc::non_finite, std::string(name) + "[" + std::to_string(c) + "]", w, "must be finite");
   }
 }
 
