@@ -112,6 +112,20 @@ struct method_requirements {
 };
 
 namespace detail {
+/// with_budget of the methods configured by `std::optional` ratio or count (random, uniform,
+/// DivPrune, DART, VisPruner): a fraction is the ratio, a count the count (at most n).
+template <class Config>
+Config ratio_or_count(const budget& b, index_t n, Config base, const char* method) {
+  base.ratio.reset();
+  base.count.reset();
+  if (b.is_fraction()) {
+    base.ratio = b.fraction_value();
+  } else {
+    base.count = b.tokens(n, method);
+  }
+  return base;
+}
+
 inline void check_model_shape(const model_shape& shape, const char* method) {
   if (shape.visual_tokens < 0) fail(errc::invalid_argument, std::string(method) + ".shape.visual_tokens", shape.visual_tokens, "must be >= 0");
   if (shape.encoder_layers < 0) fail(errc::invalid_argument, std::string(method) + ".shape.encoder_layers", shape.encoder_layers, "must be >= 0 (0: unknown)");

@@ -109,20 +109,6 @@ inline void check_grid_extents(const token_grid& grid, std::string_view name) {
   }
 }
 
-/// with_budget of the baselines configured by ratio or count: a fraction is the ratio, a count
-/// the count (at most n).
-template <class Config>
-Config ratio_or_count(const tokensel::budget& b, index_t n, Config base, const char* method) {
-  base.ratio.reset();
-  base.count.reset();
-  if (b.is_fraction()) {
-    base.ratio = b.fraction_value();
-  } else {
-    base.count = b.tokens(n, method);
-  }
-  return base;
-}
-
 /// requirements of a baseline that reads nothing from the model and keeps `keep` tokens.
 inline method_requirements reads_nothing(index_t keep) {
   method_requirements r;
@@ -161,7 +147,7 @@ inline void validate(const config& cfg) { detail::check_budget(cfg.ratio, cfg.co
 
 /// The config that keeps `b` of n tokens (a fraction is the ratio, a count the count).
 [[nodiscard]] inline config with_budget(const budget& b, index_t n, config base = {}) {
-  return detail::ratio_or_count(b, n, base, "random");
+  return tokensel::detail::ratio_or_count(b, n, base, "random");
 }
 
 /// random reads nothing from the model: it keeps keep_count(n) tokens.
@@ -249,7 +235,7 @@ inline void validate(const config& cfg) { detail::check_budget(cfg.ratio, cfg.co
 
 /// The config that keeps `b` of n tokens (a fraction is the ratio, a count the count).
 [[nodiscard]] inline config with_budget(const budget& b, index_t n, config base = {}) {
-  return detail::ratio_or_count(b, n, base, "uniform");
+  return tokensel::detail::ratio_or_count(b, n, base, "uniform");
 }
 
 /// uniform reads nothing from the model: it keeps keep_count(n) tokens on the patch grid.

@@ -100,14 +100,7 @@ inline void validate(const config& cfg) {
 
 /// A fraction is the ratio, a count the count; layer and pivots come from base.
 [[nodiscard]] inline config with_budget(const budget& b, index_t n, config base = {}) {
-  base.ratio.reset();
-  base.count.reset();
-  if (b.is_fraction()) {
-    base.ratio = b.fraction_value();
-  } else {
-    base.count = b.tokens(n, "dart");
-  }
-  return base;
+  return tokensel::detail::ratio_or_count(b, n, base, "dart");
 }
 
 /// What DART reads: LLM layer K-1's keys (after RoPE) and the hidden states leaving it.

@@ -84,14 +84,7 @@ inline void validate(const config& cfg) {
 
 /// A fraction is the ratio, a count the count (checked against n).
 [[nodiscard]] inline config with_budget(const budget& b, index_t n, config base = {}) {
-  base.ratio.reset();
-  base.count.reset();
-  if (b.is_fraction()) {
-    base.ratio = b.fraction_value();
-  } else {
-    base.count = b.tokens(n, "divprune");
-  }
-  return base;
+  return tokensel::detail::ratio_or_count(b, n, base, "divprune");
 }
 
 /// What DivPrune reads: only the visual tokens' features (no attention, no layer). It selects

@@ -104,14 +104,7 @@ inline void validate(const config& cfg) {
 
 /// A fraction is the ratio, a count the count; important_ratio comes from base.
 [[nodiscard]] inline config with_budget(const budget& b, index_t n, config base = {}) {
-  base.ratio.reset();
-  base.count.reset();
-  if (b.is_fraction()) {
-    base.ratio = b.fraction_value();
-  } else {
-    base.count = b.tokens(n, "vispruner");
-  }
-  return base;
+  return tokensel::detail::ratio_or_count(b, n, base, "vispruner");
 }
 
 /// What VisPruner reads at the feature layer: the CLS query row and the features it compares.
