@@ -14,8 +14,11 @@
 
 #include <benchmark/benchmark.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <new>
 #include <map>
 #include <span>
 #include <string>
@@ -31,6 +34,9 @@
 #include "tokensel/core/element.hpp"
 #include "tokensel/core/policy.hpp"
 #include "tokensel/core/tensor_view.hpp"
+#include "tokensel/detail/scratch.hpp"
+
+#include <malloc.h>  // malloc_usable_size (glibc): the heap counter below sizes frees with it
 
 namespace bench {
 
@@ -386,10 +392,106 @@ inline const char* policy_name(const tokensel::threaded_policy&) { return "par";
 
 }  // namespace bench
 
+// ---- peak heap of one call (TOKENSEL_BENCH_MEMORY=1) --------------------------------------------
+//
+// With TOKENSEL_BENCH_MEMORY=1 every executable registers a Google Benchmark MemoryManager: after
+// timing, each benchmark runs up to 16 more iterations while the global operator new/delete (replaced
+// by TOKENSEL_BENCH_MAIN) count live heap bytes, and the JSON gets `max_bytes_used` (peak live bytes
+// above the start) and `allocs_per_iter`. The library's per-thread scratch arenas keep their blocks
+// between calls, so Start() empties them first (calling thread and the OpenMP pool): the peak then
+// includes the workspace a first call grows, not only what a warm call allocates (nothing). It also
+// includes the output buffers a benchmark body allocates before its timing loop (indices, merged rows).
+namespace bench::memory {
+
+struct counters {
+  std::atomic<bool> on{false};
+  std::atomic<std::int64_t> live{0}, peak{0}, allocs{0}, total{0};
+};
+inline constinit counters stats{};
+
+inline void on_alloc(void* p) {
+  if (!stats.on.load(std::memory_order_relaxed)) return;
+  const auto n = static_cast<std::int64_t>(malloc_usable_size(p));
+  const std::int64_t now = stats.live.fetch_add(n, std::memory_order_relaxed) + n;
+  std::int64_t peak = stats.peak.load(std::memory_order_relaxed);
+  while (now > peak && !stats.peak.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
+  }
+  stats.allocs.fetch_add(1, std::memory_order_relaxed);
+  stats.total.fetch_add(n, std::memory_order_relaxed);
+}
+
+/// Counts and frees. Not inlined: GCC would otherwise see free() on a pointer from operator new in
+/// every caller and warn (-Wmismatched-new-delete), not knowing that new is the malloc above.
+[[gnu::noinline]] inline void release(void* p) noexcept {
+  if (p != nullptr && stats.on.load(std::memory_order_relaxed)) {
+    stats.live.fetch_sub(static_cast<std::int64_t>(malloc_usable_size(p)), std::memory_order_relaxed);
+  }
+  std::free(p);
+}
+
+class manager final : public benchmark::MemoryManager {
+ public:
+  void Start() override {
+    stats.on.store(false);
+    tokensel::detail::thread_scratch() = tokensel::detail::scratch_arena{};
+#if defined(_OPENMP)
+#pragma omp parallel
+    tokensel::detail::thread_scratch() = tokensel::detail::scratch_arena{};
+#endif
+    stats.live = 0;
+    stats.peak = 0;
+    stats.allocs = 0;
+    stats.total = 0;
+    stats.on.store(true);
+  }
+  void Stop(Result* r) override { Stop(*r); }
+  void Stop(Result& r) override {
+    stats.on.store(false);
+    r.num_allocs = stats.allocs;
+    r.max_bytes_used = stats.peak;
+    r.total_allocated_bytes = stats.total;
+    r.net_heap_growth = stats.live;
+  }
+};
+
+/// Registers the manager when TOKENSEL_BENCH_MEMORY=1 (the timing runs are the same either way).
+inline void register_if_requested() {
+  const char* v = std::getenv("TOKENSEL_BENCH_MEMORY");
+  if (v != nullptr && std::string(v) == "1") {
+    static manager m;
+    benchmark::RegisterMemoryManager(&m);
+  }
+}
+
+}  // namespace bench::memory
+
+/// The replaceable global allocation functions, counting for bench::memory (defined once per
+/// executable, by TOKENSEL_BENCH_MAIN; the new[] / nothrow forms forward to these by default).
+#define TOKENSEL_BENCH_COUNTING_NEW                                                                 \
+  void* operator new(std::size_t n) {                                                               \
+    void* p = std::malloc(n != 0 ? n : 1);                                                          \
+    if (p == nullptr) throw std::bad_alloc();                                                       \
+    bench::memory::on_alloc(p);                                                                     \
+    return p;                                                                                       \
+  }                                                                                                 \
+  void* operator new(std::size_t n, std::align_val_t a) {                                           \
+    void* p = nullptr;                                                                              \
+    const std::size_t al = static_cast<std::size_t>(a) < sizeof(void*) ? sizeof(void*) : static_cast<std::size_t>(a); \
+    if (posix_memalign(&p, al, n != 0 ? n : 1) != 0) throw std::bad_alloc();                        \
+    bench::memory::on_alloc(p);                                                                     \
+    return p;                                                                                       \
+  }                                                                                                 \
+  void operator delete(void* p) noexcept { bench::memory::release(p); }                             \
+  void operator delete(void* p, std::size_t) noexcept { operator delete(p); }                       \
+  void operator delete(void* p, std::align_val_t) noexcept { operator delete(p); }                  \
+  void operator delete(void* p, std::size_t, std::align_val_t) noexcept { operator delete(p); }
+
 /// main() for every benchmark executable: registers, then runs with the usual flags.
 #define TOKENSEL_BENCH_MAIN(register_fn)                       \
+  TOKENSEL_BENCH_COUNTING_NEW                                  \
   int main(int argc, char** argv) {                            \
     register_fn();                                             \
+    bench::memory::register_if_requested();                    \
     benchmark::Initialize(&argc, argv);                        \
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) {  \
       return 1;                                                \
