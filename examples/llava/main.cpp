@@ -55,7 +55,7 @@ constexpr const char* usage_text =
     "  --no-pad               resize + centre crop only (llava-hf processor); default pads the\n"
     "                         image to a square with the CLIP mean colour (original LLaVA)\n"
     "  --method NAME          none (default), fopru, freepruner, prumerge, prumerge+, visionzip,\n"
-    "                         fastv, fitprune, random, uniform, pool\n"
+    "                         fastv, fitprune, random, uniform, pool, divprune, dart, vispruner\n"
     "  --keep RATIO|COUNT     visual tokens to keep: a ratio in (0, 1] (0.5) or a count (144)\n"
     "  --fastv-layer K        FastV's layer (default 2)\n"
     "  --fitprune-recipe FILE FitPrune recipe JSON (default: a synthetic one from --keep)\n"

@@ -6,7 +6,8 @@
 // per-layer KV caches, greedy decoding) and stores, per checkpoint and case (method, keep):
 // the projector input rows, the last-position logits, the logits of the first two decode steps,
 // the kept indices, the prompt length, the rows going on after each LLM layer and 8 greedy tokens
-// (tests/data/llava-tiny-{fp32,bf16}/pruned.{json,safetensors}).
+// (tests/data/llava-tiny-{fp32,bf16}/pruned.{json,safetensors}). DivPrune, VisPruner and DART's kept
+// sets there come from the script's own float64 reimplementations of docs/{divprune,vispruner,dart}.md.
 //
 // Relative error = max |a - b| / max |b|, bound 1e-4 (as test_llava_model.cpp: the bf16 goldens
 // are transformers' fp32 compute on the upcast bf16 weights, which is what the runtime does).
@@ -63,7 +64,8 @@ std::string case_name(const pruned_case& c) {
 std::vector<pruned_case> all_cases() {
   std::vector<pruned_case> out;
   for (const char* v : {"fp32", "bf16"}) {
-    for (const char* m : {"fopru", "random", "uniform", "pool", "visionzip", "fastv", "fitprune", "freepruner"}) {
+    for (const char* m : {"fopru", "random", "uniform", "pool", "visionzip", "fastv", "fitprune", "divprune", "vispruner",
+                          "dart", "freepruner"}) {
       // pool keeps whole windows (8x8: 64, 16, 9, ... tokens); 0.5 is refused (test_llava_cli)
       if (std::string(m) != "pool") out.push_back({v, m, "0.5"});
       out.push_back({v, m, "0.25"});

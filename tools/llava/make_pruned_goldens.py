@@ -15,10 +15,13 @@ official code does inside the Hugging Face model and records what the model then
 Written independently of the C++ runtime and library. What comes from where:
   * fopru, freepruner, random, uniform: the kept indices are the library's (read from the built `llava
     --json`; they are checked against the library elsewhere); the gather and everything after is here.
-  * prumerge, prumerge+, visionzip, pool, fastv, fitprune: the selection is computed here too, from the
-    transformers model's own tensors (hooks on q_proj / k_proj, eager attention probabilities), following
-    the official code (LLaVA-PruMerge clip_encoder.py token_prune_merge_advanced(_plus), VisionZip's CLIP
-    forward, FastV's inplace prefill drop, FitPrune's per-layer drop), and the kept indices are then
+  * prumerge, prumerge+, visionzip, pool, fastv, fitprune, divprune, vispruner, dart: the selection is
+    computed here too, from the transformers model's own tensors (hooks on q_proj / k_proj, eager
+    attention probabilities, the per-layer KV cache), following the official code (LLaVA-PruMerge
+    clip_encoder.py token_prune_merge_advanced(_plus), VisionZip's CLIP forward, FastV's inplace prefill
+    drop, FitPrune's per-layer drop) or, for DivPrune, VisPruner and DART, the formulas of
+    docs/{divprune,vispruner,dart}.md (float64 here, written from those pages, not from tokensel's code),
+    and the kept indices are then
     compared with the runtime's `kept`: any difference is printed and the script exits non-zero (a
     disagreement is a finding, not something to paper over).
   * Merge / pooling / projector / sequence building / decoder layers / RoPE at the survivors' original
@@ -60,7 +63,8 @@ def cases():
     """(method, keep) pairs: every method the runtime offers at 0.5 and 0.25 (pool: 0.25 only), adaptive
     where adaptive."""
     out = []
-    for m in ("fopru", "random", "uniform", "pool", "visionzip", "fastv", "fitprune"):
+    for m in ("fopru", "random", "uniform", "pool", "visionzip", "fastv", "fitprune", "divprune", "vispruner",
+              "dart"):
         # pool keeps whole windows (8x8 grid: 64, 16, 9, ... tokens): 0.5 is refused (test_llava_cli)
         out += [(m, "0.5"), (m, "0.25")] if m != "pool" else [(m, "0.25")]
     out += [("freepruner", ""), ("freepruner", "0.5"), ("freepruner", "0.25")]
@@ -77,6 +81,13 @@ def tokens_for(keep, n):
     """The runtime's keep_spec::tokens: ratio -> max(1, floor(n * ratio)); count -> count."""
     if "." in keep:
         return max(1, int(np.floor(n * float(keep))))
+    return int(keep)
+
+
+def divprune_tokens(keep, n):
+    """DivPrune's ratio rule: Python's round (half to even) of n * ratio, at least 1; count -> count."""
+    if "." in keep:
+        return min(n, max(1, int(round(n * float(keep)))))
     return int(keep)
 
 
@@ -182,14 +193,97 @@ def visionzip(hidden, attn, keys_heads, dominant, contextual):
     return rows, kept
 
 
+def unit_rows(x):
+    """Rows scaled to unit L2 norm (float64); a zero row stays zero (cosine 0 with everything)."""
+    x = x.double()
+    norm = x.norm(dim=-1, keepdim=True)
+    return torch.where(norm > 0, x / torch.where(norm > 0, norm, torch.ones_like(norm)), torch.zeros_like(x))
+
+
+def divprune(proj, k):
+    """DivPrune (docs/divprune.md): greedy max-min diversity over d = 1 - cos of the PROJECTED features.
+    First: argmax_j min_{i != j} d(i, j); then argmax over the rest of the distance to the kept set.
+    Ties: lowest index (torch.argmax's first maximum)."""
+    u = unit_rows(proj)
+    n = u.shape[0]
+    d = 1.0 - u @ u.T
+    if n == 1:
+        return [0]
+    off = d.clone()
+    off.fill_diagonal_(float("inf"))
+    kept = [int(torch.argmax(off.min(dim=0).values))]
+    nearest = d[kept[0]].clone()
+    while len(kept) < k:
+        cand = nearest.clone()
+        cand[kept] = -float("inf")
+        j = int(torch.argmax(cand))
+        kept.append(j)
+        nearest = torch.minimum(nearest, d[j])
+    return sorted(kept)
+
+
+def vispruner(attn, feat, T, important_ratio=0.5, per_round=8):
+    """VisPruner (docs/vispruner.md): attn = the feature layer's probabilities [H, N, N] (CLS at 0), feat =
+    its patch features [n, D]. Important: the T_imp = int(T * important_ratio) patches of highest head-mean
+    CLS attention; diverse: the rest, ranked by that attention, lose duplicates round by round (even list
+    positions a scored by their highest cosine to any odd-position b token, the min(8, R - T_div) highest
+    dropped, the list becomes the other a tokens by descending score, then b) until T_div remain."""
+    s = attn[:, 0, 1:].double().mean(0).tolist()
+    n = len(s)
+    ranked = sorted(range(n), key=lambda j: (-s[j], j))
+    t_imp = int(T * important_ratio)
+    t_div = T - t_imp
+    important, rest = ranked[:t_imp], ranked[t_imp:]
+    u = unit_rows(feat)
+    if t_div == 0:
+        rest = []
+    while len(rest) > t_div:
+        a, b = rest[0::2], rest[1::2]
+        score = (u[a] @ u[b].T).max(dim=1).values.tolist()
+        r = min(per_round, len(rest) - t_div, len(a))
+        by_score = sorted(range(len(a)), key=lambda i: (-score[i], i))
+        rest = [a[i] for i in by_score[r:]] + b
+    return sorted(important + rest)
+
+
+def dart(keys, hidden, weight, s0, n, k, image_pivots=4, text_pivots=4):
+    """DART (docs/dart.md) after layer K-1: keys = that layer's post-RoPE keys [KV, L, hd], hidden = the
+    states leaving it [L, D], weight = the final RMSNorm weight. Pivots: the image_pivots visual and the
+    text_pivots text tokens (after the visual span) of largest key L1 norm; pivot by pivot (ascending
+    position) each takes its quota of the pool's LOWEST-cosine tokens (hidden * weight, unit rows); the
+    k - image pivots tokens are split evenly, the first pivots one more. Ties: lower index."""
+    L = hidden.shape[0]
+    m = L - (s0 + n)
+    a = keys.double().abs().sum(dim=(0, 2)).tolist()
+    pi, pt = min(image_pivots, k), min(text_pivots, m)
+    img = sorted(sorted(range(n), key=lambda j: (-a[s0 + j], j))[:pi])
+    txt = sorted(sorted(range(m), key=lambda j: (-a[s0 + n + j], j))[:pt])
+    pivots = [s0 + j for j in img] + [s0 + n + j for j in txt]
+    u = unit_rows(hidden.double() * weight.double())
+    pool = [j for j in range(n) if j not in img]
+    extra, P = k - pi, len(pivots)
+    kept = list(img)
+    for q, pos in enumerate(pivots):
+        quota = extra // P + (1 if q < extra % P else 0)
+        if quota == 0:
+            continue
+        sim = (u[[s0 + j for j in pool]] @ u[pos]).tolist()
+        take = set(sorted(range(len(pool)), key=lambda c: (sim[c], c))[:quota])
+        kept += [pool[c] for c in sorted(take)]
+        pool = [pool[c] for c in range(len(pool)) if c not in take]
+    return sorted(kept)
+
+
 # ---------------------------------------------------------------------------------------------- LLM
 def causal_mask(n, dtype):
     return torch.full((n, n), torch.finfo(dtype).min, dtype=dtype).triu(1)[None, None]
 
 
-def llm_prefill(model, embeds, s0, n_vis, drop=None):
+def llm_prefill(model, embeds, s0, n_vis, drop=None, drop_end=None):
     """Decoder layers over [L, D] embeddings at positions 0..L-1 with per-layer drops.
-    drop(layer, probs[H, Lc, Lc], vis_begin, vis_count) -> local visual indices to keep (ascending) or None.
+    drop(layer, probs[H, Lc, Lc], vis_begin, vis_count) -> local visual indices to keep (ascending) or None;
+    drop_end(layer, hidden[Lc, D] leaving it, its keys after RoPE [KV, Lc, hd], vis_begin, vis_count): the
+    same at the end of the layer (DART).
     Returns logits of the last row, the cache, the original rows reaching the end, rows after each layer."""
     lm = model.model.language_model
     x = embeds[None]
@@ -205,14 +299,17 @@ def llm_prefill(model, embeds, s0, n_vis, drop=None):
         x = layer(x, attention_mask=causal_mask(x.shape[1], x.dtype), position_ids=pos[None],
                   past_key_values=cache, use_cache=True, position_embeddings=(cos, sin))
         h.remove()
+        keep_vis = None
         if drop is not None:
             keep_vis = drop(l, got["p"][0], s0, vis)
-            if keep_vis is not None:
-                Lc = x.shape[1]
-                keep = list(range(s0)) + [s0 + j for j in keep_vis] + list(range(s0 + vis, Lc))
-                keep = torch.tensor(keep)
-                x, pos, rows = x[:, keep], pos[keep], rows[keep]
-                vis = len(keep_vis)
+        if drop_end is not None:
+            keep_vis = drop_end(l, x[0], cache.layers[l].keys[0], s0, vis)
+        if keep_vis is not None:
+            Lc = x.shape[1]
+            keep = list(range(s0)) + [s0 + j for j in keep_vis] + list(range(s0 + vis, Lc))
+            keep = torch.tensor(keep)
+            x, pos, rows = x[:, keep], pos[keep], rows[keep]
+            vis = len(keep_vis)
         layer_rows.append(x.shape[1])
     logits = model.lm_head(lm.norm(x))[0, -1]
     return logits, cache, rows, layer_rows
@@ -274,6 +371,15 @@ def fitprune_drop(drops, log):
     return f
 
 
+def dart_drop(keep, weight, K=2):
+    """DART at the end of layer K-1 (the runtime's default K = 2), keep = max(1, floor(n * ratio))."""
+    def f(l, hidden, keys, s0, vis):
+        if l != K - 1:
+            return None
+        return dart(keys, hidden, weight, s0, vis, tokens_for(keep, vis))
+    return f
+
+
 def fitprune_recipe(n, keep, layers):
     """The runtime's synthetic recipe for --keep: n - keep drops spread over the first half of the layers
     (earlier layers get the remainder); drops_at scales by n / n_fit = 1 here."""
@@ -332,7 +438,7 @@ def make_variant(root, name, llava):
             cname = case_name(method, keep)
             rt = runtime_json(llava, d, images, spec, g["question"], method, keep)
             assert rt["input_ids"] == ids, (name, cname, "runtime prompt ids differ from the golden's")
-            drop, fit_log, recipe = None, [], None
+            drop, drop_end, fit_log, recipe = None, None, [], None
             if method in ("fopru", "freepruner", "random", "uniform"):
                 kept = rt["kept"]                           # the library's choice
                 rows = feat[kept]
@@ -341,6 +447,15 @@ def make_variant(root, name, llava):
                 w = max(1, int(np.floor(np.sqrt(n / k) + 0.5)))
                 rows = feat.reshape(G // w, w, G // w, w, D).mean(dim=(1, 3)).reshape(-1, D)
                 kept = [r * w * G + c * w for r in range(G // w) for c in range(G // w)]
+            elif method == "divprune":
+                kept = divprune(model.model.multi_modal_projector(feat), divprune_tokens(keep, n))
+                rows = feat[kept]
+            elif method == "vispruner":
+                kept = vispruner(vout.attentions[f][0], feat, tokens_for(keep, n))
+                rows = feat[kept]
+            elif method == "dart":
+                rows = feat
+                drop_end = dart_drop(keep, lm.norm.weight)
             elif method in ("prumerge", "prumerge+"):
                 rows, kept = prumerge(feat, qk[(nlayers - 1, "q_proj")], qk[(nlayers - 1, "k_proj")],
                                       method == "prumerge+")
@@ -362,8 +477,8 @@ def make_variant(root, name, llava):
                     drop = fitprune_drop(recipe, fit_log)
             seq = sequence(rows)
             L = seq.shape[0]
-            logits, cache, final_rows, layer_rows = llm_prefill(model, seq, s0, rows.shape[0], drop)
-            if drop is not None:
+            logits, cache, final_rows, layer_rows = llm_prefill(model, seq, s0, rows.shape[0], drop, drop_end)
+            if drop is not None or drop_end is not None:
                 kept = [int(r) - s0 for r in final_rows if s0 <= r < s0 + n]
             toks, steps = greedy(model, logits, cache, L)
             if rt["kept"] != kept:

@@ -260,9 +260,11 @@ std::vector<float> llama_model::prefill(const float* embeddings, std::span<const
     const auto& lw = layers_[static_cast<std::size_t>(l)];
     const std::int64_t past = cache.length[static_cast<std::size_t>(l)];
     if (past + L > cache.capacity) throw error("llava: KV cache capacity exceeded");
-    const bool hooked = hook && (hook->after_qk || hook->after_attention) && (!hook->wants_attention || hook->wants_attention(l));
+    const bool runs = hook && (!hook->wants_attention || hook->wants_attention(l));
+    const bool at_end = runs && hook->after_layer;  // end-of-layer hook: no map, no Q/K call
+    const bool hooked = runs && !at_end && (hook->after_qk || hook->after_attention);
     const bool want = hooked && !hook->after_qk;  // the probabilities are materialised
-    if (hooked && past != 0) throw error("llava: prefill hooks need an empty KV cache");
+    if ((hooked || at_end) && past != 0) throw error("llava: prefill hooks need an empty KV cache");
     h.resize(static_cast<std::size_t>(L * d));
     q.resize(static_cast<std::size_t>(L * H * hd));
     k.resize(static_cast<std::size_t>(L * KV * hd));
@@ -296,7 +298,6 @@ std::vector<float> llama_model::prefill(const float* embeddings, std::span<const
                                   hd, scale);
       if (keep) L = keep_survivors(*keep, l, L, d, H * hd, x, att, pos, rows);
     }
-    if (layer_rows) layer_rows->push_back(L);
     h.resize(static_cast<std::size_t>(L * d));
     linear(*lw.o, nullptr, att.data(), L, h.data());
     for (std::int64_t i = 0; i < L * d; ++i) x[static_cast<std::size_t>(i)] += h[static_cast<std::size_t>(i)];
@@ -305,10 +306,18 @@ std::vector<float> llama_model::prefill(const float* embeddings, std::span<const
     mlp(lw, n2.data(), L, h.data());
     for (std::int64_t i = 0; i < L * d; ++i) x[static_cast<std::size_t>(i)] += h[static_cast<std::size_t>(i)];
     if (!all_finite(x.data(), L * d)) throw_non_finite("activations after " + llm_layer(l));
+    if (at_end) {
+      const tokensel::tensor_view<const float, 3> keys(kc.data(), {KV, L, hd}, {cache.capacity * hd, hd, 1});
+      const auto keep = hook->after_layer(l, x.data(), L, keys);
+      if (keep) L = keep_survivors(*keep, l, L, d, 0, x, att, pos, rows);
+    }
+    if (layer_rows) layer_rows->push_back(L);
   }
   if (final_rows) *final_rows = rows;
   return logits_of(x.data() + (L - 1) * d, -1);
 }
+
+std::vector<float> llama_model::final_norm_weight() const { return norm_->to_float(); }
 
 std::vector<float> llama_model::decode_step(std::int32_t token, std::int32_t position, kv_cache& cache) const {
   const std::int64_t d = cfg_.hidden, hd = cfg_.head_dim, H = cfg_.heads, KV = cfg_.kv_heads, group = H / KV;

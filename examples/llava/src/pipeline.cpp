@@ -12,6 +12,9 @@
 #include <utility>
 
 #include <tokensel/methods/baselines.hpp>
+#include <tokensel/methods/dart.hpp>
+#include <tokensel/methods/divprune.hpp>
+#include <tokensel/methods/vispruner.hpp>
 #include <tokensel/methods/fastv.hpp>
 #include <tokensel/methods/fitprune.hpp>
 #include <tokensel/io/fitprune_json.hpp>
@@ -46,7 +49,8 @@ constexpr method_name method_names[] = {
     {method::none, "none"},           {method::fopru, "fopru"},         {method::freepruner, "freepruner"},
     {method::prumerge, "prumerge"},   {method::prumerge_plus, "prumerge+"}, {method::visionzip, "visionzip"},
     {method::fastv, "fastv"},         {method::fitprune, "fitprune"},   {method::random, "random"},
-    {method::uniform, "uniform"},     {method::pool, "pool"},
+    {method::uniform, "uniform"},     {method::pool, "pool"},           {method::divprune, "divprune"},
+    {method::dart, "dart"},           {method::vispruner, "vispruner"},
 };
 
 }  // namespace
@@ -136,6 +140,9 @@ struct plan {
   ts::baselines::random::config random;
   ts::baselines::uniform::config uniform;
   ts::baselines::pool::config pool;
+  ts::divprune::config divprune;
+  ts::dart::config dart;
+  ts::vispruner::config vispruner;
 };
 
 /// base, or base with the budget of --keep (the method's own rounding and refusals).
@@ -243,6 +250,23 @@ void configure(plan& p, const selection_options& s, const llava_config& cfg) {
       if (!s.keep.empty()) p.pool = ts::baselines::pool::with_budget(*s.keep.value, p.grid, p.pool);
       p.req = ts::baselines::pool::requirements(p.pool, p.grid, p.shape);
       return;
+    case method::divprune:
+      p.divprune = budgeted(s.keep, n, ts::divprune::config{});
+      p.req = requirements(p.divprune, p.shape);
+      return;
+    case method::vispruner:
+      p.vispruner = budgeted(s.keep, n, ts::vispruner::config{});
+      p.req = requirements(p.vispruner, p.shape);
+      return;
+    case method::dart:
+      p.dart.layer = s.dart_layer;
+      p.dart = budgeted(s.keep, n, p.dart);
+      p.req = requirements(p.dart, p.shape);
+      if (p.dart.layer >= cfg.text.layers) {  // dropping after the last layer would prune nothing
+        throw error("llava: dart layer K = " + std::to_string(p.dart.layer) + " must be below the " +
+                    std::to_string(cfg.text.layers) + " LLM layers");
+      }
+      return;
   }
 }
 
@@ -325,6 +349,7 @@ struct encoder_inputs {
   const clip_output& co;
   const ts::matrix_view<const float> patches;  ///< [n, D], CLS dropped
   const clip_config& vc;
+  const projector& proj;                       ///< DivPrune selects on the projected rows
 };
 
 vision_rows select_fopru(const encoder_inputs& in, int f) {
@@ -385,6 +410,38 @@ vision_rows select_visionzip(const encoder_inputs& in, int f) {
   return v;
 }
 
+/// VisPruner: the feature layer's CLS attention row (maps, or the CLS query row of its Q/K) and
+/// the CLIP patch features.
+vision_rows select_vispruner(const encoder_inputs& in, int f) {
+  const auto& vc = in.vc;
+  const std::int64_t N = vc.tokens();
+  std::vector<ts::token_index> kept(static_cast<std::size_t>(in.p.req.keep));
+  ts::vispruner::result r;
+  if (in.p.qk) {
+    auto src = in.co.qk_source(f);
+    src.queries = src.queries.slice(1, 0, 1);
+    r = ts::vispruner::select(ts::par, src, in.patches, in.p.vispruner, kept);
+  } else {
+    r = ts::vispruner::select(ts::par, ts::head_attention_view<float>(in.co.attention.at(f).data(), {vc.heads, N, N}),
+                              in.patches, in.p.vispruner, kept);
+  }
+  kept.resize(static_cast<std::size_t>(r.count));
+  return gathered(in.patches, std::move(kept));
+}
+
+/// DivPrune on the projected rows (the LLM input embeddings of the image, as the official LLaVA
+/// code); the kept CLIP rows then go through the projector again with the rest of the sequence
+/// (the projector is per-row, so those are the same rows).
+vision_rows select_divprune(const encoder_inputs& in) {
+  const std::int64_t n = in.patches.extent(0), Dt = in.proj.out_features();
+  std::vector<float> projected(static_cast<std::size_t>(n * Dt));
+  in.proj.forward(in.patches.data(), n, projected.data());
+  std::vector<ts::token_index> kept(static_cast<std::size_t>(in.p.req.keep));
+  const auto r = ts::divprune::select(ts::par, ts::matrix_view<const float>(projected.data(), {n, Dt}), in.p.divprune, kept);
+  kept.resize(static_cast<std::size_t>(r.count));
+  return gathered(in.patches, std::move(kept));
+}
+
 vision_rows select_pool(const encoder_inputs& in) {
   const auto D = in.vc.hidden;
   const auto& c = in.p.pool;
@@ -441,7 +498,8 @@ vision_rows select_encoder(const encoder_inputs& in, freepruner_stream& fp, int 
   switch (in.p.m) {
     case method::none:
     case method::fastv:
-    case method::fitprune: {
+    case method::fitprune:
+    case method::dart: {
       vision_rows v;
       v.rows.assign(in.patches.data(), in.patches.data() + image_rows * in.vc.hidden);
       return v;
@@ -454,20 +512,31 @@ vision_rows select_encoder(const encoder_inputs& in, freepruner_stream& fp, int 
     case method::random:
     case method::uniform: return select_baseline(in);
     case method::pool: return select_pool(in);
+    case method::divprune: return select_divprune(in);
+    case method::vispruner: return select_vispruner(in, f);
   }
   return {};
 }
 
 // ---- LLM side ----------------------------------------------------------------------------------
 
-/// The prefill hook of an LLM-stage method (FastV, FitPrune): at each layer the requirements name
-/// (and, for FitPrune, that drops tokens) it selects the visual rows to keep and the prefill goes
-/// on with the survivors. Holds the running visual count and the time spent selecting.
+/// The prefill hook of an LLM-stage method (FastV, FitPrune, DART): at each layer the requirements
+/// name (and, for FitPrune, that drops tokens) it selects the visual rows to keep and the prefill
+/// goes on with the survivors. Holds the running visual count and the time spent selecting.
 class llm_selection {
  public:
-  llm_selection(const plan& p, std::int64_t s0, std::int64_t visual, int heads)
-      : p_(p), s0_(s0), n_(visual), visual_now_(visual), heads_(heads) {
+  /// norm_weight: the LLM's final RMSNorm weight (DART's cosine; empty for the others).
+  llm_selection(const plan& p, std::int64_t s0, std::int64_t visual, int heads, std::vector<float> norm_weight)
+      : p_(p), s0_(s0), n_(visual), visual_now_(visual), heads_(heads), norm_(std::move(norm_weight)) {
     if (p.req.stage != ts::stage::llm) return;
+    active_ = true;
+    if (p.m == method::dart) {  // end of layer K - 1: its keys and the hidden states leaving it
+      hook_.wants_attention = [this](int l) { return p_.req.layers.contains(l); };
+      hook_.after_layer = [this](int, const float* hidden, std::int64_t len, const ts::tensor_view<const float, 3>& keys) {
+        return dart(len, hidden, keys);
+      };
+      return;
+    }
     hook_.wants_attention = [this](int l) { return p_.req.layers.contains(l) && drop_at(l) > 0; };
     if (p.qk) {
       hook_.after_qk = [this](int l, const ts::qk_source<float>& src) { return run(l, src.key_count(), src); };
@@ -476,7 +545,6 @@ class llm_selection {
         return run(l, len, ts::head_attention_view<float>(probs, {heads_, len, len}));
       };
     }
-    active_ = true;
   }
   llm_selection(const llm_selection&) = delete;
   llm_selection& operator=(const llm_selection&) = delete;
@@ -506,6 +574,23 @@ class llm_selection {
       keep.resize(static_cast<std::size_t>(visual_now_ - drop));
       count = ts::fitprune::prune_layer(ts::par, src, visual, drop, ts::fitprune::config{}, keep).count;
     }
+    return survivors(len, visual, std::move(keep), count, t);
+  }
+
+  prefill_hook::keep_rows dart(std::int64_t len, const float* hidden, const ts::tensor_view<const float, 3>& keys) {
+    const auto t = clock_type::now();
+    const ts::token_range visual{s0_, visual_now_};
+    const auto D = static_cast<ts::index_t>(norm_.size());
+    std::vector<ts::token_index> keep(static_cast<std::size_t>(ts::dart::keep_count(visual_now_, p_.dart)));
+    const auto count = ts::dart::select(ts::par, keys, ts::matrix_view<const float>(hidden, {len, D}),
+                                        ts::vector_view<const float>(norm_.data(), {D}), visual, p_.dart, keep)
+                           .count;
+    return survivors(len, visual, std::move(keep), count, t);
+  }
+
+  /// The sequence rows that go on: every non-visual row and the kept visual ones.
+  prefill_hook::keep_rows survivors(std::int64_t len, const ts::token_range& visual, std::vector<ts::token_index> keep,
+                                    ts::index_t count, clock_type::time_point t) {
     keep.resize(static_cast<std::size_t>(count));
     std::vector<std::int32_t> rows(static_cast<std::size_t>(len - visual_now_ + count));
     ts::sequence_keep(len, visual, keep, rows);
@@ -529,6 +614,7 @@ class llm_selection {
   const plan& p_;
   std::int64_t s0_, n_, visual_now_;
   int heads_;
+  std::vector<float> norm_;
   prefill_hook hook_;
   bool active_ = false;
   double ms_ = 0;
@@ -551,8 +637,8 @@ std::pair<std::int64_t, std::int64_t> image_slot(std::span<const std::int32_t> i
 
 
 /// CLIP with the inputs the plan requires, then the encoder-side selection (times and maps into res).
-vision_rows encode_and_select(const clip_model& clip, const llava_config& cfg, const plan& p, const float* pixels,
-                              run_result& res) {
+vision_rows encode_and_select(const clip_model& clip, const projector& proj, const llava_config& cfg, const plan& p,
+                              const float* pixels, run_result& res) {
   const auto& vc = cfg.vision;
   clip_options copt = clip_inputs(p, cfg.feature_hidden_index(), vc.layers);
   freepruner_stream fp(p, vc.tokens(), copt);
@@ -564,7 +650,7 @@ vision_rows encode_and_select(const clip_model& clip, const llava_config& cfg, c
   t0 = clock_type::now();
   const std::int64_t n_img = cfg.image_tokens();
   const float* patches = co.features.data() + (cfg.vision_feature_select_strategy == "default" ? vc.hidden : 0);
-  const encoder_inputs in{p, co, ts::matrix_view<const float>(patches, {n_img, vc.hidden}), vc};
+  const encoder_inputs in{p, co, ts::matrix_view<const float>(patches, {n_img, vc.hidden}), vc, proj};
   vision_rows v = select_encoder(in, fp, static_cast<int>(p.shape.feature_layer), n_img);
   res.time.selection = ms_since(t0) + fp.ms();
   return v;
@@ -612,7 +698,7 @@ run_result llava_model::run_impl(const float* pixels, std::span<const std::int32
   const std::vector<std::int32_t> prefix(ids.begin(), ids.begin() + s0);
   const std::vector<std::int32_t> text(ids.begin() + s0 + slot_len, ids.end());
 
-  vision_rows v = encode_and_select(*clip_, cfg_, p, pixels, res);
+  vision_rows v = encode_and_select(*clip_, *projector_, cfg_, p, pixels, res);
   const std::int64_t k_rows = static_cast<std::int64_t>(v.rows.size()) / cfg_.vision.hidden;
   if (record) res.projector_input = v.rows;
 
@@ -626,7 +712,8 @@ run_result llava_model::run_impl(const float* pixels, std::span<const std::int32
   res.visual_begin = s0;
   res.total_tokens = cfg_.image_tokens();
 
-  llm_selection llm(p, s0, k_rows, cfg_.text.heads);
+  llm_selection llm(p, s0, k_rows, cfg_.text.heads,
+                    p.m == method::dart ? llama_->final_norm_weight() : std::vector<float>{});
   auto cache = llama_->make_cache(L + std::max(0, max_new));
   const double cpu0 = cpu_ms();
   t0 = clock_type::now();

@@ -11,6 +11,10 @@
 // Instead of the probabilities, a hook may take the layer's post-RoPE queries and keys as a
 // causal tokensel::qk_source (after_qk): the layer then forms no [heads, L, L] map at all, like a
 // FlashAttention engine, and the selection statistics are recomputed from Q/K.
+//
+// A hook may instead run at the END of layer l (after_layer: DART): it sees the hidden states
+// leaving the layer and the layer's post-RoPE keys; the rows it drops leave before layer l + 1
+// (the same survivors' values as a drop after the attention, since o_proj and the MLP are per-token).
 #pragma once
 
 #include <cstdint>
@@ -40,6 +44,11 @@ struct prefill_hook {
   /// (views into the layer's buffers and KV cache, valid only during the call; causal, scale
   /// 1/sqrt(head_dim), GQA as the model). No probability map is formed for the layer.
   std::function<keep_rows(int layer, const tokensel::qk_source<float>& qk)> after_qk;
+  /// Map-free end-of-layer alternative (takes precedence over both above): called after layer l's
+  /// MLP with hidden [L, hidden] (the states entering layer l + 1) and the layer's keys after RoPE
+  /// [kv_heads, L, head_dim] (views valid only during the call). No map is formed for the layer.
+  std::function<keep_rows(int layer, const float* hidden, std::int64_t L, const tokensel::tensor_view<const float, 3>& keys)>
+      after_layer;
   /// [heads, L, L] probability maps the prefill formed for this hook (after_attention calls).
   mutable std::int64_t maps_materialised = 0;
 };
@@ -68,6 +77,9 @@ class llama_model {
   std::vector<float> prefill(const float* embeddings, std::span<const std::int32_t> positions, kv_cache& cache,
                              const prefill_hook* hook = nullptr, std::vector<std::int32_t>* final_rows = nullptr,
                              std::vector<std::int64_t>* layer_rows = nullptr) const;
+
+  /// The final RMSNorm weight [hidden] in fp32 (DART compares hidden states under it).
+  std::vector<float> final_norm_weight() const;
 
   /// One token at `position`: returns its logits [vocab].
   std::vector<float> decode_step(std::int32_t token, std::int32_t position, kv_cache& cache) const;

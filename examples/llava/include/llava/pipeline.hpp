@@ -26,6 +26,16 @@
 //                            default without keep: 2x2
 //   fastv                    drop ratio R = 1 - keep fraction (count: the R that keeps exactly
 //                            count), layer K = selection_options::fastv_layer (2)
+//   divprune, vispruner,     fraction -> the method's own ratio rule (divprune: round half to even,
+//   dart                     the others floor, at least 1); count -> exactly count; defaults: the
+//                            methods' own (divprune 0.098, vispruner 64 tokens, dart 0.222).
+//                            divprune selects on the PROJECTED features (the official LLaVA placement:
+//                            the LLM input rows of the image), then the kept CLIP rows are projected;
+//                            vispruner reads the feature layer's CLS attention row (or its Q/K) and
+//                            the CLIP features; dart runs inside the prefill at the end of layer K - 1
+//                            (K = selection_options::dart_layer, 2): that layer's post-RoPE keys and
+//                            the hidden states leaving it, under the final RMSNorm weight. None of the
+//                            three reads a probability map (with or without from_qk)
 //   fitprune                 recipe JSON (selection_options::fitprune_recipe, its layer count must
 //                            equal the LLM's) or, from keep, a synthetic recipe that drops
 //                            n - keep tokens spread evenly over the first half of the LLM
@@ -57,10 +67,13 @@
 
 namespace llava {
 
-enum class method { none, fopru, freepruner, prumerge, prumerge_plus, visionzip, fastv, fitprune, random, uniform, pool };
+enum class method {
+  none, fopru, freepruner, prumerge, prumerge_plus, visionzip, fastv, fitprune, random, uniform, pool,
+  divprune, dart, vispruner
+};
 
 /// "none", "fopru", "freepruner", "prumerge", "prumerge+", "visionzip", "fastv", "fitprune",
-/// "random", "uniform", "pool"; throws llava::error listing them otherwise.
+/// "random", "uniform", "pool", "divprune", "dart", "vispruner"; throws llava::error listing them otherwise.
 method parse_method(std::string_view name);
 const char* to_string(method m) noexcept;
 
@@ -79,6 +92,7 @@ struct selection_options {
   method name = method::none;
   keep_spec keep;
   int fastv_layer = 2;                 ///< K
+  int dart_layer = 2;                  ///< DART's K (tokens leave after layer K - 1)
   std::string fitprune_recipe;         ///< path of a recipe JSON (tokensel.fitprune.recipe)
   std::uint64_t seed = 0;              ///< random
   bool from_qk = false;                ///< statistics from Q/K, no attention maps (see above)
