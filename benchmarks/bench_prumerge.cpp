@@ -3,8 +3,13 @@
 // features [N-1, 1024]. Variants: selection only (CLS attention + IQR count + top-Kc), and
 // selection + merge (cosine 32-NN over the keys, weighted sums of features), plain and plus.
 // Floors: one pass over the CLS query and the keys (selection), plus the features (merge).
-// The merge does Kc x n x 1024 multiply-adds for the neighbour search: compute, not streaming,
-// so its ratio to the floor measures that work. Counter "kept" = mean tokens kept per view.
+// The merge is compute-bound, not streaming: the neighbour search is Kc x n x 1024 multiply-adds
+// (29 M for Kc = 50, 133 M for PruMerge+'s 225 kept tokens, against 2.4 M values read), so its
+// floor is a FLOP floor: floor/<t>/<shape>/flops_<variant> runs the same number of multiply-adds
+// (similarity, plus the neighbour and extra-row sums) at this core's peak rate of separate vector
+// multiplies and adds (the contract forbids FMA: -ffp-contract=off), from registers. The byte
+// floors stay registered for reference. Counter "kept" = mean tokens kept per view.
+#include <algorithm>
 #include <vector>
 
 #include "bench_common.hpp"
@@ -58,12 +63,75 @@ void register_floors(const encoder_shape& s) {
   }
 }
 
+/// Multiply-adds of one merge call: cosines count x n x D, neighbour sums count x m x d, the
+/// extra row (n - count) x d, per sample; count from a real run on the same inputs.
+template <class T>
+std::int64_t merge_muladds(const encoder_shape& s, const pm::config& cfg) {
+  const data_of d{s};
+  const auto& q = gaussian<T>(d.qk_count(), 31);
+  const auto& k = gaussian<T>(d.qk_count(), 32);
+  const index_t n = d.n();
+  std::vector<token_index> idx(static_cast<std::size_t>(pm::max_count(n, cfg)));
+  std::int64_t total = 0;
+  for (index_t b = 0; b < s.samples; ++b) {
+    const ts::tensor_view<const T, 2> qv(q.data() + b * s.tokens * kDim, {s.tokens, kDim});
+    const ts::tensor_view<const T, 2> kv(k.data() + b * s.tokens * kDim, {s.tokens, kDim});
+    const pm::config select_only{.mode = cfg.mode, .plus = cfg.plus, .merge = false};
+    const std::int64_t c = pm::select(ts::seq, qv, kv, select_only, std::span<token_index>(idx)).count;
+    const std::int64_t m = std::min<std::int64_t>(cfg.neighbours, n - 1);
+    total += c * n * kDim + c * m * kDim + (n - c) * kDim;
+  }
+  return total;
+}
+
+/// `muladds` separate vector multiplies and adds into 16 independent accumulators: the peak
+/// rate of the arithmetic the merge does, with no memory traffic (the barrier keeps the
+/// products inside the loop).
+inline float muladd_peak(std::int64_t muladds) {
+#if defined(__AVX512F__)
+  constexpr int W = 16;
+#else
+  constexpr int W = 8;
+#endif
+  constexpr int A = 16;
+  using vec = float __attribute__((vector_size(W * sizeof(float))));
+  vec acc[A], a[A];
+  for (int i = 0; i < A; ++i) {
+    acc[i] = vec{} + 0.0f;
+    a[i] = vec{} + (1.0f + 1e-7f * static_cast<float>(i));
+  }
+  vec b = vec{} + 1e-9f;
+  for (std::int64_t it = 0; it < muladds / (A * W); ++it) {
+    asm volatile("" : "+v"(b));
+#pragma GCC unroll 16
+    for (int i = 0; i < A; ++i) acc[i] += a[i] * b;
+  }
+  float sum = 0;
+  for (int i = 0; i < A; ++i) sum += acc[i][0];
+  return sum;
+}
+
+template <class T>
+std::string flops_floor_name(const encoder_shape& s, const std::string& variant) {
+  return std::string("floor/") + dtype<T>() + "/" + s.name + "/flops_" + variant;
+}
+
+template <class T>
+void register_flops_floor(const encoder_shape& s, const pm::config& cfg, const std::string& variant) {
+  const data_of d{s};
+  add(flops_floor_name<T>(s, variant), "", d.merge_bytes<T>(), s.samples, [=](benchmark::State& state) {
+    const std::int64_t muladds = merge_muladds<T>(s, cfg);
+    for (auto _ : state) benchmark::DoNotOptimize(muladd_peak(muladds));
+    state.counters["muladds"] = static_cast<double>(muladds);
+  });
+}
+
 template <class T, class P>
 void register_prumerge(const encoder_shape& s, const pm::config& cfg, const std::string& variant, const P& policy) {
   const data_of d{s};
   const bool merge = cfg.merge;
   const std::string name = "prumerge/" + variant + "/" + dtype<T>() + "/" + s.name + "/" + policy_name(policy);
-  add(name, floor_name<T>(s, merge), merge ? d.merge_bytes<T>() : d.select_bytes<T>(), s.samples,
+  add(name, merge ? flops_floor_name<T>(s, variant) : floor_name<T>(s, false), merge ? d.merge_bytes<T>() : d.select_bytes<T>(), s.samples,
       [=](benchmark::State& state) {
         const auto& q = gaussian<T>(d.qk_count(), 31);
         const auto& k = gaussian<T>(d.qk_count(), 32);
@@ -101,6 +169,8 @@ void register_shape(const encoder_shape& s) {
   const pm::config select_only{.merge = false};
   const pm::config merge{};
   const pm::config plus{.plus = true};
+  register_flops_floor<T>(s, merge, "merge");
+  register_flops_floor<T>(s, plus, "plus_merge");
   register_prumerge<T>(s, select_only, "select", ts::seq);
   register_prumerge<T>(s, merge, "merge", ts::seq);
   register_prumerge<T>(s, plus, "plus_merge", ts::seq);

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <array>
+#include <cstring>
 
 #include "tokensel/core/config.hpp"
 #include "tokensel/core/element.hpp"
@@ -53,6 +54,91 @@ inline float canonical_dot(const float* a, const float* b, index_t n) noexcept {
   }
   for (int l = 0; i + l < n; ++l) lane[l] += a[i + l] * b[i + l];
   return combine_lanes(lane);
+}
+
+/// combine_lane_tree with its widths fixed, so that the compiler vectorises the wide steps (the
+/// same adds in the same order: lane l += lane l + w, w = 16, 8, 4, 2, 1).
+inline float combine_lanes_unrolled(float* lane) noexcept {
+  for (int l = 0; l < 16; ++l) lane[l] += lane[l + 16];
+  for (int l = 0; l < 8; ++l) lane[l] += lane[l + 8];
+  for (int l = 0; l < 4; ++l) lane[l] += lane[l + 4];
+  for (int l = 0; l < 2; ++l) lane[l] += lane[l + 2];
+  return lane[0] + lane[1];
+}
+static_assert(canonical_lanes == 32, "combine_lanes_unrolled spells out the 32-lane tree");
+
+/// Rows of a and b per tile of canonical_dot_tile: 4 x 6 (24 accumulators) with 32 vector
+/// registers (AVX-512), 3 x 4 (12) with 16.
+#if defined(__AVX512F__)
+inline constexpr int dot_tile_rows = 4, dot_tile_cols = 6;
+#else
+inline constexpr int dot_tile_rows = 3, dot_tile_cols = 4;
+#endif
+
+/// out[r * out_stride + c] = canonical_dot(a[r], b[c], n) for r < rows <= dot_tile_rows and
+/// c < cols <= dot_tile_cols: the same bits, but each loaded vector feeds several dot products
+/// (a register-blocked product, which the one-pair loop cannot be: it does two loads per
+/// multiply-add). Lane l of every dot still adds its products i = l mod 32 in ascending order;
+/// only which lanes advance together changes, and lanes are independent until the tree.
+inline void canonical_dot_tile(const float* const* a, int rows, const float* const* b, int cols, index_t n,
+                               float* out, index_t out_stride) noexcept {
+  constexpr int R = dot_tile_rows, C = dot_tile_cols, L = canonical_lanes;
+  const float* pa[R];
+  const float* pb[C];
+  for (int r = 0; r < R; ++r) pa[r] = a[r < rows ? r : 0];  // padding rows repeat row 0, never stored
+  for (int c = 0; c < C; ++c) pb[c] = b[c < cols ? c : 0];
+  float lane[R][C][L];
+  const index_t full = n - n % L;
+#if defined(__GNUC__)
+#if defined(__AVX512F__)
+  constexpr int W = 16;
+#else
+  constexpr int W = 8;
+#endif
+  using vec = float __attribute__((vector_size(W * sizeof(float))));
+  using vec_unaligned = float __attribute__((vector_size(W * sizeof(float)), aligned(4), may_alias));
+  // The pragmas unroll the tile fully so that the accumulators live in registers.
+  for (int g = 0; g < L; g += W) {  // lanes g .. g + W - 1 of every dot
+    vec acc[R][C];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c) acc[r][c] = vec{};
+    }
+    for (index_t i = g; i < full; i += L) {
+      vec va[R], vb[C];
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) va[r] = *reinterpret_cast<const vec_unaligned*>(pa[r] + i);
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c) vb[c] = *reinterpret_cast<const vec_unaligned*>(pb[c] + i);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 8
+        for (int c = 0; c < C; ++c) acc[r][c] += va[r] * vb[c];
+      }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c) std::memcpy(&lane[r][c][g], &acc[r][c], sizeof(vec));
+    }
+  }
+#else
+  for (int r = 0; r < R; ++r) {
+    for (int c = 0; c < C; ++c) {
+      for (int l = 0; l < L; ++l) lane[r][c][l] = 0.0f;
+      for (index_t i = 0; i < full; i += L) {
+        for (int l = 0; l < L; ++l) lane[r][c][l] += pa[r][i + l] * pb[c][i + l];
+      }
+    }
+  }
+#endif
+  for (int r = 0; r < rows; ++r) {
+    for (int c = 0; c < cols; ++c) {
+      for (int l = 0; full + l < n; ++l) lane[r][c][l] += pa[r][full + l] * pb[c][full + l];
+      out[r * out_stride + c] = combine_lanes_unrolled(lane[r][c]);
+    }
+  }
 }
 
 }  // namespace detail

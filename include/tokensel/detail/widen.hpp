@@ -44,5 +44,62 @@ inline void widen(const T* src, index_t n, float* out) noexcept {
   }
 }
 
+/// out[j] = T(src[j]) for j in [0, n), rounded to nearest even as from_float. fp16 narrows 8 at a
+/// time with F16C where the target has it; a block holding a NaN goes through from_float, whose
+/// NaN encoding is the library's (F16C would keep the payload bits).
+template <element T>
+inline void narrow(const float* src, index_t n, T* out) noexcept {
+  using U = std::remove_cv_t<T>;
+  if constexpr (std::is_same_v<U, float>) {
+    if (n > 0) std::memcpy(out, src, static_cast<std::size_t>(n) * sizeof(float));
+  } else {
+    index_t j = 0;
+#if defined(__F16C__) && defined(__AVX__)
+    if constexpr (std::is_same_v<U, Eigen::half>) {
+      for (; j + 8 <= n; j += 8) {
+        const __m256 v = _mm256_loadu_ps(src + j);
+        if (_mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)) != 0) {
+          for (index_t t = j; t < j + 8; ++t) out[t] = from_float<U>(src[t]);
+          continue;
+        }
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+      }
+    }
+#endif
+    for (; j < n; ++j) out[j] = from_float<U>(src[j]);
+  }
+}
+
+/// True when every x[j], j in [0, n), is finite: an exponent-bits test that vectorises (callers
+/// locate the offending element only when it fails).
+inline bool all_finite(const float* x, index_t n) noexcept {
+  std::uint32_t bad = 0;
+  for (index_t j = 0; j < n; ++j) {
+    std::uint32_t b;
+    std::memcpy(&b, x + j, sizeof b);
+    bad |= static_cast<std::uint32_t>((b & 0x7f800000u) == 0x7f800000u);
+  }
+  return bad == 0;
+}
+
+/// Row i of a matrix view as contiguous fp32: the row itself when it already is (fp32, unit
+/// stride), else widened into buffer (at least extent(1) floats).
+template <class View>
+inline const float* row_f32(const View& m, index_t i, float* buffer) noexcept {
+  using U = std::remove_cv_t<typename View::value_type>;
+  const index_t d = m.extent(1);
+  if (d == 0) return buffer;
+  if (m.inner_contiguous()) {
+    if constexpr (std::is_same_v<U, float>) {
+      return &m(i, 0);
+    } else {
+      widen(&m(i, 0), d, buffer);
+      return buffer;
+    }
+  }
+  for (index_t c = 0; c < d; ++c) buffer[c] = to_float(m(i, c));
+  return buffer;
+}
+
 }  // namespace detail
 TOKENSEL_END_NAMESPACE

@@ -30,6 +30,7 @@
 #include "tokensel/detail/reduce.hpp"
 #include "tokensel/detail/scratch.hpp"
 #include "tokensel/detail/validate.hpp"
+#include "tokensel/detail/widen.hpp"
 #include "tokensel/core/element.hpp"
 #include "tokensel/stats/iqr_outliers.hpp"
 #include "tokensel/core/policy.hpp"
@@ -110,26 +111,50 @@ inline std::string at2(std::string_view name, index_t i, index_t j) {
   return std::string(name) + "[" + std::to_string(i) + ", " + std::to_string(j) + "]";
 }
 
+/// Fails with the first NaN/Inf of rows [row0, row0 + rows) of m (row-major order): the error
+/// path of the vectorised checks below, which only know that some value is not finite.
+template <class T>
+void locate_non_finite(const tensor_view<const T, 2>& m, index_t row0, index_t rows, std::string_view name) {
+  for (index_t i = row0; i < row0 + rows; ++i) {
+    for (index_t c = 0; c < m.extent(1); ++c) {
+      const float v = to_float(m(i, c));
+      if (!std::isfinite(v)) tokensel::detail::fail(errc::non_finite, at2(name, i, c), v, "values must be finite");
+    }
+  }
+}
+
 /// Copies rows [row0, row0 + rows) of m into a contiguous fp32 buffer, rejecting NaN/Inf.
 template <class T>
 void to_float_rows(const tensor_view<const T, 2>& m, index_t row0, index_t rows, float* dst, std::string_view name) {
   const index_t d = m.extent(1);
   for (index_t i = 0; i < rows; ++i) {
-    for (index_t c = 0; c < d; ++c) {
-      const float v = to_float(m(row0 + i, c));
-      if (!std::isfinite(v)) tokensel::detail::fail(errc::non_finite, at2(name, row0 + i, c), v, "values must be finite");
-      dst[i * d + c] = v;
-    }
+    float* row = dst + i * d;
+    const float* src = tokensel::detail::row_f32(m, row0 + i, row);
+    if (src != row && d > 0) std::copy(src, src + d, row);
+    if (!tokensel::detail::all_finite(row, d)) locate_non_finite(m, row0 + i, 1, name);
   }
 }
 
 template <class T>
 void check_finite_rows(const tensor_view<const T, 2>& m, std::string_view name) {
+  tokensel::detail::scratch_scope scratch;
+  auto buffer = scratch.take<float>(static_cast<std::size_t>(m.extent(1)));
   for (index_t i = 0; i < m.extent(0); ++i) {
-    for (index_t c = 0; c < m.extent(1); ++c) {
-      const float v = to_float(m(i, c));
-      if (!std::isfinite(v)) tokensel::detail::fail(errc::non_finite, at2(name, i, c), v, "values must be finite");
+    if (!tokensel::detail::all_finite(tokensel::detail::row_f32(m, i, buffer.data()), m.extent(1))) {
+      locate_non_finite(m, i, 1, name);
     }
+  }
+}
+
+/// Row r of out = T(src[0, extent(1))), narrowed in bulk when the row is contiguous.
+template <class Out>
+void store_row(const Out& out, index_t r, const float* src) {
+  using O = typename Out::value_type;
+  const index_t d = out.extent(1);
+  if (d > 0 && out.inner_contiguous()) {
+    tokensel::detail::narrow(src, d, &out(r, 0));
+  } else {
+    for (index_t c = 0; c < d; ++c) out(r, c) = from_float<O>(src[c]);
   }
 }
 
@@ -161,14 +186,38 @@ inline float softmax_scale(const config& cfg, index_t dim) {
   return static_cast<float>(cfg.scale > 0.0 ? cfg.scale : 1.0 / std::sqrt(static_cast<double>(dim)));
 }
 
-/// CLS-row attention over the patches: keyf holds the n+1 keys as fp32 rows of width D (already
-/// converted and checked); q the CLS query. attn[j] = softmax_j'(scale q.k_j')[j + 1].
-template <class Policy>
-void cls_softmax(const Policy& policy, const float* q, const float* keyf, index_t n, index_t dim, float scale,
-                 std::span<float> attn) {
+/// x / max(|x|, 1e-12) of one row (torch's F.normalize), into unit.
+inline void unit_row(const float* x, index_t dim, float* unit) noexcept {
+  const float norm = std::sqrt(canonical_dot(x, x, dim));
+  const float denom = std::max(norm, 1e-12f);
+  for (index_t c = 0; c < dim; ++c) unit[c] = x[c] / denom;
+}
+
+/// Logits e[j] = (q . k_j) * scale of the CLS query against the n+1 keys, each key row read once
+/// as stored (no fp32 copy of the keys); with unit, also the unit patch keys (rows 1..n) into
+/// unit[(j - 1) * D]. A NaN/Inf in q or k_j makes e[j] non-finite, so the keys are searched for
+/// the offending value (the first in row-major order, the error it always gave) only then.
+template <class Policy, class T>
+void cls_logits(const Policy& policy, const tensor_view<const T, 2>& queries, const tensor_view<const T, 2>& keys,
+                float scale, float* unit, std::span<float> e) {
+  const index_t rows = keys.extent(0), dim = keys.extent(1);
   tokensel::detail::scratch_scope scratch;
-  auto e = scratch.take<float>(static_cast<std::size_t>(n + 1));
-  tokensel::detail::parallel_for(policy, n + 1, [&](index_t j) { e[j] = canonical_dot(q, keyf + j * dim, dim) * scale; });
+  auto q = scratch.take<float>(static_cast<std::size_t>(dim));
+  to_float_rows(queries, 0, 1, q.data(), "prumerge.queries");
+  tokensel::detail::parallel_for(policy, rows, [&](index_t j) {
+    tokensel::detail::scratch_scope local;
+    auto buffer = local.take<float>(static_cast<std::size_t>(dim));
+    const float* k = tokensel::detail::row_f32(keys, j, buffer.data());
+    e[j] = canonical_dot(q.data(), k, dim) * scale;
+    if (unit != nullptr && j > 0) unit_row(k, dim, unit + (j - 1) * dim);
+  });
+  if (!tokensel::detail::all_finite(e.data(), rows)) locate_non_finite(keys, 0, rows, "prumerge.keys");
+}
+
+/// CLS-row attention over the patches from the n+1 logits (overwritten):
+/// attn[j] = softmax_j'(e)[j + 1].
+inline void cls_softmax(std::span<float> e, std::span<float> attn) {
+  const auto n = static_cast<index_t>(attn.size());
   float m = e[0];
   for (index_t j = 0; j <= n; ++j) {
     if (!std::isfinite(e[j])) tokensel::detail::fail(errc::non_finite, tokensel::detail::at_index("prumerge.logits", j), e[j], "Q K^T overflows fp32");
@@ -178,17 +227,6 @@ void cls_softmax(const Policy& policy, const float* q, const float* keyf, index_
   for (index_t j = 0; j <= n; ++j) e[j] = tokensel::detail::expf_nonpositive(e[j] - m);
   const float z = tokensel::detail::canonical_sum(e.data(), n + 1);
   for (index_t j = 0; j < n; ++j) attn[j] = e[j + 1] / z;
-}
-
-/// Unit-length rows (x / max(|x|, 1e-12), as torch's F.normalize), in place.
-template <class Policy>
-void normalise_rows(const Policy& policy, float* rows, index_t n, index_t dim) {
-  tokensel::detail::parallel_for(policy, n, [&](index_t j) {
-    float* r = rows + j * dim;
-    const float norm = std::sqrt(canonical_dot(r, r, dim));
-    const float denom = std::max(norm, 1e-12f);
-    for (index_t c = 0; c < dim; ++c) r[c] = r[c] / denom;
-  });
 }
 
 struct no_features {};
@@ -222,21 +260,61 @@ inline void choose_tokens(std::span<const float> attn, const config& cfg, std::s
   }
 }
 
-/// Cosines of every kept token to every patch, cosine[count, n]. Blocks of patch keys are reused
-/// across all kept tokens while they sit in cache; each entry is one canonical dot product, so
-/// the blocking does not change any bit.
+/// Cosines of every kept token to every patch, cosine[count, n]: register-blocked tiles of
+/// canonical dot products (tokensel::detail::canonical_dot_tile, the same bits as one
+/// canonical_dot per pair) over blocks of patch keys that stay in cache across the kept tokens.
 template <class Policy>
 void kept_cosines(const Policy& policy, const float* unit_keys, index_t dim, index_t n,
                   std::span<const token_index> order, std::span<float> cosine) {
-  constexpr index_t block = 32;
+  constexpr index_t R = tokensel::detail::dot_tile_rows, C = tokensel::detail::dot_tile_cols;
+  constexpr index_t block = 8 * C;  // patch keys per task: 8 tiles wide
   const auto count = static_cast<index_t>(order.size());
   tokensel::detail::parallel_for(policy, (n + block - 1) / block, [&](index_t blk) {
     const index_t j1 = std::min(n, (blk + 1) * block);
-    for (index_t r = 0; r < count; ++r) {
-      const float* ui = unit_keys + order[r] * dim;
-      for (index_t j = blk * block; j < j1; ++j) cosine[r * n + j] = canonical_dot(ui, unit_keys + j * dim, dim);
+    for (index_t r0 = 0; r0 < count; r0 += R) {
+      const float* rows[R];
+      const auto nr = static_cast<int>(std::min(R, count - r0));
+      for (int r = 0; r < nr; ++r) rows[r] = unit_keys + order[r0 + r] * dim;
+      for (index_t j = blk * block; j < j1; j += C) {
+        const float* cols[C];
+        const auto nc = static_cast<int>(std::min(C, j1 - j));
+        for (int c = 0; c < nc; ++c) cols[c] = unit_keys + (j + c) * dim;
+        tokensel::detail::canonical_dot_tile(rows, nr, cols, nc, dim, cosine.data() + r0 * n + j, n);
+      }
     }
   });
+}
+
+/// The m patches j != i with the highest key[j] (ties: lower index), in ascending index order,
+/// into out[0, m), 0 < m <= n - 1. One pass keeping the best m so far sorted by rank (their keys
+/// in best[0, m)): a patch enters only when it beats the m-th, so the pass costs about n compares
+/// (the set is the one nth_element picks under the same rule; only the work differs).
+inline void nearest_ascending(const float* key, index_t n, index_t i, index_t m, std::span<token_index> out,
+                              std::span<float> best) {
+  using tokensel::detail::beats_high;
+  constexpr index_t block = 16;
+  index_t size = 0;
+  for (index_t j0 = 0; j0 < n; j0 += block) {
+    const index_t j1 = std::min(n, j0 + block);
+    if (size == m && j1 - j0 == block) {  // skip a block none of whose keys reaches the m-th (vectorised test)
+      const float worst = best[m - 1];
+      bool any = false;
+      for (index_t j = j0; j < j1; ++j) any |= key[j] >= worst;
+      if (!any) continue;
+    }
+    for (index_t j = j0; j < j1; ++j) {
+      const float kj = key[j];
+      if (j == i || (size == m && !beats_high(kj, j, best[m - 1], static_cast<index_t>(out[m - 1])))) continue;
+      index_t p = size < m ? size++ : m - 1;  // the worst is dropped when full
+      for (; p > 0 && beats_high(kj, j, best[p - 1], static_cast<index_t>(out[p - 1])); --p) {
+        out[p] = out[p - 1];
+        best[p] = best[p - 1];
+      }
+      out[p] = static_cast<token_index>(j);
+      best[p] = kj;
+    }
+  }
+  std::sort(out.begin(), out.begin() + m);  // accumulate in ascending index order
 }
 
 /// merged[r] = features[order[r]] + sum over its m nearest other patches (by cosine, accumulated
@@ -245,29 +323,27 @@ template <class Policy, class Features, class Merged>
 void merge_neighbours(const Policy& policy, std::span<const float> attn, const Features& features,
                       std::span<const token_index> order, std::span<const float> cosine, index_t m,
                       const Merged& merged) {
-  using O = typename Merged::value_type;
   const auto n = static_cast<index_t>(attn.size());
   const index_t d = features.extent(1);
   tokensel::detail::parallel_for(policy, static_cast<index_t>(order.size()), [&](index_t r) {
     tokensel::detail::scratch_scope local;
-    auto cand = local.take<token_index>(static_cast<std::size_t>(n - 1));
+    auto near = local.take<token_index>(static_cast<std::size_t>(m));
+    auto best = local.take<float>(static_cast<std::size_t>(m));
     auto acc = local.take_zeroed<float>(static_cast<std::size_t>(d));
+    auto buffer = local.take<float>(static_cast<std::size_t>(d));
     const index_t i = order[r];
     if (m > 0) {
-      index_t c = 0;
-      for (index_t j = 0; j < n; ++j) {
-        if (j != i) cand[c++] = static_cast<token_index>(j);
-      }
-      const tokensel::detail::rank_high_first nearer{cosine.data() + r * n};
-      if (m < n - 1) std::nth_element(cand.begin(), cand.begin() + (m - 1), cand.end(), nearer);
-      std::sort(cand.begin(), cand.begin() + m);  // accumulate in ascending index order
+      nearest_ascending(cosine.data() + r * n, n, i, m, near, best);
       for (index_t t = 0; t < m; ++t) {
-        const index_t j = cand[t];
+        const index_t j = near[t];
         const float w = attn[j];
-        for (index_t col = 0; col < d; ++col) acc[col] += w * to_float(features(j, col));
+        const float* x = tokensel::detail::row_f32(features, j, buffer.data());
+        for (index_t col = 0; col < d; ++col) acc[col] += w * x[col];
       }
     }
-    for (index_t col = 0; col < d; ++col) merged(r, col) = from_float<O>(to_float(features(i, col)) + acc[col]);
+    const float* xi = tokensel::detail::row_f32(features, i, buffer.data());
+    for (index_t col = 0; col < d; ++col) acc[col] = xi[col] + acc[col];
+    store_row(merged, r, acc.data());
   });
 }
 
@@ -275,15 +351,16 @@ void merge_neighbours(const Policy& policy, std::span<const float> attn, const F
 template <class Features, class Merged>
 void extra_row(std::span<const float> attn, const Features& features, std::span<const unsigned char> kept, index_t row,
                const Merged& merged, tokensel::detail::scratch_scope& scratch) {
-  using O = typename Merged::value_type;
   const index_t d = features.extent(1);
   auto acc = scratch.take_zeroed<float>(static_cast<std::size_t>(d));
+  auto buffer = scratch.take<float>(static_cast<std::size_t>(d));
   for (index_t j = 0; j < static_cast<index_t>(attn.size()); ++j) {
     if (kept[j]) continue;
     const float w = attn[j];
-    for (index_t col = 0; col < d; ++col) acc[col] += w * to_float(features(j, col));
+    const float* x = tokensel::detail::row_f32(features, j, buffer.data());
+    for (index_t col = 0; col < d; ++col) acc[col] += w * x[col];
   }
-  for (index_t col = 0; col < d; ++col) merged(row, col) = from_float<O>(acc[col]);
+  store_row(merged, row, acc.data());
 }
 
 /// The output rows of the kept tokens order[0, res.count): copied (no merge), or merged with
@@ -293,14 +370,11 @@ void write_rows(const Policy& policy, std::span<const float> attn, const float* 
                 const Features& features, const config& cfg, std::span<const token_index> order,
                 std::span<const unsigned char> kept, const result& res, const Merged& merged,
                 tokensel::detail::scratch_scope& scratch) {
-  using O = typename Merged::value_type;
   const auto n = static_cast<index_t>(attn.size());
-  const index_t d = features.extent(1);
   const auto chosen = order.first(static_cast<std::size_t>(res.count));
   if (!cfg.merge) {
-    for (index_t r = 0; r < res.count; ++r) {
-      for (index_t c = 0; c < d; ++c) merged(r, c) = from_float<O>(to_float(features(order[r], c)));
-    }
+    auto buffer = scratch.take<float>(static_cast<std::size_t>(features.extent(1)));
+    for (index_t r = 0; r < res.count; ++r) store_row(merged, r, tokensel::detail::row_f32(features, order[r], buffer.data()));
     return;
   }
   const index_t m = res.neighbours;
@@ -343,22 +417,21 @@ result run(const Policy& policy, std::span<const float> attn, const float* unit_
   return res;
 }
 
-/// Q/K path: converts the keys, forms the CLS attention, normalises the patch keys, then runs.
+/// Q/K path: the logits (and, for the merge, the unit patch keys) in one pass over the keys,
+/// the CLS attention, then runs.
 template <class Policy, class T, class Features, class Merged>
 result run_qk(const Policy& policy, const tensor_view<const T, 2>& queries, const tensor_view<const T, 2>& keys,
               const Features& features, const config& cfg, std::span<token_index> out, const Merged& merged) {
   const index_t n = keys.extent(0) - 1;
   const index_t dim = keys.extent(1);
-  tokensel::detail::scratch_scope scratch;
-  auto q = scratch.take<float>(static_cast<std::size_t>(dim));
-  auto keyf = scratch.take<float>(static_cast<std::size_t>((n + 1) * dim));
-  auto attn = scratch.take<float>(static_cast<std::size_t>(n));
-  to_float_rows(queries, 0, 1, q.data(), "prumerge.queries");
-  to_float_rows(keys, 0, n + 1, keyf.data(), "prumerge.keys");
-  cls_softmax(policy, q.data(), keyf.data(), n, dim, softmax_scale(cfg, dim), attn);
   const bool need_keys = !std::is_same_v<Features, no_features> && cfg.merge;
-  if (need_keys) normalise_rows(policy, keyf.data() + dim, n, dim);
-  return run(policy, std::span<const float>(attn), keyf.data() + dim, dim, features, cfg, out, merged);
+  tokensel::detail::scratch_scope scratch;
+  auto unit = scratch.take<float>(static_cast<std::size_t>(need_keys ? n * dim : 0));
+  auto e = scratch.take<float>(static_cast<std::size_t>(n + 1));
+  auto attn = scratch.take<float>(static_cast<std::size_t>(n));
+  cls_logits(policy, queries, keys, softmax_scale(cfg, dim), need_keys ? unit.data() : nullptr, e);
+  cls_softmax(e, attn);
+  return run(policy, std::span<const float>(attn), unit.data(), dim, features, cfg, out, merged);
 }
 
 /// CLS-row path: checks and widens the given attention, normalises the patch keys, then runs.
@@ -379,8 +452,13 @@ result run_attention(const Policy& policy, const tensor_view<const A, 1>& attent
   if (patch_keys != nullptr && cfg.merge) {
     dim = patch_keys->extent(1);
     unit = scratch.take<float>(static_cast<std::size_t>(n * dim)).data();
-    to_float_rows(*patch_keys, 0, n, unit, "prumerge.patch_keys");
-    normalise_rows(policy, unit, n, dim);
+    tokensel::detail::parallel_for(policy, n, [&](index_t j) {
+      tokensel::detail::scratch_scope local;
+      auto buffer = local.take<float>(static_cast<std::size_t>(dim));
+      const float* k = tokensel::detail::row_f32(*patch_keys, j, buffer.data());
+      if (!tokensel::detail::all_finite(k, dim)) locate_non_finite(*patch_keys, j, 1, "prumerge.patch_keys");
+      unit_row(k, dim, unit + j * dim);
+    });
   }
   return run(policy, std::span<const float>(attn), unit, dim, features, cfg, out, merged);
 }
@@ -456,13 +534,11 @@ void cls_attention(const Policy& policy, const matrix_view<const T>& queries, co
   const index_t dim = keys.extent(1);
   detail::check_extent(out.extent(0), n, "prumerge.cls_attention.out.extent(0)");
   tokensel::detail::scratch_scope scratch;
-  auto q = scratch.take<float>(static_cast<std::size_t>(dim));
-  auto keyf = scratch.take<float>(static_cast<std::size_t>((n + 1) * dim));
+  auto e = scratch.take<float>(static_cast<std::size_t>(n + 1));
   auto attn = scratch.take<float>(static_cast<std::size_t>(n));
-  detail::to_float_rows(queries, 0, 1, q.data(), "prumerge.queries");
-  detail::to_float_rows(keys, 0, n + 1, keyf.data(), "prumerge.keys");
   const double s = scale > 0.0 ? scale : 1.0 / std::sqrt(static_cast<double>(dim));
-  detail::cls_softmax(policy, q.data(), keyf.data(), n, dim, static_cast<float>(s), attn);
+  detail::cls_logits(policy, queries, keys, static_cast<float>(s), nullptr, e);
+  detail::cls_softmax(e, attn);
   for (index_t j = 0; j < n; ++j) out(j) = attn[j];
 }
 
