@@ -16,9 +16,12 @@
 #include "tokensel/cuda/select/top_k.cuh"
 
 #include "tokensel/cuda/methods/baselines.cuh"
+#include "tokensel/cuda/methods/dart.cuh"
+#include "tokensel/cuda/methods/divprune.cuh"
 #include "tokensel/cuda/methods/fastv.cuh"
 #include "tokensel/cuda/methods/fitprune.cuh"
 #include "tokensel/cuda/methods/fopru.cuh"
 #include "tokensel/cuda/methods/freepruner.cuh"
 #include "tokensel/cuda/methods/prumerge.cuh"
 #include "tokensel/cuda/methods/visionzip.cuh"
+#include "tokensel/cuda/methods/vispruner.cuh"

@@ -39,6 +39,7 @@
 #include "tokensel/detail/scratch.hpp"
 #include "tokensel/detail/validate.hpp"
 #include "tokensel/methods/detail/cosine.hpp"
+#include "tokensel/methods/detail/feature_rules.hpp"
 #include "tokensel/select/top_k.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
@@ -246,7 +247,7 @@ result select(const Policy& policy, const tensor_view<const K, 3>& keys, const m
   auto taken = scratch.take<token_index>(static_cast<std::size_t>(extra / pivots + 1));
   index_t written = pi;
   for (index_t q = 0; q < pivots; ++q) {  // pivots in ascending sequence position
-    const index_t quota = extra / pivots + (q < extra % pivots ? 1 : 0);
+    const index_t quota = tokensel::detail::dart_quota(q, extra, pivots);
     if (quota == 0) continue;
     const float* p = unit.data() + (q < pi ? (pivot[static_cast<std::size_t>(q)] - visual.begin) : (n + q - pi)) * d;
     tokensel::detail::parallel_for(policy, pool_size, [&](index_t c) {

@@ -104,7 +104,7 @@ namespace detail {
 inline index_t first_max(std::span<const float> score) noexcept {
   index_t best = 0;
   for (index_t j = 1; j < static_cast<index_t>(score.size()); ++j) {
-    if (score[static_cast<std::size_t>(j)] > score[static_cast<std::size_t>(best)]) best = j;
+    if (tokensel::detail::divprune_farther(score[static_cast<std::size_t>(j)], j, score[static_cast<std::size_t>(best)], best)) best = j;
   }
   return best;
 }
@@ -139,7 +139,7 @@ result select(const Policy& policy, const matrix_view<const F>& features, const 
     float m = std::numeric_limits<float>::infinity();
     for (index_t i = 0; i < n; ++i) {
       if (i == j) continue;
-      const float dist = tokensel::detail::fsub(1.0f, tokensel::detail::unit_cosine(u + i * d, u + j * d, d));
+      const float dist = tokensel::detail::cosine_distance(tokensel::detail::unit_cosine(u + i * d, u + j * d, d));
       if (dist < m) m = dist;
     }
     score[static_cast<std::size_t>(j)] = n > 1 ? m : 0.0f;
@@ -156,7 +156,7 @@ result select(const Policy& policy, const matrix_view<const F>& features, const 
     tokensel::detail::parallel_for(policy, n, [&](index_t j) {
       float& s = score[static_cast<std::size_t>(j)];
       if (s == taken) return;
-      const float dist = tokensel::detail::fsub(1.0f, tokensel::detail::unit_cosine(p, u + j * d, d));
+      const float dist = tokensel::detail::cosine_distance(tokensel::detail::unit_cosine(p, u + j * d, d));
       if (dist < s) s = dist;
     });
     pick = detail::first_max(score);

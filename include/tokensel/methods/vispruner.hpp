@@ -41,6 +41,7 @@
 #include "tokensel/detail/scratch.hpp"
 #include "tokensel/detail/validate.hpp"
 #include "tokensel/methods/detail/cosine.hpp"
+#include "tokensel/methods/detail/feature_rules.hpp"
 #include "tokensel/select/top_k.hpp"
 #include "tokensel/stats/head_reduction.hpp"
 #include "tokensel/stats/qk_statistics.hpp"
@@ -223,7 +224,6 @@ result select(const Policy& policy, const Source& attention, const matrix_view<c
   for (index_t i = 0; i < r0; ++i) list[static_cast<std::size_t>(i)] = i;
   index_t size = r0;
   while (size > diverse) {
-    const index_t drop = std::min(cfg.rounds_drop, size - diverse);
     const index_t na = (size + 1) / 2, nb = size / 2;
     tokensel::detail::parallel_for(policy, na, [&](index_t i) {
       const float* row = gram.data() + list[static_cast<std::size_t>(2 * i)] * r0;
@@ -233,7 +233,7 @@ result select(const Policy& policy, const Source& attention, const matrix_view<c
     });
     const auto scores = std::span<const float>(a_score.data(), static_cast<std::size_t>(na));
     top_k<float>(as_view(scores, "vispruner.duplicate_scores"), na, a_rank.first(static_cast<std::size_t>(na)), index_order::ranked);
-    const index_t dropped = std::min(drop, na);
+    const index_t dropped = tokensel::detail::vispruner_dropped(size, diverse, cfg.rounds_drop);
     index_t w = 0;
     for (index_t i = dropped; i < na; ++i) next[static_cast<std::size_t>(w++)] = list[static_cast<std::size_t>(2 * a_rank[static_cast<std::size_t>(i)])];
     for (index_t j = 0; j < nb; ++j) next[static_cast<std::size_t>(w++)] = list[static_cast<std::size_t>(2 * j + 1)];

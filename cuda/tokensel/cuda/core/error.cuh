@@ -55,6 +55,8 @@ enum class status_site : unsigned {
   iqr_value = 8,          ///< iqr.x[i]
   keys_value = 9,         ///< visionzip: keys[h, t, c] of token t; index = (t << 16) | c
   qk_statistic = 10,      ///< a statistic computed from Q/K (qk_statistics.cuh); aux = which, index = position
+  feature_value = 11,     ///< divprune/dart/vispruner input value; aux = feature_input, index = (row << 16) | column
+  feature_norm = 12,      ///< divprune/dart/vispruner: a row's norm overflows fp32; aux = feature_input, index = row
 };
 
 /// The status word at the start of every workspace: the key of the first problem (all ones when
@@ -105,6 +107,34 @@ struct cuda_status {
 };
 
 namespace cuda_detail {
+
+/// The sites of the feature-similarity methods (aux: which input, cuda_detail::feature_input, in
+/// the order the CPU reads them), or an unknown code: sets st's parameter, row and index; returns
+/// the problem.
+inline std::string decode_other_site(cuda_status& st, status_site site, index_t aux, std::uint32_t index) {
+  if (site != status_site::feature_value && site != status_site::feature_norm) {
+    st.parameter = "cuda.status";
+    return "unknown problem code";
+  }
+  const bool norm = site == status_site::feature_norm;
+  static constexpr const char* names[] = {"dart.norm_weight", "dart.keys", "dart.hidden", "divprune.features",
+                                          "vispruner.attention", "vispruner.features"};
+  const std::string name = aux < 6 ? names[aux] : "features";
+  if (norm) {
+    st.row = static_cast<index_t>(index);
+    st.index = 0;
+    st.parameter = name + "[" + std::to_string(st.row) + ", :]";
+    return "the row's norm overflows fp32";
+  }
+  if (aux == 0 || aux == 4) {
+    st.parameter = name + (aux == 4 ? "[:, 0, " : "[") + std::to_string(st.index) + "]";
+    return aux == 4 ? "CLS attention must be finite" : "must be finite";
+  }
+  st.row = static_cast<index_t>(index >> 16);
+  st.index = static_cast<index_t>(index & 0xFFFFu);
+  st.parameter = name + "[" + (aux == 1 ? "token " : "") + std::to_string(st.row) + ", " + std::to_string(st.index) + "]";
+  return aux == 1 ? "values must be finite (index: element of the head-major key row)" : "values must be finite";
+}
 
 inline cuda_status decode_status(unsigned long long key) {
   cuda_status st;
@@ -177,9 +207,8 @@ inline cuda_status decode_status(unsigned long long key) {
       problem = "not finite: the queries, keys or lse hold NaN/Inf (or the logits overflow)";
       break;
     }
-    default:
-      st.parameter = "cuda.status";
-      problem = "unknown problem code";
+    default:  // the feature-similarity methods' sites, or an unknown code
+      problem = decode_other_site(st, site, aux, index);
       break;
   }
   st.message = "tokensel: " + st.parameter + " (sample " + std::to_string(st.sample) + "): " + problem;

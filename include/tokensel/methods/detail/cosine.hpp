@@ -20,6 +20,7 @@
 #include "tokensel/detail/arith.hpp"
 #include "tokensel/detail/parallel.hpp"
 #include "tokensel/detail/reduce.hpp"
+#include "tokensel/methods/detail/feature_rules.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace detail {
@@ -42,12 +43,13 @@ void unit_feature_rows(const Policy& policy, const matrix_view<const X>& x, cons
         detail::fail(errc::non_finite, std::string(name) + "[" + std::to_string(t) + ", " + std::to_string(c) + "]",
                                v, "values must be finite");
       }
-      u[c] = weighted ? detail::fmul(v, to_float(weight(c))) : v;
+      u[c] = detail::weighted_feature(v, weighted ? to_float(weight(c)) : 1.0f, weighted);
     }
-    const float norm = std::sqrt(detail::canonical_dot(u, u, d));
-    if (norm > 0.0f && std::isfinite(norm)) {
+    const float norm = detail::row_norm(detail::canonical_dot(u, u, d));
+    const norm_kind kind = detail::classify_norm(norm);
+    if (kind == norm_kind::scale) {
       for (index_t c = 0; c < d; ++c) u[c] = detail::fdiv(u[c], norm);
-    } else if (!(norm > 0.0f)) {
+    } else if (kind == norm_kind::zero) {
       for (index_t c = 0; c < d; ++c) u[c] = 0.0f;
     } else {
       detail::fail(errc::non_finite, std::string(name) + "[" + std::to_string(t) + ", :]", norm,
