@@ -162,6 +162,8 @@ std::vector<method> make_baselines();
 method make_freepruner();
 method make_visionzip();
 method make_divprune();
+method make_dart();
+method make_vispruner();
 method make_prumerge();
 method make_fitprune();
 method make_fastv();

@@ -53,6 +53,8 @@ const std::vector<method>& all_methods() {
     m.push_back(make_prumerge());
     m.push_back(make_visionzip());
     m.push_back(make_divprune());
+    m.push_back(make_dart());
+    m.push_back(make_vispruner());
     for (auto& b : make_baselines()) m.push_back(std::move(b));
     return m;
   }();

@@ -17,6 +17,8 @@
 #include <nlohmann/json.hpp>
 
 #include <tokensel/methods/baselines.hpp>
+#include <tokensel/methods/dart.hpp>
+#include <tokensel/methods/divprune.hpp>
 #include <tokensel/methods/fastv.hpp>
 #include <tokensel/methods/fitprune.hpp>
 #include <tokensel/io/fitprune_json.hpp>
@@ -26,6 +28,7 @@
 #include <tokensel/methods/prumerge.hpp>
 #include <tokensel/io/safetensors.hpp>
 #include <tokensel/methods/visionzip.hpp>
+#include <tokensel/methods/vispruner.hpp>
 
 #if defined(_WIN32)
 #error "the CLI end-to-end tests use a POSIX shell"
@@ -184,14 +187,16 @@ TEST_F(Cli, HelpListsEveryMethodAndParameterWithDefaults) {
   for (const std::string args : {"--help", "select --help", "help"}) {
     const run_result r = run(args);
     EXPECT_EQ(r.status, 0);
-    for (const char* m : {"fopru:", "freepruner:", "fitprune:", "fastv:", "prumerge:", "visionzip:", "random:", "uniform:", "pool:"}) {
+    for (const char* m : {"fopru:", "freepruner:", "fitprune:", "fastv:", "prumerge:", "visionzip:", "divprune:", "dart:", "vispruner:",
+                          "random:", "uniform:", "pool:"}) {
       EXPECT_NE(r.out.find(std::string("  ") + m), std::string::npos) << args << " lacks " << m;
     }
     for (const char* p : {"--ratio R", "--strategy rank|row", "--k-pivotal K", "--first-layer L", "--complementary-layer L",
                           "--iqr-multiplier C", "--budget B", "--drop K", "--recipe FILE", "--prune-layer K",
                           "--visual-start S", "--neighbours K", "--plus", "--dominant K", "--contextual K", "--seed S",
                           "--window W", "--attn FILE", "--tensor NAME", "--layers-file LIST", "--keys FILE",
-                          "--features FILE", "--skip-cls", "--no-cls", "--threads T", "--pretty", "--out FILE"}) {
+                          "--features FILE", "--skip-cls", "--no-cls", "--threads T", "--pretty", "--out FILE", "--image-pivots P",
+                          "--text-pivots P", "--norm-weight FILE", "--important-ratio R", "--rounds-drop D"}) {
       EXPECT_NE(r.out.find(p), std::string::npos) << args << " lacks " << p;
     }
     // Defaults come from the library's config structs.
@@ -469,6 +474,63 @@ TEST_F(Cli, FastVAndFitPruneMatchTheLibrary) {
 }
 
 // ---- baselines --------------------------------------------------------------------------------
+
+// ---- DivPrune, DART, VisPruner (feature similarity; DivPrune and DART read no attention) ---------
+
+TEST_F(Cli, FeatureMethodsMatchTheLibrary) {
+  const host_tensor feats = random_matrix(21, {40, 16});
+  npy::write(path("dp_feats.npy"), feats);
+  std::vector<token_index> dp(7);
+  const auto dr = divprune::select(seq, matrix_view<const float>(feats.view<float, 2>()), divprune::config{.count = 7}, std::span(dp));
+  const json dj = expect_success("select --method divprune --count 7 --features " + path("dp_feats.npy"));
+  EXPECT_EQ(as_indices(dj["kept"]), dp);
+  EXPECT_EQ(dj["stats"]["min_distance"].get<float>(), dr.min_distance);
+  expect_failure("select --method divprune --count 41 --features " + path("dp_feats.npy"), "divprune.count");
+
+  // DART: keys [2, 30, 8] of layer K-1, hidden [30, 12]; visual span 3 + 20, 7 text tokens.
+  const host_tensor keys = random_matrix(22, {2, 30, 8});
+  const host_tensor hidden = random_matrix(23, {30, 12});
+  const host_tensor weight = random_matrix(24, {12});
+  const std::string f = path("dart.safetensors");
+  safetensors::write(f, {{"keys", keys}, {"hidden", hidden}, {"w", weight}});
+  const dart::config cfg{.count = 9, .image_pivots = 2, .text_pivots = 3};
+  const token_range span{3, 20};
+  std::vector<token_index> weighted(9), plain(9);
+  const auto wr = dart::select(seq, keys.view<float, 3>(), matrix_view<const float>(hidden.view<float, 2>()),
+                               vector_view<const float>(weight.view<float, 1>()), span, cfg, std::span(weighted));
+  (void)dart::select(seq, keys.view<float, 3>(), matrix_view<const float>(hidden.view<float, 2>()), vector_view<const float>{}, span, cfg,
+                     std::span(plain));
+  const std::string inputs = " --keys " + f + " --keys-tensor keys --features " + f + " --features-tensor hidden";
+  const std::string dart_cmd = "select --method dart --count 9 --image-pivots 2 --text-pivots 3" + inputs;
+  const json wj = expect_success(dart_cmd + " --visual-start 3 --visual-count 20 --norm-weight " + f + " --norm-weight-tensor w");
+  EXPECT_EQ(as_indices(wj["kept"]), weighted);
+  EXPECT_EQ(wj["stats"]["image_pivots"], wr.image_pivots);
+  EXPECT_EQ(wj["stats"]["text_pivots"], wr.text_pivots);
+  EXPECT_EQ(as_indices(expect_success(dart_cmd + " --visual-start 3 --visual-count 20")["kept"]), plain);
+  expect_failure(dart_cmd, "--visual-start S --visual-count N");
+  expect_failure(dart_cmd + " --visual-start 20 --visual-count 20", "dart.visual");
+  expect_failure(dart_cmd + " --visual-start 3 --visual-count 20 --norm-weight " + f + " --norm-weight-tensor keys", "--norm-weight = ");
+  expect_failure(dart_cmd + " --visual-start 3 --visual-count 20 --no-cls", "do not apply to dart");
+
+  // VisPruner: CLS + 36 patches, patch features [36, 10].
+  const host_tensor attn = layer_of(random_stack(25, 1, 3, 37), 0);
+  const host_tensor pf = random_matrix(26, {36, 10});
+  const std::string g = path("vp.safetensors");
+  safetensors::write(g, {{"attn", attn}, {"feats", pf}});
+  const vispruner::config vcfg{.count = 12, .important_ratio = 0.25, .rounds_drop = 3};
+  std::vector<token_index> vp(12);
+  const auto vr = vispruner::select(seq, head_attention_view<float>(attn.view<float, 3>()), matrix_view<const float>(pf.view<float, 2>()),
+                                    vcfg, std::span(vp));
+  const std::string vp_inputs = " --attn " + g + " --tensor attn --features " + g + " --features-tensor feats";
+  const json vj = expect_success("select --method vispruner --count 12 --important-ratio 0.25 --rounds-drop 3" + vp_inputs);
+  EXPECT_EQ(as_indices(vj["kept"]), vp);
+  EXPECT_EQ(vj["stats"]["important"], vr.important);
+  EXPECT_EQ(vj["stats"]["diverse"], vr.diverse);
+  EXPECT_EQ(vj["stats"]["rounds"], vr.rounds);
+  EXPECT_GT(vr.rounds, 0);
+  expect_failure("select --method vispruner" + vp_inputs, "vispruner.count = 64");  // the default 64 of 36 patches
+  expect_failure("select --method vispruner --count 12 --no-cls" + vp_inputs, "needs the CLS token");
+}
 
 TEST_F(Cli, Baselines) {
   std::vector<token_index> expected(5);
