@@ -2,7 +2,8 @@
 //
 // Every method is timed per call on the default stream; a call processes one image (batch 1),
 // 64 images, one LLaVA-NeXT image (5 views of 577 tokens) or one 8-frame clip (8 x 257 tokens),
-// all fp16. Reported: time per image (per clip for video) and the bandwidth of reading the
+// all fp16 (DivPrune reads the projected features, DART the LLM keys and hidden states, VisPruner
+// the CLS row and the patch features instead of whole maps). Reported: time per image (per clip for video) and the bandwidth of reading the
 // attention once (bytes / time), next to the floor: a device-to-device copy of the same bytes
 // (cudaMemcpyAsync; it reads and writes them, so a read-only pass can beat it by up to 2x).
 // Without a CUDA device every benchmark skips with the reason.
@@ -17,14 +18,18 @@
 #include <random>
 #include <span>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "bench_cuda_common.cuh"
+#include "tokensel/cuda/methods/dart.cuh"
+#include "tokensel/cuda/methods/divprune.cuh"
 #include "tokensel/cuda/methods/fastv.cuh"
 #include "tokensel/cuda/methods/fitprune.cuh"
 #include "tokensel/cuda/methods/fopru.cuh"
 #include "tokensel/cuda/methods/freepruner.cuh"
 #include "tokensel/cuda/methods/prumerge.cuh"
+#include "tokensel/cuda/methods/vispruner.cuh"
 
 using namespace tokensel;
 
@@ -203,6 +208,63 @@ void fitprune_bench(benchmark::State& state, const llm_case c) {
   run_timed(state, c.images, bytes, [&] { fitprune::prune_layer(policy, view, visual, drop, fitprune::config{}, out); });
 }
 
+/// Device selection outputs [batch, k] and their selection_batch.
+struct selection_buffers {
+  device_block idx, cnt;
+  selection_batch out;
+  selection_buffers(index_t batch, index_t k)
+      : idx(static_cast<std::size_t>(batch * k) * sizeof(token_index)), cnt(static_cast<std::size_t>(batch) * sizeof(token_index)),
+        out{tensor_view<token_index, 2>(static_cast<token_index*>(idx.p), {batch, k}),
+            std::span<token_index>(static_cast<token_index*>(cnt.p), static_cast<std::size_t>(batch))} {}
+};
+
+/// DivPrune on the projected image features (LLaVA: 576 or 2880 rows of 4096, fp16), default ratio
+/// 0.098. Bytes: the features read once.
+void divprune_bench(benchmark::State& state, index_t batch, index_t n, index_t images) {
+  if (!device_ok(state)) return;
+  const index_t D = 4096;
+  const auto x = normal_halves(batch, n * D, 1.0f, 21);
+  const feature_view<const __half> view(static_cast<const __half*>(x->p), {batch, n, D});
+  const divprune::config cfg{};
+  selection_buffers sel(batch, divprune::keep_count(n, cfg));
+  device_block ws(divprune::workspace_size(view, cfg));
+  const cuda_policy policy{nullptr, ws.p, ws.bytes};
+  run_timed(state, images, x->bytes, [&] { divprune::select(policy, view, cfg, sel.out); });
+}
+
+/// DART at the end of LLM layer K-1 (Vicuna-7B: 32 heads x 128, D = 4096; fp16 keys, hidden and
+/// norm weight), default ratio 0.222, 4 + 4 pivots. Bytes: the keys and hidden states read once.
+void dart_bench(benchmark::State& state, const llm_case c) {
+  if (!device_ok(state)) return;
+  const index_t L = c.tokens(), H = 32, dh = 128, D = 4096;
+  const auto k = normal_halves(c.batch, H * L * dh, 1.0f, 22), h = normal_halves(c.batch, L * D, 1.0f, 23), w = normal_halves(1, D, 0.5f, 24);
+  const tensor_view<const __half, 4> kv(static_cast<const __half*>(k->p), {c.batch, H, L, dh});
+  const feature_view<const __half> hv(static_cast<const __half*>(h->p), {c.batch, L, D});
+  const vector_view<const __half> wv(static_cast<const __half*>(w->p), {D});
+  const token_range visual{c.prefix, c.visual};
+  const dart::config cfg{};
+  selection_buffers sel(c.batch, dart::keep_count(c.visual, cfg));
+  device_block ws(dart::workspace_size(kv, hv, visual, cfg));
+  const cuda_policy policy{nullptr, ws.p, ws.bytes};
+  run_timed(state, c.images, k->bytes + h->bytes, [&] { dart::select(policy, kv, hv, wv, visual, cfg, sel.out); });
+}
+
+/// VisPruner from the feature layer's CLS row [B, 16, 1, 577] and the patch features [B, 576, 1024]
+/// (fp16), the paper's 64 tokens. Bytes: the CLS row and the features read once.
+void vispruner_bench(benchmark::State& state, const encoder_case c) {
+  if (!device_ok(state)) return;
+  const index_t D = 1024, n = c.tokens - 1;
+  const auto a = attention(c.batch, c.heads, 1, c.tokens);
+  const auto x = normal_halves(c.batch, n * D, 1.0f, 25);
+  const attention_view<__half> av(static_cast<const __half*>(a->p), {c.batch, c.heads, 1, c.tokens});
+  const feature_view<const __half> xv(static_cast<const __half*>(x->p), {c.batch, n, D});
+  const vispruner::config cfg{};
+  selection_buffers sel(c.batch, vispruner::keep_count(n, cfg));
+  device_block ws(vispruner::workspace_size(av, xv, cfg));
+  const cuda_policy policy{nullptr, ws.p, ws.bytes};
+  run_timed(state, c.images, a->bytes + x->bytes, [&] { vispruner::select(policy, av, xv, cfg, sel.out); });
+}
+
 const int registered = [] {
   for (const auto& c : encoder_cases) {
     benchmark::RegisterBenchmark((std::string("cuda_floor_copy/encoder/") + c.name).c_str(),
@@ -216,6 +278,15 @@ const int registered = [] {
         ->UseManualTime()->Unit(benchmark::kMicrosecond);
     benchmark::RegisterBenchmark((std::string("cuda_prumerge_plus/f16/") + c.name).c_str(), [c](benchmark::State& s) { prumerge_bench(s, c, true); })
         ->UseManualTime()->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark((std::string("cuda_vispruner/f16/") + c.name).c_str(), [c](benchmark::State& s) { vispruner_bench(s, c); })
+        ->UseManualTime()->Unit(benchmark::kMicrosecond);
+  }
+  // DivPrune: one LLaVA-1.5 image (576 tokens), 8 of them, one LLaVA-NeXT image (2880 tokens).
+  for (const auto& [name, batch, n, images] : {std::tuple<const char*, index_t, index_t, index_t>{"llava15_b1", 1, 576, 1},
+                                               {"llava15_b8", 8, 576, 8}, {"next5", 1, 2880, 1}}) {
+    benchmark::RegisterBenchmark((std::string("cuda_divprune/f16/") + name).c_str(),
+                                 [batch, n, images](benchmark::State& s) { divprune_bench(s, batch, n, images); })
+        ->UseManualTime()->Unit(benchmark::kMicrosecond);
   }
   for (const auto& c : llm_cases) {
     benchmark::RegisterBenchmark((std::string("cuda_floor_copy/llm/") + c.name).c_str(),
@@ -224,6 +295,8 @@ const int registered = [] {
     benchmark::RegisterBenchmark((std::string("cuda_fastv/f16/") + c.name).c_str(), [c](benchmark::State& s) { fastv_bench(s, c); })
         ->UseManualTime()->Unit(benchmark::kMicrosecond);
     benchmark::RegisterBenchmark((std::string("cuda_fitprune/f16/") + c.name).c_str(), [c](benchmark::State& s) { fitprune_bench(s, c); })
+        ->UseManualTime()->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark((std::string("cuda_dart/f16/") + c.name).c_str(), [c](benchmark::State& s) { dart_bench(s, c); })
         ->UseManualTime()->Unit(benchmark::kMicrosecond);
   }
   return 0;
