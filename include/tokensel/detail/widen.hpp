@@ -101,5 +101,18 @@ inline const float* row_f32(const View& m, index_t i, float* buffer) noexcept {
   return buffer;
 }
 
+/// Row r of a matrix view out = narrowed src[0, extent(1)): in bulk (narrow) when the row is
+/// contiguous, else element by element; the same values either way.
+template <class View>
+inline void store_row(const View& out, index_t r, const float* src) noexcept {
+  using O = typename View::value_type;
+  const index_t d = out.extent(1);
+  if (d > 0 && out.inner_contiguous()) {
+    narrow(src, d, &out(r, 0));
+  } else {
+    for (index_t c = 0; c < d; ++c) out(r, c) = from_float<O>(src[c]);
+  }
+}
+
 }  // namespace detail
 TOKENSEL_END_NAMESPACE

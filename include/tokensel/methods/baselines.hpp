@@ -24,6 +24,7 @@
 #include "tokensel/detail/parallel.hpp"
 #include "tokensel/detail/scratch.hpp"
 #include "tokensel/detail/validate.hpp"
+#include "tokensel/detail/widen.hpp"
 #include "tokensel/core/element.hpp"
 #include "tokensel/core/error.hpp"
 #include "tokensel/core/policy.hpp"
@@ -384,17 +385,23 @@ result apply(const Policy& policy, const matrix_view<const T>& features, const t
   const index_t k = og.size(), d = features.extent(1), w = cfg.window;
   if (out.extent(0) < k) fail(errc::shape_mismatch, "pool.out.extent(0)", out.extent(0), "below the " + std::to_string(k) + " pooled tokens");
   if (out.extent(1) != d) fail(errc::shape_mismatch, "pool.out.extent(1)", out.extent(1), "must equal features.extent(1) = " + std::to_string(d));
+  // Whole feature rows are added into an fp32 row (vectorised over the channels); each channel
+  // still sums its window's tokens row-major from 0.0f, then divides.
   tokensel::detail::parallel_for(policy, k, [&](index_t o) {
     const index_t r0 = og.row_of(o) * w, c0 = og.col_of(o) * w;
     const index_t r1 = r0 + w < grid.rows ? r0 + w : grid.rows, c1 = c0 + w < grid.cols ? c0 + w : grid.cols;
     const auto cnt = static_cast<float>((r1 - r0) * (c1 - c0));
-    for (index_t c = 0; c < d; ++c) {
-      float s = 0.0f;
-      for (index_t r = r0; r < r1; ++r) {
-        for (index_t q = c0; q < c1; ++q) s += to_float(features(grid.at(r, q), c));
+    tokensel::detail::scratch_scope scratch;
+    auto acc = scratch.take_zeroed<float>(static_cast<std::size_t>(d));
+    auto buffer = scratch.take<float>(static_cast<std::size_t>(d));
+    for (index_t r = r0; r < r1; ++r) {
+      for (index_t q = c0; q < c1; ++q) {
+        const float* x = tokensel::detail::row_f32(features, grid.at(r, q), buffer.data());
+        for (index_t c = 0; c < d; ++c) acc[c] += x[c];
       }
-      out(o, c) = from_float<O>(s / cnt);
     }
+    for (index_t c = 0; c < d; ++c) acc[c] = acc[c] / cnt;
+    tokensel::detail::store_row(out, o, acc.data());
   });
   return {k, og};
 }

@@ -146,18 +146,6 @@ void check_finite_rows(const tensor_view<const T, 2>& m, std::string_view name) 
   }
 }
 
-/// Row r of out = T(src[0, extent(1))), narrowed in bulk when the row is contiguous.
-template <class Out>
-void store_row(const Out& out, index_t r, const float* src) {
-  using O = typename Out::value_type;
-  const index_t d = out.extent(1);
-  if (d > 0 && out.inner_contiguous()) {
-    tokensel::detail::narrow(src, d, &out(r, 0));
-  } else {
-    for (index_t c = 0; c < d; ++c) out(r, c) = from_float<O>(src[c]);
-  }
-}
-
 inline void check_extent(index_t got, index_t want, std::string_view name) {
   if (got != want) tokensel::detail::fail(errc::shape_mismatch, name, got, "must be " + std::to_string(want));
 }
@@ -343,7 +331,7 @@ void merge_neighbours(const Policy& policy, std::span<const float> attn, const F
     }
     const float* xi = tokensel::detail::row_f32(features, i, buffer.data());
     for (index_t col = 0; col < d; ++col) acc[col] = xi[col] + acc[col];
-    store_row(merged, r, acc.data());
+    tokensel::detail::store_row(merged, r, acc.data());
   });
 }
 
@@ -360,7 +348,7 @@ void extra_row(std::span<const float> attn, const Features& features, std::span<
     const float* x = tokensel::detail::row_f32(features, j, buffer.data());
     for (index_t col = 0; col < d; ++col) acc[col] += w * x[col];
   }
-  store_row(merged, row, acc.data());
+  tokensel::detail::store_row(merged, row, acc.data());
 }
 
 /// The output rows of the kept tokens order[0, res.count): copied (no merge), or merged with
@@ -374,7 +362,7 @@ void write_rows(const Policy& policy, std::span<const float> attn, const float* 
   const auto chosen = order.first(static_cast<std::size_t>(res.count));
   if (!cfg.merge) {
     auto buffer = scratch.take<float>(static_cast<std::size_t>(features.extent(1)));
-    for (index_t r = 0; r < res.count; ++r) store_row(merged, r, tokensel::detail::row_f32(features, order[r], buffer.data()));
+    for (index_t r = 0; r < res.count; ++r) tokensel::detail::store_row(merged, r, tokensel::detail::row_f32(features, order[r], buffer.data()));
     return;
   }
   const index_t m = res.neighbours;

@@ -15,6 +15,7 @@
 //   sum over heads), O(N) memory per head.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -30,6 +31,7 @@
 #include "tokensel/detail/reduce.hpp"
 #include "tokensel/detail/scratch.hpp"
 #include "tokensel/detail/validate.hpp"
+#include "tokensel/detail/widen.hpp"
 #include "tokensel/core/element.hpp"
 #include "tokensel/core/error.hpp"
 #include "tokensel/core/policy.hpp"
@@ -150,18 +152,29 @@ void check_shapes(const Source& attention, const tensor_view<const K, 3>& keys,
 }
 
 /// s[j - 1] = sum over heads of A[h, 0, j], j = 1 .. n-1 (ascending heads, fp32), from a view.
+/// The fp32 sum runs over whole CLS rows (head by head, vectorised); each entry still adds its
+/// heads in ascending order from 0.0f. A NaN/Inf is located in the scalar order (patch, then head)
+/// only when a row fails the check, so the error names the value it always named.
 template <cpu_policy Policy, element A>
 void cls_scores(const Policy&, const head_attention_view<A>& attention, std::span<float> score) {
   using tokensel::detail::fail;
   const index_t heads = attention.extent(0), n = attention.extent(2);
+  if (n < 2) return;
+  tokensel::detail::scratch_scope scratch;
+  auto buffer = scratch.take<float>(static_cast<std::size_t>(n));
+  std::fill(score.begin(), score.begin() + (n - 1), 0.0f);
+  bool finite = true;
+  for (index_t h = 0; h < heads; ++h) {
+    const float* a = tokensel::detail::row_f32(attention[h], 0, buffer.data()) + 1;
+    finite = finite && tokensel::detail::all_finite(a, n - 1);
+    for (index_t j = 0; j < n - 1; ++j) score[static_cast<std::size_t>(j)] += a[j];
+  }
+  if (finite) return;
   for (index_t j = 1; j < n; ++j) {
-    float s = 0.0f;
     for (index_t h = 0; h < heads; ++h) {
       const float a = to_float(attention(h, 0, j));
       if (!std::isfinite(a)) fail(errc::non_finite, detail::at3("visionzip.attention", h, 0, j), a, "values must be finite");
-      s += a;
     }
-    score[static_cast<std::size_t>(j - 1)] = s;
   }
 }
 
@@ -182,7 +195,9 @@ namespace detail {
 
 template <element H, element O>
 void copy_row(const matrix_view<const H>& hidden, index_t src, const matrix_view<O>& features, index_t dst) {
-  for (index_t c = 0; c < hidden.extent(1); ++c) features(dst, c) = from_float<O>(to_float(hidden(src, c)));
+  tokensel::detail::scratch_scope local;
+  auto buffer = local.take<float>(static_cast<std::size_t>(hidden.extent(1)));
+  tokensel::detail::store_row(features, dst, tokensel::detail::row_f32(hidden, src, buffer.data()));
 }
 
 /// 1. Dominant: CLS-row attention summed over heads (ascending head order), patches only; out[0]
@@ -198,6 +213,17 @@ void dominant_tokens(const Policy& policy, const Source& attention, index_t domi
   for (index_t r = 1; r < dominant; ++r) out[r] += 1;  // patch index -> sequence index
 }
 
+/// Fails with the first NaN/Inf of token t's keys, channel by channel, heads inner.
+template <element K>
+void locate_non_finite_key(const tensor_view<const K, 3>& keys, index_t t) {
+  for (index_t c = 0; c < keys.extent(2); ++c) {
+    for (index_t h = 0; h < keys.extent(0); ++h) {
+      const float v = to_float(keys(h, t, c));
+      if (!std::isfinite(v)) tokensel::detail::fail(errc::non_finite, at3("visionzip.keys", h, t, c), v, "values must be finite");
+    }
+  }
+}
+
 /// Head-mean keys of the remaining tokens, L2-normalised, into unit [rest.size(), d_head]. A zero
 /// key vector stays zero (its similarity to every target is 0) where the official code would
 /// divide by zero.
@@ -205,18 +231,22 @@ template <cpu_policy Policy, element K>
 void unit_keys(const Policy& policy, const tensor_view<const K, 3>& keys, std::span<const token_index> rest,
                std::span<float> unit) {
   const index_t kheads = keys.extent(0), dh = keys.extent(2);
+  // Heads outer over contiguous key rows (vectorised); each channel still adds its heads in
+  // ascending order from 0.0f. A failed finiteness check is located in the scalar order.
   tokensel::detail::parallel_for(policy, static_cast<index_t>(rest.size()), [&](index_t p) {
     float* u = unit.data() + p * dh;
     const index_t t = rest[static_cast<std::size_t>(p)];
-    for (index_t c = 0; c < dh; ++c) {
-      float s = 0.0f;
-      for (index_t h = 0; h < kheads; ++h) {
-        const float v = to_float(keys(h, t, c));
-        if (!std::isfinite(v)) tokensel::detail::fail(errc::non_finite, at3("visionzip.keys", h, t, c), v, "values must be finite");
-        s += v;
-      }
-      u[c] = s / static_cast<float>(kheads);
+    tokensel::detail::scratch_scope local;
+    auto buffer = local.take<float>(static_cast<std::size_t>(dh));
+    std::fill(u, u + dh, 0.0f);
+    bool finite = true;
+    for (index_t h = 0; h < kheads; ++h) {
+      const float* x = tokensel::detail::row_f32(keys[h], t, buffer.data());
+      finite = finite && tokensel::detail::all_finite(x, dh);
+      for (index_t c = 0; c < dh; ++c) u[c] += x[c];
     }
+    if (!finite) locate_non_finite_key(keys, t);
+    for (index_t c = 0; c < dh; ++c) u[c] = u[c] / static_cast<float>(kheads);
     const float norm = std::sqrt(tokensel::detail::canonical_dot(u, u, dh));
     if (norm > 0.0f) {
       for (index_t c = 0; c < dh; ++c) u[c] = u[c] / norm;
@@ -264,16 +294,18 @@ void write_rows(const Policy& policy, const matrix_view<const H>& hidden, std::s
     out[r] = static_cast<token_index>(target);
     tokensel::detail::scratch_scope local;
     auto acc = local.take_zeroed<float>(static_cast<std::size_t>(d));
+    auto buffer = local.take<float>(static_cast<std::size_t>(d));
     index_t assigned = 0;
     for (index_t p = 0; p < remaining; ++p) {
       if (owner[static_cast<std::size_t>(p)] != t) continue;
       ++assigned;
-      for (index_t c = 0; c < d; ++c) acc[c] += to_float(hidden(rest[static_cast<std::size_t>(p)], c));
+      const float* x = tokensel::detail::row_f32(hidden, rest[static_cast<std::size_t>(p)], buffer.data());
+      for (index_t c = 0; c < d; ++c) acc[c] += x[c];
     }
     const float count = static_cast<float>(assigned > 0 ? assigned : 1);
-    for (index_t c = 0; c < d; ++c) {
-      features(r, c) = from_float<O>(to_float(hidden(target, c)) + acc[c] / count);
-    }
+    const float* x = tokensel::detail::row_f32(hidden, target, buffer.data());
+    for (index_t c = 0; c < d; ++c) acc[c] = x[c] + acc[c] / count;
+    tokensel::detail::store_row(features, r, acc.data());
   });
 }
 
