@@ -6,11 +6,15 @@
 #   4. run compare_pytorch_cpu.py (PyTorch eager on the same tensors, selections checked);
 #   5. rewrite the GENERATED block of docs/benchmarks.md and docs/img/pytorch_cpu.png.
 #
-# Usage: bash benchmarks/report.sh [--build DIR] [--quick] [--no-pytorch] [--threads LIST]
+# Usage: bash benchmarks/report.sh [--build DIR] [--quick] [--no-pytorch] [--threads LIST] [--only EXES]
+#                                  [--methods LIST]
 #   --build DIR    build directory (default: build-report)
 #   --quick        1 repetition and short timing (proves the pipeline; not for publication)
 #   --no-pytorch   skip steps 3-4 (the page then has no PyTorch section)
 #   --threads L    thread counts for the PyTorch comparison (default: 1,<cores>)
+#   --only EXES    build and run only these benchmark executables (e.g. bench_fastv,bench_fopru;
+#                  the page then holds only their rows: for trying the pipeline)
+#   --methods L    compare only these methods with PyTorch (prefixes, e.g. fastv,fopru)
 # Needs: cmake, a C++20 compiler, Eigen 3.4, Google Benchmark, python3 with numpy; steps 3-4 also
 # nanobind, scikit-build-core, torch, matplotlib (installed from PyPI here when missing, as
 # tools/python-test.sh does). JOBS (default 2) sets the build parallelism.
@@ -21,13 +25,17 @@ build=build-report
 quick=0
 pytorch=1
 threads="1,$(nproc)"
+only=""
+methods=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --build) build="$2"; shift 2 ;;
     --quick) quick=1; shift ;;
     --no-pytorch) pytorch=0; shift ;;
     --threads) threads="$2"; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --only) only="$2"; shift 2 ;;
+    --methods) methods="$2"; shift 2 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "report.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -37,7 +45,9 @@ py=${PYTHON:-python3}
 
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DTOKENSEL_BUILD_BENCHMARKS=ON -DTOKENSEL_BUILD_TESTS=OFF \
   -DTOKENSEL_BUILD_EXAMPLES=OFF -DTOKENSEL_BUILD_LLAVA=OFF -DTOKENSEL_WITH_CUDA=OFF -DTOKENSEL_BENCH_NATIVE=ON >/dev/null
-cmake --build "$build" -j "${JOBS:-2}"
+targets=()
+[[ -z $only ]] || for t in ${only//,/ }; do targets+=(--target "$t"); done
+cmake --build "$build" -j "${JOBS:-2}" "${targets[@]}"
 echo "report: benchmarks built at $((SECONDS - start)) s"
 
 if [[ $quick == 1 ]]; then
@@ -48,7 +58,7 @@ else
   repeat=(--repeat 7)
 fi
 rm -rf "$out"
-TOKENSEL_BENCH_MEMORY=1 benchmarks/run_all.sh --build "$build" --out "$out" -- "${gb[@]}" >/dev/null
+TOKENSEL_BENCH_MEMORY=1 benchmarks/run_all.sh --build "$build" --out "$out" ${only:+--only "$only"} -- "${gb[@]}" >/dev/null
 echo "report: benchmarks ran at $((SECONDS - start)) s"
 
 pt_args=()
@@ -63,7 +73,7 @@ if [[ $pytorch == 1 ]]; then
   echo "report: Python package built at $((SECONDS - start)) s"
   mkdir -p docs/img
   status=0
-  PYTHONPATH="$root/$build/pyext" "$py" benchmarks/compare_pytorch_cpu.py --threads "$threads" "${repeat[@]}" \
+  PYTHONPATH="$root/$build/pyext" "$py" benchmarks/compare_pytorch_cpu.py --threads "$threads" "${repeat[@]}" ${methods:+--only "$methods"} \
     --bench-dir "$out" --json "$out/pytorch.json" --markdown "$out/pytorch.md" --plot docs/img/pytorch_cpu.png >/dev/null || status=$?
   # Status 1 = a selection differed without a near-tie: the page still gets written (marked MISMATCH).
   [[ $status -le 1 ]] || exit "$status"
