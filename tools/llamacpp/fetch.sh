@@ -39,6 +39,9 @@ src=$tmp/llama_cpp_python-$version/vendor/llama.cpp
 if [ "$fix" = 1 ]; then
   patch --quiet --forward -p1 -d "$src" < "$here/cls-first.patch" >&2
 fi
+# The sdist keeps the submodule's .git pointer file, which makes llama.cpp's CMake call git on a
+# repository that is not there (noise, and a build number of 0 either way).
+rm -f "$src/.git"
 touch "$src/.tokensel-ready"
 rm -rf "$dest"
 mv "$src" "$dest"
