@@ -2,6 +2,10 @@
 # The test command (CI runs it through .ci/run). Stages, each timed:
 #   1. main build (Release: tests, examples, benchmarks) + ctest, consumer projects included;
 #      TOKENSEL_REQUIRE_CUDA=ON: a missing nvcc, GoogleTest or Google Benchmark fails the configure
+#   llamacpp: examples/llamacpp inside llama.cpp (issue 17): configure with TOKENSEL_BUILD_LLAMACPP
+#      (tools/llamacpp/fetch.sh downloads the pinned llama-cpp-python sdist with pip into
+#      ~/.cache/tokensel, checksum checked), build only tokensel-llamacpp (ggml CPU, llama, mtmd)
+#      and the runtime it is compared with, run the ctest label llamacpp (ccache keeps rebuilds short)
 #   bundle: tools/gpu-bundle.sh packs the main build's CUDA binaries (no recompiling) and checks
 #      the size limit, then runs the bundle's gpu-check.sh here (no GPU: every step must skip
 #      with its reason and the summary table must still come out)
@@ -10,12 +14,12 @@
 #   2. conan create (offline profile) with its test_package
 #   3. libFuzzer targets, FUZZ_SECONDS (default 20) each from the committed seed corpora
 #   4. AddressSanitizer + UndefinedBehaviorSanitizer build + ctest (last: its summary closes the log)
-# TOKENSEL_STAGES (default "main bundle python conan fuzz sanitize") picks stages; missing packages are
+# TOKENSEL_STAGES (default "main llamacpp bundle python conan fuzz sanitize") picks stages; missing packages are
 # installed first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install-deps.sh
-stages=" ${TOKENSEL_STAGES:-main bundle python conan fuzz sanitize} "
+stages=" ${TOKENSEL_STAGES:-main llamacpp bundle python conan fuzz sanitize} "
 jobs=${TOKENSEL_JOBS:-$(nproc)}
 export TOKENSEL_JOBS=$jobs
 timing=""
@@ -38,6 +42,14 @@ main_stage() {
     python3 -m pip install --quiet --break-system-packages lizard
   python3 tools/function_lengths.py --check include cuda examples/llava/src examples/cli
 }
+llamacpp_stage() {
+  local build=${TOKENSEL_LLAMACPP_BUILD_DIR:-build-llamacpp}
+  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTOKENSEL_BUILD_LLAMACPP=ON \
+    -DTOKENSEL_BUILD_BENCHMARKS=OFF
+  cmake --build "$build" -j "$jobs" --target tokensel-llamacpp llava
+  ctest --test-dir "$build" -L llamacpp --output-on-failure
+  if python3 -c 'import lizard' 2>/dev/null; then python3 tools/function_lengths.py --check examples/llamacpp; fi
+}
 bundle_stage() {
   local build=${TOKENSEL_BUILD_DIR:-build} out
   bash tools/gpu-bundle.sh "$build" gpu-bundle
@@ -48,6 +60,7 @@ bundle_stage() {
   rm -rf "$out"
 }
 case $stages in *" main "*) stage main main_stage ;; esac
+case $stages in *" llamacpp "*) stage llamacpp llamacpp_stage ;; esac
 case $stages in *" bundle "*) stage bundle bundle_stage ;; esac
 case $stages in *" python "*) stage python bash tools/python-test.sh ;; esac
 case $stages in *" conan "*) stage conan bash tools/conan-create.sh ;; esac

@@ -23,9 +23,8 @@ verify() { [ -f "$tarball" ] && echo "$sha256  $tarball" | sha256sum --check --s
 if ! verify; then
   rm -f "$tarball"
   echo "fetch.sh: downloading llama-cpp-python==$version (sdist) into $cache" >&2
-  python3 -m pip download --quiet --no-deps --no-binary :all: --no-build-isolation \
-    "llama-cpp-python==$version" -d "$cache" >&2 ||
-    python3 -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$version" -d "$cache" >&2
+  python3 -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$version" -d "$cache" >&2 ||
+    { echo "fetch.sh: pip download of llama-cpp-python==$version failed (see above)" >&2; exit 1; }
   if ! verify; then
     echo "fetch.sh: checksum mismatch for $tarball: expected sha256 $sha256, got $(sha256sum "$tarball" | cut -d' ' -f1)" >&2
     exit 1
