@@ -257,15 +257,23 @@ int run(const cli_options& o) {
   progress("loaded " + o.model + " (" + std::to_string(model.weights().size()) + " tensors, " +
                llava::to_string(model.weights().dominant_type()) + ")", true);
 
+  // LLaVA-NeXT: AnyRes tiles (LlavaNextImageProcessor, which never pads to a square); else one square.
   const auto t_pre = std::chrono::steady_clock::now();
-  const auto pixels = llava::preprocess(image, pre);
+  llava::preprocessed_image pixels;
+  llava::anyres_image tiles;
+  if (config.anyres()) {
+    if (!o.overlay.empty()) throw llava::error("llava: --overlay is not supported for LLaVA-NeXT (AnyRes) models");
+    tiles = llava::preprocess_anyres(image, config, pre);
+  } else {
+    pixels = llava::preprocess(image, pre);
+  }
   const double preprocess_ms = ms_since(t_pre);
 
   llava::run_options ro;
   ro.selection = sel;
   if (o.max_new_tokens) ro.max_new_tokens = *o.max_new_tokens;
   progress("running (" + std::to_string(input_ids.size()) + " prompt tokens, method " + o.method + ")", true);
-  const auto result = model.run(pixels.pixels.data(), input_ids, ro);
+  const auto result = config.anyres() ? model.run(tiles, input_ids, ro) : model.run(pixels.pixels.data(), input_ids, ro);
   const std::string answer = tok.decode(result.answer_ids);
   const bool eos = !result.answer_ids.empty() && result.answer_ids.back() == tok.eos_id();
 
@@ -287,7 +295,12 @@ int run(const cli_options& o) {
     j["model"] = o.model;
     j["image"] = {{"path", o.image}, {"width", image.width}, {"height", image.height}};
     j["template"] = o.template_name;
-    j["pad"] = o.pad;
+    j["pad"] = o.pad && !config.anyres();
+    if (config.anyres()) {
+      const auto& a = tiles.layout;
+      j["anyres"] = {{"best_resolution", {a.best_height, a.best_width}}, {"tiles", {a.tiles_y, a.tiles_x}},
+                     {"unpadded_grid", {a.rows, a.cols}}, {"image_tokens", a.image_tokens()}};
+    }
     j["method"] = llava::to_string(sel.name);
     if (!o.keep.empty()) j["keep"] = o.keep;
     j["kept_tokens"] = result.kept_tokens;

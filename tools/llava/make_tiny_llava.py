@@ -265,7 +265,7 @@ def init_weights(model, seed):
                 v = normal(shape, 0.5)
             elif "patch_embedding" in name:
                 v = normal(shape, 1.0 / np.sqrt(np.prod(shape[1:])) * 0.5 / 0.27)  # pixel std ~ 1/0.27 of [0,1]
-            elif "embed_tokens" in name:
+            elif "embed_tokens" in name or name.endswith("image_newline"):  # image_newline: LLaVA-NeXT only
                 v = normal(shape, 1.0)
             elif name.endswith("norm.weight") or "layer_norm" in name or "layrnorm" in name or "layernorm" in name:
                 v = (1.0 + normal(shape, 0.1)) if name.endswith("weight") else normal(shape, 0.1)

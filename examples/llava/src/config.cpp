@@ -243,6 +243,31 @@ void read_llava_fields(const reader& r, const json& j, llava_config& c) {
   if (!projector_bias) r.fail("multimodal_projector_bias", "false is not supported");
 }
 
+/// LLaVA-NeXT: model_type llava_next and its image_grid_pinpoints, each [height, width] a positive
+/// multiple of the tower's image size (AnyRes cuts the resized image into tiles of that size).
+void read_anyres_fields(const reader& r, const json& j, llava_config& c) {
+  r.get_string(j, "model_type", "", c.model_type);
+  if (!c.anyres()) return;
+  const auto it = j.find("image_grid_pinpoints");
+  if (it == j.end() || !it->is_array() || it->empty()) {
+    r.fail("image_grid_pinpoints", "must be a non-empty list of [height, width] (model_type llava_next)");
+  }
+  const int S = c.vision.image_size;
+  for (std::size_t i = 0; i < it->size(); ++i) {
+    const json& p = (*it)[i];
+    const std::string name = "image_grid_pinpoints[" + std::to_string(i) + "]";
+    if (!p.is_array() || p.size() != 2 || !p[0].is_number_integer() || !p[1].is_number_integer()) {
+      r.fail(name, "must be [height, width] integers (got " + p.dump() + ")");
+    }
+    const long long h = p[0].get<long long>(), w = p[1].get<long long>();
+    if (h < S || w < S || h % S != 0 || w % S != 0 || h > 64LL * S || w > 64LL * S) {
+      r.fail(name, "= " + p.dump() + ": each side must be a multiple of the vision image_size " + std::to_string(S) +
+                       " in [" + std::to_string(S) + ", " + std::to_string(64 * S) + "]");
+    }
+    c.image_grid_pinpoints.push_back({static_cast<int>(h), static_cast<int>(w)});
+  }
+}
+
 }  // namespace
 
 llava_config load_config(const std::filesystem::path& path) {
@@ -265,6 +290,7 @@ llava_config load_config(const std::filesystem::path& path) {
   read_text_config(r, j, c);
   check_shapes(r, c);
   read_llava_fields(r, j, c);
+  read_anyres_fields(r, j, c);
   return c;
 }
 

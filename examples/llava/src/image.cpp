@@ -304,55 +304,49 @@ rgb_image pad_to_square(const rgb_image& image, std::array<std::uint8_t, 3> colo
   return out;
 }
 
-rgb_image resize_bicubic_window(const rgb_image& image, int width, int height, int x0, int y0, int w, int h) {
-  if (width <= 0 || height <= 0 || image.width <= 0 || image.height <= 0 || w <= 0 || h <= 0 || x0 < 0 ||
-      y0 < 0 || x0 > width - w || y0 > height - h) {
-    throw image_error("llava: resize: bad size " + std::to_string(width) + "x" + std::to_string(height) +
-                      " or window for a " + std::to_string(image.width) + "x" + std::to_string(image.height) + " image");
-  }
+namespace {
+
+/// One horizontal pass: out(i, y) = the taps th[i] over row src_y0 + y of src, whose column 0 is
+/// input column src_x0 (th holds input columns). out: th's outputs x rows.
+rgb_image pass_x(const rgb_image& src, const taps& th, int src_x0, int src_y0, int rows) {
   const std::int32_t half = std::int32_t{1} << (precision_bits - 1);
-  // PIL's ImagingResampleInner: the horizontal pass runs first, over the rows the vertical pass
-  // reads; a pass whose size does not change is skipped (an identity copy here).
-  const bool horizontal = width != image.width, vertical = height != image.height;
-  const taps tv = vertical ? precompute(image.height, height, y0, h) : taps{};
-  const int r0 = vertical ? tv.first.front() : y0;
-  const int r1 = vertical ? tv.first.back() + tv.count.back() : y0 + h;
-  rgb_image tmp;  // columns [x0, x0 + w) of the horizontal pass, rows [r0, r1) of the input
-  tmp.width = w;
-  tmp.height = r1 - r0;
-  tmp.pixels.resize(static_cast<std::size_t>(tmp.width) * tmp.height * 3);
-  if (horizontal) {
-    const taps th = precompute(image.width, width, x0, w);
-    for (int y = 0; y < tmp.height; ++y) {
-      for (int i = 0; i < w; ++i) {
-        const std::int32_t* k = &th.weights[static_cast<std::size_t>(i) * th.ksize];
-        const std::uint8_t* row = image.at(th.first[i], r0 + y);
-        std::int32_t s0 = half, s1 = half, s2 = half;
-        for (int x = 0; x < th.count[i]; ++x) {
-          s0 += row[3 * x + 0] * k[x];
-          s1 += row[3 * x + 1] * k[x];
-          s2 += row[3 * x + 2] * k[x];
-        }
-        std::uint8_t* o = tmp.at(i, y);
-        o[0] = clip8(s0);
-        o[1] = clip8(s1);
-        o[2] = clip8(s2);
-      }
-    }
-  } else {
-    for (int y = 0; y < tmp.height; ++y) std::memcpy(tmp.at(0, y), image.at(x0, r0 + y), static_cast<std::size_t>(w) * 3);
-  }
-  if (!vertical) return tmp;
   rgb_image out;
-  out.width = w;
-  out.height = h;
-  out.pixels.resize(static_cast<std::size_t>(w) * h * 3);
-  for (int j = 0; j < h; ++j) {
+  out.width = static_cast<int>(th.first.size());
+  out.height = rows;
+  out.pixels.resize(static_cast<std::size_t>(out.width) * rows * 3);
+  for (int y = 0; y < rows; ++y) {
+    for (int i = 0; i < out.width; ++i) {
+      const std::int32_t* k = &th.weights[static_cast<std::size_t>(i) * th.ksize];
+      const std::uint8_t* row = src.at(th.first[i] - src_x0, src_y0 + y);
+      std::int32_t s0 = half, s1 = half, s2 = half;
+      for (int x = 0; x < th.count[i]; ++x) {
+        s0 += row[3 * x + 0] * k[x];
+        s1 += row[3 * x + 1] * k[x];
+        s2 += row[3 * x + 2] * k[x];
+      }
+      std::uint8_t* o = out.at(i, y);
+      o[0] = clip8(s0);
+      o[1] = clip8(s1);
+      o[2] = clip8(s2);
+    }
+  }
+  return out;
+}
+
+/// One vertical pass: out(i, j) = the taps tv[j] over column src_x0 + i of src, whose row 0 is
+/// input row src_y0 (tv holds input rows). out: cols x tv's outputs.
+rgb_image pass_y(const rgb_image& src, const taps& tv, int src_y0, int src_x0, int cols) {
+  const std::int32_t half = std::int32_t{1} << (precision_bits - 1);
+  rgb_image out;
+  out.width = cols;
+  out.height = static_cast<int>(tv.first.size());
+  out.pixels.resize(static_cast<std::size_t>(cols) * out.height * 3);
+  for (int j = 0; j < out.height; ++j) {
     const std::int32_t* k = &tv.weights[static_cast<std::size_t>(j) * tv.ksize];
-    for (int i = 0; i < w; ++i) {
+    for (int i = 0; i < cols; ++i) {
       std::int32_t s0 = half, s1 = half, s2 = half;
       for (int y = 0; y < tv.count[j]; ++y) {
-        const std::uint8_t* p = tmp.at(i, tv.first[j] - r0 + y);
+        const std::uint8_t* p = src.at(src_x0 + i, tv.first[j] - src_y0 + y);
         s0 += p[0] * k[y];
         s1 += p[1] * k[y];
         s2 += p[2] * k[y];
@@ -364,6 +358,45 @@ rgb_image resize_bicubic_window(const rgb_image& image, int width, int height, i
     }
   }
   return out;
+}
+
+/// The columns [x0, x0 + w) x rows [y0, y0 + h) of image (a pass that is skipped).
+rgb_image window_of(const rgb_image& image, int x0, int y0, int w, int h) {
+  rgb_image out;
+  out.width = w;
+  out.height = h;
+  out.pixels.resize(static_cast<std::size_t>(w) * h * 3);
+  for (int y = 0; y < h; ++y) std::memcpy(out.at(0, y), image.at(x0, y0 + y), static_cast<std::size_t>(w) * 3);
+  return out;
+}
+
+}  // namespace
+
+rgb_image resize_bicubic_window(const rgb_image& image, int width, int height, int x0, int y0, int w, int h) {
+  if (width <= 0 || height <= 0 || image.width <= 0 || image.height <= 0 || w <= 0 || h <= 0 || x0 < 0 ||
+      y0 < 0 || x0 > width - w || y0 > height - h) {
+    throw image_error("llava: resize: bad size " + std::to_string(width) + "x" + std::to_string(height) +
+                      " or window for a " + std::to_string(image.width) + "x" + std::to_string(image.height) + " image");
+  }
+  // PIL's ImagingResampleInner: a pass whose size does not change is skipped. Pillow >= 13 runs the
+  // vertical pass first when the height shrinks by more than twice the pixels the width does
+  // (Pillow PR #9549), else the horizontal pass first, over only the rows the vertical pass reads.
+  // Each pass rounds to uint8, so the order changes bits. Only the window's outputs are computed
+  // (each output depends on its taps only: the same bits as the whole resize, cropped).
+  const bool horizontal = width != image.width, vertical = height != image.height;
+  const taps tv = vertical ? precompute(image.height, height, y0, h) : taps{};
+  const taps th = horizontal ? precompute(image.width, width, x0, w) : taps{};
+  const int dy = image.height - height, dx = image.width - width;
+  if (dy > 0 && dy > 2 * dx) {  // vertical first, over the columns the horizontal pass reads
+    const int c0 = horizontal ? th.first.front() : x0;
+    const int c1 = horizontal ? th.first.back() + th.count.back() : x0 + w;
+    const rgb_image tmp = pass_y(image, tv, 0, c0, c1 - c0);
+    return horizontal ? pass_x(tmp, th, c0, 0, h) : tmp;
+  }
+  const int r0 = vertical ? tv.first.front() : y0;
+  const int r1 = vertical ? tv.first.back() + tv.count.back() : y0 + h;
+  const rgb_image tmp = horizontal ? pass_x(image, th, 0, r0, r1 - r0) : window_of(image, x0, r0, w, r1 - r0);
+  return vertical ? pass_y(tmp, tv, r0, 0, w) : tmp;
 }
 
 rgb_image resize_bicubic(const rgb_image& image, int width, int height) {

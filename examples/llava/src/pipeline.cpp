@@ -1,6 +1,8 @@
 // llava: the whole model with token selection (see pipeline.hpp for the per-method rules).
 #include "llava/pipeline.hpp"
 
+#include "llava/anyres.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -97,6 +99,7 @@ llava_model::llava_model(const std::filesystem::path& dir, weight_store::progres
   clip_ = std::make_unique<clip_model>(cfg_, *weights_);
   projector_ = std::make_unique<projector>(cfg_, *weights_);
   llama_ = std::make_unique<llama_model>(cfg_.text, *weights_);
+  if (cfg_.anyres()) newline_ = weights_->get("model.image_newline", {cfg_.text.hidden}).to_float();
   load_ms_ = ms_since(t0);
 }
 
@@ -199,8 +202,8 @@ ts::fitprune::recipe fitprune_recipe(const selection_options& s, const llava_con
 void configure(plan& p, const selection_options& s, const llava_config& cfg) {
   const std::int64_t n = p.shape.visual_tokens;
   switch (p.m) {
-    case method::none:
-      p.req.keep = p.req.output_rows = cfg.image_tokens();
+    case method::none:  // every image token (with strategy full, LLaVA-1.5's CLS row too)
+      p.req.keep = p.req.output_rows = cfg.anyres() ? n : cfg.image_tokens();
       return;
     case method::fopru:
       p.fopru = budgeted(s.keep, n, ts::fopru::config{});
@@ -270,7 +273,8 @@ void configure(plan& p, const selection_options& s, const llava_config& cfg) {
   }
 }
 
-plan make_plan(const selection_options& s, const llava_config& cfg) {
+/// n_img: the visual tokens of the image span (AnyRes: the packed tokens of the image).
+plan make_plan(const selection_options& s, const llava_config& cfg, std::int64_t n_img) {
   if (s.name != method::none && cfg.vision_feature_select_strategy != "default") {
     throw error("llava: token selection needs vision_feature_select_strategy = default (CLS dropped)");
   }
@@ -279,7 +283,7 @@ plan make_plan(const selection_options& s, const llava_config& cfg) {
   p.qk = s.from_qk;
   const auto& vc = cfg.vision;
   // the attention layer that produces the features (CLIP runs up to it)
-  p.shape = {vc.patches(), true, cfg.feature_hidden_index() - 1, vc.layers};
+  p.shape = {cfg.anyres() ? n_img : vc.patches(), true, cfg.feature_hidden_index() - 1, vc.layers};
   p.grid = {vc.grid(), vc.grid()};
   configure(p, s, cfg);
   if (p.req.stage == ts::stage::llm && !p.req.layers.empty() && p.req.layers.last >= cfg.text.layers) {
@@ -621,8 +625,8 @@ class llm_selection {
 };
 
 /// The image slot of the prompt: first index and length (1, or the expanded n_img copies).
-std::pair<std::int64_t, std::int64_t> image_slot(std::span<const std::int32_t> ids, const llava_config& cfg) {
-  const std::int64_t n_img = cfg.image_tokens();
+std::pair<std::int64_t, std::int64_t> image_slot(std::span<const std::int32_t> ids, const llava_config& cfg,
+                                                 std::int64_t n_img) {
   std::vector<std::int64_t> slots;
   for (std::size_t i = 0; i < ids.size(); ++i)
     if (ids[i] == cfg.image_token_index) slots.push_back(static_cast<std::int64_t>(i));
@@ -687,14 +691,48 @@ void record_kept(const plan& p, std::span<const std::int32_t> final_rows, std::i
   res.kept.assign(kept.begin(), kept.end());
 }
 
+/// Everything after the LLM input is built: the prefill with the plan's hook, the kept bookkeeping,
+/// the decoding (times into res).
+void run_llm(const llama_model& llama, const plan& p, const std::vector<float>& seq, std::int64_t s0, std::int64_t k_rows,
+             std::vector<ts::token_index> kept, int max_new, bool decode, bool record, run_result& res) {
+  const auto& tc = llama.config();
+  const std::int64_t L = static_cast<std::int64_t>(seq.size()) / tc.hidden;
+  std::vector<std::int32_t> positions(static_cast<std::size_t>(L));
+  std::iota(positions.begin(), positions.end(), 0);
+  res.sequence_length = L;
+  res.visual_begin = s0;
+  if (record) res.image_features.assign(seq.begin() + s0 * tc.hidden, seq.begin() + (s0 + k_rows) * tc.hidden);
+
+  llm_selection llm(p, s0, k_rows, tc.heads, p.m == method::dart ? llama.final_norm_weight() : std::vector<float>{});
+  auto cache = llama.make_cache(L + std::max(0, max_new));
+  const double cpu0 = cpu_ms();
+  auto t0 = clock_type::now();
+  std::vector<std::int32_t> final_rows;
+  res.logits = llama.prefill(seq.data(), positions, cache, llm.hook(), &final_rows, &res.layer_rows);
+  res.time.prefill = ms_since(t0) - llm.ms();
+  res.time.prefill_cpu = cpu_ms() - cpu0;
+  res.attention_maps += llm.maps();
+  res.time.selection += llm.ms();
+  res.final_length = static_cast<std::int64_t>(final_rows.size());
+  record_kept(p, final_rows, s0, k_rows, res.total_tokens, std::move(kept), res);
+
+  if (decode && max_new > 0) {
+    t0 = clock_type::now();
+    res.answer_ids = llama.generate(res.logits, static_cast<std::int32_t>(L), max_new, cache,
+                                    record ? &res.decode_logits : nullptr);
+    res.time.decode = ms_since(t0);
+  }
+}
+
 }  // namespace
 
 run_result llava_model::run_impl(const float* pixels, std::span<const std::int32_t> ids, const selection_options& sel,
                                  int max_new, bool decode, bool record) const {
+  if (cfg_.anyres()) throw error("llava: a LLaVA-NeXT (AnyRes) model takes an anyres_image (preprocess_anyres)");
   run_result res;
   res.time.load = load_ms_;
-  const plan p = make_plan(sel, cfg_);
-  const auto [s0, slot_len] = image_slot(ids, cfg_);
+  const plan p = make_plan(sel, cfg_, cfg_.image_tokens());
+  const auto [s0, slot_len] = image_slot(ids, cfg_, cfg_.image_tokens());
   const std::vector<std::int32_t> prefix(ids.begin(), ids.begin() + s0);
   const std::vector<std::int32_t> text(ids.begin() + s0 + slot_len, ids.end());
 
@@ -705,34 +743,58 @@ run_result llava_model::run_impl(const float* pixels, std::span<const std::int32
   auto t0 = clock_type::now();
   const std::vector<float> seq = build_sequence(*llama_, *projector_, prefix, v.rows, k_rows, text, cfg_.text.hidden);
   res.time.projector = ms_since(t0);
-  const std::int64_t L = static_cast<std::int64_t>(seq.size()) / cfg_.text.hidden;
-  std::vector<std::int32_t> positions(static_cast<std::size_t>(L));
-  std::iota(positions.begin(), positions.end(), 0);
-  res.sequence_length = L;
-  res.visual_begin = s0;
   res.total_tokens = cfg_.image_tokens();
-
-  llm_selection llm(p, s0, k_rows, cfg_.text.heads,
-                    p.m == method::dart ? llama_->final_norm_weight() : std::vector<float>{});
-  auto cache = llama_->make_cache(L + std::max(0, max_new));
-  const double cpu0 = cpu_ms();
-  t0 = clock_type::now();
-  std::vector<std::int32_t> final_rows;
-  res.logits = llama_->prefill(seq.data(), positions, cache, llm.hook(), &final_rows, &res.layer_rows);
-  res.time.prefill = ms_since(t0) - llm.ms();
-  res.time.prefill_cpu = cpu_ms() - cpu0;
-  res.attention_maps += llm.maps();
-  res.time.selection += llm.ms();
-  res.final_length = static_cast<std::int64_t>(final_rows.size());
-  record_kept(p, final_rows, s0, k_rows, res.total_tokens, std::move(v.kept), res);
-
-  if (decode && max_new > 0) {
-    t0 = clock_type::now();
-    res.answer_ids = llama_->generate(res.logits, static_cast<std::int32_t>(L), max_new, cache,
-                                      record ? &res.decode_logits : nullptr);
-    res.time.decode = ms_since(t0);
-  }
+  run_llm(*llama_, p, seq, s0, k_rows, std::move(v.kept), max_new, decode, record, res);
   return res;
+}
+
+run_result llava_model::run_anyres_impl(const anyres_image& image, std::span<const std::int32_t> ids,
+                                        const selection_options& sel, int max_new, bool decode, bool record) const {
+  if (!cfg_.anyres()) throw error("llava: an anyres_image needs a LLaVA-NeXT model (model_type llava_next)");
+  const auto& a = image.layout;
+  const std::int64_t n_img = a.image_tokens(), S = cfg_.vision.image_size, Dv = cfg_.vision.hidden, Dt = cfg_.text.hidden;
+  if (a.tile != S || static_cast<std::int64_t>(image.pixels.size()) != a.tile_count() * 3 * S * S) {
+    throw error("llava: anyres_image: " + std::to_string(image.pixels.size()) + " pixel values do not hold the layout's " +
+                std::to_string(a.tile_count()) + " tiles of 3 x " + std::to_string(S) + " x " + std::to_string(S));
+  }
+  run_result res;
+  res.time.load = load_ms_;
+  const plan p = make_plan(sel, cfg_, n_img);
+  if (p.req.stage != ts::stage::llm && p.m != method::none) {
+    throw error(std::string("llava: ") + to_string(p.m) + ": encoder-side selection under AnyRes is not supported yet; "
+                "the LLM-stage methods (fastv, fitprune, dart) run over the whole image span");
+  }
+  const auto [s0, slot_len] = image_slot(ids, cfg_, n_img);
+  const std::vector<std::int32_t> prefix(ids.begin(), ids.begin() + s0);
+  const std::vector<std::int32_t> text(ids.begin() + s0 + slot_len, ids.end());
+
+  // Each tile through CLIP and the projector, then packed (base, unpadded grid, newlines).
+  const std::int64_t per_tile = a.base_tokens(), skip = cfg_.vision_feature_select_strategy == "default" ? 1 : 0;
+  std::vector<float> tiles(static_cast<std::size_t>(a.tile_count() * per_tile * Dt));
+  auto t0 = clock_type::now();
+  for (int t = 0; t < a.tile_count(); ++t) {
+    const clip_output co = clip_->encode(image.pixels.data() + t * 3 * S * S, clip_options{});
+    projector_->forward(co.features.data() + skip * Dv, per_tile, tiles.data() + t * per_tile * Dt);
+  }
+  res.time.vision = ms_since(t0);
+  t0 = clock_type::now();
+  const auto P = static_cast<std::int64_t>(prefix.size());
+  std::vector<float> seq(static_cast<std::size_t>((P + n_img + static_cast<std::int64_t>(text.size())) * Dt));
+  llama_->embed(prefix, seq.data());
+  pack_anyres(a, tiles.data(), newline_.data(), Dt, seq.data() + P * Dt);
+  llama_->embed(text, seq.data() + (P + n_img) * Dt);
+  res.time.projector = ms_since(t0);
+  res.total_tokens = n_img;
+  run_llm(*llama_, p, seq, s0, n_img, {}, max_new, decode, record, res);
+  return res;
+}
+
+run_result llava_model::run(const anyres_image& image, std::span<const std::int32_t> ids, const run_options& o) const {
+  try {
+    return run_anyres_impl(image, ids, o.selection, o.max_new_tokens, true, o.record_intermediates);
+  } catch (const ts::error& e) {
+    throw error(std::string("llava: ") + to_string(o.selection.name) + ": " + e.what());
+  }
 }
 
 }  // namespace llava

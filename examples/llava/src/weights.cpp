@@ -97,6 +97,7 @@ std::string weight_store::canonical_name(std::string_view s, bool* legacy) {
   if (starts("language_model.lm_head.")) return swap("language_model.lm_head.", "lm_head.");
   if (starts("vision_tower.")) return swap("vision_tower.", "model.vision_tower.");
   if (starts("multi_modal_projector.")) return swap("multi_modal_projector.", "model.multi_modal_projector.");
+  if (s == "image_newline") return swap("image_newline", "model.image_newline");  // LLaVA-NeXT
   return std::string(s);
 }
 

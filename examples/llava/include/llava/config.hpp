@@ -11,6 +11,9 @@
 // image 336); a missing "text_config" is LlamaConfig().
 #pragma once
 
+#include <array>
+#include <vector>
+
 #include <cstdint>
 #include <filesystem>
 #include <stdexcept>
@@ -91,6 +94,12 @@ struct llava_config {
   std::string projector_hidden_act = "gelu";
   int vision_feature_layer = -2;            ///< HF hidden_states index (negative: from the end)
   std::string vision_feature_select_strategy = "default";  ///< default (drop CLS) or full
+  /// "llava_next": LLaVA-NeXT (AnyRes: image_grid_pinpoints, image_newline; anyres.hpp); any other
+  /// model_type, or none, is LLaVA-1.5.
+  std::string model_type = "llava";
+  std::vector<std::array<int, 2>> image_grid_pinpoints;  ///< [height, width], multiples of the tower's size
+
+  bool anyres() const noexcept { return model_type == "llava_next"; }
 
   /// hidden_states index of the feature layer, in [1, vision.layers]: the CLIP layers to run.
   int feature_hidden_index() const noexcept {

@@ -58,9 +58,11 @@ std::array<std::uint8_t, 3> mean_colour(const std::array<float, 3>& mean = clip_
 /// ((side - w) / 2, (side - h) / 2) (floor). A square image is returned unchanged.
 rgb_image pad_to_square(const rgb_image& image, std::array<std::uint8_t, 3> colour);
 
-/// PIL's Image.resize(size, Resampling.BICUBIC) on an 8-bit image, bit for bit: separable
-/// convolution (horizontal pass first), support 2 * max(1, in/out), a = -0.5, coefficients
-/// rounded to 22-bit fixed point, each pass rounded and clipped to uint8.
+/// PIL's Image.resize(size, Resampling.BICUBIC) on an 8-bit image, bit for bit (Pillow 13): separable
+/// convolution, horizontal pass first unless the height shrinks by more than twice the pixels
+/// the width does (then vertical first; Pillow <= 12 always went horizontal first), support
+/// 2 * max(1, in/out), a = -0.5, coefficients rounded to 22-bit fixed point, each pass rounded
+/// and clipped to uint8.
 rgb_image resize_bicubic(const rgb_image& image, int width, int height);
 /// The window [x0, x0 + w) x [y0, y0 + h) of resize_bicubic(image, width, height), computed
 /// without the rest (same bits).

@@ -60,6 +60,7 @@
 
 #include <tokensel/core/budget.hpp>
 
+#include "llava/anyres.hpp"
 #include "llava/clip.hpp"
 #include "llava/config.hpp"
 #include "llava/llama.hpp"
@@ -135,6 +136,9 @@ struct run_result {
   /// step after the first token (step t: after feeding answer_ids[t] at position sequence_length + t).
   std::vector<float> projector_input;
   std::vector<std::vector<float>> decode_logits;
+  /// With record_intermediates: the LLM input rows of the image span [k, text hidden] (projected;
+  /// AnyRes: the packed base, grid and image_newline rows).
+  std::vector<float> image_features;
   timings time;
 };
 
@@ -156,6 +160,11 @@ class llava_model {
   /// config().image_tokens() copies. Throws llava::error when there is no / a wrong image slot.
   run_result run(const float* pixels, std::span<const std::int32_t> input_ids, const run_options& options) const;
 
+  /// LLaVA-NeXT (config().anyres()): one image's tiles (preprocess_anyres), the prompt with one
+  /// <image> id or image.layout.image_tokens() consecutive ones. Selection: none, or an LLM-stage
+  /// method (fastv, fitprune, dart) over the whole image span (newline rows included).
+  run_result run(const anyres_image& image, std::span<const std::int32_t> input_ids, const run_options& options) const;
+
   /// The same up to the prefill only (no decoding): for benchmarks and tests.
   run_result prefill(const float* pixels, std::span<const std::int32_t> input_ids,
                      const selection_options& selection) const;
@@ -163,6 +172,8 @@ class llava_model {
  private:
   run_result run_impl(const float* pixels, std::span<const std::int32_t> input_ids, const selection_options& sel,
                       int max_new_tokens, bool decode, bool record = false) const;
+  run_result run_anyres_impl(const anyres_image& image, std::span<const std::int32_t> input_ids,
+                             const selection_options& sel, int max_new_tokens, bool decode, bool record) const;
   std::filesystem::path dir_;
   llava_config cfg_;
   std::unique_ptr<weight_store> weights_;
@@ -170,6 +181,7 @@ class llava_model {
   std::unique_ptr<projector> projector_;
   std::unique_ptr<llama_model> llama_;
   double load_ms_ = 0;
+  std::vector<float> newline_;  ///< image_newline [text hidden] (LLaVA-NeXT)
 };
 
 }  // namespace llava

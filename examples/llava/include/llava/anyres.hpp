@@ -1,0 +1,72 @@
+// llava: LLaVA-NeXT's AnyRes (LlavaNextForConditionalGeneration, llava-hf layout), as transformers
+// does it (LlavaNextImageProcessorPil + LlavaNextModel.pack_image_features); docs/llava.md#anyres.
+//
+//   best resolution  the pinpoint (H, W) maximising the effective resolution
+//                    min(int(w s) * int(h s), w h), s = min(W / w, H / h), then the least wasted
+//                    H W - effective; the first such pinpoint in config order.
+//   resize + pad     the image resized (PIL bicubic) to fit (H, W) keeping its aspect ratio
+//                    (the side that limits is exact, the other ceil(side * s), at most the
+//                    target), pasted centred (floor) on black, then cut into (H / S) x (W / S)
+//                    tiles of the tower's size S, row-major; the base image is the whole image
+//                    resized to S x S (aspect ratio not kept). Model input: base, then the tiles.
+//   packing          per tile, the projected patch rows (g x g, g = S / patch); the tiles' grids
+//                    form one (H / S * g) x (W / S * g) grid, whose rows or columns of padding
+//                    are cut (unpadding to the original aspect ratio), each remaining grid row
+//                    followed by the image_newline vector; the LLM sees the base tile's rows,
+//                    then that grid row by row.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "llava/config.hpp"
+#include "llava/image.hpp"
+
+namespace llava {
+
+/// transformers' select_best_resolution over [height, width] pinpoints; returns {height, width}.
+/// Throws llava::error for an empty list, a non-positive size or pinpoint.
+std::array<int, 2> select_best_resolution(int height, int width, std::span<const std::array<int, 2>> pinpoints);
+
+/// transformers' get_patch_output_size: the size {height, width} the image is resized to inside
+/// the target resolution (aspect ratio kept).
+std::array<int, 2> patch_output_size(int height, int width, int target_height, int target_width);
+
+/// The layout of one image under AnyRes.
+struct anyres_layout {
+  int height = 0, width = 0;            ///< the original image
+  int best_height = 0, best_width = 0;  ///< the chosen pinpoint
+  int tiles_y = 0, tiles_x = 0;         ///< tiles per column / row of the pinpoint
+  int tile = 0;                         ///< S, the vision tower's image size
+  int grid = 0;                         ///< g = S / patch: patch rows per tile side
+  int row0 = 0, rows = 0;               ///< unpadded window of the full grid (tiles_y * g rows)
+  int col0 = 0, cols = 0;               ///< and (tiles_x * g columns)
+
+  int tile_count() const noexcept { return tiles_y * tiles_x + 1; }  ///< base image included
+  int base_tokens() const noexcept { return grid * grid; }
+  /// Visual tokens fed to the LLM: base g^2, the unpadded grid, one newline per grid row.
+  std::int64_t image_tokens() const noexcept {
+    return static_cast<std::int64_t>(base_tokens()) + static_cast<std::int64_t>(rows) * cols + rows;
+  }
+};
+
+/// The layout of an image of height x width under cfg (cfg.anyres() must hold).
+anyres_layout make_anyres_layout(const llava_config& cfg, int height, int width);
+
+/// Model input of one image: [tile_count, 3, S, S] normalised pixels, the base image first.
+struct anyres_image {
+  std::vector<float> pixels;
+  anyres_layout layout;
+};
+
+/// LlavaNextImageProcessor (PIL backend): best resolution, resize + pad, tiles, base image, then
+/// x / 255 and (x - mean) / std per tile, with the same arithmetic as preprocess().
+anyres_image preprocess_anyres(const rgb_image& image, const llava_config& cfg, const preprocess_options& options = {});
+
+/// pack_image_features: tile_rows [tile_count, g * g, D] (projected, base tile first), newline [D]
+/// -> out [layout.image_tokens(), D].
+void pack_anyres(const anyres_layout& layout, const float* tile_rows, const float* newline, std::int64_t D, float* out);
+
+}  // namespace llava
