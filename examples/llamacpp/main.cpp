@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <iostream>
 #include <map>
@@ -233,7 +234,16 @@ using chunks_ptr = std::unique_ptr<mtmd_input_chunks, deleter<mtmd_input_chunks,
 
 struct timings {  ///< milliseconds (wall clock)
   double load = 0, vision = 0, selection = 0, prefill = 0, decode = 0;
+  /// CPU time of the process (all threads) during the prefill: the work done, less sensitive to
+  /// other processes on a shared machine than the wall time (exact with --threads 1).
+  double prefill_cpu = 0;
 };
+
+double cpu_ms() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) * 1e3 + static_cast<double>(t.tv_nsec) * 1e-6;
+}
 
 /// The prompt as llama.cpp splits it: text before the image, the image chunk, text after.
 struct prompt_parts {
@@ -448,7 +458,8 @@ void print_report(const cli_options& o, const tsl::selection_options& sel, const
   j["cls_layout"] = cap.cls_first.value_or(true) ? "first" : "last";
   if (!r.lost.empty()) j["kept_without_row"] = r.lost;
   j["timings_ms"] = {{"load", r.t.load},       {"vision", r.t.vision}, {"selection", r.t.selection},
-                     {"prefill", r.t.prefill}, {"decode", r.t.decode}, {"total", total}};
+                     {"prefill", r.t.prefill}, {"prefill_cpu", r.t.prefill_cpu}, {"decode", r.t.decode},
+                     {"total", total}};
   std::cout << j.dump(2) << "\n";
 }
 
@@ -525,11 +536,13 @@ int run(const cli_options& o) {
   e.ctx.reset(llama_init_from_model(e.model.get(), cp));
   if (!e.ctx) throw std::runtime_error("llama.cpp could not create a context" + engine_reason());
   llama_pos n_past = 0;
+  const double cpu0 = cpu_ms();
   t0 = clock_type::now();
   decode_tokens(e.ctx.get(), parts.before, n_past, false);
   decode_rows(e.ctx.get(), rows, width, which, n_past, parts.after.empty());
   decode_tokens(e.ctx.get(), parts.after, n_past, true);
   r.t.prefill = ms_since(t0);
+  r.t.prefill_cpu = cpu_ms() - cpu0;
   const llama_vocab* vocab = llama_model_get_vocab(e.model.get());
   t0 = clock_type::now();
   if (o.max_new_tokens > 0) r.answer = generate(e.ctx.get(), vocab, n_past, o.max_new_tokens);
