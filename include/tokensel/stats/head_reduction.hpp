@@ -2,6 +2,8 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
 #include <string>
 #include <type_traits>
 
@@ -36,12 +38,112 @@ inline void check_heads_present(index_t heads, index_t rows, index_t cols) {
 }  // namespace detail
 
 namespace detail {
+
+#if defined(__GNUC__) && (!defined(__F16C__) || !defined(__AVX__))
+/// Where fp16 cannot be widened a vector at a time, fp16 rows keep the block-widening path.
+template <class T>
+inline constexpr bool register_blocked_heads = !std::is_same_v<std::remove_cv_t<T>, Eigen::half>;
+#elif defined(__GNUC__)
+template <class T>
+inline constexpr bool register_blocked_heads = true;
+#else
+template <class T>
+inline constexpr bool register_blocked_heads = false;
+#endif
+
+#if defined(__GNUC__)
+#if defined(__AVX512F__)
+inline constexpr int head_vector_width = 16;
+#else
+inline constexpr int head_vector_width = 8;
+#endif
+using head_vector = float __attribute__((vector_size(head_vector_width * sizeof(float))));
+
+/// head_vector_width values of a contiguous row as fp32 (exact widening).
+template <element T>
+inline head_vector load_f32(const T* p) noexcept {
+  using U = std::remove_cv_t<T>;
+  constexpr int W = head_vector_width;
+  if constexpr (std::is_same_v<U, float>) {
+    using unaligned = float __attribute__((vector_size(W * sizeof(float)), aligned(4), may_alias));
+    return *reinterpret_cast<const unaligned*>(p);
+  } else if constexpr (std::is_same_v<U, Eigen::bfloat16>) {
+    using u16 = std::uint16_t __attribute__((vector_size(W * 2), aligned(2), may_alias));
+    using u32 = std::uint32_t __attribute__((vector_size(W * 4)));
+    const u32 w = __builtin_convertvector(*reinterpret_cast<const u16*>(p), u32) << 16;
+    head_vector v;
+    std::memcpy(&v, &w, sizeof v);
+    return v;
+  } else {
+#if defined(__F16C__) && defined(__AVX__)
+#if defined(__AVX512F__)
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+#else
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+#endif
+#else
+    head_vector v;
+    for (int l = 0; l < W; ++l) v[l] = to_float(p[l]);
+    return v;
+#endif
+  }
+}
+
+/// Columns [0, full) of row i, full a multiple of 4 vectors: each chunk of 4 vectors stays in
+/// registers while the heads are combined into it (ascending heads, the same per-element
+/// operations as the row loop: x_0, then + x_h or max_nan, then / heads), then is stored once.
+template <element T>
+void reduce_heads_chunks(const head_attention_view<T>& attention, index_t i, head_reduction op, float* row,
+                         index_t full) noexcept {
+  constexpr int V = 4, W = head_vector_width;
+  const index_t heads = attention.extent(0), hstride = attention.stride(0);
+  const auto hf = static_cast<float>(heads);
+  for (index_t j0 = 0; j0 < full; j0 += V * W) {
+    const T* a = &attention(0, i, j0);
+    head_vector acc[V];
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) acc[v] = load_f32(a + v * W);
+    for (index_t h = 1; h < heads; ++h) {
+      const T* ah = a + h * hstride;
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) {
+        const head_vector x = load_f32(ah + v * W);
+        if (op == head_reduction::max) {
+          acc[v] = (x > acc[v] || x != x) ? x : acc[v];  // max_nan, lane by lane
+        } else {
+          acc[v] += x;
+        }
+      }
+    }
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) {
+      if (op == head_reduction::mean) acc[v] = acc[v] / hf;
+      std::memcpy(row + j0 + v * W, &acc[v], sizeof(head_vector));
+    }
+  }
+}
+#endif
+
 /// Row i of the head-reduced map into row[0, cols): the same arithmetic as reduce_heads
 /// (ascending heads, fp32, mean = sum / heads), so fused statistics match the two-pass path.
 template <element T>
 void reduce_heads_row(const head_attention_view<T>& attention, index_t i, head_reduction op, float* row) {
   const index_t heads = attention.extent(0), cols = attention.extent(2);
   const index_t astride = attention.stride(2);
+#if defined(__GNUC__)
+  if constexpr (register_blocked_heads<T>) {
+    constexpr index_t chunk = 4 * head_vector_width;
+    if (astride == 1 && heads > 0 && cols >= chunk) {
+      const index_t full = cols - cols % chunk;
+      reduce_heads_chunks(attention, i, op, row, full);
+      if (full == cols) return;
+      // The remaining columns: the same arithmetic through the row loop below.
+      const auto tail = attention.slice(2, full, cols - full, "attention");
+      reduce_heads_row(tail, i, op, row + full);
+      return;
+    }
+  }
+#endif
   constexpr bool narrow = !std::is_same_v<std::remove_cv_t<T>, float>;
   // fp16 / bf16 rows are widened a block at a time (exactly), so the loops below vectorise.
   constexpr index_t block = 512;
