@@ -42,6 +42,10 @@ done
 start=$SECONDS
 out="$build/bench-results"
 py=${PYTHON:-python3}
+rm -rf "$out"
+mkdir -p "$out"
+# The source state measured (the page is written later, when HEAD may have moved on).
+git describe --always --dirty >"$out/commit.txt" 2>/dev/null || echo "not a git checkout" >"$out/commit.txt"
 
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DTOKENSEL_BUILD_BENCHMARKS=ON -DTOKENSEL_BUILD_TESTS=OFF \
   -DTOKENSEL_BUILD_EXAMPLES=OFF -DTOKENSEL_BUILD_LLAVA=OFF -DTOKENSEL_WITH_CUDA=OFF -DTOKENSEL_BENCH_NATIVE=ON >/dev/null
@@ -57,7 +61,6 @@ else
   gb=(--benchmark_repetitions=5 --benchmark_display_aggregates_only=true --benchmark_enable_random_interleaving=true)
   repeat=(--repeat 7)
 fi
-rm -rf "$out"
 TOKENSEL_BENCH_MEMORY=1 benchmarks/run_all.sh --build "$build" --out "$out" ${only:+--only "$only"} -- "${gb[@]}" >/dev/null
 echo "report: benchmarks ran at $((SECONDS - start)) s"
 

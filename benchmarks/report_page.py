@@ -125,10 +125,15 @@ def machine(bench_dir, build):
             info.setdefault(k.strip(), v.strip())
     loads = [float(x) for x in re.findall(r"load average: ([0-9.]+)", open(path).read())] if os.path.exists(path) else []
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        commit = subprocess.run(["git", "-C", root, "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = "unknown"
+    recorded = os.path.join(bench_dir, "commit.txt")  # written by report.sh before building
+    if os.path.exists(recorded):
+        commit = open(recorded).read().strip()
+    else:
+        try:
+            commit = subprocess.run(["git", "-C", root, "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
+            commit += " (at page generation: no commit.txt in the results)"
+        except OSError:
+            commit = "unknown"
     compiler = ""
     cache = os.path.join(build, "CMakeCache.txt") if build else ""
     if cache and os.path.exists(cache):
