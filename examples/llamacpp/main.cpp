@@ -486,6 +486,9 @@ std::vector<int> select_rows(const tsl::selection_options& sel, const tsl::visio
                              "build with tools/llamacpp/cls-first.patch");
   }
   r.kept = tsl::select_tokens(sel, v, cap, rows.data(), width);
+  // No method: every mtmd row, exactly what llama.cpp itself decodes (in the CLS-last graph that
+  // is patches 1 .. n-1 and CLS).
+  if (sel.name == tsl::method::none) return std::vector<int>(r.kept.begin(), r.kept.end());
   auto which = rows_of(r.kept, cls_first, r.lost);
   if (!r.lost.empty()) {
     std::fprintf(stderr, "tokensel-llamacpp: warning: kept patch 0 has no mtmd row in the CLS-last graph; decoding %zu rows\n",
