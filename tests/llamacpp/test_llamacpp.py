@@ -5,8 +5,11 @@ and its GGUF conversion (tests/data/llava-tiny-gguf, made by tools/llamacpp/make
     test_llamacpp.py --tool build/examples/llamacpp/tokensel-llamacpp --llava build/examples/llava/llava
 
 Checks (each failure is printed with both outputs; exit 1 if any failed):
-  1. kept indices: every served method, on three images, equal examples/llava's, from the softmax
-     (flash attention off) against its maps and from Q/K (flash attention on) against its --from-qk;
+  1. kept indices: every served method, on two images, equal examples/llava's, from the softmax
+     (flash attention off) against its maps and from Q/K (flash attention on) against its --from-qk:
+     all of them against the checkpoint with the weights llama.cpp stores in f16 (the patch
+     convolution, the projector matrices) rounded to f16 the same way, so both runtimes hold the
+     same weights; all but VisPruner against the fp32 checkpoint itself;
   2. Q/K and softmax capture select the same tokens;
   3. answers: the unpruned answer tokens, and those of every pruned run, equal examples/llava's on
      the same token sequence (llama.cpp tokenizes the text after the image as its own chunk, which
@@ -18,8 +21,11 @@ Needs the llama.cpp build with tools/llamacpp/cls-first.patch (CLS first; the JS
 import argparse
 import json
 import os
+import shutil
+import struct
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -37,11 +43,37 @@ CASES = [("none", None), ("fopru", "0.5"), ("fopru", "20"), ("freepruner", None)
 ATTENTION = {"fopru", "freepruner", "visionzip", "vispruner"}
 # VisionZip feeds the CLS row to the LLM in examples/llava; mtmd has no CLS row, so the answers
 # differ by design (the kept patches must still agree).
-SAME_ROWS = {"none", "fopru", "freepruner", "divprune", "random", "uniform"}
-# VisPruner's duplicate removal compares patch features by cosine; llama.cpp's patch embedding is
-# f16, and on the tiny random model the cosines sit close together, so its diverse tokens differ
-# from examples/llava's (no margin check yet: see docs/llamacpp.md). Compared: Q/K == softmax only.
-NO_PARITY = {"vispruner"}
+SAME_ROWS = {"none", "fopru", "freepruner", "divprune", "random", "uniform", "vispruner"}
+# VisPruner's duplicate removal compares patch features by cosine, which on the tiny random model
+# lie close together: with the fp32 patch convolution its diverse tokens differ from llama.cpp's
+# (f16 convolution); with the weights rounded as llama.cpp stores them they are equal.
+NO_PARITY_FP32 = {"vispruner"}
+F16_IN_GGUF = ("patch_embedding.weight", "multi_modal_projector.linear_1.weight", "multi_modal_projector.linear_2.weight")
+
+
+def rounded_checkpoint(tmp):
+    """HF (fp32) with the tensors llama.cpp's converter stores in f16 rounded to f16 (round half to
+    even, as numpy's astype), standard library only."""
+    out = os.path.join(tmp, "llava-tiny-f16-rounded")
+    os.makedirs(out)
+    for f in os.listdir(HF):
+        if f != "model.safetensors" and not f.startswith(("golden", "pruned")):
+            shutil.copy(os.path.join(HF, f), out)
+    blob = open(os.path.join(HF, "model.safetensors"), "rb").read()
+    n = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(blob[8:8 + n])
+    data = bytearray(blob[8 + n:])
+    for name, t in header.items():
+        if name == "__metadata__" or not name.endswith(F16_IN_GGUF):
+            continue
+        assert t["dtype"] == "F32", name
+        b, e = t["data_offsets"]
+        vals = struct.unpack(f"<{(e - b) // 4}f", data[b:e])
+        halves = struct.unpack(f"<{len(vals)}e", struct.pack(f"<{len(vals)}e", *vals))
+        data[b:e] = struct.pack(f"<{len(vals)}f", *halves)
+    with open(os.path.join(out, "model.safetensors"), "wb") as f:
+        f.write(blob[:8 + n] + bytes(data))
+    return out
 
 failures = []
 
@@ -65,35 +97,37 @@ def tool_run(a, image, method, keep, qk):
     return run_json(cmd + (["--keep", keep] if keep else []) + (["--from-qk"] if qk else []))
 
 
-def llava_run(a, image, method, keep, qk):
-    cmd = [a.llava, "--model", HF, "--image", image, "--template", "raw", "--prompt",
+def llava_run(a, hf, image, method, keep, qk):
+    cmd = [a.llava, "--model", hf, "--image", image, "--template", "raw", "--prompt",
            f"USER: <image> \n{QUESTION} ASSISTANT:", "--method", method, "--max-new-tokens", "8", "--threads", "1", "--json"]
     return run_json(cmd + (["--keep", keep] if keep else []) + (["--from-qk"] if qk else []))
 
 
-def parity(a):
+def parity(a, hf, no_parity):
     for image in IMAGES:
         name = os.path.basename(image)
+        before = len(failures)
         for method, keep in CASES:
             got = {}
             for qk in (False, True):
                 if qk and method not in ATTENTION:
                     continue
-                t, r = tool_run(a, image, method, keep, qk), llava_run(a, image, method, keep, qk)
-                case = f"{name} {method} keep={keep} {'qk' if qk else 'softmax'}"
+                t, r = tool_run(a, image, method, keep, qk), llava_run(a, hf, image, method, keep, qk)
+                case = f"{os.path.basename(hf)} {name} {method} keep={keep} {'qk' if qk else 'softmax'}"
                 check(t["cls_layout"] == "first", f"{case}: CLS layout {t['cls_layout']} (build without cls-first.patch?)")
-                check(method in NO_PARITY or t["kept"] == r["kept"], f"{case}: kept\n  llama.cpp {t['kept']}\n  llava     {r['kept']}")
+                check(method in no_parity or t["kept"] == r["kept"], f"{case}: kept\n  llama.cpp {t['kept']}\n  llava     {r['kept']}")
                 check(t["input_ids"][:1] == r["input_ids"][:1] and len(t["input_ids"]) == len(r["input_ids"]),
                       f"{case}: prompt tokens\n  llama.cpp {t['input_ids']}\n  llava     {r['input_ids']}")
-                check(method not in SAME_ROWS or t["answer_ids"] == r["answer_ids"],
+                check(method not in SAME_ROWS or method in no_parity or t["answer_ids"] == r["answer_ids"],
                       f"{case}: answer\n  llama.cpp {t['answer_ids']}\n  llava     {r['answer_ids']}")
                 check(t["attention_maps"] == (0 if qk or method not in ATTENTION else t["attention_maps"]) and
                       (qk or method not in ATTENTION or t["attention_maps"] > 0), f"{case}: maps {t['attention_maps']}")
                 got[qk] = t["kept"]
             if len(got) == 2:
                 check(got[False] == got[True], f"{name} {method} keep={keep}: Q/K {got[True]} != softmax {got[False]}")
-        print(f"ok   {name}: {len(CASES)} cases: kept indices (but {sorted(NO_PARITY)}) and answers (of {sorted(SAME_ROWS)}) "
-              "equal examples/llava's; Q/K and softmax capture agree")
+        if len(failures) == before:
+            print(f"ok   {os.path.basename(hf)} {name}: {len(CASES)} cases: kept indices (all but {sorted(no_parity)}) and "
+                  f"answers (of {sorted(SAME_ROWS - no_parity)}) equal examples/llava's; Q/K and softmax capture agree")
 
 
 def expect_error(a, args, code, words, what):
@@ -131,7 +165,9 @@ def main():
     a = ap.parse_args()
     t0 = time.monotonic()
     errors(a)
-    parity(a)
+    with tempfile.TemporaryDirectory() as tmp:
+        parity(a, rounded_checkpoint(tmp), set())
+    parity(a, HF, NO_PARITY_FP32)
     print(f"{len(failures)} failure(s) in {time.monotonic() - t0:.1f} s")
     return 1 if failures else 0
 
