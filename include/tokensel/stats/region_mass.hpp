@@ -132,26 +132,28 @@ region_mass_result region_mass(const Policy& policy, const head_attention_view<T
       for (index_t j = 0; j < n; ++j) acc[j] += row[j];
     }
   } else {
-    // Row totals in parallel over rows; column sums in parallel over column blocks, each block
-    // walking the rows in ascending order (the head reduction is recomputed, same bits).
-    detail::parallel_for(policy, rows, [&](index_t r) {
-      detail::scratch_scope inner;
-      auto row = inner.take<float>(static_cast<std::size_t>(n));
-      detail::reduced_visual_row(columns, s0 + r, s0, op, row.data(), "region_mass");
-      totals[r] = detail::canonical_sum(row.data(), n);
-    });
-    constexpr index_t block = 64;
-    detail::parallel_for(policy, (n + block - 1) / block, [&](index_t b) {
-      const index_t j0 = b * block, w = std::min(n, j0 + block) - j0;
-      const auto part = columns.slice(2, j0, w, "region_mass.attention");
-      detail::scratch_scope inner;
-      auto row = inner.take<float>(static_cast<std::size_t>(w));
-      for (index_t r = 0; r < rows; ++r) {
-        detail::reduce_heads_row(part, s0 + r, op, row.data());
-        float* acc = (r < n ? self_acc.data() : cross_acc.data()) + j0;
-        for (index_t j = 0; j < w; ++j) acc[j] += row[j];
-      }
-    });
+    // Tiles of rows: the tile's rows are reduced and totalled in parallel over rows into a
+    // buffer, then added to the column sums in parallel over column blocks, each block walking
+    // the tile's rows in ascending order after the previous tiles' (the sequential order, same
+    // bits). Every value is read once, as on the sequential path.
+    constexpr index_t tile = 64, block = 64;
+    auto buffer = scratch.take<float>(static_cast<std::size_t>(std::min(tile, rows) * n));
+    for (index_t t0 = 0; t0 < rows; t0 += tile) {
+      const index_t count = std::min(tile, rows - t0);
+      detail::parallel_for(policy, count, [&](index_t r) {
+        float* row = buffer.data() + r * n;
+        detail::reduced_visual_row(columns, s0 + t0 + r, s0, op, row, "region_mass");
+        totals[t0 + r] = detail::canonical_sum(row, n);
+      });
+      detail::parallel_for(policy, (n + block - 1) / block, [&](index_t b) {
+        const index_t j0 = b * block, j1 = std::min(n, j0 + block);
+        for (index_t r = 0; r < count; ++r) {
+          float* acc = t0 + r < n ? self_acc.data() : cross_acc.data();
+          const float* row = buffer.data() + r * n;
+          for (index_t j = j0; j < j1; ++j) acc[j] += row[j];
+        }
+      });
+    }
   }
 
   const auto nf = static_cast<float>(n);
