@@ -146,12 +146,15 @@ TEST_P(AnyRes, MatchesTransformers) {
 
 INSTANTIATE_TEST_SUITE_P(Tiny, AnyRes, ::testing::Values("shapes", "scene", "wide", "tall", "square"));
 
-// Pruning under AnyRes: the LLM-stage methods over the whole image span (newline rows included),
-// against tools/llava/make_pruned_goldens.py's independent drops applied by make_tiny_llava_next.py
-// to transformers' packed sequence: FastV 0.5, DART 0.5, FitPrune 0.25 (synthetic recipe).
-TEST(AnyResPruned, LlmStageMethodsMatchTransformers) {
+// Pruning under AnyRes against transformers, with tools/llava/make_pruned_goldens.py's independent
+// reimplementations applied by make_tiny_llava_next.py: the LLM-stage methods over the whole image
+// span (newline rows included) on transformers' packed sequence (FastV 0.5, DART 0.5, FitPrune 0.25
+// with the synthetic recipe), and the patch-keeping encoder methods per tile (VisPruner 0.5 on each
+// tile's CLS attention and features, DivPrune 0.25 on each tile's projected rows), the packed
+// tokens of kept patches and every newline row going on. kept: positions among the image tokens.
+TEST(AnyResPruned, MethodsMatchTransformers) {
   auto& t = tiny();
-  ASSERT_EQ(t.g.meta["pruned"].size(), 3u);
+  ASSERT_EQ(t.g.meta["pruned"].size(), 5u);
   for (const auto& [name, c] : t.g.meta["pruned"].items()) {
     const auto& img = t.g.meta["cases"][c["case"].get<std::string>()];
     const auto tiles = llava::preprocess_anyres(llava::load_image(image_of(img["image"].get<std::string>())), t.model.config());
@@ -163,6 +166,7 @@ TEST(AnyResPruned, LlmStageMethodsMatchTransformers) {
     EXPECT_EQ(r.kept, c["kept"].get<std::vector<std::int32_t>>()) << name;
     EXPECT_EQ(r.layer_rows, c["layer_rows"].get<std::vector<std::int64_t>>()) << name;
     EXPECT_EQ(r.sequence_length, c["sequence_length"].get<std::int64_t>()) << name;
+    EXPECT_EQ(r.total_tokens, img["image_tokens"].get<std::int64_t>()) << name;
     expect_close(name + ".logits_last", r.logits, t.g[name + ".logits_last"]);
     EXPECT_EQ(r.answer_ids, c["greedy_tokens"].get<std::vector<std::int32_t>>()) << name;
   }
@@ -213,13 +217,16 @@ TEST(AnyResModel, ErrorsNameTheProblem) {
   } catch (const llava::error& e) {
     EXPECT_NE(std::string(e.what()).find("anyres_image"), std::string::npos) << e.what();
   }
-  // an encoder-side method under AnyRes (not supported yet): a clear refusal
-  o.selection.name = llava::method::fopru;
-  try {
-    (void)t.model.run(tiles, ids, o);
-    ADD_FAILURE() << "no error";
-  } catch (const llava::error& e) {
-    EXPECT_NE(std::string(e.what()).find("encoder-side selection under AnyRes"), std::string::npos) << e.what();
+  // methods that merge or pool rows (no grid position): a clear refusal naming the method
+  for (auto m : {llava::method::visionzip, llava::method::prumerge, llava::method::prumerge_plus, llava::method::pool}) {
+    o.selection.name = m;
+    try {
+      (void)t.model.run(tiles, ids, o);
+      ADD_FAILURE() << "no error for " << llava::to_string(m);
+    } catch (const llava::error& e) {
+      EXPECT_NE(std::string(e.what()).find(std::string(llava::to_string(m)) + ": merged or pooled rows"), std::string::npos)
+          << e.what();
+    }
   }
   // pixels that do not hold the layout's tiles
   o.selection.name = llava::method::none;

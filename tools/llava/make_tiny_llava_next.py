@@ -50,7 +50,9 @@ IMAGES = ["shapes.png", "scene.jpg", "wide.png", "tall.png", "square.png"]
 BATCH = ["shapes.png", "wide.png"]
 GREEDY = 8
 MIN_GAP = 0.3
-PRUNED = [("shapes", "fastv", "0.5"), ("wide", "dart", "0.5"), ("tall", "fitprune", "0.25")]  # v1.6 pruned runs
+# v1.6 pruned runs: LLM-stage methods over the whole image span, patch-keeping encoder methods per tile
+PRUNED = [("shapes", "fastv", "0.5"), ("wide", "dart", "0.5"), ("tall", "fitprune", "0.25"),
+          ("shapes", "vispruner", "0.5"), ("tall", "divprune", "0.25")]
 PIXELS_STORED = "shapes"  # pixel_values stored for this case only (the others are checked through their features)
 
 
@@ -116,6 +118,38 @@ def prompt_ids(tok, h, w):
     pos = ids.index(v15.IMAGE_TOKEN)
     n, _, _ = n_image_tokens(h, w)
     return ids, ids[:pos] + [v15.IMAGE_TOKEN] * n + ids[pos + 1:], pos, n
+
+
+def token_sources(h, w):
+    """Per packed image token: tile * g^2 + its patch index in the tile, or -1 for an image_newline row
+    (the order of pack_image_features: the base tile, then the unpadded grid row by row + a newline)."""
+    g = TILE // PATCH
+    _, (bh, bw), (ch, cw) = n_image_tokens(h, w)
+    tiles_x = bw // TILE
+    r0, c0 = (g * (bh // TILE) - ch) // 2, (g * tiles_x - cw) // 2
+    src = list(range(g * g))
+    for r in range(r0, r0 + ch):
+        for c in range(c0, c0 + cw):
+            src.append((1 + (r // g) * tiles_x + c // g) * g * g + (r % g) * g + c % g)
+        src.append(-1)
+    return src
+
+
+def per_tile_kept(model, pv, method, keep):
+    """The method on every tile alone (CLIP features / CLS attention of the feature layer, or the projected
+    rows for DivPrune), with make_pruned_goldens.py's independent reimplementations; kept patch sets."""
+    vt = model.model.vision_tower
+    f = len(vt.encoder.layers) - 2  # vision_feature_layer -2: the output of this 0-based layer
+    g2 = (TILE // PATCH) ** 2
+    kept = []
+    for t in range(pv.shape[1]):
+        out = vt(pv[0, t:t + 1], output_hidden_states=True, output_attentions=True, return_dict=True)
+        feat = out.hidden_states[-2][0, 1:]
+        if method == "vispruner":
+            kept.append(pg.vispruner(out.attentions[f][0], feat, pg.tokens_for(keep, g2)))
+        else:
+            kept.append(pg.divprune(model.model.multi_modal_projector(feat), pg.divprune_tokens(keep, g2)))
+    return kept
 
 
 def greedy(model, ids, pv, sizes):
@@ -226,19 +260,28 @@ def main():
             seq = torch.cat([emb(ids[:pos]), feats, emb(ids[pos + 1:])])
             drop = drop_end = None
             log = []
-            if method == "fastv":
+            positions = list(range(n))
+            if method in ("vispruner", "divprune"):
+                g2 = (TILE // PATCH) ** 2
+                tk = per_tile_kept(loaded, c["pv"], method, keep)
+                keepset = {t * g2 + j for t, ks in enumerate(tk) for j in ks}
+                positions = [i for i, src in enumerate(token_sources(c["img"].height, c["img"].width))
+                             if src < 0 or src in keepset]
+                seq = torch.cat([emb(ids[:pos]), feats[positions], emb(ids[pos + 1:])])
+            elif method == "fastv":
                 drop = pg.fastv_drop(keep)
             elif method == "dart":
                 drop_end = pg.dart_drop(keep, lm.norm.weight)
             else:
                 drop = pg.fitprune_drop(pg.fitprune_recipe(n, keep, cfg.text_config.num_hidden_layers), log)
-            logits, cache, final_rows, layer_rows = pg.llm_prefill(loaded, seq, pos, n, drop, drop_end)
+            logits, cache, final_rows, layer_rows = pg.llm_prefill(loaded, seq, pos, len(positions), drop, drop_end)
             L = seq.shape[0]
             toks, _ = pg.greedy(loaded, logits, cache, L)
             name = f"{stem}.{method}.{keep}"
             t[f"{name}.logits_last"] = logits.numpy().astype(np.float32)
             info["pruned"][name] = {"case": stem, "method": method, "keep": keep,
-                                    "kept": [int(r) - pos for r in final_rows if pos <= r < pos + n],
+                                    "kept": positions if drop is None and drop_end is None else
+                                    [int(r) - pos for r in final_rows if pos <= r < pos + n],
                                     "layer_rows": layer_rows, "sequence_length": L, "greedy_tokens": toks}
             print(f"{name}: kept {len(info['pruned'][name]['kept'])} of {n}, layer rows {layer_rows}, greedy {toks}")
 

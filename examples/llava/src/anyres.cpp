@@ -131,6 +131,21 @@ anyres_image preprocess_anyres(const rgb_image& image, const llava_config& cfg, 
   return out;
 }
 
+std::vector<std::int64_t> anyres_token_sources(const anyres_layout& a) {
+  const std::int64_t g = a.grid, per_tile = g * g;
+  std::vector<std::int64_t> src;
+  src.reserve(static_cast<std::size_t>(a.image_tokens()));
+  for (std::int64_t j = 0; j < per_tile; ++j) src.push_back(j);  // the base tile
+  for (int r = a.row0; r < a.row0 + a.rows; ++r) {
+    for (int c = a.col0; c < a.col0 + a.cols; ++c) {
+      const std::int64_t tile = 1 + static_cast<std::int64_t>(r / a.grid) * a.tiles_x + c / a.grid;
+      src.push_back(tile * per_tile + static_cast<std::int64_t>(r % a.grid) * g + c % a.grid);
+    }
+    src.push_back(-1);
+  }
+  return src;
+}
+
 void pack_anyres(const anyres_layout& a, const float* tile_rows, const float* newline, std::int64_t D, float* out) {
   const std::int64_t g = a.grid, per_tile = g * g;
   const auto row_bytes = static_cast<std::size_t>(D) * sizeof(float);

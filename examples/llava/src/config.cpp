@@ -248,6 +248,9 @@ void read_llava_fields(const reader& r, const json& j, llava_config& c) {
 void read_anyres_fields(const reader& r, const json& j, llava_config& c) {
   r.get_string(j, "model_type", "", c.model_type);
   if (!c.anyres()) return;
+  if (c.vision_feature_select_strategy != "default") {  // pack_image_features reshapes g^2 rows per tile
+    r.fail("vision_feature_select_strategy", "'" + c.vision_feature_select_strategy + "': LLaVA-NeXT packs g^2 patch rows per tile (default)");
+  }
   const auto it = j.find("image_grid_pinpoints");
   if (it == j.end() || !it->is_array() || it->empty()) {
     r.fail("image_grid_pinpoints", "must be a non-empty list of [height, width] (model_type llava_next)");

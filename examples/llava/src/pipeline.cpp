@@ -748,44 +748,108 @@ run_result llava_model::run_impl(const float* pixels, std::span<const std::int32
   return res;
 }
 
+namespace {
+
+bool llm_stage(method m) noexcept { return m == method::fastv || m == method::fitprune || m == method::dart; }
+
+/// One AnyRes tile: CLIP with the tile plan's inputs, every patch's projected row into out [g^2, Dt],
+/// and the kept patch indices (ascending) of the plan's encoder-side method (every patch without
+/// one). Times and maps add up in res.
+std::vector<ts::token_index> anyres_tile(const clip_model& clip, const projector& proj, const llava_config& cfg,
+                                         const plan& tp, const float* pixels, float* out, run_result& res) {
+  const auto& vc = cfg.vision;
+  clip_options copt = clip_inputs(tp, cfg.feature_hidden_index(), vc.layers);
+  freepruner_stream fp(tp, vc.tokens(), copt);
+  auto t0 = clock_type::now();
+  const clip_output co = clip.encode(pixels, copt);
+  res.time.vision += ms_since(t0) - fp.ms();
+  res.attention_maps += co.maps_materialised;
+  const std::int64_t n = vc.patches();
+  const ts::matrix_view<const float> patches(co.features.data() + vc.hidden, {n, vc.hidden});  // CLS dropped
+  t0 = clock_type::now();
+  proj.forward(patches.data(), n, out);
+  res.time.projector += ms_since(t0);
+  if (tp.m == method::none || llm_stage(tp.m)) {
+    std::vector<ts::token_index> all(static_cast<std::size_t>(n));
+    std::iota(all.begin(), all.end(), 0);
+    return all;
+  }
+  t0 = clock_type::now();
+  const encoder_inputs in{tp, co, patches, vc, proj};
+  vision_rows v = select_encoder(in, fp, static_cast<int>(tp.shape.feature_layer), n);
+  res.time.selection += ms_since(t0) + fp.ms();
+  return std::move(v.kept);
+}
+
+/// The packed image rows [k, Dt] the LLM sees: every tile's projected rows packed (base, unpadded
+/// grid, newlines), then only the tokens whose tile kept their patch, and every newline row;
+/// kept receives their positions among the layout's image_tokens().
+std::vector<float> anyres_rows(const anyres_layout& a, const std::vector<float>& tiles,
+                               const std::vector<std::vector<ts::token_index>>& tile_kept, const std::vector<float>& newline,
+                               std::int64_t Dt, std::vector<ts::token_index>& kept) {
+  const std::int64_t n_img = a.image_tokens(), per_tile = a.base_tokens();
+  std::vector<float> packed(static_cast<std::size_t>(n_img * Dt));
+  pack_anyres(a, tiles.data(), newline.data(), Dt, packed.data());
+  std::vector<char> keep(static_cast<std::size_t>(a.tile_count() * per_tile), 0);
+  for (std::size_t t = 0; t < tile_kept.size(); ++t)
+    for (auto j : tile_kept[t]) keep[t * static_cast<std::size_t>(per_tile) + static_cast<std::size_t>(j)] = 1;
+  const auto sources = anyres_token_sources(a);
+  std::vector<float> rows;
+  rows.reserve(packed.size());
+  kept.clear();
+  for (std::int64_t i = 0; i < n_img; ++i) {
+    const auto s = sources[static_cast<std::size_t>(i)];
+    if (s >= 0 && !keep[static_cast<std::size_t>(s)]) continue;
+    kept.push_back(static_cast<ts::token_index>(i));
+    rows.insert(rows.end(), packed.begin() + i * Dt, packed.begin() + (i + 1) * Dt);
+  }
+  return rows;
+}
+
+}  // namespace
+
 run_result llava_model::run_anyres_impl(const anyres_image& image, std::span<const std::int32_t> ids,
                                         const selection_options& sel, int max_new, bool decode, bool record) const {
   if (!cfg_.anyres()) throw error("llava: an anyres_image needs a LLaVA-NeXT model (model_type llava_next)");
   const auto& a = image.layout;
-  const std::int64_t n_img = a.image_tokens(), S = cfg_.vision.image_size, Dv = cfg_.vision.hidden, Dt = cfg_.text.hidden;
+  const std::int64_t n_img = a.image_tokens(), S = cfg_.vision.image_size, Dt = cfg_.text.hidden;
   if (a.tile != S || static_cast<std::int64_t>(image.pixels.size()) != a.tile_count() * 3 * S * S) {
     throw error("llava: anyres_image: " + std::to_string(image.pixels.size()) + " pixel values do not hold the layout's " +
                 std::to_string(a.tile_count()) + " tiles of 3 x " + std::to_string(S) + " x " + std::to_string(S));
   }
+  if (sel.name == method::prumerge || sel.name == method::prumerge_plus || sel.name == method::visionzip ||
+      sel.name == method::pool) {
+    throw error(std::string("llava: ") + to_string(sel.name) + ": merged or pooled rows have no place in the AnyRes grid; "
+                "under AnyRes the encoder-side methods that keep patches (fopru, freepruner, random, uniform, divprune, "
+                "vispruner) run per tile and the LLM-stage ones (fastv, fitprune, dart) over the whole image span");
+  }
   run_result res;
   res.time.load = load_ms_;
-  const plan p = make_plan(sel, cfg_, n_img);
-  if (p.req.stage != ts::stage::llm && p.m != method::none) {
-    throw error(std::string("llava: ") + to_string(p.m) + ": encoder-side selection under AnyRes is not supported yet; "
-                "the LLM-stage methods (fastv, fitprune, dart) run over the whole image span");
-  }
+  // Encoder-side methods: one plan per tile (n = g^2 patches, the budget per tile); the LLM-stage
+  // ones: the whole image span (n = image_tokens(), newline rows included).
+  const plan p = make_plan(sel, cfg_, llm_stage(sel.name) || sel.name == method::none ? n_img : a.base_tokens());
   const auto [s0, slot_len] = image_slot(ids, cfg_, n_img);
   const std::vector<std::int32_t> prefix(ids.begin(), ids.begin() + s0);
   const std::vector<std::int32_t> text(ids.begin() + s0 + slot_len, ids.end());
 
-  // Each tile through CLIP and the projector, then packed (base, unpadded grid, newlines).
-  const std::int64_t per_tile = a.base_tokens(), skip = cfg_.vision_feature_select_strategy == "default" ? 1 : 0;
+  const std::int64_t per_tile = a.base_tokens();
   std::vector<float> tiles(static_cast<std::size_t>(a.tile_count() * per_tile * Dt));
-  auto t0 = clock_type::now();
+  std::vector<std::vector<ts::token_index>> tile_kept;
   for (int t = 0; t < a.tile_count(); ++t) {
-    const clip_output co = clip_->encode(image.pixels.data() + t * 3 * S * S, clip_options{});
-    projector_->forward(co.features.data() + skip * Dv, per_tile, tiles.data() + t * per_tile * Dt);
+    tile_kept.push_back(anyres_tile(*clip_, *projector_, cfg_, p, image.pixels.data() + t * 3 * S * S,
+                                    tiles.data() + t * per_tile * Dt, res));
   }
-  res.time.vision = ms_since(t0);
-  t0 = clock_type::now();
+  std::vector<ts::token_index> kept;
+  const std::vector<float> rows = anyres_rows(a, tiles, tile_kept, newline_, Dt, kept);
+  const std::int64_t k_rows = static_cast<std::int64_t>(kept.size());
   const auto P = static_cast<std::int64_t>(prefix.size());
-  std::vector<float> seq(static_cast<std::size_t>((P + n_img + static_cast<std::int64_t>(text.size())) * Dt));
+  std::vector<float> seq(static_cast<std::size_t>((P + k_rows + static_cast<std::int64_t>(text.size())) * Dt));
   llama_->embed(prefix, seq.data());
-  pack_anyres(a, tiles.data(), newline_.data(), Dt, seq.data() + P * Dt);
-  llama_->embed(text, seq.data() + (P + n_img) * Dt);
-  res.time.projector = ms_since(t0);
+  std::copy(rows.begin(), rows.end(), seq.begin() + P * Dt);
+  llama_->embed(text, seq.data() + (P + k_rows) * Dt);
   res.total_tokens = n_img;
-  run_llm(*llama_, p, seq, s0, n_img, {}, max_new, decode, record, res);
+  run_llm(*llama_, p, seq, s0, k_rows, p.m == method::none || llm_stage(p.m) ? std::vector<ts::token_index>{} : kept,
+          max_new, decode, record, res);
   return res;
 }
 

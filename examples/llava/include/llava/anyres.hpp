@@ -65,6 +65,11 @@ struct anyres_image {
 /// x / 255 and (x - mean) / std per tile, with the same arithmetic as preprocess().
 anyres_image preprocess_anyres(const rgb_image& image, const llava_config& cfg, const preprocess_options& options = {});
 
+/// The source of every packed image token (image_tokens() entries): tile * g^2 + the patch's index
+/// in its tile, or -1 for an image_newline row. Selection per tile keeps the packed tokens whose
+/// source its tile kept, and every newline row.
+std::vector<std::int64_t> anyres_token_sources(const anyres_layout& layout);
+
 /// pack_image_features: tile_rows [tile_count, g * g, D] (projected, base tile first), newline [D]
 /// -> out [layout.image_tokens(), D].
 void pack_anyres(const anyres_layout& layout, const float* tile_rows, const float* newline, std::int64_t D, float* out);

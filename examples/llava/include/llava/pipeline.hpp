@@ -161,8 +161,11 @@ class llava_model {
   run_result run(const float* pixels, std::span<const std::int32_t> input_ids, const run_options& options) const;
 
   /// LLaVA-NeXT (config().anyres()): one image's tiles (preprocess_anyres), the prompt with one
-  /// <image> id or image.layout.image_tokens() consecutive ones. Selection: none, or an LLM-stage
-  /// method (fastv, fitprune, dart) over the whole image span (newline rows included).
+  /// <image> id or image.layout.image_tokens() consecutive ones. Selection: the patch-keeping
+  /// encoder-side methods (fopru, freepruner, random, uniform, divprune, vispruner) per tile with
+  /// the budget per tile (kept packed tokens and every newline row go on; kept = positions among
+  /// the image tokens); the LLM-stage ones (fastv, fitprune, dart) over the whole image span
+  /// (newline rows included); prumerge, prumerge+, visionzip and pool are refused.
   run_result run(const anyres_image& image, std::span<const std::int32_t> input_ids, const run_options& options) const;
 
   /// The same up to the prefill only (no decoding): for benchmarks and tests.
