@@ -303,6 +303,16 @@ std::vector<float> encode(engine& e, const mtmd_input_chunk* image, tsl::capture
   if (mtmd_encode_chunk(e.mtmd.get(), image) != 0) throw std::runtime_error("mtmd could not encode the image" + engine_reason());
   if (!cap.failure.empty()) throw std::runtime_error("capture: " + cap.failure);
   if (!cap.cls_first) throw std::runtime_error("the mmproj's CLIP graph has no CLS token (v.class_embd): not a LLaVA encoder");
+  for (int l : cap.softmax_layers)
+    if (!cap.probs.count(l)) throw std::runtime_error("the CLIP graph exposed no softmax for layer " + std::to_string(l) + " (flash attention on?)");
+  for (int l : cap.qk_layers) {
+    if (!cap.qk.count(l) || cap.qk.at(l).q.empty() || cap.qk.at(l).k.empty()) {
+      throw std::runtime_error("the CLIP graph exposed no Qcur/Kcur for layer " + std::to_string(l));
+    }
+  }
+  if (cap.hidden_layer >= 0 && cap.hidden.empty()) {
+    throw std::runtime_error("the CLIP graph exposed no layer_out-" + std::to_string(cap.hidden_layer));
+  }
   const auto n = static_cast<int>(mtmd_input_chunk_get_n_tokens(image));
   if (n != v.patches) {
     throw std::runtime_error("mtmd produced " + std::to_string(n) + " image rows; the mmproj's geometry says " + std::to_string(v.patches));
