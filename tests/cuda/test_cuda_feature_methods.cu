@@ -478,6 +478,34 @@ TEST(CudaFeatureMethods, SingleSampleCallsMatchTheCpu) {
   EXPECT_EQ(res.download()[0].count, wr.count);
 }
 
+TEST(CudaFeatureMethods, VisPrunerFromQkMatchesTheCpu) {
+  TOKENSEL_REQUIRE_DEVICE();
+  std::mt19937_64 rng(159);
+  const index_t B = 2, H = 4, N = 50, D = 16, d = 12;
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> q(static_cast<std::size_t>(B * H * N * D)), k(q.size());
+  for (auto& x : q) x = normal(rng);
+  for (auto& x : k) x = normal(rng);
+  const auto feats = random_rows<float>(rng, B * (N - 1), d, 2);
+  auto dq = to_device(q), dk = to_device(k), df = to_device(feats);
+  const vispruner::config cfg{.count = 10, .important_ratio = 0.4, .rounds_drop = 3};
+  const qk_batch<float> batch{.queries = tensor_view<const float, 4>(dq.data(), {B, H, N, D}), .keys = tensor_view<const float, 4>(dk.data(), {B, H, N, D})};
+  const feature_view<const float> fv(df.data(), {B, N - 1, d});
+  device_selection out(B, 10);
+  workspace ws(vispruner::workspace_size(batch, fv, cfg));
+  vispruner::select(ws.policy, batch, fv, cfg, out.view());
+  ASSERT_TRUE(status(ws.policy).ok);
+  const auto got = out.rows();
+  for (index_t b = 0; b < B; ++b) {
+    const qk_source<float> src{.queries = tensor_view<const float, 3>(q.data() + b * H * N * D, {H, N, D}),
+                               .keys = tensor_view<const float, 3>(k.data() + b * H * N * D, {H, N, D})};
+    std::vector<token_index> want(10);
+    const auto r = vispruner::select(seq, src, matrix_view<const float>(feats.data() + b * (N - 1) * d, {N - 1, d}), cfg, std::span(want));
+    want.resize(static_cast<std::size_t>(r.count));
+    EXPECT_EQ(got[static_cast<std::size_t>(b)], want) << "sample " << b;
+  }
+}
+
 // ---- data problems reported on the device -----------------------------------------------------------
 
 TEST(CudaFeatureMethods, NonFiniteInputsAreReported) {
@@ -588,6 +616,13 @@ TEST(CudaFeatureMethods, VisPrunerHostValidation) {
   const std::size_t need = vispruner::workspace_size(attn, feats, cfg);
   expect_error([&] { vispruner::select(cuda_policy{nullptr, fake_device_pointer<void>(), need - 1}, attn, feats, cfg, out); }, errc::invalid_argument,
                "vispruner.policy.workspace_bytes");
+  // From Q/K: the same checks run before the CLS row is computed.
+  const qk_batch<Eigen::half> qk{.queries = tensor_view<const Eigen::half, 4>(fake_device_pointer<const Eigen::half>(), {2, 4, 1, 64}),
+                                 .keys = tensor_view<const Eigen::half, 4>(fake_device_pointer<const Eigen::half>(), {2, 4, 31, 64})};
+  expect_error([&] { vispruner::select(big, qk, feature_view<const float>(fake_device_pointer<const float>(), {2, 31, 16}), cfg, out); },
+               errc::shape_mismatch, "vispruner.features.extent(0)");
+  expect_error([&] { vispruner::select(big, qk, feats, vispruner::config{.count = 13}, out); }, errc::shape_mismatch, "vispruner.out.size()");
+  EXPECT_GT(vispruner::workspace_size(qk, feats, cfg), vispruner::workspace_size(attn, feats, cfg));
 }
 
 TEST(CudaFeatureMethods, WorkspaceSizesCoverTheDocumentedBuffers) {

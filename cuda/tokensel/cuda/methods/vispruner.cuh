@@ -11,8 +11,9 @@
 // dot, as the CPU); the duplicate-removal rounds (one 1024-thread block per sample: a thread per
 // even-position token scans the odd-position tokens in list order with std::max's operand rule,
 // rank counting orders the even tokens, the list is rebuilt in the CPU's order); the kept patches
-// sorted ascending. The qk_source overload of the CPU has no CUDA counterpart yet. Never ran on
-// a GPU here (no device).
+// sorted ascending. From Q/K (a qk_batch of the feature layer, like VisionZip's): the CLS row's
+// head mean is computed tile by tile (stats/qk_statistics.cuh) into the workspace and the stages
+// above run on it. Never ran on a GPU here (no device).
 #pragma once
 
 #include <algorithm>
@@ -34,6 +35,7 @@
 #include "tokensel/cuda/detail/launch.cuh"
 #include "tokensel/cuda/detail/single.cuh"
 #include "tokensel/cuda/methods/detail/feature_kernels.cuh"
+#include "tokensel/cuda/stats/qk_statistics.cuh"
 #include "tokensel/methods/vispruner.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
@@ -222,27 +224,34 @@ inline args layout(workspace_plan& plan, index_t batch, index_t n, index_t d) {
   return a;
 }
 
-/// The CPU's per-sample checks (checked_patches and select, same order and messages) and the
-/// sample's descriptor.
-template <class A, class F>
-sample_desc check_sample(const tensor_view<const A, 3>& attention, const tensor_view<const F, 2>& features, const config& cfg,
-                         index_t capacity) {
+/// The CPU's per-sample checks (checked_patches and select, same order and messages) on the
+/// attention's extents [heads, queries, N] and the features; returns the patch count.
+template <class F>
+index_t check_extents(index_t heads, index_t queries, index_t big_n, const tensor_view<const F, 2>& features, const config& cfg,
+                      index_t capacity) {
   using tokensel::detail::fail;
-  const index_t big_n = attention.extent(2), queries = attention.extent(1);
   if (queries != big_n && queries != 1) {
     fail(errc::shape_mismatch, "vispruner.attention.extent(1)", queries, "must be the " + std::to_string(big_n) + " tokens or 1 (the CLS query row only)");
   }
-  if (big_n > 0 && attention.extent(0) < 1) fail(errc::shape_mismatch, "vispruner.attention.extent(0)", attention.extent(0), "no heads");
-  const index_t n = big_n > 0 ? big_n - 1 : 0, d = features.extent(1);
+  if (big_n > 0 && heads < 1) fail(errc::shape_mismatch, "vispruner.attention.extent(0)", heads, "no heads");
+  const index_t n = big_n > 0 ? big_n - 1 : 0;
   if (features.extent(0) != n) {
     fail(errc::shape_mismatch, "vispruner.features.extent(0)", features.extent(0),
          "must equal the " + std::to_string(n) + " patches of the attention (CLS excluded)");
   }
-  const index_t k = keep_count(n, cfg);
-  tokensel::detail::check_capacity(static_cast<std::size_t>(capacity), k, "vispruner.out.size()");
+  tokensel::detail::check_capacity(static_cast<std::size_t>(capacity), keep_count(n, cfg), "vispruner.out.size()");
+  if (n > 0 && features.extent(1) < 1) fail(errc::shape_mismatch, "vispruner.features.extent(1)", features.extent(1), "empty feature vectors");
+  return n;
+}
+
+/// check_extents on a sample's views, and the sample's descriptor.
+template <class A, class F>
+sample_desc check_sample(const tensor_view<const A, 3>& attention, const tensor_view<const F, 2>& features, const config& cfg,
+                         index_t capacity) {
+  const index_t n = check_extents(attention.extent(0), attention.extent(1), attention.extent(2), features, cfg, capacity);
+  const index_t d = features.extent(1), k = keep_count(n, cfg);
   sample_desc s;
   if (n == 0) return s;
-  if (d < 1) fail(errc::shape_mismatch, "vispruner.features.extent(1)", d, "empty feature vectors");
   s.attn = attention.data();
   s.a_h = attention.stride(0);
   s.a_j = attention.stride(2);
@@ -385,6 +394,65 @@ void select(const cuda_policy& policy, const head_attention_view<A>& attention, 
   using namespace tokensel::cuda_detail;
   select(policy, one(attention), one(features), cfg, single_output(policy, workspace_size(attention, features, cfg), out, "vispruner"),
          single_result(device_result));
+}
+
+}  // namespace vispruner
+
+// ---- vispruner fed from Q/K (the CLS row computed tile by tile: stats/qk_statistics.cuh) ----
+
+namespace vispruner {
+TOKENSEL_CUDA_BEGIN_DETAIL
+
+/// The method's own workspace bytes for [batch, 1, 1, n] rows (select(view) lays them out first).
+template <cuda_element F>
+std::size_t method_bytes(index_t batch, index_t n, const feature_view<const F>& features, const config& cfg) {
+  validate(cfg);
+  tokensel::cuda_detail::workspace_plan m;
+  (void)layout(m, batch, n > 0 ? n - 1 : 0, features.extent(2));
+  return m.bytes();
+}
+
+/// The CLS row (row 0 of the row window) over every key of the column window.
+inline tokensel::cuda_detail::selected_rows cls_row(index_t n) { return {{0, n > 0 ? 1 : 0}, "vispruner"}; }
+
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
+
+/// Workspace bytes of select(cuda_policy, qk_batch, features, ...).
+template <element Q, cuda_element F>
+[[nodiscard]] std::size_t workspace_size(const qk_batch<Q>& src, const feature_view<const F>& features, const config& cfg) {
+  using namespace tokensel::cuda_detail;
+  const index_t B = src.size(), n = B > 0 ? src[0].cols().count : 0;
+  workspace_plan plan;
+  reserve_method(plan, cuda_detail::method_bytes(B, n, features, cfg));
+  (void)plan.take<float>(count_of({B, n}));
+  (void)qk_layout(plan, shape_of(qk_ref<Q>(src), cuda_detail::cls_row(n)), false, false, 1);
+  return plan.bytes();
+}
+
+/// VisPruner from the Q/K of the feature layer (queries [heads, N or 1, d]: only the CLS row 0 is
+/// read; the CPU's qk_source form): the CLS row's mean over heads, then the stages of
+/// select(view) with features [batch, N - 1, D] as there.
+template <element Q, cuda_element F>
+void select(const cuda_policy& policy, const qk_batch<Q>& src, const feature_view<const F>& features, const config& cfg,
+            const selection_batch& out, std::span<result> results = {}) {
+  using namespace tokensel::cuda_detail;
+  const qk_ref<Q> ref(src);
+  ref.check("vispruner");
+  const index_t B = src.size(), n = B > 0 ? src[0].cols().count : 0;
+  // select(view)'s host checks before anything is enqueued (they read extents only).
+  if (features.extent(0) != B) {
+    tokensel::detail::fail(errc::shape_mismatch, "vispruner.features.extent(0)", features.extent(0), "must equal the batch size " + std::to_string(B));
+  }
+  check_outputs(out, results, B, "vispruner");
+  if (B > 0) (void)cuda_detail::check_extents(1, 1, n, features[0], cfg, out.indices.extent(1));
+  workspace_plan plan(policy);
+  reserve_method(plan, cuda_detail::method_bytes(B, n, features, cfg));
+  float* rows = plan.take<float>(count_of({B, n}));
+  const auto n_ld = static_cast<long long>(n);
+  if (B > 0 && n > 0) rows_batch(policy, plan, ref, cuda_detail::cls_row(n), head_reduction::mean, rows, n_ld, n_ld, false);
+  plan.require("vispruner");
+  const attention_view<float> view(B * n > 0 ? rows : nullptr, {B, 1, 1, n}, {n_ld, n_ld, n_ld, 1});
+  vispruner::select(policy, view, features, cfg, out, results);
 }
 
 }  // namespace vispruner
