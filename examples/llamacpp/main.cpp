@@ -33,6 +33,7 @@
 #include <mtmd.h>
 
 #include "capture.hpp"
+#include "projector.hpp"
 #include "select.hpp"
 
 namespace {
@@ -57,9 +58,9 @@ constexpr const char* usage_text =
     "  --template NAME        llava-hf (default): USER: <image>\\n{q} ASSISTANT:\n"
     "                         vicuna: original LLaVA-1.5 system sentence + USER: ... ASSISTANT:\n"
     "                         raw: the prompt as given (must contain <image>)\n"
-    "  --method NAME          none (default), fopru, freepruner, visionzip (dominant tokens only),\n"
-    "                         random, uniform, divprune, vispruner; prumerge, prumerge+, fastv,\n"
-    "                         fitprune, dart and pool are refused with the reason\n"
+    "  --method NAME          none (default), fopru, freepruner, visionzip, random, uniform, pool,\n"
+    "                         divprune, vispruner; prumerge, prumerge+, fastv, fitprune and dart\n"
+    "                         are refused with the reason\n"
     "  --keep RATIO|COUNT     visual tokens to keep: a ratio in (0, 1] (0.5) or a count (144)\n"
     "  --from-qk              statistics from the layers' Q/K with CLIP flash attention on\n"
     "                         (default: flash attention off, statistics from the softmax)\n"
@@ -347,15 +348,13 @@ void decode_tokens(llama_context* ctx, std::vector<llama_token>& t, llama_pos& n
   n_past += static_cast<llama_pos>(t.size());
 }
 
-/// Only the kept image rows, at consecutive positions n_past + j (the integration point).
-void decode_rows(llama_context* ctx, const std::vector<float>& rows, int width, const std::vector<int>& which,
-                 llama_pos& n_past, bool logits_last) {
-  if (which.empty()) return;
-  const auto k = static_cast<std::int32_t>(which.size());
+/// The kept image rows [k, width], at consecutive positions n_past + j (the integration point).
+void decode_rows(llama_context* ctx, const std::vector<float>& rows, int width, llama_pos& n_past, bool logits_last) {
+  const auto k = static_cast<std::int32_t>(rows.size() / static_cast<std::size_t>(width));
+  if (k == 0) return;
   llama_batch b = llama_batch_init(k, width, 1);
+  std::memcpy(b.embd, rows.data(), sizeof(float) * rows.size());
   for (std::int32_t j = 0; j < k; ++j) {
-    std::memcpy(b.embd + static_cast<std::size_t>(j) * width, rows.data() + static_cast<std::size_t>(which[j]) * width,
-                sizeof(float) * width);
     b.pos[j] = n_past + j;
     b.n_seq_id[j] = 1;
     b.seq_id[j][0] = 0;
@@ -421,6 +420,7 @@ struct outcome {
   std::vector<std::int32_t> kept, lost;
   std::vector<llama_token> input_before, input_after, answer;
   std::int64_t sequence_length = 0;
+  std::int64_t image_rows = 0;  ///< image rows the LLM reads
   timings t;
 };
 
@@ -432,7 +432,7 @@ void print_report(const cli_options& o, const tsl::selection_options& sel, const
   if (!o.json_out) {
     std::cout << answer << "\n\n";
     std::printf("method       %s%s%s\n", tsl::to_string(sel.name), o.keep.empty() ? "" : "  keep ", o.keep.c_str());
-    std::printf("tokens kept  %zu / %d visual (LLM sequence %lld), CLS %s, statistics from %s\n", r.kept.size() - r.lost.size(),
+    std::printf("tokens kept  %lld / %d visual (LLM sequence %lld), CLS %s, statistics from %s\n", static_cast<long long>(r.image_rows),
                 v.patches, static_cast<long long>(r.sequence_length), cap.cls_first.value_or(true) ? "first" : "last",
                 o.from_qk ? "Q/K (flash attention on)" : "the softmax (flash attention off)");
     std::printf("load %.1f ms, vision %.1f ms, selection %.1f ms, prefill %.1f ms, decode %.1f ms (%zu tokens), total %.1f ms\n",
@@ -455,7 +455,7 @@ void print_report(const cli_options& o, const tsl::selection_options& sel, const
   j["pad"] = true;
   j["method"] = tsl::to_string(sel.name);
   if (!o.keep.empty()) j["keep"] = o.keep;
-  j["kept_tokens"] = r.kept.size() - r.lost.size();
+  j["kept_tokens"] = r.image_rows;  // image rows fed to the LLM (VisionZip: CLS + dominant + contextual)
   j["total_tokens"] = v.patches;
   j["kept"] = r.kept;
   j["sequence_length"] = r.sequence_length;
@@ -487,24 +487,34 @@ tsl::selection_options selection_of(const cli_options& o) {
   return sel;
 }
 
-/// Selection on what the encode captured; the kept patches and their mtmd rows.
-std::vector<int> select_rows(const tsl::selection_options& sel, const tsl::vision_shape& v, const tsl::capture& cap,
-                             const std::vector<float>& rows, int width, outcome& r) {
+/// Selection on what the encode captured: the kept patches, and the rows the LLM reads [k, width]
+/// (mtmd's rows of the kept patches, or the method's own rows through the mmproj's projector).
+std::vector<float> select_rows(const cli_options& o, const tsl::selection_options& sel, const tsl::vision_shape& v,
+                               const tsl::capture& cap, const std::vector<float>& rows, int width, outcome& r) {
   const bool cls_first = *cap.cls_first;
   if (!cls_first && sel.name == tsl::method::divprune) {
     throw std::runtime_error("divprune reads every patch's projected row; this graph (CLS last, unpatched) drops patch 0: "
                              "build with tools/llamacpp/cls-first.patch");
   }
-  r.kept = tsl::select_tokens(sel, v, cap, rows.data(), width);
+  auto chosen = tsl::select_tokens(sel, v, cap, rows.data(), width);
+  r.kept = chosen.kept;
+  if (chosen.feature_rows > 0) {  // VisionZip's and pool's own CLIP rows, projected here
+    const tsl::mlp_projector proj(o.mmproj);
+    if (proj.in_features() != cap.width || proj.out_features() != width) throw std::runtime_error("--mmproj " + o.mmproj + ": projector shape does not match the encoder / the text model");
+    return proj.forward(chosen.features.data(), chosen.feature_rows, o.threads);
+  }
   // No method: every mtmd row, exactly what llama.cpp itself decodes (in the CLS-last graph that
   // is patches 1 .. n-1 and CLS).
-  if (sel.name == tsl::method::none) return std::vector<int>(r.kept.begin(), r.kept.end());
-  auto which = rows_of(r.kept, cls_first, r.lost);
+  std::vector<int> which(r.kept.begin(), r.kept.end());
+  if (sel.name != tsl::method::none) which = rows_of(r.kept, cls_first, r.lost);
   if (!r.lost.empty()) {
     std::fprintf(stderr, "tokensel-llamacpp: warning: kept patch 0 has no mtmd row in the CLS-last graph; decoding %zu rows\n",
                  which.size());
   }
-  return which;
+  std::vector<float> out(which.size() * static_cast<std::size_t>(width));
+  for (std::size_t j = 0; j < which.size(); ++j)
+    std::memcpy(out.data() + j * width, rows.data() + static_cast<std::size_t>(which[j]) * width, sizeof(float) * width);
+  return out;
 }
 
 int run(const cli_options& o) {
@@ -538,10 +548,11 @@ int run(const cli_options& o) {
   r.t.vision = ms_since(t0);
   const int width = llama_model_n_embd_inp(e.model.get());
   t0 = clock_type::now();
-  const auto which = select_rows(sel, v, cap, rows, width, r);
+  const auto image_rows = select_rows(o, sel, v, cap, rows, width, r);
   r.t.selection = ms_since(t0);
+  r.image_rows = static_cast<std::int64_t>(image_rows.size() / static_cast<std::size_t>(width));
 
-  r.sequence_length = static_cast<std::int64_t>(parts.before.size() + which.size() + parts.after.size());
+  r.sequence_length = static_cast<std::int64_t>(parts.before.size() + parts.after.size()) + r.image_rows;
   llama_context_params cp = llama_context_default_params();
   cp.n_ctx = cp.n_batch = cp.n_ubatch = static_cast<std::uint32_t>(r.sequence_length + o.max_new_tokens + 1);
   cp.n_threads = cp.n_threads_batch = o.threads;
@@ -552,7 +563,7 @@ int run(const cli_options& o) {
   const double cpu0 = cpu_ms();
   t0 = clock_type::now();
   decode_tokens(e.ctx.get(), parts.before, n_past, false);
-  decode_rows(e.ctx.get(), rows, width, which, n_past, parts.after.empty());
+  decode_rows(e.ctx.get(), image_rows, width, n_past, parts.after.empty());
   decode_tokens(e.ctx.get(), parts.after, n_past, true);
   r.t.prefill = ms_since(t0);
   r.t.prefill_cpu = cpu_ms() - cpu0;

@@ -26,7 +26,7 @@ struct method_name {
 constexpr method_name served[] = {
     {method::none, "none"},         {method::fopru, "fopru"},     {method::freepruner, "freepruner"},
     {method::visionzip, "visionzip"}, {method::random, "random"}, {method::uniform, "uniform"},
-    {method::divprune, "divprune"}, {method::vispruner, "vispruner"},
+    {method::divprune, "divprune"}, {method::vispruner, "vispruner"}, {method::pool, "pool"},
 };
 
 struct refusal {
@@ -45,8 +45,6 @@ constexpr refusal refused[] = {
                  "with no way to remove rows between layers"},
     {"dart", "drops tokens after LLM layer K - 1 inside the prefill; llama.cpp runs the prefill as one llama_decode "
              "with no way to remove rows between layers"},
-    {"pool", "averages CLIP features before the projector; mtmd applies the projector inside the encode and hands "
-             "out projected rows only"},
 };
 
 ts::model_shape shape_of(const vision_shape& v) { return {v.patches, true, v.feature_layer, v.layers}; }
@@ -66,12 +64,8 @@ Config budgeted(const selection_options& s, std::int64_t n, Config base) {
   return s.keep ? with_budget(*s.keep, n, base) : base;
 }
 
-/// VisionZip as served here: examples/llava's dominant count, no contextual tokens (they are
-/// merged CLIP features, which would need the projector applied outside mtmd).
 ts::visionzip::config visionzip_config(const selection_options& s, std::int64_t n) {
-  auto c = budgeted(s, n, ts::visionzip::config{});
-  c.contextual = 0;
-  return c;
+  return budgeted(s, n, ts::visionzip::config{});
 }
 
 ts::qk_source<float> qk_of(const capture& c, int layer) {
@@ -107,13 +101,16 @@ std::vector<std::int32_t> run_freepruner(const selection_options& s, const visio
   return finish(kept, fp.finish(kept).count);
 }
 
-std::vector<std::int32_t> run_visionzip(const selection_options& s, const vision_shape& v, const capture& c) {
+/// VisionZip: its own rows (CLS, dominant patches, merged contextual tokens), projected by the
+/// caller; kept = the anchors that are patches, ascending (as examples/llava reports them).
+selection run_visionzip(const selection_options& s, const vision_shape& v, const capture& c) {
   const auto cfg = visionzip_config(s, v.patches);
   const ts::index_t N = c.tokens, D = c.width, k = requirements(cfg, shape_of(v)).output_rows;
   std::vector<ts::token_index> out(static_cast<std::size_t>(k));
-  std::vector<float> rows(static_cast<std::size_t>(k * D));
+  selection sel;
+  sel.features.resize(static_cast<std::size_t>(k * D));
   const ts::matrix_view<const float> hidden(c.hidden.data(), {N, D});
-  const ts::matrix_view<float> features(rows.data(), {k, D});
+  const ts::matrix_view<float> features(sel.features.data(), {k, D});
   auto src = qk_of(c, v.feature_layer);
   ts::visionzip::result r;
   if (s.from_qk) {
@@ -122,10 +119,30 @@ std::vector<std::int32_t> run_visionzip(const selection_options& s, const vision
   } else {
     r = ts::visionzip::select(ts::par, map_of(c, v.feature_layer), src.keys, hidden, cfg, out, features);
   }
-  std::vector<std::int32_t> kept;
+  sel.feature_rows = static_cast<int>(r.count);
+  sel.features.resize(static_cast<std::size_t>(r.count * D));
   for (ts::index_t i = 0; i < r.count; ++i)
-    if (out[static_cast<std::size_t>(i)] > 0) kept.push_back(out[static_cast<std::size_t>(i)] - 1);  // CLS is not an mtmd row
-  return kept;
+    if (out[static_cast<std::size_t>(i)] > 0) sel.kept.push_back(out[static_cast<std::size_t>(i)] - 1);
+  std::sort(sel.kept.begin(), sel.kept.end());
+  sel.kept.erase(std::unique(sel.kept.begin(), sel.kept.end()), sel.kept.end());
+  return sel;
+}
+
+/// pool: averaged CLIP feature rows (projected by the caller); kept = each window's top-left patch.
+selection run_pool(const selection_options& s, const vision_shape& v, const capture& c) {
+  const ts::token_grid grid{v.grid, v.grid};
+  ts::baselines::pool::config cfg;
+  if (s.keep) cfg = ts::baselines::pool::with_budget(*s.keep, grid, cfg);
+  const ts::index_t rows = ts::baselines::pool::requirements(cfg, grid, shape_of(v)).output_rows, D = c.width;
+  selection sel;
+  sel.features.resize(static_cast<std::size_t>(rows * D));
+  const ts::matrix_view<const float> patches(c.hidden.data() + D, {v.patches, D});
+  const auto r = ts::baselines::pool::apply(ts::par, patches, grid, cfg, ts::matrix_view<float>(sel.features.data(), {rows, D}));
+  for (ts::index_t o = 0; o < r.count; ++o)
+    sel.kept.push_back(static_cast<std::int32_t>(r.grid.row_of(o) * cfg.window * grid.cols + r.grid.col_of(o) * cfg.window));
+  sel.feature_rows = static_cast<int>(r.count);
+  sel.features.resize(static_cast<std::size_t>(r.count * D));
+  return sel;
 }
 
 std::vector<std::int32_t> run_vispruner(const selection_options& s, const vision_shape& v, const capture& c) {
@@ -216,39 +233,49 @@ void plan_capture(const selection_options& s, const vision_shape& v, capture& c)
     case method::visionzip:
       (void)requirements(visionzip_config(s, v.patches), shape_of(v));  // budget errors before the encode
       stats.insert(f);
-      c.qk_layers.insert(f);  // its keys (contextual similarity; read even with none requested)
+      c.qk_layers.insert(f);  // its keys (contextual similarity)
       c.hidden_layer = f;
       break;
     case method::vispruner:
       stats.insert(f);
       c.hidden_layer = f;
       break;
+    case method::pool: {
+      ts::baselines::pool::config cfg;
+      const ts::token_grid grid{v.grid, v.grid};
+      if (s.keep) cfg = ts::baselines::pool::with_budget(*s.keep, grid, cfg);  // budget errors before the encode
+      (void)ts::baselines::pool::requirements(cfg, grid, shape_of(v));
+      c.hidden_layer = f;
+      break;
+    }
     default: break;
   }
 }
 
-std::vector<std::int32_t> select_tokens(const selection_options& s, const vision_shape& v, const capture& c,
-                                        const float* projected, int projected_width) {
+selection select_tokens(const selection_options& s, const vision_shape& v, const capture& c, const float* projected,
+                        int projected_width) {
+  selection sel;
   switch (s.name) {
-    case method::none: {
-      std::vector<std::int32_t> all(static_cast<std::size_t>(v.patches));
-      for (int i = 0; i < v.patches; ++i) all[static_cast<std::size_t>(i)] = i;
-      return all;
-    }
-    case method::fopru: return run_fopru(s, v, c);
-    case method::freepruner: return run_freepruner(s, v, c);
+    case method::none:
+      sel.kept.resize(static_cast<std::size_t>(v.patches));
+      for (int i = 0; i < v.patches; ++i) sel.kept[static_cast<std::size_t>(i)] = i;
+      break;
+    case method::fopru: sel.kept = run_fopru(s, v, c); break;
+    case method::freepruner: sel.kept = run_freepruner(s, v, c); break;
     case method::visionzip: return run_visionzip(s, v, c);
-    case method::vispruner: return run_vispruner(s, v, c);
+    case method::pool: return run_pool(s, v, c);
+    case method::vispruner: sel.kept = run_vispruner(s, v, c); break;
     case method::random:
-    case method::uniform: return run_baseline(s, v);
+    case method::uniform: sel.kept = run_baseline(s, v); break;
     case method::divprune: {  // on the projected rows: the official LLaVA placement
       const auto cfg = budgeted(s, v.patches, ts::divprune::config{});
       std::vector<ts::token_index> kept(static_cast<std::size_t>(requirements(cfg, shape_of(v)).keep));
       const ts::matrix_view<const float> rows(projected, {v.patches, projected_width});
-      return finish(kept, ts::divprune::select(ts::par, rows, cfg, kept).count);
+      sel.kept = finish(kept, ts::divprune::select(ts::par, rows, cfg, kept).count);
+      break;
     }
   }
-  return {};
+  return sel;
 }
 
 }  // namespace tsl

@@ -16,7 +16,7 @@
 
 namespace tsl {
 
-enum class method { none, fopru, freepruner, visionzip, random, uniform, divprune, vispruner };
+enum class method { none, fopru, freepruner, visionzip, random, uniform, divprune, vispruner, pool };
 
 struct selection_options {
   method name = method::none;
@@ -43,9 +43,18 @@ struct vision_shape {
 /// What the encode must hand over for the method (sets the capture's layer sets).
 void plan_capture(const selection_options& s, const vision_shape& v, capture& c);
 
-/// The kept patch indices (0 .. n-1), in the method's output order (the order the rows are fed
-/// to the LLM, as examples/llava feeds them). projected: mtmd's output rows [n, Dt] (DivPrune).
-std::vector<std::int32_t> select_tokens(const selection_options& s, const vision_shape& v, const capture& c,
-                                        const float* projected, int projected_width);
+/// What a method hands on: kept patch indices (0 .. n-1, in the order examples/llava reports
+/// them) and, when the method outputs rows of its own (VisionZip: CLS, the dominant patches, the
+/// merged contextual tokens; pool: the averaged windows), those CLIP feature rows [rows, D] in the order the LLM reads them;
+/// otherwise the LLM reads mtmd's rows of the kept patches in kept order.
+struct selection {
+  std::vector<std::int32_t> kept;
+  std::vector<float> features;
+  int feature_rows = 0;
+};
+
+/// projected: mtmd's output rows [n, Dt] (DivPrune reads them).
+selection select_tokens(const selection_options& s, const vision_shape& v, const capture& c, const float* projected,
+                        int projected_width);
 
 }  // namespace tsl

@@ -38,12 +38,12 @@ IMAGES = [os.path.join(DATA, "llava-images", f) for f in ("scene112.png", "shape
 QUESTION = "What is in the image?"
 # (method, keep): the served methods, adaptive and budgeted forms
 CASES = [("none", None), ("fopru", "0.5"), ("fopru", "20"), ("freepruner", None), ("freepruner", "16"),
-         ("visionzip", "6"), ("vispruner", "16"), ("vispruner", "0.25"), ("divprune", "16"),
-         ("random", "0.3"), ("uniform", "16")]
+         ("visionzip", "6"), ("visionzip", "16"), ("visionzip", "0.5"), ("vispruner", "16"), ("vispruner", "0.25"), ("divprune", "16"),
+         ("random", "0.3"), ("uniform", "16"), ("pool", None), ("pool", "16")]
 ATTENTION = {"fopru", "freepruner", "visionzip", "vispruner"}
-# VisionZip feeds the CLS row to the LLM in examples/llava; mtmd has no CLS row, so the answers
-# differ by design (the kept patches must still agree).
-SAME_ROWS = {"none", "fopru", "freepruner", "divprune", "random", "uniform", "vispruner"}
+# Methods whose LLM input rows are the same in both runtimes (VisionZip's CLS and contextual rows
+# and pool's averaged rows are projected by tokensel-llamacpp from the mmproj's weights with ggml).
+SAME_ROWS = {"none", "fopru", "freepruner", "divprune", "random", "uniform", "vispruner", "visionzip", "pool"}
 # VisPruner's duplicate removal compares patch features by cosine, which on the tiny random model
 # lie close together: with the fp32 patch convolution its diverse tokens differ from llama.cpp's
 # (f16 convolution); with the weights rounded as llama.cpp stores them they are equal.
@@ -151,7 +151,7 @@ def errors(a):
     expect_error(a, base(model, image, image), 1, ["--mmproj", "not a GGUF file"], "mmproj not GGUF")
     expect_error(a, base(image, mmproj, image), 1, ["--model", "could not load"], "model not GGUF")
     for m, why in (("prumerge", "last layer"), ("prumerge+", "last layer"), ("fastv", "llama_decode"),
-                   ("fitprune", "llama_decode"), ("dart", "llama_decode"), ("pool", "projector")):
+                   ("fitprune", "llama_decode"), ("dart", "llama_decode")):
         expect_error(a, base(model, mmproj, image) + ["--method", m], 2, ["--method " + m, "not servable", why],
                      f"unservable {m}")
     expect_error(a, base(model, mmproj, image) + ["--method", "nosuch"], 2, ["unknown method"], "unknown method")
