@@ -373,6 +373,10 @@ void vispruner_ragged_case(std::mt19937_64& rng, const std::string& label) {
   }
 }
 
+/// The LLaVA-sized cases run unless the parity loops are capped (TOKENSEL_PARITY_LIMIT: the short
+/// runs under compute-sanitizer, where one of them would take minutes).
+bool uncapped() { return parity_cases(1 << 20) >= (1 << 20); }
+
 /// A device selection_batch over fake pointers (host validation only: never dereferenced).
 selection_batch fake_out(index_t batch, index_t capacity) {
   return {tensor_view<token_index, 2>(fake_device_pointer<token_index>(), {batch, capacity}),
@@ -395,7 +399,7 @@ TEST(CudaDivPrune, Parity) {
     divprune_case<Eigen::bfloat16>(rng, "bf16 case " + std::to_string(c));
     if (::testing::Test::HasFatalFailure()) return;
   }
-  divprune_case<Eigen::half>(rng, "llava-1.5 576 x 4096", 576, 4096);
+  if (uncapped()) divprune_case<Eigen::half>(rng, "llava-1.5 576 x 4096", 576, 4096);
 }
 
 TEST(CudaDivPrune, RaggedParity) {
@@ -419,7 +423,7 @@ TEST(CudaDart, Parity) {
     dart_case<Eigen::bfloat16>(rng, "bf16 case " + std::to_string(c));
     if (::testing::Test::HasFatalFailure()) return;
   }
-  dart_case<Eigen::half>(rng, "llava-1.5 span 5 + 576 of 640", 640);
+  if (uncapped()) dart_case<Eigen::half>(rng, "llava-1.5 span 5 + 576 of 640", 640);
 }
 
 TEST(CudaDart, RaggedParity) {
@@ -443,7 +447,7 @@ TEST(CudaVisPruner, Parity) {
     vispruner_case<Eigen::bfloat16>(rng, "bf16 case " + std::to_string(c));
     if (::testing::Test::HasFatalFailure()) return;
   }
-  vispruner_case<Eigen::half>(rng, "llava-1.5 576 patches", 576);
+  if (uncapped()) vispruner_case<Eigen::half>(rng, "llava-1.5 576 patches", 576);
 }
 
 TEST(CudaVisPruner, RaggedParity) {
