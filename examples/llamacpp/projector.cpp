@@ -1,6 +1,7 @@
 // tokensel-llamacpp: the MLP projector from the mmproj's weights (see projector.hpp).
 #include "projector.hpp"
 
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <stdexcept>
@@ -11,14 +12,39 @@
 
 namespace tsl {
 
+namespace {
+
+/// A copy of the GGUF tensor `name` (type, shape, bytes) in ctx, read from the file; nullptr when absent.
+ggml_tensor* load_tensor(gguf_context* g, ggml_context* meta, ggml_context* ctx, std::FILE* f, const char* name) {
+  const ggml_tensor* m = ggml_get_tensor(meta, name);
+  const auto id = gguf_find_tensor(g, name);
+  if (!m || id < 0) return nullptr;
+  ggml_tensor* t = ggml_new_tensor(ctx, m->type, ggml_n_dims(m), m->ne);
+  const auto offset = static_cast<long>(gguf_get_data_offset(g) + gguf_get_tensor_offset(g, id));
+  if (std::fseek(f, offset, SEEK_SET) != 0 || std::fread(t->data, 1, ggml_nbytes(t), f) != ggml_nbytes(t)) return nullptr;
+  return t;
+}
+
+}  // namespace
+
+// Only the four projector tensors are read (the rest of the mmproj, the CLIP tower, is not).
 mlp_projector::mlp_projector(const std::string& mmproj) {
-  gguf_init_params p{false, &weights_};
+  ggml_context* meta = nullptr;
+  gguf_init_params p{true, &meta};
   gguf_ = gguf_init_from_file(mmproj.c_str(), p);
-  if (!gguf_ || !weights_) throw std::runtime_error("--mmproj " + mmproj + ": cannot read its tensors");
-  w1_ = ggml_get_tensor(weights_, "mm.0.weight");
-  b1_ = ggml_get_tensor(weights_, "mm.0.bias");
-  w2_ = ggml_get_tensor(weights_, "mm.2.weight");
-  b2_ = ggml_get_tensor(weights_, "mm.2.bias");
+  std::unique_ptr<ggml_context, decltype(&ggml_free)> meta_guard(meta, ggml_free);
+  std::unique_ptr<std::FILE, decltype(&std::fclose)> f(std::fopen(mmproj.c_str(), "rb"), std::fclose);
+  if (!gguf_ || !meta || !f) throw std::runtime_error("--mmproj " + mmproj + ": cannot read its tensors");
+  std::size_t bytes = 0;
+  for (const char* n : {"mm.0.weight", "mm.0.bias", "mm.2.weight", "mm.2.bias"})
+    if (const ggml_tensor* t = ggml_get_tensor(meta, n)) bytes += ggml_nbytes(t) + ggml_tensor_overhead() + 64;
+  ggml_init_params ip{bytes + ggml_tensor_overhead(), nullptr, false};
+  weights_ = ggml_init(ip);
+  if (!weights_) throw std::runtime_error("projector: cannot allocate its weights");
+  w1_ = load_tensor(gguf_, meta, weights_, f.get(), "mm.0.weight");
+  b1_ = load_tensor(gguf_, meta, weights_, f.get(), "mm.0.bias");
+  w2_ = load_tensor(gguf_, meta, weights_, f.get(), "mm.2.weight");
+  b2_ = load_tensor(gguf_, meta, weights_, f.get(), "mm.2.bias");
   if (!w1_ || !b1_ || !w2_ || !b2_ || w2_->ne[0] != w1_->ne[1]) {
     throw std::runtime_error("--mmproj " + mmproj + ": no two-layer MLP projector (mm.0.*, mm.2.*)");
   }
