@@ -387,7 +387,7 @@ result apply(const Policy& policy, const matrix_view<const T>& features, const t
   if (out.extent(1) != d) fail(errc::shape_mismatch, "pool.out.extent(1)", out.extent(1), "must equal features.extent(1) = " + std::to_string(d));
   // Whole feature rows are added into an fp32 row (vectorised over the channels); each channel
   // still sums its window's tokens row-major from 0.0f, then divides.
-  tokensel::detail::parallel_for(policy, k, [&](index_t o) {
+  tokensel::detail::parallel_for(policy, k, tokensel::detail::bytes_of<T>(grid.size() * d), [&](index_t o) {
     const index_t r0 = og.row_of(o) * w, c0 = og.col_of(o) * w;
     const index_t r1 = r0 + w < grid.rows ? r0 + w : grid.rows, c1 = c0 + w < grid.cols ? c0 + w : grid.cols;
     const auto cnt = static_cast<float>((r1 - r0) * (c1 - c0));

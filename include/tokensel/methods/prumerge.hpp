@@ -192,7 +192,7 @@ void cls_logits(const Policy& policy, const tensor_view<const T, 2>& queries, co
   tokensel::detail::scratch_scope scratch;
   auto q = scratch.take<float>(static_cast<std::size_t>(dim));
   to_float_rows(queries, 0, 1, q.data(), "prumerge.queries");
-  tokensel::detail::parallel_for(policy, rows, [&](index_t j) {
+  tokensel::detail::parallel_for(policy, rows, tokensel::detail::bytes_of<T>(rows * dim), [&](index_t j) {
     tokensel::detail::scratch_scope local;
     auto buffer = local.take<float>(static_cast<std::size_t>(dim));
     const float* k = tokensel::detail::row_f32(keys, j, buffer.data());
@@ -257,7 +257,9 @@ void kept_cosines(const Policy& policy, const float* unit_keys, index_t dim, ind
   constexpr index_t R = tokensel::detail::dot_tile_rows, C = tokensel::detail::dot_tile_cols;
   constexpr index_t block = 8 * C;  // patch keys per task: 8 tiles wide
   const auto count = static_cast<index_t>(order.size());
-  tokensel::detail::parallel_for(policy, (n + block - 1) / block, [&](index_t blk) {
+  // The multiply-adds, count x n x D, stand for the bytes: compute-bound work.
+  const std::size_t work = tokensel::detail::bytes_of<float>(count * n * dim);
+  tokensel::detail::parallel_for(policy, (n + block - 1) / block, work, [&](index_t blk) {
     const index_t j1 = std::min(n, (blk + 1) * block);
     for (index_t r0 = 0; r0 < count; r0 += R) {
       const float* rows[R];
@@ -313,7 +315,9 @@ void merge_neighbours(const Policy& policy, std::span<const float> attn, const F
                       const Merged& merged) {
   const auto n = static_cast<index_t>(attn.size());
   const index_t d = features.extent(1);
-  tokensel::detail::parallel_for(policy, static_cast<index_t>(order.size()), [&](index_t r) {
+  const auto count = static_cast<index_t>(order.size());
+  const std::size_t bytes = tokensel::detail::bytes_of<float>(count * (m + 1) * d + count * n);
+  tokensel::detail::parallel_for(policy, count, bytes, [&](index_t r) {
     tokensel::detail::scratch_scope local;
     auto near = local.take<token_index>(static_cast<std::size_t>(m));
     auto best = local.take<float>(static_cast<std::size_t>(m));
@@ -440,7 +444,7 @@ result run_attention(const Policy& policy, const tensor_view<const A, 1>& attent
   if (patch_keys != nullptr && cfg.merge) {
     dim = patch_keys->extent(1);
     unit = scratch.take<float>(static_cast<std::size_t>(n * dim)).data();
-    tokensel::detail::parallel_for(policy, n, [&](index_t j) {
+    tokensel::detail::parallel_for(policy, n, tokensel::detail::bytes_of<K>(n * dim), [&](index_t j) {
       tokensel::detail::scratch_scope local;
       auto buffer = local.take<float>(static_cast<std::size_t>(dim));
       const float* k = tokensel::detail::row_f32(*patch_keys, j, buffer.data());

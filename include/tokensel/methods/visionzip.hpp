@@ -233,7 +233,8 @@ void unit_keys(const Policy& policy, const tensor_view<const K, 3>& keys, std::s
   const index_t kheads = keys.extent(0), dh = keys.extent(2);
   // Heads outer over contiguous key rows (vectorised); each channel still adds its heads in
   // ascending order from 0.0f. A failed finiteness check is located in the scalar order.
-  tokensel::detail::parallel_for(policy, static_cast<index_t>(rest.size()), [&](index_t p) {
+  const auto count = static_cast<index_t>(rest.size());
+  tokensel::detail::parallel_for(policy, count, tokensel::detail::bytes_of<K>(count * kheads * dh), [&](index_t p) {
     float* u = unit.data() + p * dh;
     const index_t t = rest[static_cast<std::size_t>(p)];
     tokensel::detail::scratch_scope local;
@@ -259,7 +260,8 @@ void unit_keys(const Policy& policy, const tensor_view<const K, 3>& keys, std::s
 template <cpu_policy Policy>
 void assign_to_targets(const Policy& policy, std::span<const float> unit, index_t dh, index_t contextual, index_t step,
                        std::span<index_t> owner) {
-  tokensel::detail::parallel_for(policy, static_cast<index_t>(owner.size()), [&](index_t p) {
+  const auto count = static_cast<index_t>(owner.size());
+  tokensel::detail::parallel_for(policy, count, tokensel::detail::bytes_of<float>(count * dh * contextual), [&](index_t p) {
     if (p % step == 0 && p / step < contextual) {
       owner[static_cast<std::size_t>(p)] = -1;
       return;
@@ -285,7 +287,8 @@ void write_rows(const Policy& policy, const matrix_view<const H>& hidden, std::s
                 std::span<const index_t> owner, index_t dominant, index_t contextual, index_t step,
                 std::span<token_index> out, const matrix_view<O>& features) {
   const index_t d = hidden.extent(1), remaining = static_cast<index_t>(rest.size());
-  tokensel::detail::parallel_for(policy, dominant + contextual, [&](index_t r) {
+  const std::size_t bytes = tokensel::detail::bytes_of<H>((dominant + remaining) * d);
+  tokensel::detail::parallel_for(policy, dominant + contextual, bytes, [&](index_t r) {
     if (r < dominant) {
       copy_row(hidden, out[r], features, r);
       return;

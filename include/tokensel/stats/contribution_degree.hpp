@@ -68,7 +68,7 @@ void contribution_degree(const Policy& policy, const matrix_view<const float>& m
   const bool fast = map.inner_contiguous() && out.inner_contiguous();
   const index_t blocks = (n + detail::contribution_column_block - 1) / detail::contribution_column_block;
   // Each block of columns is summed row by row (j ascending): row-major reads, one pass per block.
-  detail::parallel_for(policy, blocks, [&](index_t b) {
+  detail::parallel_for(policy, blocks, detail::bytes_of<float>(n * n), [&](index_t b) {
     const index_t i0 = b * detail::contribution_column_block;
     const index_t i1 = std::min(n, i0 + detail::contribution_column_block);
     if (fast) {

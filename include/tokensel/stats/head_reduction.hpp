@@ -202,7 +202,7 @@ void reduce_heads(const Policy& policy, const head_attention_view<T>& attention,
   }
   detail::check_heads_present(heads, rows, cols);
   if (cols == 0) return;
-  detail::parallel_for(policy, rows, [&](index_t i) {
+  detail::parallel_for(policy, rows, detail::bytes_of<T>(heads * rows * cols), [&](index_t i) {
     if (out.inner_contiguous()) {
       detail::reduce_heads_row(attention, i, op, &out(i, 0));
     } else {

@@ -74,14 +74,15 @@ void map_sums(const Policy& policy, const head_attention_view<T>& attention, hea
     return;
   }
   auto map = scratch.take<float>(static_cast<std::size_t>(rows * cols));
-  detail::parallel_for(policy, rows, [&](index_t i) {
+  const std::size_t bytes = detail::bytes_of<T>(attention.extent(0) * rows * cols);
+  detail::parallel_for(policy, rows, bytes, [&](index_t i) {
     float* row = map.data() + i * cols;
     detail::reduce_heads_row(attention, i, op, row);
     finish_row(i, row);
   });
   if (out.column_sums.empty()) return;
   constexpr index_t block = 64;
-  detail::parallel_for(policy, (cols + block - 1) / block, [&](index_t b) {
+  detail::parallel_for(policy, (cols + block - 1) / block, detail::bytes_of<float>(rows * cols), [&](index_t b) {
     const index_t j0 = b * block, j1 = std::min(cols, j0 + block);
     float* col = out.column_sums.data();
     for (index_t i = 0; i < rows; ++i) {

@@ -140,12 +140,12 @@ region_mass_result region_mass(const Policy& policy, const head_attention_view<T
     auto buffer = scratch.take<float>(static_cast<std::size_t>(std::min(tile, rows) * n));
     for (index_t t0 = 0; t0 < rows; t0 += tile) {
       const index_t count = std::min(tile, rows - t0);
-      detail::parallel_for(policy, count, [&](index_t r) {
+      detail::parallel_for(policy, count, detail::bytes_of<T>(heads * count * n), [&](index_t r) {
         float* row = buffer.data() + r * n;
         detail::reduced_visual_row(columns, s0 + t0 + r, s0, op, row, "region_mass");
         totals[t0 + r] = detail::canonical_sum(row, n);
       });
-      detail::parallel_for(policy, (n + block - 1) / block, [&](index_t b) {
+      detail::parallel_for(policy, (n + block - 1) / block, detail::bytes_of<float>(count * n), [&](index_t b) {
         const index_t j0 = b * block, j1 = std::min(n, j0 + block);
         for (index_t r = 0; r < count; ++r) {
           float* acc = t0 + r < n ? self_acc.data() : cross_acc.data();
