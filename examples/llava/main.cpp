@@ -3,7 +3,7 @@
 //   llava --model DIR --image FILE --prompt TEXT [--template llava-hf|vicuna|raw] [--no-pad]
 //         [--method NAME] [--keep RATIO|COUNT] [--max-new-tokens N] [--threads T]
 //         [--overlay out.png] [--json] [--from-qk] [--fastv-layer K] [--fitprune-recipe FILE]
-//         [--seed S]
+//         [--seed S] [--anyres-scope tile|image]
 //
 // Prints the answer and a timing breakdown (or one JSON object with --json); progress goes to
 // stderr. Every error is one line on stderr and a non-zero exit (2: bad command line, 1: the
@@ -60,6 +60,8 @@ constexpr const char* usage_text =
     "  --fastv-layer K        FastV's layer (default 2)\n"
     "  --fitprune-recipe FILE FitPrune recipe JSON (default: a synthetic one from --keep)\n"
     "  --seed S               seed of --method random (default 0)\n"
+    "  --anyres-scope tile|image  LLaVA-NeXT: select per tile (default for the encoder-side methods)\n"
+    "                         or over the whole image (divprune, random; the LLM-stage methods)\n"
     "  --from-qk              select from the layers' queries and keys, no attention maps\n"
     "  --max-new-tokens N     greedy decoding stops at EOS or after N tokens (default 32)\n"
     "  --threads T            worker threads (default: OpenMP's)\n"
@@ -71,7 +73,7 @@ struct cli_options {
   std::string model, image, prompt, overlay;
   std::string template_name = "llava-hf";
   bool pad = true, json_out = false, from_qk = false;
-  std::string method = "none", keep, fitprune_recipe;
+  std::string method = "none", keep, fitprune_recipe, anyres_scope;
   std::optional<int> fastv_layer, max_new_tokens, threads;
   std::optional<std::uint64_t> seed;
 };
@@ -97,7 +99,7 @@ cli_options parse(int argc, char** argv) {
       {"model", true},   {"image", true},          {"prompt", true},  {"template", true},
       {"no-pad", false}, {"method", true},         {"keep", true},    {"fastv-layer", true},
       {"fitprune-recipe", true}, {"seed", true},   {"max-new-tokens", true}, {"threads", true},
-      {"overlay", true}, {"json", false},          {"help", false}, {"from-qk", false}};
+      {"overlay", true}, {"json", false},          {"help", false}, {"from-qk", false}, {"anyres-scope", true}};
   std::map<std::string, std::string> seen;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -137,6 +139,7 @@ cli_options parse(int argc, char** argv) {
   o.from_qk = seen.count("from-qk") != 0;
   if (seen.count("method")) o.method = seen["method"];
   if (seen.count("keep")) o.keep = seen["keep"];
+  if (seen.count("anyres-scope")) o.anyres_scope = seen["anyres-scope"];
   if (seen.count("overlay")) o.overlay = seen["overlay"];
   if (seen.count("fitprune-recipe")) o.fitprune_recipe = seen["fitprune-recipe"];
   if (seen.count("fastv-layer")) o.fastv_layer = static_cast<int>(parse_int("fastv-layer", seen["fastv-layer"], 0, 1 << 20));
@@ -214,6 +217,7 @@ int run(const cli_options& o) {
     tmpl = llava::parse_template(o.template_name);
     sel.name = llava::parse_method(o.method);
     if (!o.keep.empty()) sel.keep = llava::keep_spec::parse(o.keep);
+    if (!o.anyres_scope.empty()) sel.anyres = llava::parse_anyres_scope(o.anyres_scope);
   } catch (const llava::error& e) {
     std::string msg = e.what();
     throw usage_error(msg.rfind("llava: ", 0) == 0 ? msg.substr(7) : msg);

@@ -149,18 +149,20 @@ INSTANTIATE_TEST_SUITE_P(Tiny, AnyRes, ::testing::Values("shapes", "scene", "wid
 // Pruning under AnyRes against transformers, with tools/llava/make_pruned_goldens.py's independent
 // reimplementations applied by make_tiny_llava_next.py: the LLM-stage methods over the whole image
 // span (newline rows included) on transformers' packed sequence (FastV 0.5, DART 0.5, FitPrune 0.25
-// with the synthetic recipe), and the patch-keeping encoder methods per tile (VisPruner 0.5 on each
-// tile's CLS attention and features, DivPrune 0.25 on each tile's projected rows), the packed
-// tokens of kept patches and every newline row going on. kept: positions among the image tokens.
+// with the synthetic recipe), the patch-keeping encoder methods per tile (VisPruner 0.5 on each
+// tile's CLS attention and features, DivPrune 0.25 on each tile's projected rows), and DivPrune 0.25
+// over the whole image (scope image: the packed patch tokens at once), the packed tokens of kept
+// patches and every newline row going on. kept: positions among the image tokens.
 TEST(AnyResPruned, MethodsMatchTransformers) {
   auto& t = tiny();
-  ASSERT_EQ(t.g.meta["pruned"].size(), 5u);
+  ASSERT_EQ(t.g.meta["pruned"].size(), 6u);
   for (const auto& [name, c] : t.g.meta["pruned"].items()) {
     const auto& img = t.g.meta["cases"][c["case"].get<std::string>()];
     const auto tiles = llava::preprocess_anyres(llava::load_image(image_of(img["image"].get<std::string>())), t.model.config());
     llava::run_options o;
     o.selection.name = llava::parse_method(c["method"].get<std::string>());
     o.selection.keep = llava::keep_spec::parse(c["keep"].get<std::string>());
+    if (const auto scope = c["anyres_scope"].get<std::string>(); !scope.empty()) o.selection.anyres = llava::parse_anyres_scope(scope);
     o.max_new_tokens = static_cast<int>(c["greedy_tokens"].size());
     const auto r = t.model.run(tiles, img["input_ids"].get<std::vector<std::int32_t>>(), o);
     EXPECT_EQ(r.kept, c["kept"].get<std::vector<std::int32_t>>()) << name;
@@ -235,6 +237,50 @@ TEST(AnyResModel, ErrorsNameTheProblem) {
   // an AnyRes image for a LLaVA-1.5 model
   auto& v15 = llava_test::load("fp32");
   EXPECT_THROW((void)v15.model->run(tiles, v15.ids, o), llava::error);
+}
+
+// The AnyRes scope: where it does not apply, a clear error naming the method and the scope; per
+// tile and over the whole image give different selections (same budget fraction).
+TEST(AnyResScope, AppliesWhereItCanAndSaysWhyNot) {
+  auto& t = tiny();
+  const auto& c = t.g.meta["cases"]["wide"];
+  const auto ids = c["input_ids"].get<std::vector<std::int32_t>>();
+  const auto tiles = llava::preprocess_anyres(llava::load_image(image_of("wide.png")), t.model.config());
+  llava::run_options o;
+  o.max_new_tokens = 0;
+  auto expect_error = [&](llava::method m, llava::anyres_scope s, const std::string& part) {
+    o.selection = {};
+    o.selection.name = m;
+    o.selection.anyres = s;
+    try {
+      (void)t.model.run(tiles, ids, o);
+      ADD_FAILURE() << "no error for " << llava::to_string(m);
+    } catch (const llava::error& e) {
+      EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+    }
+  };
+  expect_error(llava::method::fopru, llava::anyres_scope::image, "fopru: AnyRes scope image applies to divprune and random only");
+  expect_error(llava::method::vispruner, llava::anyres_scope::image, "vispruner: AnyRes scope image applies");
+  expect_error(llava::method::fastv, llava::anyres_scope::tile, "fastv runs inside the LLM over the whole image span");
+  expect_error(llava::method::none, llava::anyres_scope::tile, "needs a selection method");
+  EXPECT_THROW((void)llava::parse_anyres_scope("tiles"), llava::error);
+  // LLaVA-1.5 has no AnyRes scope
+  auto& v15 = llava_test::load("fp32");
+  o.selection = {};
+  o.selection.name = llava::method::random;
+  o.selection.anyres = llava::anyres_scope::tile;
+  EXPECT_THROW((void)v15.model->run(v15.pixels, v15.ids, o), llava::error);
+  // random 0.25 per tile keeps 4 of every tile's 16 patches; over the image 16 of its 64 patch tokens
+  o.selection = {};
+  o.selection.name = llava::method::random;
+  o.selection.keep = llava::keep_spec::parse("0.25");
+  const auto per_tile = t.model.run(tiles, ids, o);
+  o.selection.anyres = llava::anyres_scope::image;
+  const auto whole = t.model.run(tiles, ids, o);
+  const auto& a = tiles.layout;
+  EXPECT_EQ(whole.kept_tokens, 16 + a.rows);  // 16 patches + every newline row
+  EXPECT_EQ(per_tile.kept_tokens, 4 + (4 * a.rows * a.cols / 16) + a.rows);  // wide: every grid tile fully inside the window
+  EXPECT_NE(per_tile.kept, whole.kept);
 }
 
 // A pinpoint that is not a multiple of the tower's image size is refused by name.

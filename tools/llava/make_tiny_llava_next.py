@@ -51,8 +51,9 @@ BATCH = ["shapes.png", "wide.png"]
 GREEDY = 8
 MIN_GAP = 0.3
 # v1.6 pruned runs: LLM-stage methods over the whole image span, patch-keeping encoder methods per tile
-PRUNED = [("shapes", "fastv", "0.5"), ("wide", "dart", "0.5"), ("tall", "fitprune", "0.25"),
-          ("shapes", "vispruner", "0.5"), ("tall", "divprune", "0.25")]
+# (image, method, keep, AnyRes scope: "" = the method's own, tile for encoder-side, image for LLM-stage)
+PRUNED = [("shapes", "fastv", "0.5", ""), ("wide", "dart", "0.5", ""), ("tall", "fitprune", "0.25", ""),
+          ("shapes", "vispruner", "0.5", ""), ("tall", "divprune", "0.25", ""), ("wide", "divprune", "0.25", "image")]
 PIXELS_STORED = "shapes"  # pixel_values stored for this case only (the others are checked through their features)
 
 
@@ -251,7 +252,7 @@ def main():
         # FitPrune's synthetic recipe) on the packed sequence
         info["pruned"] = {}
         lm = loaded.model.language_model
-        for stem, method, keep in PRUNED:
+        for stem, method, keep, scope in PRUNED:
             c = next(x for x in cases if x["name"].split(".")[0] == stem)
             feats = loaded.model.get_image_features(c["pv"], c["sizes"], vision_feature_layer=-2,
                                                     vision_feature_select_strategy="default").pooler_output[0]
@@ -261,12 +262,17 @@ def main():
             drop = drop_end = None
             log = []
             positions = list(range(n))
-            if method in ("vispruner", "divprune"):
+            sources = token_sources(c["img"].height, c["img"].width)
+            if scope == "image":  # DivPrune over the image's packed patch tokens at once; newline rows stay
+                patch = [i for i, src in enumerate(sources) if src >= 0]
+                chosen = pg.divprune(feats[patch], pg.divprune_tokens(keep, len(patch)))
+                positions = sorted({patch[j] for j in chosen} | {i for i, src in enumerate(sources) if src < 0})
+                seq = torch.cat([emb(ids[:pos]), feats[positions], emb(ids[pos + 1:])])
+            elif method in ("vispruner", "divprune"):
                 g2 = (TILE // PATCH) ** 2
                 tk = per_tile_kept(loaded, c["pv"], method, keep)
                 keepset = {t * g2 + j for t, ks in enumerate(tk) for j in ks}
-                positions = [i for i, src in enumerate(token_sources(c["img"].height, c["img"].width))
-                             if src < 0 or src in keepset]
+                positions = [i for i, src in enumerate(sources) if src < 0 or src in keepset]
                 seq = torch.cat([emb(ids[:pos]), feats[positions], emb(ids[pos + 1:])])
             elif method == "fastv":
                 drop = pg.fastv_drop(keep)
@@ -277,9 +283,9 @@ def main():
             logits, cache, final_rows, layer_rows = pg.llm_prefill(loaded, seq, pos, len(positions), drop, drop_end)
             L = seq.shape[0]
             toks, _ = pg.greedy(loaded, logits, cache, L)
-            name = f"{stem}.{method}.{keep}"
+            name = f"{stem}.{method}.{keep}" + (f".{scope}" if scope else "")
             t[f"{name}.logits_last"] = logits.numpy().astype(np.float32)
-            info["pruned"][name] = {"case": stem, "method": method, "keep": keep,
+            info["pruned"][name] = {"case": stem, "method": method, "keep": keep, "anyres_scope": scope,
                                     "kept": positions if drop is None and drop_end is None else
                                     [int(r) - pos for r in final_rows if pos <= r < pos + n],
                                     "layer_rows": layer_rows, "sequence_length": L, "greedy_tokens": toks}

@@ -71,6 +71,12 @@ const char* to_string(method m) noexcept {
   return "?";
 }
 
+anyres_scope parse_anyres_scope(std::string_view name) {
+  if (name == "tile") return anyres_scope::tile;
+  if (name == "image") return anyres_scope::image;
+  throw error("llava: unknown AnyRes scope '" + std::string(name) + "' (known: tile, image)");
+}
+
 keep_spec keep_spec::parse(std::string_view text) {
   const std::string s(text);
   if (s.empty()) throw error("llava: --keep: empty value (a ratio in (0, 1] or a token count)");
@@ -729,6 +735,7 @@ void run_llm(const llama_model& llama, const plan& p, const std::vector<float>& 
 run_result llava_model::run_impl(const float* pixels, std::span<const std::int32_t> ids, const selection_options& sel,
                                  int max_new, bool decode, bool record) const {
   if (cfg_.anyres()) throw error("llava: a LLaVA-NeXT (AnyRes) model takes an anyres_image (preprocess_anyres)");
+  if (sel.anyres) throw error("llava: an AnyRes scope needs a LLaVA-NeXT model (model_type llava_next)");
   run_result res;
   res.time.load = load_ms_;
   const plan p = make_plan(sel, cfg_, cfg_.image_tokens());
@@ -806,6 +813,59 @@ std::vector<float> anyres_rows(const anyres_layout& a, const std::vector<float>&
   return rows;
 }
 
+/// The scope of sel under AnyRes: the explicit one where it applies to the method, else the
+/// method's natural one (tile for the encoder-side methods, image for the LLM-stage ones).
+anyres_scope scope_of(const selection_options& sel) {
+  const std::string m = to_string(sel.name);
+  const bool llm = llm_stage(sel.name);
+  if (sel.name == method::none) {
+    if (sel.anyres) throw error("llava: an AnyRes scope needs a selection method");
+    return anyres_scope::image;
+  }
+  if (!sel.anyres) return llm ? anyres_scope::image : anyres_scope::tile;
+  if (*sel.anyres == anyres_scope::tile && llm) {
+    throw error("llava: " + m + " runs inside the LLM over the whole image span: AnyRes scope tile does not apply (image)");
+  }
+  if (*sel.anyres == anyres_scope::image && !llm && sel.name != method::divprune && sel.name != method::random) {
+    throw error("llava: " + m + ": AnyRes scope image applies to divprune and random only (" + m +
+                " reads each tile's own attention or patch grid); use scope tile");
+  }
+  return *sel.anyres;
+}
+
+/// Scope image for an encoder-side method (divprune, random): the method over the image's packed
+/// patch tokens at once (the newline rows are no patches: they all go on). rows [n_img, Dt] and
+/// kept (every position) in; the survivors' rows and positions out.
+std::vector<float> select_whole_image(const plan& p, const anyres_layout& a, const std::vector<float>& rows,
+                                      std::int64_t Dt, std::vector<ts::token_index>& kept, run_result& res) {
+  const auto t0 = clock_type::now();
+  const auto sources = anyres_token_sources(a);
+  std::vector<std::int64_t> patch;  // positions of the patch tokens
+  for (std::size_t i = 0; i < sources.size(); ++i)
+    if (sources[i] >= 0) patch.push_back(static_cast<std::int64_t>(i));
+  const auto n = static_cast<std::int64_t>(patch.size());
+  std::vector<float> patch_rows(static_cast<std::size_t>(n * Dt));
+  for (std::int64_t j = 0; j < n; ++j)
+    std::copy_n(rows.begin() + patch[static_cast<std::size_t>(j)] * Dt, Dt, patch_rows.begin() + j * Dt);
+  std::vector<ts::token_index> chosen(static_cast<std::size_t>(p.req.keep));
+  const auto count = p.m == method::divprune
+                         ? ts::divprune::select(ts::par, ts::matrix_view<const float>(patch_rows.data(), {n, Dt}), p.divprune,
+                                                chosen).count
+                         : ts::baselines::random::select(ts::par, n, p.random, chosen).count;
+  std::vector<char> keep(sources.size(), 0);
+  for (std::size_t i = 0; i < sources.size(); ++i) keep[i] = sources[i] < 0;
+  for (ts::index_t j = 0; j < count; ++j) keep[static_cast<std::size_t>(patch[static_cast<std::size_t>(chosen[static_cast<std::size_t>(j)])])] = 1;
+  std::vector<float> out;
+  kept.clear();
+  for (std::size_t i = 0; i < sources.size(); ++i) {
+    if (!keep[i]) continue;
+    kept.push_back(static_cast<ts::token_index>(i));
+    out.insert(out.end(), rows.begin() + static_cast<std::int64_t>(i) * Dt, rows.begin() + static_cast<std::int64_t>(i + 1) * Dt);
+  }
+  res.time.selection += ms_since(t0);
+  return out;
+}
+
 }  // namespace
 
 run_result llava_model::run_anyres_impl(const anyres_image& image, std::span<const std::int32_t> ids,
@@ -825,9 +885,13 @@ run_result llava_model::run_anyres_impl(const anyres_image& image, std::span<con
   }
   run_result res;
   res.time.load = load_ms_;
-  // Encoder-side methods: one plan per tile (n = g^2 patches, the budget per tile); the LLM-stage
-  // ones: the whole image span (n = image_tokens(), newline rows included).
-  const plan p = make_plan(sel, cfg_, llm_stage(sel.name) || sel.name == method::none ? n_img : a.base_tokens());
+  // Encoder-side methods per tile: one plan per tile (n = g^2 patches, the budget per tile); over
+  // the whole image: n = the packed patch tokens; the LLM-stage ones: the whole image span
+  // (n = image_tokens(), newline rows included).
+  const bool whole = scope_of(sel) == anyres_scope::image && sel.name != method::none && !llm_stage(sel.name);
+  const std::int64_t n_patch = a.base_tokens() + static_cast<std::int64_t>(a.rows) * a.cols;
+  const plan p = make_plan(sel, cfg_, llm_stage(sel.name) || sel.name == method::none ? n_img : whole ? n_patch : a.base_tokens());
+  const plan tile_plan = whole ? make_plan(selection_options{}, cfg_, a.base_tokens()) : p;
   const auto [s0, slot_len] = image_slot(ids, cfg_, n_img);
   const std::vector<std::int32_t> prefix(ids.begin(), ids.begin() + s0);
   const std::vector<std::int32_t> text(ids.begin() + s0 + slot_len, ids.end());
@@ -836,11 +900,12 @@ run_result llava_model::run_anyres_impl(const anyres_image& image, std::span<con
   std::vector<float> tiles(static_cast<std::size_t>(a.tile_count() * per_tile * Dt));
   std::vector<std::vector<ts::token_index>> tile_kept;
   for (int t = 0; t < a.tile_count(); ++t) {
-    tile_kept.push_back(anyres_tile(*clip_, *projector_, cfg_, p, image.pixels.data() + t * 3 * S * S,
+    tile_kept.push_back(anyres_tile(*clip_, *projector_, cfg_, tile_plan, image.pixels.data() + t * 3 * S * S,
                                     tiles.data() + t * per_tile * Dt, res));
   }
   std::vector<ts::token_index> kept;
-  const std::vector<float> rows = anyres_rows(a, tiles, tile_kept, newline_, Dt, kept);
+  std::vector<float> rows = anyres_rows(a, tiles, tile_kept, newline_, Dt, kept);
+  if (whole) rows = select_whole_image(p, a, rows, Dt, kept, res);
   const std::int64_t k_rows = static_cast<std::int64_t>(kept.size());
   const auto P = static_cast<std::int64_t>(prefix.size());
   std::vector<float> seq(static_cast<std::size_t>((P + k_rows + static_cast<std::int64_t>(text.size())) * Dt));

@@ -89,6 +89,13 @@ struct keep_spec {
   static keep_spec parse(std::string_view text);
 };
 
+/// Where an AnyRes (LLaVA-NeXT) image is selected: per tile (each tile on its own, budget per tile)
+/// or over the whole image (the image's packed patch tokens at once, budget for the image).
+enum class anyres_scope { tile, image };
+
+/// "tile" or "image"; throws llava::error naming both otherwise.
+anyres_scope parse_anyres_scope(std::string_view name);
+
 struct selection_options {
   method name = method::none;
   keep_spec keep;
@@ -97,6 +104,10 @@ struct selection_options {
   std::string fitprune_recipe;         ///< path of a recipe JSON (tokensel.fitprune.recipe)
   std::uint64_t seed = 0;              ///< random
   bool from_qk = false;                ///< statistics from Q/K, no attention maps (see above)
+  /// LLaVA-NeXT only (absent: the method's natural scope, tile for the patch-keeping encoder-side
+  /// methods, image for the LLM-stage ones): image applies to divprune and random (they read no
+  /// per-tile attention and no grid) and the LLM-stage methods; tile to the encoder-side ones.
+  std::optional<anyres_scope> anyres;
 };
 
 struct run_options {
@@ -163,7 +174,8 @@ class llava_model {
   /// LLaVA-NeXT (config().anyres()): one image's tiles (preprocess_anyres), the prompt with one
   /// <image> id or image.layout.image_tokens() consecutive ones. Selection: the patch-keeping
   /// encoder-side methods (fopru, freepruner, random, uniform, divprune, vispruner) per tile with
-  /// the budget per tile (kept packed tokens and every newline row go on; kept = positions among
+  /// the budget per tile, or (selection_options::anyres = image; divprune, random) over the image's
+  /// packed patch tokens (kept packed tokens and every newline row go on; kept = positions among
   /// the image tokens); the LLM-stage ones (fastv, fitprune, dart) over the whole image span
   /// (newline rows included); prumerge, prumerge+, visionzip and pool are refused.
   run_result run(const anyres_image& image, std::span<const std::int32_t> input_ids, const run_options& options) const;
