@@ -32,6 +32,8 @@
 #include <mtmd-helper.h>
 #include <mtmd.h>
 
+#include <tokensel/core/error.hpp>
+
 #include "capture.hpp"
 #include "projector.hpp"
 #include "select.hpp"
@@ -177,7 +179,8 @@ std::string engine_reason() { return last_log_error.empty() ? "" : " (llama.cpp:
 
 void require_file(const std::string& flag, const std::string& path) {
   std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec)) throw std::runtime_error("--" + flag + " " + path + ": no such file");
+  if (!std::filesystem::exists(path, ec)) throw std::runtime_error("--" + flag + " " + path + ": no such file");
+  if (!std::filesystem::is_regular_file(path, ec)) throw std::runtime_error("--" + flag + " " + path + ": not a regular file");
 }
 
 std::string gguf_string(const gguf_context* g, const char* key) {
@@ -524,10 +527,16 @@ int run(const cli_options& o) {
   require_file("mmproj", o.mmproj);
   require_file("image", o.image);
   llama_log_set(log_sink, nullptr);
-  mtmd_log_set(log_sink, nullptr);
+  mtmd_helper_log_set(log_sink, nullptr);  // mtmd's and its helpers' (image decoding) log
   const tsl::vision_shape v = read_mmproj(o.mmproj);
   tsl::capture cap;
-  tsl::plan_capture(sel, v, cap);  // the method's config errors (a bad --keep) before any load
+  try {  // the method's config errors (a --keep it cannot take) before any load, as usage errors
+    tsl::plan_capture(sel, v, cap);
+  } catch (const tokensel::error& e) {
+    std::string msg = e.what();
+    if (msg.rfind("tokensel: ", 0) == 0) msg.erase(0, 10);
+    throw usage_error("--method " + o.method + (o.keep.empty() ? "" : " --keep " + o.keep) + ": " + msg);
+  }
 
   outcome r;
   auto t0 = clock_type::now();

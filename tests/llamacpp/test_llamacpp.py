@@ -155,6 +155,19 @@ def errors(a):
         expect_error(a, base(model, mmproj, image) + ["--method", m], 2, ["--method " + m, "not servable", why],
                      f"unservable {m}")
     expect_error(a, base(model, mmproj, image) + ["--method", "nosuch"], 2, ["unknown method"], "unknown method")
+    expect_error(a, base(model, mmproj, image) + ["--method", "visionzip", "--keep", "100"], 2,
+                 ["--method visionzip --keep 100", "exceeds the 64"], "keep above the patch count")
+    expect_error(a, base(model, mmproj, image) + ["--method", "pool", "--keep", "7"], 2,
+                 ["--method pool --keep 7", "9 or 4"], "pool count it cannot make")
+    expect_error(a, base(DATA, mmproj, image), 1, ["--model", "not a regular file"], "directory as model")
+    with tempfile.TemporaryDirectory() as tmp:
+        cut, text = os.path.join(tmp, "cut.gguf"), os.path.join(tmp, "text.png")
+        with open(cut, "wb") as f:
+            f.write(open(mmproj, "rb").read()[:100000])
+        with open(text, "w") as f:
+            f.write("not an image\n")
+        expect_error(a, base(model, cut, image), 1, ["--mmproj", "could not load"], "truncated mmproj")
+        expect_error(a, base(model, mmproj, text), 1, ["--image", "cannot decode"], "text file as image")
     expect_error(a, base(model, mmproj, image) + ["--method", "fopru", "--keep", "0"], 2, ["--keep"], "bad keep")
 
 
