@@ -36,7 +36,11 @@ trap 'rm -rf "$tmp"' EXIT
 tar -xzf "$tarball" -C "$tmp" "llama_cpp_python-$version/vendor/llama.cpp"
 src=$tmp/llama_cpp_python-$version/vendor/llama.cpp
 if [ "$fix" = 1 ]; then
-  patch --quiet --forward -p1 -d "$src" < "$here/cls-first.patch" >&2
+  if command -v patch > /dev/null; then
+    patch --quiet --forward -p1 -d "$src" < "$here/cls-first.patch" >&2
+  else  # no patch(1): git apply, run from the (non-repository) source tree
+    (cd "$src" && git apply -p1 "$here/cls-first.patch") >&2
+  fi
 fi
 # The sdist keeps the submodule's .git pointer file, which makes llama.cpp's CMake call git on a
 # repository that is not there (noise, and a build number of 0 either way).
