@@ -9,6 +9,10 @@
 # lib/   the shared libraries a bare CUDA image lacks (libbenchmark, libgomp, ...), found with ldd;
 #        lib/fallback/ holds libstdc++ and libgcc_s, used by gpu-check.sh only if the device lacks them.
 # gpu-check.sh, compare_pytorch.py, cuda_targets.py, MANIFEST.txt.
+# python/ (only with TOKENSEL_BUNDLE_PYTHON=installed: the tokensel package python3 imports here,
+#        which must be built with TOKENSEL_PYTHON_WITH_CUDA=ON, e.g. by tools/python-test.sh, plus
+#        pytest and its pure-Python dependencies and python/tests/test_cuda_dispatch.py): the
+#        Python CUDA dispatch, run by gpu-check.sh when the device's Python matches.
 #
 # Reuses the build directory: the targets are only built when missing or stale (after CI's main
 # stage this is a no-op). Fails when a binary needs a library that is neither bundled nor part of
@@ -41,6 +45,24 @@ for t in tokensel_cuda_parity $tests $benches; do
 done
 cp tools/gpu-check.sh "$bundle/gpu-check.sh"
 cp benchmarks/compare_pytorch.py benchmarks/cuda_targets.py "$bundle/"
+if [[ "${TOKENSEL_BUNDLE_PYTHON:-}" == installed ]]; then
+  mkdir -p "$bundle/python/tests"
+  python3 - "$bundle/python" <<'EOF'
+import importlib, os, shutil, sys
+import tokensel
+if not tokensel.built_with_cuda():
+    sys.exit("gpu-bundle: the installed tokensel package was built without CUDA (TOKENSEL_PYTHON_WITH_CUDA=OFF)")
+for name in ("tokensel", "pytest", "_pytest", "pluggy", "iniconfig", "packaging", "py"):
+    try:
+        mod = importlib.import_module(name)
+    except ImportError:
+        continue
+    src = os.path.dirname(mod.__file__) if mod.__file__.endswith("__init__.py") else mod.__file__
+    dst = os.path.join(sys.argv[1], os.path.basename(src))
+    (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, dst)
+EOF
+  cp python/tests/test_cuda_dispatch.py python/tests/conftest.py "$bundle/python/tests/"
+fi
 
 # Shared libraries: glibc, the dynamic loader and the driver come with the machine; libstdc++ and
 # libgcc_s are on every Ubuntu/Debian image (apt needs them) but travel in lib/fallback anyway.

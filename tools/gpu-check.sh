@@ -14,6 +14,7 @@
 #   5. compute-sanitizer memcheck, racecheck, initcheck over a short subset (2 cases per parity loop)
 #   6. the CUDA benchmarks as JSON (the copy-bandwidth floor is measured in the same run)
 #   7. benchmarks/compare_pytorch.py: PyTorch eager and SDPA (flash attention) on the same device
+#   7b. python/ (when bundled): the Python package's CUDA dispatch (pytest test_cuda_dispatch.py)
 #   8. cuda_targets.py: the targets (batch-64 bandwidth, batch-1 latency, Q/K statistics vs SDPA)
 # Without a GPU every step says why it skipped and the script still ends with its summary table.
 # $OUT receives at most three files: summary.txt, gpu-check-logs.tar.gz (every log and JSON) and,
@@ -203,6 +204,28 @@ else
     row "compare_pytorch.py" SKIP $((SECONDS - t0)) "$(grep -m1 'nothing to compare' "$logs/compare_pytorch.log")"
   else
     row "compare_pytorch.py" PASS $((SECONDS - t0)) "$(head -1 "$logs/compare_pytorch.log")"
+  fi
+fi
+
+# 7b. Python CUDA dispatch (bundled with TOKENSEL_BUNDLE_PYTHON=installed) --------------------
+if [[ -d "$B/python" ]]; then
+  t=$(budget 60)
+  t0=$SECONDS
+  if (( t < 10 )); then
+    row "python CUDA dispatch" SKIP 0 "out of time (deadline)"
+  elif ! PYTHONPATH="$B/python" python3 -c 'import tokensel' > "$logs/python_import.log" 2>&1; then
+    row "python CUDA dispatch" SKIP 0 "the bundled extension does not import here: $(tail -1 "$logs/python_import.log")"
+  else
+    (cd "$B/python/tests" && PYTHONPATH="$B/python:$B/python/tests" TOKENSEL_EXPECT_PYTHON_CUDA=1 \
+      timeout -k 5 "$t" python3 -m pytest -q -rs -p no:cacheprovider test_cuda_dispatch.py) > "$logs/python_cuda.log" 2>&1
+    rc=$?
+    if [[ $rc != 0 ]]; then
+      row "python CUDA dispatch" FAIL $((SECONDS - t0)) "status $rc; $(tail -1 "$logs/python_cuda.log")"
+    elif grep -q " passed" "$logs/python_cuda.log" && ! grep -q "skipped" "$logs/python_cuda.log"; then
+      row "python CUDA dispatch" PASS $((SECONDS - t0)) "$(tail -1 "$logs/python_cuda.log")"
+    else
+      row "python CUDA dispatch" SKIP $((SECONDS - t0)) "$(tail -1 "$logs/python_cuda.log")"
+    fi
   fi
 fi
 

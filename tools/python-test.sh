@@ -5,6 +5,8 @@
 # snippet, and the transformers example against the main build's llava runtime.
 #   TOKENSEL_BUILD_DIR  main build (default build): its CLI and llava binaries are compared against
 #   TOKENSEL_PYTHON_TORCH=0  skip installing torch + transformers (their tests then skip with the reason)
+#   TOKENSEL_PYTHON_CUDA  auto (default: when nvcc is found) | 1 | 0: build the CUDA dispatch
+#      (FoPru/FastV on CUDA tensors; compiled and linked here, exercised on a GPU only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
@@ -17,8 +19,18 @@ if [ "${TOKENSEL_PYTHON_TORCH:-1}" != 0 ]; then
   "$py" "${pip_q[@]}" torch==2.15.0 transformers==5.23.0 sentencepiece protobuf safetensors pillow
 fi
 echo "python: dependencies $((SECONDS - start)) s"
+cuda_flag=()
+cuda=${TOKENSEL_PYTHON_CUDA:-auto}
+if [ "$cuda" = auto ]; then
+  if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then cuda=1; else cuda=0; fi
+fi
+if [ "$cuda" = 1 ]; then
+  command -v nvcc >/dev/null || export CUDACXX=${CUDACXX:-/usr/local/cuda/bin/nvcc}
+  cuda_flag=(-C cmake.define.TOKENSEL_PYTHON_WITH_CUDA=ON)
+fi
+export TOKENSEL_EXPECT_PYTHON_CUDA=$cuda
 # No build isolation: the build requirements were installed above (no second download).
-"$py" "${pip_q[@]}" --no-build-isolation ./python
+"$py" "${pip_q[@]}" --no-build-isolation "${cuda_flag[@]}" ./python
 echo "python: package built and installed at $((SECONDS - start)) s"
 TOKENSEL_CLI=${TOKENSEL_CLI:-$build/examples/cli/tokensel} TOKENSEL_LLAVA=${TOKENSEL_LLAVA:-$build/examples/llava/llava} \
   "$py" -m pytest -q -rs python/tests

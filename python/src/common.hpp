@@ -55,19 +55,21 @@ inline const char* dt_name(dt d) { return d == dt::f32 ? "f32" : d == dt::f16 ? 
 /// Whether this extension was built with the CUDA backend.
 bool built_with_cuda();
 
-/// The element type of a, after checking that it lives in host memory.
-inline dt dtype_of(const array& a, const std::string& name) {
+/// The element type of a, after checking where it lives: host memory, or (allow_cuda: the callers
+/// that dispatch to the CUDA backend, cuda_dispatch.hpp) CUDA memory.
+inline dt dtype_of(const array& a, const std::string& name, bool allow_cuda = false) {
   const int dev = a.device_type();
-  if (dev == nb::device::cuda::value || dev == nb::device::cuda_managed::value) {
-    if (!built_with_cuda()) {
-      fail(errc::unsupported, name, "a CUDA tensor",
-           "this tokensel extension was built without CUDA (rebuild with -C cmake.define.TOKENSEL_PYTHON_WITH_CUDA=ON, "
-           "or pass a CPU tensor: .cpu())");
-    }
+  const bool cuda = dev == nb::device::cuda::value || dev == nb::device::cuda_managed::value;
+  if (cuda && !built_with_cuda()) {
     fail(errc::unsupported, name, "a CUDA tensor",
-         "the Python CUDA dispatch is not implemented yet; pass a CPU tensor (.cpu())");
+         "this tokensel extension was built without CUDA (rebuild with -C cmake.define.TOKENSEL_PYTHON_WITH_CUDA=ON, "
+         "or pass a CPU tensor: .cpu())");
   }
-  if (dev != nb::device::cpu::value) fail(errc::unsupported, name, "device " + std::to_string(dev), "must be a CPU array");
+  if (cuda && !allow_cuda) {
+    fail(errc::unsupported, name, "a CUDA tensor",
+         "this method's Python binding runs on the CPU only (CUDA tensors dispatch only for fopru and fastv attention maps); pass a CPU tensor (.cpu())");
+  }
+  if (!cuda && dev != nb::device::cpu::value) fail(errc::unsupported, name, "device " + std::to_string(dev), "must be a CPU or CUDA array");
   const auto t = a.dtype();
   if (t == nb::dtype<float>()) return dt::f32;
   if (t.code == static_cast<std::uint8_t>(nb::dlpack::dtype_code::Float) && t.bits == 16 && t.lanes == 1) return dt::f16;

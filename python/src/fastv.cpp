@@ -1,5 +1,6 @@
 // tokensel Python extension: FastV.
 #include "common.hpp"
+#include "cuda_dispatch.hpp"
 
 #include <tokensel/methods/fastv.hpp>
 
@@ -18,6 +19,9 @@ nb::object select(nb::handle attention, std::pair<index_t, index_t> visual_in, s
   const auto pol = policy(threads);
   const fv::config cfg = b ? fv::with_budget(*b, visual.count, base) : base;
   auto wrap = [&](nb::object idx, nb::object res) { return return_result ? nb::make_tuple(idx, res) : idx; };
+#if defined(TOKENSEL_PYTHON_CUDA)
+  if (on_cuda(attention)) return fastv_select_cuda(nb::cast<array>(attention), visual, cfg, return_result);
+#endif
   auto one = [&](nb::handle h, const std::string& name) {
     const attention_arg a = attention_of(h, name);
     return with_source(a, name, [&](const auto& src) {

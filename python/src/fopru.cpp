@@ -1,5 +1,6 @@
 // tokensel Python extension: FoPru.
 #include "common.hpp"
+#include "cuda_dispatch.hpp"
 
 #include <tokensel/methods/fopru.hpp>
 
@@ -16,6 +17,13 @@ nb::object select(nb::handle attention, std::optional<fo::config> cfg_in, nb::ha
   const auto pol = policy(threads);
   auto cfg_for = [&](index_t tokens) { return b ? fo::with_budget(*b, patches(tokens, base), base) : base; };
   auto wrap = [&](nb::object idx, nb::object res) { return return_result ? nb::make_tuple(idx, res) : idx; };
+#if defined(TOKENSEL_PYTHON_CUDA)
+  if (on_cuda(attention)) {
+    const array arr = nb::cast<array>(attention);
+    const index_t tokens = arr.ndim() >= 3 ? static_cast<index_t>(arr.shape(arr.ndim() - 1)) : 0;  // rank checked there
+    return fopru_select_cuda(arr, cfg_for(tokens), return_result);
+  }
+#endif
   auto one = [&](nb::handle h, const std::string& name) {
     const attention_arg a = attention_of(h, name);
     return with_source(a, name, [&](const auto& src) {
