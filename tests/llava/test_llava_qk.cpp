@@ -94,7 +94,7 @@ TEST(FromQk, EveryAttentionMethodSelectsLikeTheMaps) {
       {"visionzip", ""},      {"visionzip", "32"},    {"visionzip", "0.25"},
       {"fastv", "0.5"},       {"fastv", "0.25"},      {"fastv", "0.25", 1},
       {"fastv", "0.5", 3},    {"fitprune", "0.5"},    {"fitprune", "0.25"},
-      {"fitprune", "10"},
+      {"fitprune", "10"},     {"vispruner", "0.5"},   {"vispruner", "0.25"},
   };
   for (const std::string name : {"fp32", "bf16"}) {
     auto& v = load(name);
@@ -122,7 +122,8 @@ TEST(FromQk, FitPruneRecipeFile) {
 // Methods that read no attention are unaffected by the flag (and form no maps either way).
 TEST(FromQk, MethodsWithoutAttentionAreUnaffected) {
   auto& v = load("bf16");
-  for (const qk_case& c : {qk_case{"none", ""}, qk_case{"prumerge", ""}, qk_case{"uniform", "16"}, qk_case{"pool", "0.25"}}) {
+  for (const qk_case& c : {qk_case{"none", ""}, qk_case{"prumerge", ""}, qk_case{"uniform", "16"}, qk_case{"pool", "0.25"},
+                           qk_case{"divprune", "0.25"}, qk_case{"dart", "0.5"}}) {
     const auto s = options(c);
     const auto a = run(v, s, false), b = run(v, s, true);
     EXPECT_EQ(a.attention_maps, 0) << c.method;
