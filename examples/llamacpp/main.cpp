@@ -66,6 +66,8 @@ constexpr const char* usage_text =
     "  --keep RATIO|COUNT     visual tokens to keep: a ratio in (0, 1] (0.5) or a count (144)\n"
     "  --from-qk              statistics from the layers' Q/K with CLIP flash attention on\n"
     "                         (default: flash attention off, statistics from the softmax)\n"
+    "  --mtmd-prefill         prefill through llama.cpp's own mtmd_helper_eval_chunks (every image\n"
+    "                         row, as llama-mtmd-cli); only with --method none: the reference\n"
     "  --seed S               seed of --method random (default 0)\n"
     "  --max-new-tokens N     greedy decoding stops at EOS or after N tokens (default 32)\n"
     "  --threads T            llama.cpp threads (default 1)\n"
@@ -74,7 +76,7 @@ constexpr const char* usage_text =
 
 struct cli_options {
   std::string model, mmproj, image, prompt, template_name = "llava-hf", method = "none", keep;
-  bool json_out = false, from_qk = false;
+  bool json_out = false, from_qk = false, mtmd_prefill = false;
   int max_new_tokens = 32, threads = 1;
   std::uint64_t seed = 0;
 };
@@ -96,7 +98,7 @@ std::map<std::string, std::string> parse_flags(int argc, char** argv) {
   static const std::map<std::string, bool> flags = {  // name -> takes a value
       {"model", true}, {"mmproj", true}, {"image", true}, {"prompt", true}, {"template", true},
       {"method", true}, {"keep", true}, {"seed", true}, {"max-new-tokens", true}, {"threads", true},
-      {"json", false}, {"from-qk", false}, {"help", false}};
+      {"json", false}, {"from-qk", false}, {"mtmd-prefill", false}, {"help", false}};
   std::map<std::string, std::string> seen;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -135,6 +137,7 @@ cli_options parse(int argc, char** argv) {
   if (seen.count("keep")) o.keep = seen["keep"];
   o.json_out = seen.count("json") != 0;
   o.from_qk = seen.count("from-qk") != 0;
+  o.mtmd_prefill = seen.count("mtmd-prefill") != 0;
   if (seen.count("seed")) o.seed = static_cast<std::uint64_t>(parse_int("seed", seen["seed"], 0, INT64_MAX));
   if (seen.count("max-new-tokens")) o.max_new_tokens = static_cast<int>(parse_int("max-new-tokens", seen["max-new-tokens"], 0, 1 << 20));
   if (seen.count("threads")) o.threads = static_cast<int>(parse_int("threads", seen["threads"], 1, 4096));
@@ -485,6 +488,7 @@ tsl::selection_options selection_of(const cli_options& o) {
     throw usage_error(e.what());
   }
   if (!o.keep.empty() && sel.name == tsl::method::none) throw usage_error("--keep needs --method");
+  if (o.mtmd_prefill && sel.name != tsl::method::none) throw usage_error("--mtmd-prefill decodes every image row: only with --method none");
   sel.seed = o.seed;
   sel.from_qk = o.from_qk;
   return sel;
@@ -518,6 +522,28 @@ std::vector<float> select_rows(const cli_options& o, const tsl::selection_option
   for (std::size_t j = 0; j < which.size(); ++j)
     std::memcpy(out.data() + j * width, rows.data() + static_cast<std::size_t>(which[j]) * width, sizeof(float) * width);
   return out;
+}
+
+/// The prefill: ours (text, the kept image rows, text), or with --mtmd-prefill llama.cpp's own
+/// (mtmd_helper_eval_chunks, as llama-mtmd-cli: it encodes the image again and decodes every row).
+llama_pos prefill(const cli_options& o, engine& e, prompt_parts& parts, const mtmd_input_chunks* chunks,
+                  const std::vector<float>& image_rows, int width, outcome& r) {
+  llama_pos n_past = 0;
+  const double cpu0 = cpu_ms();
+  const auto t0 = clock_type::now();
+  if (o.mtmd_prefill) {
+    const auto n_batch = static_cast<std::int32_t>(llama_n_batch(e.ctx.get()));
+    if (mtmd_helper_eval_chunks(e.mtmd.get(), e.ctx.get(), chunks, 0, 0, n_batch, true, &n_past) != 0) {
+      throw std::runtime_error("mtmd_helper_eval_chunks failed" + engine_reason());
+    }
+  } else {
+    decode_tokens(e.ctx.get(), parts.before, n_past, false);
+    decode_rows(e.ctx.get(), image_rows, width, n_past, parts.after.empty());
+    decode_tokens(e.ctx.get(), parts.after, n_past, true);
+  }
+  r.t.prefill = ms_since(t0);
+  r.t.prefill_cpu = cpu_ms() - cpu0;
+  return n_past;
 }
 
 int run(const cli_options& o) {
@@ -568,14 +594,7 @@ int run(const cli_options& o) {
   cp.no_perf = true;
   e.ctx.reset(llama_init_from_model(e.model.get(), cp));
   if (!e.ctx) throw std::runtime_error("llama.cpp could not create a context" + engine_reason());
-  llama_pos n_past = 0;
-  const double cpu0 = cpu_ms();
-  t0 = clock_type::now();
-  decode_tokens(e.ctx.get(), parts.before, n_past, false);
-  decode_rows(e.ctx.get(), image_rows, width, n_past, parts.after.empty());
-  decode_tokens(e.ctx.get(), parts.after, n_past, true);
-  r.t.prefill = ms_since(t0);
-  r.t.prefill_cpu = cpu_ms() - cpu0;
+  const llama_pos n_past = prefill(o, e, parts, chunks.get(), image_rows, width, r);
   const llama_vocab* vocab = llama_model_get_vocab(e.model.get());
   t0 = clock_type::now();
   if (o.max_new_tokens > 0) r.answer = generate(e.ctx.get(), vocab, n_past, o.max_new_tokens);

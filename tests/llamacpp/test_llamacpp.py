@@ -14,7 +14,10 @@ Checks (each failure is printed with both outputs; exit 1 if any failed):
   3. answers: the unpruned answer tokens, and those of every pruned run, equal examples/llava's on
      the same token sequence (llama.cpp tokenizes the text after the image as its own chunk, which
      starts with a space token: the runtime gets the same prompt with "<image> \\n");
-  4. errors: missing model / mmproj / image, an mmproj of another architecture, a file that is not
+  4. llama.cpp's own path: with no method, the answer (16 tokens) of the example's prefill (its
+     own llama_batch of the image rows) equals that of llama.cpp's mtmd_helper_eval_chunks, the
+     prefill llama-mtmd-cli runs (--mtmd-prefill), on three images (non-square ones included);
+  5. errors: missing model / mmproj / image, an mmproj of another architecture, a file that is not
      GGUF, unservable methods: one line on stderr naming the problem, non-zero exit.
 Needs the llama.cpp build with tools/llamacpp/cls-first.patch (CLS first; the JSON says which).
 """
@@ -130,6 +133,17 @@ def parity(a, hf, no_parity):
                   f"answers (of {sorted(SAME_ROWS - no_parity)}) equal examples/llava's; Q/K and softmax capture agree")
 
 
+def engine_reference(a):
+    for image in IMAGES + [os.path.join(DATA, "llava-images", f) for f in ("scene.jpg", "shapes.png")]:
+        cmd = [a.tool, "--model", os.path.join(GGUF, "model-f32.gguf"), "--mmproj", os.path.join(GGUF, "mmproj-f32.gguf"),
+               "--image", image, "--prompt", QUESTION, "--max-new-tokens", "16", "--json"]
+        ours, theirs = run_json(cmd), run_json(cmd + ["--mtmd-prefill"])
+        ok = ours["answer_ids"] == theirs["answer_ids"] and len(ours["answer_ids"]) == 16
+        check(ok, f"{os.path.basename(image)}: our prefill {ours['answer_ids']} != mtmd_helper_eval_chunks {theirs['answer_ids']}")
+        if ok:
+            print(f"ok   {os.path.basename(image)}: unpruned answer equals llama.cpp's own prefill (mtmd_helper_eval_chunks)")
+
+
 def expect_error(a, args, code, words, what):
     p = subprocess.run([a.tool] + args, capture_output=True, text=True)
     lines = p.stderr.strip().splitlines()
@@ -155,6 +169,8 @@ def errors(a):
         expect_error(a, base(model, mmproj, image) + ["--method", m], 2, ["--method " + m, "not servable", why],
                      f"unservable {m}")
     expect_error(a, base(model, mmproj, image) + ["--method", "nosuch"], 2, ["unknown method"], "unknown method")
+    expect_error(a, base(model, mmproj, image) + ["--method", "fopru", "--mtmd-prefill"], 2, ["--mtmd-prefill", "--method none"],
+                 "--mtmd-prefill with a method")
     expect_error(a, base(model, mmproj, image) + ["--method", "visionzip", "--keep", "100"], 2,
                  ["--method visionzip --keep 100", "exceeds the 64"], "keep above the patch count")
     expect_error(a, base(model, mmproj, image) + ["--method", "pool", "--keep", "7"], 2,
@@ -178,6 +194,7 @@ def main():
     a = ap.parse_args()
     t0 = time.monotonic()
     errors(a)
+    engine_reference(a)
     with tempfile.TemporaryDirectory() as tmp:
         parity(a, rounded_checkpoint(tmp), set())
     parity(a, HF, NO_PARITY_FP32)
