@@ -239,6 +239,40 @@ TEST(AnyResModel, ErrorsNameTheProblem) {
   EXPECT_THROW((void)v15.model->run(tiles, v15.ids, o), llava::error);
 }
 
+// FitPrune's shipped LLaVA-v1.6 recipe (fitted for 2880 visual tokens) scales to an AnyRes image's
+// own token count: its first 4 layers' drops as a 4-layer recipe file, each drop
+// floor(k * n / 2880) with n = the image tokens (newline rows included).
+TEST(AnyResPruned, FitPruneV16RecipeScalesToTheImageTokens) {
+  auto& t = tiny();
+  std::ifstream in(fs::path(LLAVA_TEST_DATA) / ".." / ".." / "data" / "fitprune" / "llava-v1.6-vicuna-7b-40.json");
+  ASSERT_TRUE(in) << "data/fitprune/llava-v1.6-vicuna-7b-40.json";
+  auto j = nlohmann::json::parse(in);
+  ASSERT_EQ(j["geometry"]["visual_tokens"].get<std::int64_t>(), 2880);
+  std::vector<std::int64_t> drops = j["drops"].get<std::vector<std::int64_t>>();
+  drops.resize(4);
+  j["drops"] = drops;
+  j["geometry"]["layers"] = 4;
+  const fs::path recipe = fs::temp_directory_path() / ("tokensel-anyres-recipe-" + std::to_string(::getpid()) + ".json");
+  std::ofstream(recipe) << j.dump();
+  const auto& c = t.g.meta["cases"]["square"];
+  const auto tiles = llava::preprocess_anyres(llava::load_image(image_of("square.png")), t.model.config());
+  llava::run_options o;
+  o.selection.name = llava::method::fitprune;
+  o.selection.fitprune_recipe = recipe.string();
+  o.max_new_tokens = 1;
+  const auto r = t.model.run(tiles, c["input_ids"].get<std::vector<std::int32_t>>(), o);
+  fs::remove(recipe);
+  const std::int64_t n = tiles.layout.image_tokens();
+  std::int64_t rows = r.sequence_length, kept = n;
+  for (std::size_t l = 0; l < 4; ++l) {
+    rows -= drops[l] * n / 2880;
+    kept -= drops[l] * n / 2880;
+    EXPECT_EQ(r.layer_rows[l], rows) << "layer " << l;
+  }
+  EXPECT_EQ(r.kept_tokens, kept);
+  EXPECT_LT(kept, n);
+}
+
 // The AnyRes scope: where it does not apply, a clear error naming the method and the scope; per
 // tile and over the whole image give different selections (same budget fraction).
 TEST(AnyResScope, AppliesWhereItCanAndSaysWhyNot) {
