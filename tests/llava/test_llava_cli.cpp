@@ -3,6 +3,8 @@
 // the overlay, and one-line errors with a non-zero exit for bad input.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -264,4 +266,44 @@ TEST(LlavaCli, BadInputsOneLineNonZero) {
   }
   fs::remove(junk);
   fs::remove_all(broken);
+}
+
+// A LLaVA-NeXT checkpoint: the CLI takes the AnyRes path from config.json (the transformers greedy
+// tokens of the pruned and unpruned goldens, the layout in --json), and refuses --overlay and a scope
+// that does not apply, with one error line each.
+TEST(LlavaCli, LlavaNextAnyRes) {
+  const fs::path dir = data_dir / "llava-next-tiny-bf16";
+  std::ifstream in(dir / "golden.json");
+  const auto g = nlohmann::json::parse(in);
+  const auto& c = g["cases"]["tall"];
+  const std::vector<std::string> base = {"--model", dir.string(), "--image", (dir / "tall.png").string(), "--prompt",
+                                         g["question"].get<std::string>(), "--max-new-tokens", "8", "--json"};
+  auto r = run(base);
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["input_ids"], c["input_ids"]);
+  EXPECT_EQ(j["answer_ids"], c["greedy_tokens"]);
+  EXPECT_EQ(j["anyres"]["best_resolution"], c["best_resolution"]);
+  EXPECT_EQ(j["anyres"]["tiles"], c["tiles"]);
+  EXPECT_EQ(j["anyres"]["unpadded_grid"], c["unpadded_grid"]);
+  EXPECT_EQ(j["anyres"]["image_tokens"], c["image_tokens"]);
+  EXPECT_EQ(j["total_tokens"], c["image_tokens"]);
+  EXPECT_EQ(j["pad"], false);
+
+  auto args = base;
+  for (const char* a : {"--method", "divprune", "--keep", "0.25"}) args.push_back(a);
+  r = run(args);
+  ASSERT_EQ(r.status, 0) << r.err;
+  j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["answer_ids"], g["pruned"]["tall.divprune.0.25"]["greedy_tokens"]);
+  EXPECT_EQ(j["kept"], g["pruned"]["tall.divprune.0.25"]["kept"]);
+
+  args.push_back("--anyres-scope");
+  args.push_back("tile");
+  args[std::find(args.begin(), args.end(), "divprune") - args.begin()] = "fastv";
+  expect_one_line_error(run(args), "fastv runs inside the LLM over the whole image span");
+  auto overlay = base;
+  overlay.push_back("--overlay");
+  overlay.push_back(temp_path("next.png").string());
+  expect_one_line_error(run(overlay), "--overlay is not supported for LLaVA-NeXT");
 }
