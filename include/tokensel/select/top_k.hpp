@@ -3,6 +3,10 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <type_traits>
 #include <cmath>
 #include <span>
 #include <string>
@@ -39,6 +43,26 @@ struct rank_low_first {
   }
 };
 
+/// One 64-bit key per (score, index) whose unsigned order is the Rank rule's (larger = ranks
+/// first): the score (negated for the bottom-k rule) mapped to an order-preserving unsigned,
+/// -0 folded onto +0 (they compare equal), above the complemented index (equal scores: the
+/// lower index ranks first). Scores are finite here.
+template <class Rank>
+inline std::uint64_t rank_key(float score, index_t i) noexcept {
+  constexpr bool high = std::is_same_v<Rank, rank_high_first>;
+  float s = high ? score : -score;
+  if (s == 0.0f) s = 0.0f;
+  std::uint32_t b;
+  std::memcpy(&b, &s, sizeof b);
+  b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+  return (static_cast<std::uint64_t>(b) << 32) | static_cast<std::uint32_t>(0xFFFFFFFFu - static_cast<std::uint32_t>(i));
+}
+
+template <class Rank>
+inline token_index key_index(std::uint64_t key) noexcept {
+  return static_cast<token_index>(0xFFFFFFFFu - static_cast<std::uint32_t>(key));
+}
+
 template <class T, class Rank>
 index_t select_k(const tensor_view<const T, 1>& scores, index_t k, std::span<token_index> out, index_order order,
                  std::string_view name) {
@@ -51,20 +75,23 @@ index_t select_k(const tensor_view<const T, 1>& scores, index_t k, std::span<tok
   }
   if (k == 0) return 0;
   scratch_scope scratch;
-  auto key = scratch.take<float>(static_cast<std::size_t>(n));
-  auto idx = scratch.take<token_index>(static_cast<std::size_t>(n));
-  for (index_t i = 0; i < n; ++i) {
-    key[i] = to_float(scores(i));
-    idx[i] = static_cast<token_index>(i);
-  }
-  const Rank rank{key.data()};
-  if (k < n) std::nth_element(idx.begin(), idx.begin() + (k - 1), idx.end(), rank);
+  auto key = scratch.take<std::uint64_t>(static_cast<std::size_t>(n));
+  for (index_t i = 0; i < n; ++i) key[i] = rank_key<Rank>(to_float(scores(i)), i);
+  // The k best are the k largest keys; keys are distinct (they hold the index), so the set and
+  // the ranked order are those of the Rank rule.
+  if (k < n) std::nth_element(key.begin(), key.begin() + (k - 1), key.end(), std::greater<>());
   if (order == index_order::ranked) {
-    std::sort(idx.begin(), idx.begin() + k, rank);
-  } else {
-    std::sort(idx.begin(), idx.begin() + k);
+    std::sort(key.begin(), key.begin() + k, std::greater<>());
+    for (index_t r = 0; r < k; ++r) out[r] = key_index<Rank>(key[r]);
+    return k;
   }
-  std::copy(idx.begin(), idx.begin() + k, out.begin());
+  // Ascending indices: mark the kept ones, then one pass over the positions (no sort).
+  auto kept = scratch.take_zeroed<unsigned char>(static_cast<std::size_t>(n));
+  for (index_t r = 0; r < k; ++r) kept[key_index<Rank>(key[r])] = 1;
+  index_t w = 0;
+  for (index_t i = 0; i < n; ++i) {
+    if (kept[i]) out[w++] = static_cast<token_index>(i);
+  }
   return k;
 }
 
