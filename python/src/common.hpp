@@ -224,6 +224,15 @@ inline attention_arg attention_of(nb::handle h, const std::string& name) {
   return a;
 }
 
+/// h as an ndarray, or tokensel.Error naming the argument (None, lists and other objects).
+inline array array_arg(nb::handle h, const std::string& name) {
+  array a;
+  if (!nb::try_cast(h, a)) {
+    fail(errc::invalid_argument, name, nb::cast<std::string>(nb::str(h.type())), "must be a NumPy array or a PyTorch tensor (any DLPack array)");
+  }
+  return a;
+}
+
 /// True for a list or tuple (a ragged batch).
 inline bool is_sequence(nb::handle h) { return nb::isinstance<nb::list>(h) || nb::isinstance<nb::tuple>(h); }
 
@@ -246,5 +255,8 @@ void bind_fastv(nb::module_& m);
 void bind_prumerge(nb::module_& m);
 void bind_visionzip(nb::module_& m);
 void bind_baselines(nb::module_& m);
+void bind_divprune(nb::module_& m);
+void bind_dart(nb::module_& m);
+void bind_vispruner(nb::module_& m);
 
 }  // namespace tsp

@@ -208,4 +208,7 @@ NB_MODULE(_core, m) {
   tsp::bind_prumerge(m);
   tsp::bind_visionzip(m);
   tsp::bind_baselines(m);
+  tsp::bind_divprune(m);
+  tsp::bind_dart(m);
+  tsp::bind_vispruner(m);
 }

@@ -22,12 +22,13 @@ from ._core import (  # noqa: F401
     threading_available,
     token_grid,
 )
-from ._core import baselines, fastv, fitprune, fopru, freepruner, prumerge, visionzip  # noqa: F401
+from ._core import baselines, dart, divprune, fastv, fitprune, fopru, freepruner, prumerge, visionzip, vispruner  # noqa: F401
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Error", "budget", "built_with_cuda", "gather", "head_reduction", "layer_span", "method_requirements",
     "model_shape", "qk_source", "row_reduction", "significance_axis", "stage", "threading_available",
-    "token_grid", "baselines", "fastv", "fitprune", "fopru", "freepruner", "prumerge", "visionzip",
+    "token_grid", "baselines", "dart", "divprune", "fastv", "fitprune", "fopru", "freepruner", "prumerge", "visionzip",
+    "vispruner",
 ]
