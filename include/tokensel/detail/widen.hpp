@@ -82,6 +82,34 @@ inline bool all_finite(const float* x, index_t n) noexcept {
   return bad == 0;
 }
 
+/// acc[j] += float(src[j]) for j in [0, n), src contiguous: fp16 widened 8 at a time in
+/// registers (F16C) where the target has it, bf16 by a shift, fp32 as is; the same adds as the
+/// element-wise loop, in the same order per element.
+template <element T>
+inline void accumulate(const T* src, index_t n, float* acc) noexcept {
+  using U = std::remove_cv_t<T>;
+  index_t j = 0;
+#if defined(__F16C__) && defined(__AVX__)
+  if constexpr (std::is_same_v<U, Eigen::half>) {
+    for (; j + 8 <= n; j += 8) {
+      const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + j)));
+      _mm256_storeu_ps(acc + j, _mm256_add_ps(_mm256_loadu_ps(acc + j), x));
+    }
+  }
+#endif
+  if constexpr (std::is_same_v<U, Eigen::bfloat16>) {
+    for (; j < n; ++j) {
+      std::uint16_t b;
+      std::memcpy(&b, src + j, sizeof b);
+      const std::uint32_t w = static_cast<std::uint32_t>(b) << 16;
+      float x;
+      std::memcpy(&x, &w, sizeof x);
+      acc[j] += x;
+    }
+  }
+  for (; j < n; ++j) acc[j] += to_float(src[j]);
+}
+
 /// Row i of a matrix view as contiguous fp32: the row itself when it already is (fp32, unit
 /// stride), else widened into buffer (at least extent(1) floats).
 template <class View>

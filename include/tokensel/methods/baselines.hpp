@@ -396,7 +396,12 @@ result apply(const Policy& policy, const matrix_view<const T>& features, const t
     auto buffer = scratch.take<float>(static_cast<std::size_t>(d));
     for (index_t r = r0; r < r1; ++r) {
       for (index_t q = c0; q < c1; ++q) {
-        const float* x = tokensel::detail::row_f32(features, grid.at(r, q), buffer.data());
+        const index_t t = grid.at(r, q);
+        if (features.inner_contiguous() && d > 0) {
+          tokensel::detail::accumulate(&features(t, 0), d, acc.data());  // widened in registers
+          continue;
+        }
+        const float* x = tokensel::detail::row_f32(features, t, buffer.data());
         for (index_t c = 0; c < d; ++c) acc[c] += x[c];
       }
     }

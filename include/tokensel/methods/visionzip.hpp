@@ -302,7 +302,12 @@ void write_rows(const Policy& policy, const matrix_view<const H>& hidden, std::s
     for (index_t p = 0; p < remaining; ++p) {
       if (owner[static_cast<std::size_t>(p)] != t) continue;
       ++assigned;
-      const float* x = tokensel::detail::row_f32(hidden, rest[static_cast<std::size_t>(p)], buffer.data());
+      const index_t token = rest[static_cast<std::size_t>(p)];
+      if (hidden.inner_contiguous() && d > 0) {
+        tokensel::detail::accumulate(&hidden(token, 0), d, acc.data());  // widened in registers
+        continue;
+      }
+      const float* x = tokensel::detail::row_f32(hidden, token, buffer.data());
       for (index_t c = 0; c < d; ++c) acc[c] += x[c];
     }
     const float count = static_cast<float>(assigned > 0 ? assigned : 1);
