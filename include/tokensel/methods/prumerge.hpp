@@ -32,6 +32,7 @@
 #include "tokensel/detail/validate.hpp"
 #include "tokensel/detail/widen.hpp"
 #include "tokensel/core/element.hpp"
+#include "tokensel/stats/head_reduction.hpp"
 #include "tokensel/stats/iqr_outliers.hpp"
 #include "tokensel/core/policy.hpp"
 #include "tokensel/core/tensor_view.hpp"
@@ -174,6 +175,31 @@ inline float softmax_scale(const config& cfg, index_t dim) {
   return static_cast<float>(cfg.scale > 0.0 ? cfg.scale : 1.0 / std::sqrt(static_cast<double>(dim)));
 }
 
+/// canonical_dot(q, float(k)) for a contiguous fp16 / bf16 row k, widened in registers (no fp32
+/// copy of the row): each lane still adds its products i = l mod 32 in ascending order, then the
+/// lane tree, so the bits are canonical_dot's.
+template <class T>
+float canonical_dot_widened(const float* q, const T* k, index_t n, float* buffer) noexcept {
+#if defined(__GNUC__)
+  if constexpr (tokensel::detail::register_blocked_heads<T>) {
+    constexpr int W = tokensel::detail::head_vector_width, L = tokensel::detail::canonical_lanes;
+    using vec = tokensel::detail::head_vector;
+    using unaligned = float __attribute__((vector_size(W * sizeof(float)), aligned(4), may_alias));
+    float lane[L];
+    const index_t full = n - n % L;
+    for (int g = 0; g < L; g += W) {
+      vec acc = vec{};
+      for (index_t i = g; i < full; i += L) acc += *reinterpret_cast<const unaligned*>(q + i) * tokensel::detail::load_f32(k + i);
+      std::memcpy(lane + g, &acc, sizeof acc);
+    }
+    for (int l = 0; full + l < n; ++l) lane[l] += q[full + l] * to_float(k[full + l]);
+    return tokensel::detail::combine_lanes_unrolled(lane);
+  }
+#endif
+  tokensel::detail::widen(k, n, buffer);
+  return canonical_dot(q, buffer, n);
+}
+
 /// x / max(|x|, 1e-12) of one row (torch's F.normalize), into unit.
 inline void unit_row(const float* x, index_t dim, float* unit) noexcept {
   const float norm = std::sqrt(canonical_dot(x, x, dim));
@@ -195,6 +221,12 @@ void cls_logits(const Policy& policy, const tensor_view<const T, 2>& queries, co
   tokensel::detail::parallel_for(policy, rows, tokensel::detail::bytes_of<T>(rows * dim), [&](index_t j) {
     tokensel::detail::scratch_scope local;
     auto buffer = local.take<float>(static_cast<std::size_t>(dim));
+    if constexpr (!std::is_same_v<std::remove_cv_t<T>, float>) {
+      if (unit == nullptr && keys.inner_contiguous() && dim > 0) {  // selection only: no fp32 row needed
+        e[j] = canonical_dot_widened(q.data(), &keys(j, 0), dim, buffer.data()) * scale;
+        return;
+      }
+    }
     const float* k = tokensel::detail::row_f32(keys, j, buffer.data());
     e[j] = canonical_dot(q.data(), k, dim) * scale;
     if (unit != nullptr && j > 0) unit_row(k, dim, unit + (j - 1) * dim);
