@@ -10,6 +10,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "tokensel/cuda/core/abi.cuh"
 #include "tokensel/core/config.hpp"
 #include "tokensel/core/element.hpp"
 
@@ -22,7 +23,7 @@ concept cuda_element = std::same_as<std::remove_cv_t<T>, float> || std::same_as<
                        std::same_as<std::remove_cv_t<T>, Eigen::half> ||
                        std::same_as<std::remove_cv_t<T>, Eigen::bfloat16>;
 
-namespace cuda_detail {
+TOKENSEL_CUDA_BEGIN_DETAIL
 
 /// The CUDA type a storage type is read as (kernels are instantiated for these three only).
 template <class T>
@@ -81,5 +82,5 @@ constexpr const char* cuda_element_name() noexcept {
   else return "bf16";
 }
 
-}  // namespace cuda_detail
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
 TOKENSEL_END_NAMESPACE

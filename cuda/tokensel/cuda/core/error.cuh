@@ -19,13 +19,14 @@
 
 #include <cuda_runtime_api.h>
 
+#include "tokensel/cuda/core/abi.cuh"
 #include "tokensel/core/config.hpp"
 #include "tokensel/cuda/core/policy.cuh"
 #include "tokensel/core/error.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 
-namespace cuda_detail {
+TOKENSEL_CUDA_BEGIN_DETAIL
 
 /// Throws tokensel::error for a failed CUDA runtime call.
 inline void check(cudaError_t e, std::string_view what) {
@@ -92,7 +93,7 @@ inline void reset_status(device_status* s, cudaStream_t stream) {
   check(cudaMemsetAsync(&s->problems, 0, sizeof(unsigned long long), stream), "cudaMemsetAsync(status)");
 }
 
-}  // namespace cuda_detail
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
 
 /// The first data-dependent problem of the last call that used a workspace.
 struct cuda_status {
@@ -106,7 +107,7 @@ struct cuda_status {
   std::string message;    ///< "tokensel: <parameter> (sample b): <problem>"
 };
 
-namespace cuda_detail {
+TOKENSEL_CUDA_BEGIN_DETAIL
 
 /// The sites of the feature-similarity methods (aux: which input, cuda_detail::feature_input, in
 /// the order the CPU reads them), or an unknown code: sets st's parameter, row and index; returns
@@ -215,7 +216,7 @@ inline cuda_status decode_status(unsigned long long key) {
   return st;
 }
 
-}  // namespace cuda_detail
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
 
 /// Reads the status word of policy.workspace: synchronises policy.stream (call it after the
 /// work, outside any graph capture).

@@ -9,8 +9,12 @@
 #include <cuda_runtime_api.h>
 
 #include "tokensel/core/config.hpp"
+#include "tokensel/cuda/core/abi.cuh"
 
 TOKENSEL_BEGIN_NAMESPACE
+// In the architecture-tagged namespace: every public CUDA overload takes this type, so their
+// mangled names carry the architectures too (see core/abi.cuh).
+inline namespace TOKENSEL_CUDA_ARCH_TAG {
 
 /// Selects the CUDA backend: the same call shape as the CPU policies (seq, par).
 struct cuda_policy {
@@ -19,4 +23,5 @@ struct cuda_policy {
   std::size_t workspace_bytes = 0;  ///< its size; must be >= workspace_size(...) of the call
 };
 
+}  // namespace TOKENSEL_CUDA_ARCH_TAG
 TOKENSEL_END_NAMESPACE

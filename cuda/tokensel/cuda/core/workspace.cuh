@@ -9,13 +9,14 @@
 #include <string>
 #include <string_view>
 
+#include "tokensel/cuda/core/abi.cuh"
 #include "tokensel/core/config.hpp"
 #include "tokensel/cuda/core/error.cuh"
 #include "tokensel/cuda/core/policy.cuh"
 #include "tokensel/core/error.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
-namespace cuda_detail {
+TOKENSEL_CUDA_BEGIN_DETAIL
 
 class workspace_plan {
  public:
@@ -69,5 +70,5 @@ class workspace_plan {
   device_status* status_ = nullptr;
 };
 
-}  // namespace cuda_detail
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
 TOKENSEL_END_NAMESPACE

@@ -8,13 +8,14 @@
 
 #include <cuda_runtime_api.h>
 
+#include "tokensel/cuda/core/abi.cuh"
 #include "tokensel/core/config.hpp"
 #include "tokensel/detail/arith.hpp"
 
 #define TOKENSEL_HD __host__ __device__ __forceinline__
 
 TOKENSEL_BEGIN_NAMESPACE
-namespace cuda_detail {
+TOKENSEL_CUDA_BEGIN_DETAIL
 
 using detail::beats_high;
 using detail::beats_low;
@@ -38,5 +39,5 @@ using detail::sequential_variance;
 using detail::std_max;
 using detail::upper_fence;
 
-}  // namespace cuda_detail
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
 TOKENSEL_END_NAMESPACE

@@ -5,13 +5,14 @@
 #include <span>
 #include <string>
 
+#include "tokensel/cuda/core/abi.cuh"
 #include "tokensel/core/batch.hpp"
 #include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/launch.cuh"
 #include "tokensel/core/tensor_view.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
-namespace cuda_detail {
+TOKENSEL_CUDA_BEGIN_DETAIL
 
 /// Either a [batch, heads, q, k] view (uniform: one table per launch) or a span of [heads, q, k]
 /// views (ragged). Host object; the views' pointers are device pointers.
@@ -73,5 +74,5 @@ auto score_tables(const tensor_view<const T, 2>& scores) {
   });
 }
 
-}  // namespace cuda_detail
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
 TOKENSEL_END_NAMESPACE

@@ -20,12 +20,13 @@
 
 #include <cuda_runtime_api.h>
 
+#include "tokensel/cuda/core/abi.cuh"
 #include "tokensel/core/config.hpp"
 #include "tokensel/core/error.hpp"
 #include "tokensel/core/tensor_view.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
-namespace cuda_detail {
+TOKENSEL_CUDA_BEGIN_DETAIL
 
 /// An extent or count as the kernels' int; throws errc::unsupported beyond INT_MAX (the CPU
 /// backend has no such limit, but no real attention map comes near it).
@@ -172,5 +173,5 @@ inline unsigned blocks_for(index_t items, int per_block) {
   return static_cast<unsigned>((items + per_block - 1) / per_block);
 }
 
-}  // namespace cuda_detail
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
 TOKENSEL_END_NAMESPACE

@@ -7,12 +7,13 @@
 
 #include <cuda_runtime_api.h>
 
+#include "tokensel/cuda/core/abi.cuh"
 #include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/detail/expf.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
-namespace cuda_detail {
+TOKENSEL_CUDA_BEGIN_DETAIL
 
 // Internal linkage: every translation unit has its own copy, as without -rdc anyway.
 static __constant__ std::uint64_t expf_table_device[32] = TOKENSEL_DETAIL_EXPF_TABLE;
@@ -32,5 +33,5 @@ TOKENSEL_HD float libm_expf_nonpositive(float x) {
   return detail::expf_nonpositive(x, expf_table_lookup{});
 }
 
-}  // namespace cuda_detail
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
 TOKENSEL_END_NAMESPACE

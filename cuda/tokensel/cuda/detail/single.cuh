@@ -12,6 +12,7 @@
 #include <string>
 #include <string_view>
 
+#include "tokensel/cuda/core/abi.cuh"
 #include "tokensel/core/batch.hpp"
 #include "tokensel/core/config.hpp"
 #include "tokensel/cuda/core/policy.cuh"
@@ -20,7 +21,7 @@
 #include "tokensel/core/tensor_view.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
-namespace cuda_detail {
+TOKENSEL_CUDA_BEGIN_DETAIL
 
 /// Where the count slot of a single-sample call starts, after `batch_bytes` of batch-of-1 layout.
 inline std::size_t single_count_offset(std::size_t batch_bytes) noexcept {
@@ -64,5 +65,5 @@ std::span<const T> one(const T& v) noexcept {
   return std::span<const T>(&v, 1);
 }
 
-}  // namespace cuda_detail
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
 TOKENSEL_END_NAMESPACE

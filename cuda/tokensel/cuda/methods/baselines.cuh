@@ -11,6 +11,7 @@
 
 #include <cub/block/block_scan.cuh>
 
+#include "tokensel/cuda/core/abi.cuh"
 #include "tokensel/methods/baselines.hpp"
 #include "tokensel/core/batch.hpp"
 #include "tokensel/core/config.hpp"
@@ -25,7 +26,7 @@
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace baselines {
-namespace cuda_detail {
+TOKENSEL_CUDA_BEGIN_DETAIL
 
 using namespace tokensel::cuda_detail;
 
@@ -206,7 +207,7 @@ __global__ void pool_results_kernel(pool::result* results, int batch, pool::resu
   if (b < batch) results[b] = r;
 }
 
-}  // namespace cuda_detail
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
 
 // ---- random -------------------------------------------------------------------------------------
 

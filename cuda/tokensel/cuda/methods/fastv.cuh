@@ -11,6 +11,7 @@
 #include <span>
 #include <string>
 
+#include "tokensel/cuda/core/abi.cuh"
 #include "tokensel/core/batch.hpp"
 #include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
@@ -29,7 +30,7 @@
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace fastv {
-namespace cuda_detail {
+TOKENSEL_CUDA_BEGIN_DETAIL
 
 using namespace tokensel::cuda_detail;
 
@@ -153,7 +154,7 @@ void run(const cuda_policy& policy, const batch_ref<T>& batch, std::span<const t
                  stream);
 }
 
-}  // namespace cuda_detail
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
 
 /// Workspace bytes of select(cuda_policy, batch, visual, cfg, ...).
 template <cuda_element T>
@@ -220,7 +221,7 @@ void select(const cuda_policy& policy, const head_attention_view<T>& attention, 
 // which start at offset 0 with the status word) and runs the method's device stages on it.
 
 namespace fastv {
-namespace cuda_detail {
+TOKENSEL_CUDA_BEGIN_DETAIL
 
 /// Rows of the reduced last rows: [batch, n_max]. desc(b, source) of the last row over visual.
 struct last_row {
@@ -301,7 +302,7 @@ void qk_run(const cuda_policy& policy, const tokensel::cuda_detail::qk_ref<T>& s
   fastv::select(policy, std::span<const head_attention_view<float>>(views), std::span<const token_range>(all), cfg, out, results);
 }
 
-}  // namespace cuda_detail
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
 
 /// Workspace bytes of select(cuda_policy, qk_batch, visual, cfg, ...).
 template <element T>

@@ -15,6 +15,7 @@
 #include <span>
 #include <string>
 
+#include "tokensel/cuda/core/abi.cuh"
 #include "tokensel/core/batch.hpp"
 #include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
@@ -33,7 +34,7 @@
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace fitprune {
-namespace cuda_detail {
+TOKENSEL_CUDA_BEGIN_DETAIL
 
 using namespace tokensel::cuda_detail;
 
@@ -218,7 +219,7 @@ inline void check_ragged_sizes(std::size_t batch, std::size_t visual, std::size_
   }
 }
 
-}  // namespace cuda_detail
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
 
 /// Workspace bytes of prune_layer(cuda_policy, batch, visual, drop, ...).
 template <cuda_element T>

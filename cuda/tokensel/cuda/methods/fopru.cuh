@@ -17,6 +17,7 @@
 
 #include <cub/block/block_scan.cuh>
 
+#include "tokensel/cuda/core/abi.cuh"
 #include "tokensel/core/batch.hpp"
 #include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
@@ -37,7 +38,7 @@
 TOKENSEL_BEGIN_NAMESPACE
 
 namespace fopru {
-namespace cuda_detail {
+TOKENSEL_CUDA_BEGIN_DETAIL
 
 using namespace tokensel::cuda_detail;
 
@@ -230,7 +231,7 @@ std::size_t workspace_bytes(const batch_ref<T>& batch, const config& cfg) {
   return plan.bytes();
 }
 
-}  // namespace cuda_detail
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
 
 /// Workspace bytes select(cuda_policy, batch, cfg, ...) needs (pure host arithmetic on shapes).
 template <cuda_element T>
@@ -282,7 +283,7 @@ void select(const cuda_policy& policy, const head_attention_view<T>& attention, 
 // which start at offset 0 with the status word) and runs the method's device stages on it.
 
 namespace fopru {
-namespace cuda_detail {
+TOKENSEL_CUDA_BEGIN_DETAIL
 
 /// The patch window of a FoPru source (CLS skipped unless cfg.skip_cls is false); the CPU's
 /// checks in its order (check_shape).
@@ -361,7 +362,7 @@ void qk_run(const cuda_policy& policy, const tokensel::cuda_detail::qk_ref<T>& s
   finish(tables, r.w, cfg, out, results, stream);
 }
 
-}  // namespace cuda_detail
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
 
 /// Workspace bytes of select(cuda_policy, qk sources, cfg, ...).
 template <element T>

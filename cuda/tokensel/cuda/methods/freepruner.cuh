@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "tokensel/cuda/core/abi.cuh"
 #include "tokensel/core/batch.hpp"
 #include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
@@ -53,7 +54,7 @@ struct device_batch_layer_stack {
   index_t offset = 0;
 };
 
-namespace cuda_detail {
+TOKENSEL_CUDA_BEGIN_DETAIL
 
 using namespace tokensel::cuda_detail;
 
@@ -574,7 +575,7 @@ device_batch_layer_stack<E> as_device(const batch_layer_stack<E>& s) {
   return {s.layers, s.offset};
 }
 
-}  // namespace cuda_detail
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
 
 /// Workspace bytes of select(cuda_policy, stack, cfg, ...) (pure host arithmetic on shapes).
 template <cuda_element T>
@@ -642,7 +643,7 @@ void select(const cuda_policy& policy, const device_layer_stack<T>& stack, const
 
 // ---- streaming ------------------------------------------------------------------------------
 
-namespace cuda_detail {
+TOKENSEL_CUDA_BEGIN_DETAIL
 
 /// The selector's workspace: the one-shot layout (its per-sample vectors carry the state across
 /// add_layer calls) plus the reduced complementary map, kept when that layer arrives before P is
@@ -698,7 +699,7 @@ inline selector_step plan_step(const config& cfg, index_t layer, index_t pivotal
   return s;
 }
 
-}  // namespace cuda_detail
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
 
 /// Workspace bytes of a cuda_selector(tokens, cfg, batch) (pure host arithmetic; same checks as
 /// the constructor).

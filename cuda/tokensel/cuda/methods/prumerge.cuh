@@ -29,6 +29,7 @@
 
 #include <cub/block/block_scan.cuh>
 
+#include "tokensel/cuda/core/abi.cuh"
 #include "tokensel/core/batch.hpp"
 #include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
@@ -46,7 +47,7 @@
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace prumerge {
-namespace cuda_detail {
+TOKENSEL_CUDA_BEGIN_DETAIL
 
 using namespace tokensel::cuda_detail;
 
@@ -696,7 +697,7 @@ inline cuda_status decode(unsigned long long key) {
   return st;
 }
 
-}  // namespace cuda_detail
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
 
 /// The first data-dependent problem of the last prumerge call on policy.workspace, with the CPU
 /// backend's parameter names (prumerge.features[t, c], prumerge.queries[0, c], prumerge.keys[t, c],

@@ -21,6 +21,7 @@
 
 #include <cub/block/block_scan.cuh>
 
+#include "tokensel/cuda/core/abi.cuh"
 #include "tokensel/core/batch.hpp"
 #include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
@@ -37,7 +38,7 @@
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace visionzip {
-namespace cuda_detail {
+TOKENSEL_CUDA_BEGIN_DETAIL
 
 using namespace tokensel::cuda_detail;
 
@@ -433,7 +434,7 @@ std::pair<index_t, index_t> ragged_extents(std::span<const head_attention_view<A
   return {n_max, dh_max};
 }
 
-}  // namespace cuda_detail
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
 
 /// Workspace bytes of select(cuda_policy, ...) for a 4-D batch (keys [batch, heads, N, d_head]).
 template <cuda_element A, cuda_element K>
@@ -545,7 +546,7 @@ void select(const cuda_policy& policy, const head_attention_view<A>& attention, 
 // which start at offset 0 with the status word) and runs the method's device stages on it.
 
 namespace visionzip {
-namespace cuda_detail {
+TOKENSEL_CUDA_BEGIN_DETAIL
 
 /// The method's own workspace bytes for [batch, 1, 1, n] rows (select(view) lays them out first).
 template <cuda_element K>
@@ -559,7 +560,7 @@ std::size_t method_bytes(index_t batch, index_t n, const tensor_view<const K, 4>
 /// The CLS row (row 0 of the row window) over every key of the column window.
 inline tokensel::cuda_detail::selected_rows cls_row(index_t n) { return {{0, n > 0 ? 1 : 0}, "visionzip"}; }
 
-}  // namespace cuda_detail
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
 
 /// Workspace bytes of select(cuda_policy, qk_batch, keys, ...).
 template <element Q, cuda_element K>

@@ -10,6 +10,7 @@
 #include <string>
 #include <type_traits>
 
+#include "tokensel/cuda/core/abi.cuh"
 #include "tokensel/core/batch.hpp"
 #include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/batch.cuh"
@@ -21,7 +22,7 @@
 #include "tokensel/select/gather.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
-namespace cuda_detail {
+TOKENSEL_CUDA_BEGIN_DETAIL
 
 struct rows3 {
   const void* data;
@@ -90,7 +91,7 @@ void move_rows(const cuda_policy& policy, const tensor_view<const S, 3>& src, co
   }
 }
 
-}  // namespace cuda_detail
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
 
 /// Workspace bytes of gather_rows / scatter_rows (cuda_policy): the status word.
 [[nodiscard]] inline std::size_t gather_workspace_size() {

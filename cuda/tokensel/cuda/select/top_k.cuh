@@ -9,6 +9,7 @@
 #include <span>
 #include <string>
 
+#include "tokensel/cuda/core/abi.cuh"
 #include "tokensel/core/batch.hpp"
 #include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
@@ -24,7 +25,7 @@
 #include "tokensel/select/top_k.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
-namespace cuda_detail {
+TOKENSEL_CUDA_BEGIN_DETAIL
 
 /// Ranks of typed, strided scores (High: top-k rule); rejects non-finite scores of a sample.
 template <class D, bool High>
@@ -135,7 +136,7 @@ __global__ void __launch_bounds__(convert_block) to_f32_kernel(const sample_tabl
   }
 }
 
-}  // namespace cuda_detail
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
 
 /// Workspace bytes of top_k / bottom_k (cuda_policy) over scores [batch, n].
 template <cuda_element T>

@@ -10,6 +10,7 @@
 
 #include <cub/block/block_scan.cuh>
 
+#include "tokensel/cuda/core/abi.cuh"
 #include "tokensel/core/batch.hpp"
 #include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
@@ -23,7 +24,7 @@
 #include "tokensel/stats/iqr_outliers.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
-namespace cuda_detail {
+TOKENSEL_CUDA_BEGIN_DETAIL
 
 struct iqr_args {
   float* values;
@@ -101,7 +102,7 @@ inline std::size_t iqr_bytes(index_t batch, index_t n) {
   return plan.bytes();
 }
 
-}  // namespace cuda_detail
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
 
 /// Workspace bytes of iqr_outliers(cuda_policy) over x [batch, n].
 template <cuda_element T>

@@ -9,6 +9,7 @@
 #include <span>
 #include <string>
 
+#include "tokensel/cuda/core/abi.cuh"
 #include "tokensel/core/config.hpp"
 #include "tokensel/stats/contribution_degree.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
@@ -26,7 +27,7 @@
 
 TOKENSEL_BEGIN_NAMESPACE
 
-namespace cuda_detail {
+TOKENSEL_CUDA_BEGIN_DETAIL
 
 /// A single sample as a one-entry ragged table.
 inline auto single_tables(const window_desc& w) {
@@ -82,7 +83,7 @@ struct degree_epilogue {
   }
 };
 
-}  // namespace cuda_detail
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
 
 // ---- reduce_heads ---------------------------------------------------------------------------
 

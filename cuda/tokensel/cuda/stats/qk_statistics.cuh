@@ -52,6 +52,7 @@
 #include <string>
 #include <vector>
 
+#include "tokensel/cuda/core/abi.cuh"
 #include "tokensel/core/batch.hpp"
 #include "tokensel/core/config.hpp"
 #include "tokensel/stats/contribution_degree.hpp"
@@ -101,7 +102,7 @@ struct qk_map_sums_out {
   matrix_view<float> diagonal{};
 };
 
-namespace cuda_detail {
+TOKENSEL_CUDA_BEGIN_DETAIL
 
 inline constexpr int qk_tile = 32;     ///< query rows and keys per tile
 inline constexpr int qk_threads = 256;  ///< 8 warps; warp w owns rows w, w + 8, w + 16, w + 24
@@ -647,7 +648,7 @@ void rows_batch(const cuda_policy& policy, workspace_plan& plan, const qk_ref<T>
 /// buffers (and its status word) from offset 0.
 inline void reserve_method(workspace_plan& plan, std::size_t bytes) { (void)plan.take<std::byte>(bytes); }
 
-}  // namespace cuda_detail
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
 
 // ---- map_sums -------------------------------------------------------------------------------
 
@@ -779,7 +780,7 @@ void contribution_degree(const cuda_policy& policy, const qk_source<T>& src, hea
   run_qk(ref, desc, e, o, f, policy.stream);
 }
 
-namespace cuda_detail {
+TOKENSEL_CUDA_BEGIN_DETAIL
 
 /// Region masses: rows [s0, L) of the window over the visual columns, chains split at n.
 struct region_rows {
@@ -794,7 +795,7 @@ struct region_rows {
 };
 
 
-}  // namespace cuda_detail
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
 
 /// Workspace bytes of region_mass(cuda_policy, source, visual, ...).
 template <element T>

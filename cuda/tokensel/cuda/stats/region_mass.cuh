@@ -8,6 +8,7 @@
 #include <span>
 #include <string>
 
+#include "tokensel/cuda/core/abi.cuh"
 #include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
@@ -20,7 +21,7 @@
 #include "tokensel/stats/region_mass.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
-namespace cuda_detail {
+TOKENSEL_CUDA_BEGIN_DETAIL
 
 struct region_epilogue {
   float* cross;
@@ -51,7 +52,7 @@ inline void region_layout(workspace_plan& plan, index_t rows, index_t n, int** s
   *totals = plan.take<float>(static_cast<std::size_t>(rows));
 }
 
-}  // namespace cuda_detail
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
 
 /// Workspace bytes of region_mass(cuda_policy, attention, visual, ...).
 template <cuda_element T>

@@ -15,14 +15,7 @@
 #include <cub/block/block_scan.cuh>
 
 #include "tokensel/core/config.hpp"
-// The architecture-tagged detail namespace (core/abi.cuh) where the tree has it, else plain
-// cuda_detail: these headers compile on either side of that change.
-#if __has_include("tokensel/cuda/core/abi.cuh")
 #include "tokensel/cuda/core/abi.cuh"
-#elif !defined(TOKENSEL_CUDA_BEGIN_DETAIL)
-#define TOKENSEL_CUDA_BEGIN_DETAIL namespace cuda_detail {
-#define TOKENSEL_CUDA_END_DETAIL }
-#endif
 #include "tokensel/cuda/core/element.cuh"
 #include "tokensel/cuda/core/error.cuh"
 #include "tokensel/cuda/detail/arith.cuh"

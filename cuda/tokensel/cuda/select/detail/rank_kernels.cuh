@@ -8,6 +8,7 @@
 
 #include <cub/block/block_scan.cuh>
 
+#include "tokensel/cuda/core/abi.cuh"
 #include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
@@ -16,7 +17,7 @@
 #include "tokensel/select/row_aggregation.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
-namespace cuda_detail {
+TOKENSEL_CUDA_BEGIN_DETAIL
 
 /// Top-k ranks of per-sample fp32 keys over d.cols elements (High: top-k rule; else bottom-k).
 template <bool High>
@@ -122,5 +123,5 @@ __global__ void __launch_bounds__(rows_block) grid_rows_kernel(const sample_tabl
   if (tid == 0) finish(base * C);
 }
 
-}  // namespace cuda_detail
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
 TOKENSEL_END_NAMESPACE

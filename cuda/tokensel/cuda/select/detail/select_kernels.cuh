@@ -14,13 +14,14 @@
 
 #include <cuda_runtime_api.h>
 
+#include "tokensel/cuda/core/abi.cuh"
 #include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
 #include "tokensel/cuda/core/error.cuh"
 
 TOKENSEL_BEGIN_NAMESPACE
-namespace cuda_detail {
+TOKENSEL_CUDA_BEGIN_DETAIL
 
 inline constexpr int rank_block = 128;
 inline constexpr int rank_tile = 1024;
@@ -127,5 +128,5 @@ void launch_compact(const Tables& tables, const Compactor& c, cudaStream_t strea
   });
 }
 
-}  // namespace cuda_detail
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
 TOKENSEL_END_NAMESPACE

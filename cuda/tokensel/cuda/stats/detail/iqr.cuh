@@ -13,11 +13,12 @@
 
 #include <climits>
 
+#include "tokensel/cuda/core/abi.cuh"
 #include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
 
 TOKENSEL_BEGIN_NAMESPACE
-namespace cuda_detail {
+TOKENSEL_CUDA_BEGIN_DETAIL
 
 inline constexpr int iqr_tile = 1024;
 
@@ -77,5 +78,5 @@ __device__ quartiles block_quartiles(const float* x, int n) {
   return q;
 }
 
-}  // namespace cuda_detail
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
 TOKENSEL_END_NAMESPACE

@@ -14,6 +14,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "tokensel/cuda/core/abi.cuh"
 #include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
@@ -22,7 +23,7 @@
 #include "tokensel/stats/head_reduction.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
-namespace cuda_detail {
+TOKENSEL_CUDA_BEGIN_DETAIL
 
 inline constexpr unsigned full_mask = 0xFFFFFFFFu;
 
@@ -220,5 +221,5 @@ void launch_column_sums(const Tables& tables, const cols_args& a, const Epilogue
   });
 }
 
-}  // namespace cuda_detail
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
 TOKENSEL_END_NAMESPACE

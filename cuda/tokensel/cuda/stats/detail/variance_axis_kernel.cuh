@@ -5,6 +5,7 @@
 // template parameter, so each caller stores its own result type.
 #pragma once
 
+#include "tokensel/cuda/core/abi.cuh"
 #include "tokensel/core/config.hpp"
 #include "tokensel/cuda/detail/arith.cuh"
 #include "tokensel/cuda/detail/launch.cuh"
@@ -12,7 +13,7 @@
 #include "tokensel/stats/variance_axis.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
-namespace cuda_detail {
+TOKENSEL_CUDA_BEGIN_DETAIL
 
 /// Column-sum epilogue that stores the plain sum.
 struct store_column_sum {
@@ -92,5 +93,5 @@ __global__ void __launch_bounds__(axis_block) variance_axis_kernel(const sample_
   if (tid == 0) a.out(b, rows_win, var[0], var[1], d.p2);
 }
 
-}  // namespace cuda_detail
+TOKENSEL_CUDA_END_DETAIL  // cuda_detail
 TOKENSEL_END_NAMESPACE
