@@ -71,11 +71,11 @@ TEST(Baselines, BadBudgets) {
   expect_error([] { (void)bl::uniform::keep_count(10, {.count = 11}); }, errc::invalid_argument, "uniform.count = 11");
   expect_error([] { (void)bl::random::keep_count(-3, {.count = 1}); }, errc::invalid_argument, "random.n = -3");
   std::vector<token_index> out(2);
-  expect_error([&] { bl::random::select(seq, 10, {.count = 3}, std::span(out)); }, errc::shape_mismatch,
+  expect_error([&] { (void)bl::random::select(seq, 10, {.count = 3}, std::span(out)); }, errc::shape_mismatch,
                "random.out.size() = 2");
-  expect_error([&] { bl::uniform::select(seq, 10, {.count = 3}, std::span(out)); }, errc::shape_mismatch,
+  expect_error([&] { (void)bl::uniform::select(seq, 10, {.count = 3}, std::span(out)); }, errc::shape_mismatch,
                "uniform.out.size() = 2");
-  expect_error([&] { bl::uniform::select(seq, token_grid{-1, 3}, {.count = 1}, std::span(out)); }, errc::invalid_argument,
+  expect_error([&] { (void)bl::uniform::select(seq, token_grid{-1, 3}, {.count = 1}, std::span(out)); }, errc::invalid_argument,
                "uniform.grid = -1x3");
 }
 
@@ -147,7 +147,7 @@ TEST(Baselines, UniformPinned1D) {
   EXPECT_EQ(bl::uniform::select(seq, 10, {.count = 3}, std::span(out)).rows_used, 1);
   EXPECT_EQ(out, (std::vector<token_index>{1, 5, 8}));
   std::vector<token_index> one(1);
-  bl::uniform::select(seq, 9, {.count = 1}, std::span(one));
+  (void)bl::uniform::select(seq, 9, {.count = 1}, std::span(one));
   EXPECT_EQ(one[0], 4);  // the centre
 }
 
@@ -218,14 +218,14 @@ TEST(Baselines, PoolPinned) {
 
   std::vector<float> g(32), o2(8);
   for (index_t i = 0; i < 16; ++i) g[i * 2] = static_cast<float>(i), g[i * 2 + 1] = static_cast<float>(-2 * i);
-  bl::pool::apply(par, matrix_view<const float>(g.data(), {16, 2}), {4, 4}, {}, matrix_view<float>(o2.data(), {4, 2}));
+  (void)bl::pool::apply(par, matrix_view<const float>(g.data(), {16, 2}), {4, 4}, {}, matrix_view<float>(o2.data(), {4, 2}));
   EXPECT_EQ(o2, (std::vector<float>{2.5f, -5, 4.5f, -9, 10.5f, -21, 12.5f, -25}));
 
   std::vector<float> h(10), o3(3), o4(2);
   for (index_t i = 0; i < 10; ++i) h[i] = static_cast<float>(i * i);
-  bl::pool::apply(seq, matrix_view<const float>(h.data(), {10, 1}), {2, 5}, {}, matrix_view<float>(o3.data(), {3, 1}));
+  (void)bl::pool::apply(seq, matrix_view<const float>(h.data(), {10, 1}), {2, 5}, {}, matrix_view<float>(o3.data(), {3, 1}));
   EXPECT_EQ(o3, (std::vector<float>{15.5f, 31.5f, 48.5f}));
-  bl::pool::apply(seq, matrix_view<const float>(h.data(), {10, 1}), {2, 5}, {.window = 3}, matrix_view<float>(o4.data(), {2, 1}));
+  (void)bl::pool::apply(seq, matrix_view<const float>(h.data(), {10, 1}), {2, 5}, {.window = 3}, matrix_view<float>(o4.data(), {2, 1}));
   EXPECT_FLOAT_EQ(o4[0], 19.1666667f);
   EXPECT_FLOAT_EQ(o4[1], 42.5f);
 }
@@ -238,12 +238,12 @@ TEST(Baselines, PoolCountsAndBadInputs) {
   expect_error([] { (void)bl::pool::keep_count({3, 3}, {.partial_windows = false}); }, errc::shape_mismatch, "pool.grid = 3x3");
   expect_error([] { (void)bl::pool::keep_count({4, 4}, {.window = 0}); }, errc::invalid_argument, "pool.window = 0");
   std::vector<float> f(9), out(4);
-  expect_error([&] { bl::pool::apply(seq, matrix_view<const float>(f.data(), {9, 1}), {2, 4}, {}, matrix_view<float>(out.data(), {4, 1})); },
+  expect_error([&] { (void)bl::pool::apply(seq, matrix_view<const float>(f.data(), {9, 1}), {2, 4}, {}, matrix_view<float>(out.data(), {4, 1})); },
                errc::shape_mismatch, "pool.grid = 2x4");
-  expect_error([&] { bl::pool::apply(seq, matrix_view<const float>(f.data(), {9, 1}), {3, 3}, {}, matrix_view<float>(out.data(), {3, 1})); },
+  expect_error([&] { (void)bl::pool::apply(seq, matrix_view<const float>(f.data(), {9, 1}), {3, 3}, {}, matrix_view<float>(out.data(), {3, 1})); },
                errc::shape_mismatch, "pool.out.extent(0) = 3");
   std::vector<float> wide(8);
-  expect_error([&] { bl::pool::apply(seq, matrix_view<const float>(f.data(), {9, 1}), {3, 3}, {}, matrix_view<float>(wide.data(), {4, 2})); },
+  expect_error([&] { (void)bl::pool::apply(seq, matrix_view<const float>(f.data(), {9, 1}), {3, 3}, {}, matrix_view<float>(wide.data(), {4, 2})); },
                errc::shape_mismatch, "pool.out.extent(1) = 2");
   // empty grid
   const auto r = bl::pool::apply(seq, matrix_view<const float>(nullptr, {0, 4}), {0, 0}, {}, matrix_view<float>(nullptr, {0, 4}));
@@ -259,10 +259,10 @@ TEST(Baselines, PoolStridedTypesAndPolicies) {
     for (index_t c = 0; c < d; ++c) ft[c * n + i] = f[i * d + c];
   }
   std::vector<float> a(144 * d), b(144 * d), c(144 * d);
-  bl::pool::apply(seq, matrix_view<const float>(f.data(), {n, d}), {24, 24}, {}, matrix_view<float>(a.data(), {144, d}));
-  bl::pool::apply(threaded_policy{.threads = 3}, matrix_view<const float>(f.data(), {n, d}), {24, 24}, {},
+  (void)bl::pool::apply(seq, matrix_view<const float>(f.data(), {n, d}), {24, 24}, {}, matrix_view<float>(a.data(), {144, d}));
+  (void)bl::pool::apply(threaded_policy{.threads = 3}, matrix_view<const float>(f.data(), {n, d}), {24, 24}, {},
                   matrix_view<float>(b.data(), {144, d}));
-  bl::pool::apply(seq, matrix_view<const float>(ft.data(), {n, d}, {1, n}), {24, 24}, {},
+  (void)bl::pool::apply(seq, matrix_view<const float>(ft.data(), {n, d}, {1, n}), {24, 24}, {},
                   matrix_view<float>(c.data(), {144, d}, {1, 144}));
   EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0);
   for (index_t o = 0; o < 144; ++o) {
@@ -275,7 +275,7 @@ TEST(Baselines, PoolStridedTypesAndPolicies) {
     EXPECT_EQ(a[o * d + k], s / 4.0f);
   }
   std::vector<Eigen::bfloat16> hb(144 * d);
-  bl::pool::apply(seq, matrix_view<const float>(f.data(), {n, d}), {24, 24}, {}, matrix_view<Eigen::bfloat16>(hb.data(), {144, d}));
+  (void)bl::pool::apply(seq, matrix_view<const float>(f.data(), {n, d}), {24, 24}, {}, matrix_view<Eigen::bfloat16>(hb.data(), {144, d}));
   for (std::size_t i = 0; i < a.size(); ++i) EXPECT_EQ(static_cast<float>(hb[i]), static_cast<float>(Eigen::bfloat16(a[i])));
 }
 
@@ -289,7 +289,7 @@ TEST(Baselines, PoolBatches) {
                   std::span(results));
   for (index_t b = 0; b < 3; ++b) {
     std::vector<float> one(4 * d);
-    bl::pool::apply(seq, matrix_view<const float>(f.data() + b * 16 * d, {16, d}), {4, 4}, {}, matrix_view<float>(one.data(), {4, d}));
+    (void)bl::pool::apply(seq, matrix_view<const float>(f.data() + b * 16 * d, {16, d}), {4, 4}, {}, matrix_view<float>(one.data(), {4, d}));
     EXPECT_EQ(std::vector<float>(out.begin() + b * 4 * d, out.begin() + (b + 1) * 4 * d), one);
     EXPECT_EQ(results[b].count, 4);
   }
@@ -302,7 +302,7 @@ TEST(Baselines, PoolBatches) {
                   std::span<const matrix_view<float>>(ov), std::span(results).first(2));
   EXPECT_EQ(std::vector<float>(o0.begin(), o0.end()), std::vector<float>(out.begin(), out.begin() + 8));
   std::vector<float> one(8);
-  bl::pool::apply(seq, fv[1], grids[1], {}, matrix_view<float>(one.data(), {4, d}));
+  (void)bl::pool::apply(seq, fv[1], grids[1], {}, matrix_view<float>(one.data(), {4, d}));
   EXPECT_EQ(o1, one);
   EXPECT_EQ(results[1].grid.rows, 2);
 }

@@ -97,9 +97,9 @@ TEST(Dart, NoTextTokens) {
   // The visual span ends the sequence: only the image pivots take tokens.
   const sample s;
   std::vector<token_index> a(8), b(8);
-  dart::select(seq, s.k(), s.x(), s.w(), token_range{begin, L - begin}, {.count = 8}, std::span(a));
+  (void)dart::select(seq, s.k(), s.x(), s.w(), token_range{begin, L - begin}, {.count = 8}, std::span(a));
   EXPECT_TRUE(std::is_sorted(a.begin(), a.end()));
-  expect_error([&] { dart::select(seq, s.k(), s.x(), s.w(), token_range{begin, L - begin}, {.count = 8, .image_pivots = 0, .text_pivots = 2}, std::span(b)); },
+  expect_error([&] { (void)dart::select(seq, s.k(), s.x(), s.w(), token_range{begin, L - begin}, {.count = 8, .image_pivots = 0, .text_pivots = 2}, std::span(b)); },
                errc::invalid_argument, "dart.image_pivots = 0");
 }
 
@@ -107,12 +107,12 @@ TEST(Dart, BadInputs) {
   sample s;
   std::vector<token_index> out(8);
   const dart::config cfg{.count = 8};
-  auto call = [&](const sample& t, token_range v, std::span<token_index> o) { dart::select(seq, t.k(), t.x(), t.w(), v, cfg, o); };
+  auto call = [&](const sample& t, token_range v, std::span<token_index> o) { (void)dart::select(seq, t.k(), t.x(), t.w(), v, cfg, o); };
   expect_error([&] { call(s, {25, 10}, out); }, errc::invalid_argument, "dart.visual");
   expect_error([&] { call(s, {begin, n}, std::span(out).first(7)); }, errc::shape_mismatch, "dart.out.size() = 7");
-  expect_error([&] { dart::select(seq, tensor_view<const float, 3>(s.keys.data(), {heads, L - 1, dh}), s.x(), s.w(), {begin, n}, cfg, std::span(out)); },
+  expect_error([&] { (void)dart::select(seq, tensor_view<const float, 3>(s.keys.data(), {heads, L - 1, dh}), s.x(), s.w(), {begin, n}, cfg, std::span(out)); },
                errc::shape_mismatch, "dart.keys.extent(1) = 29");
-  expect_error([&] { dart::select(seq, s.k(), s.x(), vector_view<const float>(s.weight.data(), {5}), {begin, n}, cfg, std::span(out)); },
+  expect_error([&] { (void)dart::select(seq, s.k(), s.x(), vector_view<const float>(s.weight.data(), {5}), {begin, n}, cfg, std::span(out)); },
                errc::shape_mismatch, "dart.norm_weight.extent(0) = 5");
   sample bad = s;
   bad.keys[(1 * L + 7) * dh + 2] = std::numeric_limits<float>::infinity();
@@ -135,12 +135,12 @@ TEST(Dart, SequentialEqualsThreadedAndHalfInputs) {
   const vector_view<const float> wv(w.data(), {d});
   const dart::config cfg{.count = 128};
   std::vector<token_index> a(128), b(128), c(128);
-  dart::select(seq, kv, xv, wv, {s0, nv}, cfg, std::span(a));
-  dart::select(threaded_policy{.threads = 3}, kv, xv, wv, {s0, nv}, cfg, std::span(b));
+  (void)dart::select(seq, kv, xv, wv, {s0, nv}, cfg, std::span(a));
+  (void)dart::select(threaded_policy{.threads = 3}, kv, xv, wv, {s0, nv}, cfg, std::span(b));
   EXPECT_EQ(a, b);
   std::vector<Eigen::half> kh16(keys.begin(), keys.end());
   std::vector<Eigen::bfloat16> xb16(hidden.begin(), hidden.end());
-  dart::select(par, tensor_view<const Eigen::half, 3>(kh16.data(), {kh, len, kd}), matrix_view<const Eigen::bfloat16>(xb16.data(), {len, d}),
+  (void)dart::select(par, tensor_view<const Eigen::half, 3>(kh16.data(), {kh, len, kd}), matrix_view<const Eigen::bfloat16>(xb16.data(), {len, d}),
                wv, {s0, nv}, cfg, std::span(c));
   EXPECT_TRUE(std::is_sorted(c.begin(), c.end()));
   EXPECT_LT(c.back(), nv);

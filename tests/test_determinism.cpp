@@ -247,7 +247,7 @@ TEST(Determinism, Baselines) {
     const auto u = baselines::uniform::select(policy, grid, baselines::uniform::config{.count = 50}, out);
     s.add(std::span<const token_index>(out).first(static_cast<std::size_t>(u.count)));
     std::vector<float> pooled(static_cast<std::size_t>(36 * d));
-    baselines::pool::apply(policy, features, grid, baselines::pool::config{}, matrix_view<float>(pooled.data(), {36, d}));
+    (void)baselines::pool::apply(policy, features, grid, baselines::pool::config{}, matrix_view<float>(pooled.data(), {36, d}));
     s.add(std::span<const float>(pooled));
     return s;
   });

@@ -87,7 +87,7 @@ TEST(DivPrune, TiesAndDegenerateRows) {
   // the orthogonal row's is 1 -> first pick 4; then all copies are at distance 1 -> lowest index 0.
   const std::vector<float> x = {1, 0, 1, 0, 1, 0, 1, 0, 0, 1};
   std::vector<token_index> out(2), order(2);
-  divprune::select(seq, matrix_view<const float>(x.data(), {5, 2}), {.count = 2}, std::span(out), std::span(order));
+  (void)divprune::select(seq, matrix_view<const float>(x.data(), {5, 2}), {.count = 2}, std::span(out), std::span(order));
   EXPECT_EQ(order, (std::vector<token_index>{4, 0}));
   EXPECT_EQ(out, (std::vector<token_index>{0, 4}));
   // A zero row has cosine 0 with everything (distance 1), never NaN.
@@ -98,7 +98,7 @@ TEST(DivPrune, TiesAndDegenerateRows) {
   EXPECT_EQ(r.min_distance, 1.0f);
   // One token.
   std::vector<token_index> o1(1);
-  divprune::select(seq, matrix_view<const float>(z.data(), {1, 2}), {.ratio = 1.0}, std::span(o1));
+  (void)divprune::select(seq, matrix_view<const float>(z.data(), {1, 2}), {.ratio = 1.0}, std::span(o1));
   EXPECT_EQ(o1[0], 0);
   // Empty sample.
   std::vector<token_index> none;
@@ -109,13 +109,13 @@ TEST(DivPrune, BadInputs) {
   auto x = inputs(8, 3, 1);
   std::vector<token_index> out(4);
   x[5 * 3 + 2] = std::numeric_limits<float>::quiet_NaN();
-  expect_error([&] { divprune::select(seq, matrix_view<const float>(x.data(), {8, 3}), {.count = 4}, std::span(out)); },
+  expect_error([&] { (void)divprune::select(seq, matrix_view<const float>(x.data(), {8, 3}), {.count = 4}, std::span(out)); },
                errc::non_finite, "divprune.features[5, 2]");
-  expect_error([&] { divprune::select(seq, matrix_view<const float>(x.data(), {8, 3}), {.count = 4}, std::span(out).first(3)); },
+  expect_error([&] { (void)divprune::select(seq, matrix_view<const float>(x.data(), {8, 3}), {.count = 4}, std::span(out).first(3)); },
                errc::shape_mismatch, "divprune.out.size() = 3");
-  expect_error([&] { divprune::select(seq, matrix_view<const float>(x.data(), {8, 0}), {.count = 4}, std::span(out)); },
+  expect_error([&] { (void)divprune::select(seq, matrix_view<const float>(x.data(), {8, 0}), {.count = 4}, std::span(out)); },
                errc::shape_mismatch, "divprune.features.extent(1) = 0");
-  expect_error([&] { divprune::select(seq, matrix_view<const float>(x.data(), {3, 3}), {.count = 4}, std::span(out)); },
+  expect_error([&] { (void)divprune::select(seq, matrix_view<const float>(x.data(), {3, 3}), {.count = 4}, std::span(out)); },
                errc::invalid_argument, "divprune.count = 4");
 }
 
@@ -131,7 +131,7 @@ TEST(DivPrune, SequentialEqualsThreadedStridedAndHalf) {
   std::vector<token_index> a(24), b(24), c(24);
   const auto ra = divprune::select(seq, matrix_view<const float>(x.data(), {n, d}), cfg, std::span(a));
   const auto rb = divprune::select(threaded_policy{.threads = 3}, matrix_view<const float>(x.data(), {n, d}), cfg, std::span(b));
-  divprune::select(par, matrix_view<const float>(xt.data(), {n, d}, {1, n}), cfg, std::span(c));
+  (void)divprune::select(par, matrix_view<const float>(xt.data(), {n, d}, {1, n}), cfg, std::span(c));
   EXPECT_EQ(a, b);
   EXPECT_EQ(a, c);
   EXPECT_EQ(std::memcmp(&ra.min_distance, &rb.min_distance, sizeof(float)), 0);
@@ -140,8 +140,8 @@ TEST(DivPrune, SequentialEqualsThreadedStridedAndHalf) {
   std::vector<Eigen::half> xh(x.begin(), x.end());
   std::vector<token_index> hb(24), hh(24), hh2(24);
   EXPECT_EQ(divprune::select(par, matrix_view<const Eigen::bfloat16>(xb.data(), {n, d}), cfg, std::span(hb)).count, 24);
-  divprune::select(par, matrix_view<const Eigen::half>(xh.data(), {n, d}), cfg, std::span(hh));
-  divprune::select(seq, matrix_view<const Eigen::half>(xh.data(), {n, d}), cfg, std::span(hh2));
+  (void)divprune::select(par, matrix_view<const Eigen::half>(xh.data(), {n, d}), cfg, std::span(hh));
+  (void)divprune::select(seq, matrix_view<const Eigen::half>(xh.data(), {n, d}), cfg, std::span(hh2));
   EXPECT_EQ(hh, hh2);
   EXPECT_TRUE(std::is_sorted(hb.begin(), hb.end()));
 }
@@ -164,7 +164,7 @@ TEST(DivPrune, BatchedMatchesSingle) {
                    selection_batch{tensor_view<token_index, 2>(ridx.data(), {3, 5}), std::span(rcounts)});
   for (index_t b = 0; b < 3; ++b) {
     std::vector<token_index> one(5);
-    divprune::select(seq, matrix_view<const float>(all.data() + b * n * d, {n, d}), {.count = 5}, std::span(one));
+    (void)divprune::select(seq, matrix_view<const float>(all.data() + b * n * d, {n, d}), {.count = 5}, std::span(one));
     EXPECT_EQ(std::vector<token_index>(idx.begin() + b * 5, idx.begin() + b * 5 + 5), one);
     EXPECT_EQ(counts[b], 5);
   }

@@ -109,7 +109,7 @@ TEST(FastV, ScoresAndPrecisionsAndStrides) {
     score[static_cast<std::size_t>(j)] = s / heads;
   }
   std::vector<token_index> out(288);
-  fastv::select_scores<float>(as_view(std::span<const float>(score)), {}, out);
+  (void)fastv::select_scores<float>(as_view(std::span<const float>(score)), {}, out);
   EXPECT_EQ(out, ref);
   // seq == par through the batch form; strided copy [L, heads, q]; fp16 near-identical.
   std::vector<float> t(a.size());
@@ -121,7 +121,7 @@ TEST(FastV, ScoresAndPrecisionsAndStrides) {
   std::vector<Eigen::bfloat16> b(a.size());
   for (std::size_t i = 0; i < a.size(); ++i) b[i] = Eigen::bfloat16(a[i]);
   std::vector<token_index> ob(288);
-  fastv::select(seq, head_attention_view<Eigen::bfloat16>(b.data(), {heads, q, L}), vis, {}, ob);
+  (void)fastv::select(seq, head_attention_view<Eigen::bfloat16>(b.data(), {heads, q, L}), vis, {}, ob);
   std::size_t same = 0;
   for (auto x : ob) same += std::binary_search(ref.begin(), ref.end(), x) ? 1 : 0;
   EXPECT_GE(same, 280u);  // bf16 rounding only reorders near-ties at the cut
@@ -167,13 +167,13 @@ TEST(FastV, RejectsBadInput) {
   expect_error([] { (void)fastv::keep_count(10, {.ratio = std::numeric_limits<double>::quiet_NaN()}); }, errc::invalid_argument, "fastv.ratio");
   expect_error([] { (void)fastv::keep_count(10, {.layer = 0}); }, errc::invalid_argument, "fastv.layer = 0");
   expect_error([] { (void)fastv::keep_count(-1, {}); }, errc::invalid_argument, "fastv.n = -1");
-  expect_error([&] { fastv::select(seq, view, {2, 3}, {}, small); }, errc::shape_mismatch, "fastv.out.size()");
-  expect_error([&] { fastv::select(seq, view, {5, 3}, {}, out); }, errc::invalid_argument, "fastv.visual");
-  expect_error([&] { fastv::select(seq, view.slice(1, 0, 0), {2, 3}, {}, out); }, errc::shape_mismatch, "fastv.attention.extent(1)");
+  expect_error([&] { (void)fastv::select(seq, view, {2, 3}, {}, small); }, errc::shape_mismatch, "fastv.out.size()");
+  expect_error([&] { (void)fastv::select(seq, view, {5, 3}, {}, out); }, errc::invalid_argument, "fastv.visual");
+  expect_error([&] { (void)fastv::select(seq, view.slice(1, 0, 0), {2, 3}, {}, out); }, errc::shape_mismatch, "fastv.attention.extent(1)");
   a[1 * 49 + 6 * 7 + 4] = std::numeric_limits<float>::infinity();
-  expect_error([&] { fastv::select(seq, view, {2, 3}, {}, out); }, errc::non_finite, "fastv.attention[6, 4]");
+  expect_error([&] { (void)fastv::select(seq, view, {2, 3}, {}, out); }, errc::non_finite, "fastv.attention[6, 4]");
   std::vector<float> s = {1.0f, std::numeric_limits<float>::quiet_NaN()};
-  expect_error([&] { fastv::select_scores<float>(as_view(std::span<const float>(s)), {}, out); }, errc::non_finite, "fastv.scores[1]");
+  expect_error([&] { (void)fastv::select_scores<float>(as_view(std::span<const float>(s)), {}, out); }, errc::non_finite, "fastv.scores[1]");
   // n = 0 is valid; other rows may hold anything.
   EXPECT_EQ(fastv::select(seq, view, {3, 0}, {}, std::span<token_index>()).count, 0);
 }

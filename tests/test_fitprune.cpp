@@ -371,13 +371,13 @@ TEST(FitPruneRuntime, RejectsBadInput) {
   auto a = tokensel_test::tiny_causal_map();
   head_attention_view<float> view(a.data(), {2, 7, 7});
   std::vector<token_index> kept(3), small(1);
-  expect_error([&] { fitprune::prune_layer(seq, view, {2, 3}, 4, kept); }, errc::invalid_argument, "fitprune.drop = 4");
-  expect_error([&] { fitprune::prune_layer(seq, view, {2, 3}, -1, kept); }, errc::invalid_argument, "fitprune.drop = -1");
-  expect_error([&] { fitprune::prune_layer(seq, view, {2, 3}, 1, small); }, errc::shape_mismatch, "fitprune.kept.size()");
-  expect_error([&] { fitprune::prune_layer(seq, view, {6, 3}, 1, kept); }, errc::invalid_argument, "fitprune.visual");
-  expect_error([&] { fitprune::prune_layer(seq, view.slice(2, 0, 6), {2, 3}, 1, kept); }, errc::shape_mismatch, "fitprune.attention");
+  expect_error([&] { (void)fitprune::prune_layer(seq, view, {2, 3}, 4, kept); }, errc::invalid_argument, "fitprune.drop = 4");
+  expect_error([&] { (void)fitprune::prune_layer(seq, view, {2, 3}, -1, kept); }, errc::invalid_argument, "fitprune.drop = -1");
+  expect_error([&] { (void)fitprune::prune_layer(seq, view, {2, 3}, 1, small); }, errc::shape_mismatch, "fitprune.kept.size()");
+  expect_error([&] { (void)fitprune::prune_layer(seq, view, {6, 3}, 1, kept); }, errc::invalid_argument, "fitprune.visual");
+  expect_error([&] { (void)fitprune::prune_layer(seq, view.slice(2, 0, 6), {2, 3}, 1, kept); }, errc::shape_mismatch, "fitprune.attention");
   a[0 * 49 + 5 * 7 + 4] = std::numeric_limits<float>::quiet_NaN();
-  expect_error([&] { fitprune::prune_layer(seq, view, {2, 3}, 1, kept); }, errc::non_finite, "region_mass.attention[5, 4]");
+  expect_error([&] { (void)fitprune::prune_layer(seq, view, {2, 3}, 1, kept); }, errc::non_finite, "region_mass.attention[5, 4]");
   // n = 0 is valid.
   EXPECT_EQ(fitprune::prune_layer(seq, view, {3, 0}, 0, std::span<token_index>()).count, 0);
 }
@@ -598,20 +598,20 @@ TEST(FitPruneCalibration, CustomSourceCallOrder) {
 
 TEST(FitPruneCalibration, RejectsBadRequests) {
   auto cal = sample_a();
-  expect_error([&] { cal.fit(0.0); }, errc::invalid_argument, "fitprune.reduction = 0");
-  expect_error([&] { cal.fit(1.0); }, errc::invalid_argument, "fitprune.reduction = 1");
-  expect_error([&] { cal.fit(std::numeric_limits<double>::quiet_NaN()); }, errc::invalid_argument, "fitprune.reduction");
-  expect_error([&] { cal.fit(0.3, {.tolerance = 0.0}); }, errc::invalid_argument, "fitprune.fit_options.tolerance = 0");
+  expect_error([&] { (void)cal.fit(0.0); }, errc::invalid_argument, "fitprune.reduction = 0");
+  expect_error([&] { (void)cal.fit(1.0); }, errc::invalid_argument, "fitprune.reduction = 1");
+  expect_error([&] { (void)cal.fit(std::numeric_limits<double>::quiet_NaN()); }, errc::invalid_argument, "fitprune.reduction");
+  expect_error([&] { (void)cal.fit(0.3, {.tolerance = 0.0}); }, errc::invalid_argument, "fitprune.fit_options.tolerance = 0");
   expect_error([&] { cal.fit_once(1.5, 0.3); }, errc::invalid_argument, "fitprune.alpha = 1.5");
   // Budget unreachable even at alpha = 1 (everything removed at layer 0 still costs 44/120).
-  expect_error([&] { cal.fit(0.7); }, errc::invalid_argument, "fitprune.reduction = 0.7");
+  expect_error([&] { (void)cal.fit(0.7); }, errc::invalid_argument, "fitprune.reduction = 0.7");
   // Missing layer, no samples, bad sample / layer ids, wrong sizes, non-finite statistics.
   fitprune::calibrator empty(kTinyGeometry);
-  expect_error([&] { empty.fit(0.3); }, errc::invalid_argument, "fitprune.samples");
+  expect_error([&] { (void)empty.fit(0.3); }, errc::invalid_argument, "fitprune.samples");
   const index_t id = empty.add_sample();
   const std::vector<float> flat(4, .25f), three(3, .25f);
   empty.add_layer(id, 0, {.cross = flat, .self = flat, .text_rows = 1, .cross_mass = 1.0, .self_mass = 1.0});
-  expect_error([&] { empty.fit(0.3); }, errc::invalid_argument, "sample 0 has no statistics for layer 1");
+  expect_error([&] { (void)empty.fit(0.3); }, errc::invalid_argument, "sample 0 has no statistics for layer 1");
   expect_error([&] { empty.add_layer(1, 0, {.cross = flat, .self = flat}); }, errc::invalid_argument, "fitprune.sample = 1");
   expect_error([&] { empty.add_layer(0, 2, {.cross = flat, .self = flat}); }, errc::invalid_argument, "fitprune.layer = 2");
   expect_error([&] { empty.add_layer(0, 1, {.cross = three, .self = flat}); }, errc::shape_mismatch, "fitprune.layer_statistics.cross.size()");

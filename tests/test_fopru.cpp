@@ -137,11 +137,11 @@ TEST(FoPru, RejectsBadInput) {
   std::vector<float> rect(2 * 5 * 4, 0.1f);
   head_attention_view<float> bad(rect.data(), {2, 5, 4});
   std::vector<token_index> out(4);
-  expect_error([&] { fopru::select(seq, bad, {}, out); }, errc::shape_mismatch, "fopru.attention = 5x4");
+  expect_error([&] { (void)fopru::select(seq, bad, {}, out); }, errc::shape_mismatch, "fopru.attention = 5x4");
   const auto ok = hand_map();
   head_attention_view<float> good(ok.data(), {2, 5, 5});
   std::vector<token_index> small(1);
-  expect_error([&] { fopru::select(seq, good, {.ratio = 0.5}, small); }, errc::shape_mismatch, "fopru.out.size() = 1");
+  expect_error([&] { (void)fopru::select(seq, good, {.ratio = 0.5}, small); }, errc::shape_mismatch, "fopru.out.size() = 1");
 }
 
 TEST(FoPru, EmptyInputs) {
@@ -195,7 +195,7 @@ TEST(FoPru, PropertiesOnRandomInputs) {
           for (index_t i = 1; i < k; ++i) EXPECT_LT(seq_idx[b * k + i - 1], seq_idx[b * k + i]);
           // Same sample alone, threaded (the batch-of-one path hands the policy to the sample).
           std::vector<token_index> one(k);
-          fopru::select(par, view[b], cfg, one);
+          (void)fopru::select(par, view[b], cfg, one);
           EXPECT_TRUE(std::equal(one.begin(), one.end(), seq_idx.begin() + b * k));
         }
       }
@@ -225,11 +225,11 @@ TEST(FoPru, StridesAndElementTypes) {
     const fopru::config cfg{.ratio = 0.4, .strategy = strat};
     const index_t k = fopru::keep_count(n - 1, cfg);
     std::vector<token_index> x(k), y(k), zh(k), zb(k);
-    fopru::select(seq, contiguous, cfg, x);
-    fopru::select(par, strided, cfg, y);
+    (void)fopru::select(seq, contiguous, cfg, x);
+    (void)fopru::select(par, strided, cfg, y);
     EXPECT_EQ(x, y);  // strides change the access pattern, not the arithmetic
-    fopru::select(seq, head_attention_view<Eigen::half>(ah.data(), {heads, n, n}), cfg, zh);
-    fopru::select(seq, head_attention_view<Eigen::bfloat16>(ab.data(), {heads, n, n}), cfg, zb);
+    (void)fopru::select(seq, head_attention_view<Eigen::half>(ah.data(), {heads, n, n}), cfg, zh);
+    (void)fopru::select(seq, head_attention_view<Eigen::bfloat16>(ab.data(), {heads, n, n}), cfg, zb);
     // Rounding can swap near-equal neighbours; the sets must still mostly agree.
     auto overlap = [&](const std::vector<token_index>& u) {
       index_t common = 0;
@@ -261,7 +261,7 @@ TEST(FoPru, RaggedBatchMatchesSingleCalls) {
   for (index_t b = 0; b < 3; ++b) {
     EXPECT_EQ(counts[b], fopru::keep_count(views[b].extent(1) - 1, cfg));
     std::vector<token_index> one(counts[b]);
-    fopru::select(seq, views[b], cfg, one);
+    (void)fopru::select(seq, views[b], cfg, one);
     EXPECT_TRUE(std::equal(one.begin(), one.end(), idx.begin() + b * capacity));
   }
 }

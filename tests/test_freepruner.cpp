@@ -552,9 +552,9 @@ TEST(FreePrunerBatch, LayerStackOffset) {
   EXPECT_EQ(run_one_shot(seq, fp::layer_stack<float>{tail, 1}, cfg), (idx_vec{0, 2, 3, 5, 6, 8}));
   EXPECT_EQ(run_one_shot(seq, ex.stack(), cfg), (idx_vec{0, 2, 3, 5, 6, 8}));
   idx_vec out(9);
-  expect_error([&] { fp::select(seq, fp::layer_stack<float>{tail, 1}, example_config(), out); }, errc::invalid_argument,
+  expect_error([&] { (void)fp::select(seq, fp::layer_stack<float>{tail, 1}, example_config(), out); }, errc::invalid_argument,
                "freepruner.layers = model layers [1, 3)");
-  expect_error([&] { fp::select(seq, fp::layer_stack<float>{tail, 0}, cfg, out); }, errc::invalid_argument,
+  expect_error([&] { (void)fp::select(seq, fp::layer_stack<float>{tail, 0}, cfg, out); }, errc::invalid_argument,
                "must cover layers [1, 3)");
 }
 
@@ -588,7 +588,7 @@ TEST(FreePrunerEdge, NoPatches) {
   EXPECT_EQ(sel.finish(out).count, 0);
   EXPECT_TRUE(sel.inspect().pivotal_per_layer.empty());
   // A fixed budget cannot be met by 0 patches.
-  expect_error([&] { fp::select(seq, fp::layer_stack<float>{v, 0}, fixed(example_config(), 1), out); },
+  expect_error([&] { (void)fp::select(seq, fp::layer_stack<float>{v, 0}, fixed(example_config(), 1), out); },
                errc::invalid_argument, "freepruner.budget = 1: exceeds the 0 patches");
 }
 
@@ -603,7 +603,7 @@ TEST(FreePrunerErrors, StreamingMisuse) {
   sel.add_layer(seq, 0, ex.views[0]);
   expect_error([&] { sel.add_layer(seq, 0, ex.views[0]); }, errc::invalid_argument, "freepruner.layer = 0: already added");
   idx_vec out(9);
-  expect_error([&] { sel.finish(out); }, errc::invalid_argument, "freepruner.layer = 1: was not added before finish");
+  expect_error([&] { (void)sel.finish(out); }, errc::invalid_argument, "freepruner.layer = 1: was not added before finish");
   expect_error([&] { (void)sel.inspect(); }, errc::invalid_argument, "freepruner.layer = 1");
   // Wrong token count for this selector.
   std::vector<float> small(kHeads * 5 * 5, 0.1f);
@@ -616,7 +616,7 @@ TEST(FreePrunerErrors, StreamingMisuse) {
   sel.add_layer(seq, 1, ex.views[1]);
   sel.add_layer(seq, 2, ex.views[2]);
   idx_vec tiny(3);
-  expect_error([&] { sel.finish(tiny); }, errc::shape_mismatch, "freepruner.out.size() = 3");
+  expect_error([&] { (void)sel.finish(tiny); }, errc::shape_mismatch, "freepruner.out.size() = 3");
   EXPECT_EQ(sel.finish(out).count, 8);
   expect_error([&] { (void)sel.inspect(1); }, errc::invalid_argument, "freepruner.selector.sample = 1");
   // Construction-time checks.
@@ -637,9 +637,9 @@ TEST(FreePrunerErrors, NonFiniteAttention) {
   // naming the layer and the column.
   ex.data[1][1 * kN * kN + 5 * kN + 3] = std::numeric_limits<float>::quiet_NaN();
   idx_vec out(9);
-  expect_error([&] { fp::select(seq, ex.stack(), example_config(), out); }, errc::non_finite,
+  expect_error([&] { (void)fp::select(seq, ex.stack(), example_config(), out); }, errc::non_finite,
                "freepruner.attention[layer 1]: contribution_degree.r[2]");
-  expect_error([&] { fp::select(par, ex.stack(), example_config(), out); }, errc::non_finite, "layer 1");
+  expect_error([&] { (void)fp::select(par, ex.stack(), example_config(), out); }, errc::non_finite, "layer 1");
   // The streaming selector refuses further use until reset().
   fp::selector sel(kN, example_config());
   sel.add_layer(seq, 0, ex.views[0]);
@@ -648,7 +648,7 @@ TEST(FreePrunerErrors, NonFiniteAttention) {
   sel.reset();
   ex.data[1][1 * kN * kN + 5 * kN + 3] = 0.1f;
   ex.data[1][1 * kN * kN + 5 * kN + 3] = std::numeric_limits<float>::infinity();
-  expect_error([&] { fp::select(seq, ex.stack(), example_config(), out); }, errc::non_finite, "layer 1");
+  expect_error([&] { (void)fp::select(seq, ex.stack(), example_config(), out); }, errc::non_finite, "layer 1");
 
   // A NaN in a row of the complementary layer when that layer is not pivotal: only the rows of P
   // are read, so it is caught when row p is tested.
@@ -656,7 +656,7 @@ TEST(FreePrunerErrors, NonFiniteAttention) {
   const fp::config cfg{.first_layer = 0, .last_layer = 1, .k_pivotal = 2, .complementary_layer = 2};
   // P = {3,7} u {0,5}; poison row 5 (patch), column 1 of layer 2, head 0.
   ex2.data[2][0 * kN * kN + 6 * kN + 2] = std::numeric_limits<float>::quiet_NaN();
-  expect_error([&] { fp::select(seq, ex2.stack(), cfg, out); }, errc::non_finite,
+  expect_error([&] { (void)fp::select(seq, ex2.stack(), cfg, out); }, errc::non_finite,
                "freepruner.attention[layer 2].row(5)[1]");
   fp::selector sel2(kN, cfg);
   sel2.add_layer(seq, 2, ex2.views[2]);  // stored: P is not complete yet
@@ -671,31 +671,31 @@ TEST(FreePrunerErrors, BadShapesAndCapacity) {
   std::vector<float> rect(kHeads * kN * (kN + 1), 0.1f);
   auto views = ex.views;
   views[1] = head_attention_view<float>(rect.data(), {kHeads, kN, kN + 1});
-  expect_error([&] { fp::select(seq, fp::layer_stack<float>{views, 0}, example_config(), out); }, errc::shape_mismatch,
+  expect_error([&] { (void)fp::select(seq, fp::layer_stack<float>{views, 0}, example_config(), out); }, errc::shape_mismatch,
                "freepruner.attention[layer 1] = 10x11: must be square");
   // A layer with a different token count.
   std::vector<float> other(kHeads * 5 * 5, 0.1f);
   views[1] = head_attention_view<float>(other.data(), {kHeads, 5, 5});
-  expect_error([&] { fp::select(seq, fp::layer_stack<float>{views, 0}, example_config(), out); }, errc::shape_mismatch,
+  expect_error([&] { (void)fp::select(seq, fp::layer_stack<float>{views, 0}, example_config(), out); }, errc::shape_mismatch,
                "freepruner.attention[layer 1] = 5x5");
   // No heads.
   views[1] = head_attention_view<float>(other.data(), {0, kN, kN});
-  expect_error([&] { fp::select(seq, fp::layer_stack<float>{views, 0}, example_config(), out); }, errc::shape_mismatch,
+  expect_error([&] { (void)fp::select(seq, fp::layer_stack<float>{views, 0}, example_config(), out); }, errc::shape_mismatch,
                "freepruner.attention[layer 1].extent(0) = 0");
   // Output too small for max_count (adaptive: n).
   idx_vec small(8);
-  expect_error([&] { fp::select(seq, ex.stack(), example_config(), small); }, errc::shape_mismatch,
+  expect_error([&] { (void)fp::select(seq, ex.stack(), example_config(), small); }, errc::shape_mismatch,
                "freepruner.out.size() = 8");
   // k_pivotal > n, B > n, first_layer > last_layer.
-  expect_error([&] { fp::select(seq, ex.stack(), example_config(10), out); }, errc::invalid_argument,
+  expect_error([&] { (void)fp::select(seq, ex.stack(), example_config(10), out); }, errc::invalid_argument,
                "freepruner.k_pivotal = 10");
   idx_vec big(20);
-  expect_error([&] { fp::select(seq, ex.stack(), fixed(example_config(), 10), big); }, errc::invalid_argument,
+  expect_error([&] { (void)fp::select(seq, ex.stack(), fixed(example_config(), 10), big); }, errc::invalid_argument,
                "freepruner.budget = 10");
-  expect_error([&] { fp::select(seq, ex.stack(), fp::config{.first_layer = 2, .last_layer = 1}, out); },
+  expect_error([&] { (void)fp::select(seq, ex.stack(), fp::config{.first_layer = 2, .last_layer = 1}, out); },
                errc::invalid_argument, "freepruner.last_layer = 1");
   // Too few layers for the default config (6..22).
-  expect_error([&] { fp::select(seq, ex.stack(), fp::config{}, out); }, errc::invalid_argument,
+  expect_error([&] { (void)fp::select(seq, ex.stack(), fp::config{}, out); }, errc::invalid_argument,
                "must cover layers [6, 23)");
   // Batched layers with different batch sizes.
   std::vector<float> b2(2 * kHeads * kN * kN, 0.1f), b3(3 * kHeads * kN * kN, 0.1f);

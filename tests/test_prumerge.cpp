@@ -419,7 +419,7 @@ TEST(PruMergeReference, PlainAndPlusMatchFloat64) {
     std::vector<float> fm(rows * in.df);
     pm::config fixed = cfg;
     fixed.mode = pm::mode::fixed;
-    pm::select(seq, cmat(in.q, 1, in.dim), cmat(in.keys, in.n + 1, in.dim), cmat(in.feats, in.n, in.df), fixed, fout,
+    (void)pm::select(seq, cmat(in.q, 1, in.dim), cmat(in.keys, in.n + 1, in.dim), cmat(in.feats, in.n, in.df), fixed, fout,
                mmat(fm, rows, in.df));
     for (index_t i = 0; i < r.count; ++i) {
       const auto pos = std::find(out.begin(), out.begin() + r.count, fout[i]) - out.begin();
@@ -669,9 +669,9 @@ TEST(PruMergeEdge, NoPatchesAndOnePatch) {
 TEST(PruMergeErrors, BadConfig) {
   std::vector<token_index> out(8);
   const auto a = scaled({2, 16, 2, 2, 4, 2, 32, 4}, 64);
-  expect_error([&] { pm::select_from_attention(seq, cvec(a), {.neighbours = -1}, out); }, errc::invalid_argument,
+  expect_error([&] { (void)pm::select_from_attention(seq, cvec(a), {.neighbours = -1}, out); }, errc::invalid_argument,
                "prumerge.neighbours = -1");
-  expect_error([&] { pm::select_from_attention(seq, cvec(a), {.iqr_multiplier = -0.5}, out); },
+  expect_error([&] { (void)pm::select_from_attention(seq, cvec(a), {.iqr_multiplier = -0.5}, out); },
                errc::invalid_argument, "prumerge.iqr_multiplier = -0.5");
   expect_error([&] { pm::validate({.iqr_multiplier = std::nan("")}); }, errc::invalid_argument, "prumerge.iqr_multiplier");
   expect_error([&] { pm::validate({.scale = -1.0}); }, errc::invalid_argument, "prumerge.scale = -1");
@@ -680,7 +680,7 @@ TEST(PruMergeErrors, BadConfig) {
   expect_error([&] { pm::max_count(-1, {}); }, errc::invalid_argument, "prumerge.n = -1");
   expect_error([&] { pm::grid_stride(576, 0); }, errc::invalid_argument, "prumerge.outliers = 0");
   std::vector<token_index> small(1);
-  expect_error([&] { pm::select_from_attention(seq, cvec(a), {}, small); }, errc::shape_mismatch, "prumerge.out.size() = 1");
+  expect_error([&] { (void)pm::select_from_attention(seq, cvec(a), {}, small); }, errc::shape_mismatch, "prumerge.out.size() = 1");
 }
 
 TEST(PruMergeErrors, BadShapes) {
@@ -688,20 +688,20 @@ TEST(PruMergeErrors, BadShapes) {
   std::vector<token_index> out(20);
   std::vector<float> m(21 * 3);
   const auto M = mmat(m, 21, 3);
-  expect_error([&] { pm::select(seq, cmat(in.q, 21, 3), in.K(), in.F(), {}, out, M); }, errc::shape_mismatch,
+  expect_error([&] { (void)pm::select(seq, cmat(in.q, 21, 3), in.K(), in.F(), {}, out, M); }, errc::shape_mismatch,
                "prumerge.queries.extent(1) = 3");
-  expect_error([&] { pm::select(seq, cmat(in.q, 5, 4), in.K(), in.F(), {}, out, M); }, errc::shape_mismatch,
+  expect_error([&] { (void)pm::select(seq, cmat(in.q, 5, 4), in.K(), in.F(), {}, out, M); }, errc::shape_mismatch,
                "prumerge.queries.extent(0) = 5");
-  expect_error([&] { pm::select(seq, in.Q(), in.K(), cmat(in.feats, 19, 3), {}, out, M); }, errc::shape_mismatch,
+  expect_error([&] { (void)pm::select(seq, in.Q(), in.K(), cmat(in.feats, 19, 3), {}, out, M); }, errc::shape_mismatch,
                "prumerge.features.extent(0) = 19");
-  expect_error([&] { pm::select(seq, in.Q(), in.K(), in.F(), {}, out, mmat(m, 10, 2)); }, errc::shape_mismatch,
+  expect_error([&] { (void)pm::select(seq, in.Q(), in.K(), in.F(), {}, out, mmat(m, 10, 2)); }, errc::shape_mismatch,
                "prumerge.merged.extent(1) = 2");
-  expect_error([&] { pm::select(seq, in.Q(), in.K(), in.F(), {}, out, mmat(m, 0, 3)); }, errc::shape_mismatch,
+  expect_error([&] { (void)pm::select(seq, in.Q(), in.K(), in.F(), {}, out, mmat(m, 0, 3)); }, errc::shape_mismatch,
                "prumerge.merged.extent(0) = 0");
-  expect_error([&] { pm::select(seq, in.Q(), matrix_view<const float>(nullptr, {0, 4}), {}, out); },
+  expect_error([&] { (void)pm::select(seq, in.Q(), matrix_view<const float>(nullptr, {0, 4}), {}, out); },
                errc::shape_mismatch, "prumerge.keys.extent(0) = 0");
   std::vector<float> a(20, 0.05f);
-  expect_error([&] { pm::select_from_attention(seq, cvec(a), cmat(in.keys, 19, 4), in.F(), {}, out, M); },
+  expect_error([&] { (void)pm::select_from_attention(seq, cvec(a), cmat(in.keys, 19, 4), in.F(), {}, out, M); },
                errc::shape_mismatch, "prumerge.patch_keys.extent(0) = 19");
   std::vector<float> ca(19);
   expect_error([&] { pm::cls_attention(seq, in.Q(), in.K(), 0.0, vector_view<float>(ca.data(), {19})); },
@@ -716,29 +716,29 @@ TEST(PruMergeErrors, NonFinite) {
   {
     random_inputs in(20, 4, 3, 2);
     in.keys[3 * 4 + 1] = nan;
-    expect_error([&] { pm::select(seq, in.Q(), in.K(), {}, out); }, errc::non_finite, "prumerge.keys[3, 1]");
+    expect_error([&] { (void)pm::select(seq, in.Q(), in.K(), {}, out); }, errc::non_finite, "prumerge.keys[3, 1]");
   }
   {
     random_inputs in(20, 4, 3, 2);
     in.q[2] = inf;
-    expect_error([&] { pm::select(seq, in.Q(), in.K(), {}, out); }, errc::non_finite, "prumerge.queries[0, 2]");
+    expect_error([&] { (void)pm::select(seq, in.Q(), in.K(), {}, out); }, errc::non_finite, "prumerge.queries[0, 2]");
     in.q[2] = 0.0f;
     in.q[4 * 5] = nan;  // a query row other than CLS is never read
-    EXPECT_NO_THROW(pm::select(seq, in.Q(), in.K(), {}, out));
+    EXPECT_NO_THROW((void)pm::select(seq, in.Q(), in.K(), {}, out));
   }
   {
     random_inputs in(20, 4, 3, 2);
     in.feats[7 * 3 + 2] = nan;
-    expect_error([&] { pm::select(seq, in.Q(), in.K(), in.F(), {}, out, mmat(m, 21, 3)); }, errc::non_finite,
+    expect_error([&] { (void)pm::select(seq, in.Q(), in.K(), in.F(), {}, out, mmat(m, 21, 3)); }, errc::non_finite,
                  "prumerge.features[7, 2]");
   }
   {
     random_inputs in(20, 4, 3, 2);
     for (auto& v : in.keys) v = 1e30f;  // Q K^T overflows fp32
     for (auto& v : in.q) v = 1e30f;
-    expect_error([&] { pm::select(seq, in.Q(), in.K(), {}, out); }, errc::non_finite, "prumerge.logits");
+    expect_error([&] { (void)pm::select(seq, in.Q(), in.K(), {}, out); }, errc::non_finite, "prumerge.logits");
   }
   std::vector<float> a(20, 0.05f);
   a[2] = nan;
-  expect_error([&] { pm::select_from_attention(seq, cvec(a), {}, out); }, errc::non_finite, "prumerge.attention[2]");
+  expect_error([&] { (void)pm::select_from_attention(seq, cvec(a), {}, out); }, errc::non_finite, "prumerge.attention[2]");
 }

@@ -137,11 +137,11 @@ void fastv_parity(index_t heads, index_t kv_heads, bool structured) {
     // Only the last query row (decode-style, bottom-right causal alignment: it sees every key).
     auto last_only = x.source();
     last_only.queries = tensor_view<const T, 3>(x.q.data() + (x.L - 1) * x.d, {heads, 1, x.d}, {x.L * x.d, x.d, 1});
-    fastv::select(seq, last_only, x.visual, cfg, c);
+    (void)fastv::select(seq, last_only, x.visual, cfg, c);
     EXPECT_EQ(a, c) << "seed " << seed;
     // A source whose key window starts 3 tokens before the span: the span is relative to it.
     const auto windowed = restrict_window(x.source(), token_range::all(x.L), {x.visual.begin - 3, x.L - x.visual.begin + 3});
-    fastv::select(seq, windowed, token_range{3, n}, cfg, w);
+    (void)fastv::select(seq, windowed, token_range{3, n}, cfg, w);
     EXPECT_EQ(a, w) << "seed " << seed;
   }
   EXPECT_GE(compared, 8);
@@ -164,7 +164,7 @@ TEST(QkLlmMethods, FastVBatchesFromQk) {
                 selection_batch{tensor_view<token_index, 2>(idx.data(), {2, 10}), counts});
   for (index_t b = 0; b < 2; ++b) {
     std::vector<token_index> one(fastv::keep_count(spans[b].count, cfg));
-    fastv::select(seq, sources[b], spans[b], cfg, one);
+    (void)fastv::select(seq, sources[b], spans[b], cfg, one);
     ASSERT_EQ(counts[b], static_cast<token_index>(one.size()));
     EXPECT_EQ(std::vector<token_index>(idx.begin() + b * 10, idx.begin() + b * 10 + counts[b]), one);
   }
@@ -228,12 +228,12 @@ TEST(QkLlmMethods, RegionMassEdgeCasesAndErrors) {
   for (float v : c) EXPECT_EQ(v, 0.0f);
   EXPECT_GT(r.self_mass, 0.0f);
   EXPECT_EQ(region_mass(seq, x.source(), token_range{3, 0}, head_reduction::max).self_mass, 0.0f);
-  EXPECT_THROW(region_mass(seq, x.source(), token_range{10, 20}, head_reduction::max), error);
+  EXPECT_THROW((void)region_mass(seq, x.source(), token_range{10, 20}, head_reduction::max), error);
   std::vector<float> small(3);
-  EXPECT_THROW(region_mass(seq, x.source(), x.visual, head_reduction::max, {small, {}}), error);
+  EXPECT_THROW((void)region_mass(seq, x.source(), x.visual, head_reduction::max, {small, {}}), error);
   auto rect = x.source();
   rect.col_window = {0, 10};
-  EXPECT_THROW(region_mass(seq, rect, token_range{0, 5}, head_reduction::max), error);
+  EXPECT_THROW((void)region_mass(seq, rect, token_range{0, 5}, head_reduction::max), error);
 }
 
 // ---- FitPrune -------------------------------------------------------------------------------
@@ -283,7 +283,7 @@ TEST(QkLlmMethods, FitPruneBatchesAndCalibrationFromQk) {
                         selection_batch{tensor_view<token_index, 2>(idx.data(), {2, 30}), counts});
   for (index_t b = 0; b < 2; ++b) {
     std::vector<token_index> one(30 - drops[b]);
-    fitprune::prune_layer(seq, sources[b], spans[b], drops[b], one);
+    (void)fitprune::prune_layer(seq, sources[b], spans[b], drops[b], one);
     ASSERT_EQ(counts[b], static_cast<token_index>(one.size()));
     EXPECT_EQ(std::vector<token_index>(idx.begin() + b * 30, idx.begin() + b * 30 + counts[b]), one);
   }

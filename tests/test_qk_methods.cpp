@@ -168,8 +168,8 @@ void fopru_parity(bool structured) {
     if (std::abs(v1 - v2) < min_margin * std::max(v1, v2) || topk_margin(v1 > v2 ? s1 : s2, k) < min_margin) continue;
     ++compared;
     std::vector<token_index> a(k), b(k);
-    fopru::select(seq, x.view(), cfg, a);
-    fopru::select(seq, x.source(), cfg, b);
+    (void)fopru::select(seq, x.view(), cfg, a);
+    (void)fopru::select(seq, x.source(), cfg, b);
     EXPECT_EQ(a, b) << "seed " << seed;
   }
   EXPECT_GE(compared, 8);
@@ -414,7 +414,7 @@ TEST(QkMethods, FreePrunerRejectsBadQkLayers) {
   bad[1].queries = tensor_view<const float, 3>(q.data(), {2, 17, 8});
   std::vector<token_index> out(16);
   try {
-    freepruner::select(seq, freepruner::layer_stack<qk_source<float>>{bad, 0}, cfg, out);
+    (void)freepruner::select(seq, freepruner::layer_stack<qk_source<float>>{bad, 0}, cfg, out);
     FAIL() << "expected non_finite";
   } catch (const error& e) {
     EXPECT_EQ(e.code(), errc::non_finite);
@@ -451,12 +451,12 @@ void visionzip_parity(bool structured) {
     const index_t k = visionzip::keep_count(n, cfg);
     std::vector<token_index> a(k), b(k), c(k);
     std::vector<float> fa(k * D), fb(k * D), fc(k * D);
-    visionzip::select(seq, x.view(), keys, hv, cfg, a, matrix_view<float>(fa.data(), {k, D}));
-    visionzip::select(par, x.source(), keys, hv, cfg, b, matrix_view<float>(fb.data(), {k, D}));
+    (void)visionzip::select(seq, x.view(), keys, hv, cfg, a, matrix_view<float>(fa.data(), {k, D}));
+    (void)visionzip::select(par, x.source(), keys, hv, cfg, b, matrix_view<float>(fb.data(), {k, D}));
     // Only the CLS query row, as an engine would compute it next to FlashAttention.
     auto cls_only = x.source();
     cls_only.queries = tensor_view<const T, 3>(x.q.data(), {heads, 1, d}, {n * d, d, 1});
-    visionzip::select(seq, cls_only, keys, hv, cfg, c, matrix_view<float>(fc.data(), {k, D}));
+    (void)visionzip::select(seq, cls_only, keys, hv, cfg, c, matrix_view<float>(fc.data(), {k, D}));
     EXPECT_EQ(a, b) << "seed " << seed;
     EXPECT_EQ(a, c) << "seed " << seed;
     EXPECT_EQ(fa, fb);  // same tokens, same keys, same hidden: same merged rows

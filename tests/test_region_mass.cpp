@@ -91,11 +91,11 @@ TEST(RegionMass, MeanAndSumReductions) {
   const auto a = tiny_map();
   head_attention_view<float> view(a.data(), {2, 7, 7});
   std::vector<float> cross(3), self(3);
-  region_mass(seq, view, {2, 3}, head_reduction::mean, {cross, self});
+  (void)region_mass(seq, view, {2, 3}, head_reduction::mean, {cross, self});
   EXPECT_EQ(cross, (std::vector<float>{(.1875f + .375f) / 2, (.75f + .1875f) / 2, (.1875f + .3125f) / 2}));
   // sum = 2 * mean exactly (dyadic values)
   std::vector<float> cross_sum(3);
-  region_mass(seq, view, {2, 3}, head_reduction::sum, {cross_sum, {}});
+  (void)region_mass(seq, view, {2, 3}, head_reduction::sum, {cross_sum, {}});
   for (int j = 0; j < 3; ++j) EXPECT_EQ(cross_sum[j], 2 * cross[j]);
   // self of the mean: visual rows 2..4, columns 2..4, each summed over heads, / 2 / 3.
   EXPECT_FLOAT_EQ(self[0], (1.0f + .5f) / 2 / 3);
@@ -192,21 +192,21 @@ TEST(RegionMass, RejectsBadInput) {
       EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
     }
   };
-  expect([&] { region_mass(seq, view, {5, 3}, head_reduction::max); }, errc::invalid_argument, "region_mass.visual");
-  expect([&] { region_mass(seq, view, {-1, 2}, head_reduction::max); }, errc::invalid_argument, "region_mass.visual");
-  expect([&] { region_mass(seq, view.slice(1, 0, 6), {2, 3}, head_reduction::max); }, errc::shape_mismatch, "region_mass.attention");
+  expect([&] { (void)region_mass(seq, view, {5, 3}, head_reduction::max); }, errc::invalid_argument, "region_mass.visual");
+  expect([&] { (void)region_mass(seq, view, {-1, 2}, head_reduction::max); }, errc::invalid_argument, "region_mass.visual");
+  expect([&] { (void)region_mass(seq, view.slice(1, 0, 6), {2, 3}, head_reduction::max); }, errc::shape_mismatch, "region_mass.attention");
   std::vector<float> small(2);
-  expect([&] { region_mass(seq, view, {2, 3}, head_reduction::max, {small, {}}); }, errc::shape_mismatch, "region_mass.out.cross");
-  expect([&] { region_mass(seq, view, {2, 3}, head_reduction::max, {{}, small}); }, errc::shape_mismatch, "region_mass.out.self");
+  expect([&] { (void)region_mass(seq, view, {2, 3}, head_reduction::max, {small, {}}); }, errc::shape_mismatch, "region_mass.out.cross");
+  expect([&] { (void)region_mass(seq, view, {2, 3}, head_reduction::max, {{}, small}); }, errc::shape_mismatch, "region_mass.out.self");
   a[1 * 49 + 6 * 7 + 3] = std::numeric_limits<float>::quiet_NaN();  // head 1, row 6, key 3
-  expect([&] { region_mass(seq, view, {2, 3}, head_reduction::max); }, errc::non_finite, "region_mass.attention[6, 3]");
-  expect([&] { region_mass(par, view, {2, 3}, head_reduction::mean); }, errc::non_finite, "region_mass.attention[6, 3]");
+  expect([&] { (void)region_mass(seq, view, {2, 3}, head_reduction::max); }, errc::non_finite, "region_mass.attention[6, 3]");
+  expect([&] { (void)region_mass(par, view, {2, 3}, head_reduction::mean); }, errc::non_finite, "region_mass.attention[6, 3]");
   a[1 * 49 + 6 * 7 + 3] = std::numeric_limits<float>::infinity();
-  expect([&] { region_mass(seq, view, {2, 3}, head_reduction::sum); }, errc::non_finite, "region_mass.attention[6, 3]");
+  expect([&] { (void)region_mass(seq, view, {2, 3}, head_reduction::sum); }, errc::non_finite, "region_mass.attention[6, 3]");
   // Values outside the rows and columns read are not inspected (row 1 lies before the span).
   a[1 * 49 + 6 * 7 + 3] = .0625f;
   a[1 * 7 + 0] = std::numeric_limits<float>::quiet_NaN();
-  EXPECT_NO_THROW(region_mass(seq, view, {2, 3}, head_reduction::max));
+  EXPECT_NO_THROW((void)region_mass(seq, view, {2, 3}, head_reduction::max));
 }
 
 TEST(SequenceKeep, ExpandsKeptVisualTokens) {

@@ -154,7 +154,7 @@ TEST(VisionZip, ClsRowOnlyAttention) {
   }
   std::vector<token_index> idx(5);
   std::vector<float> rows(15);
-  visionzip::select(seq, head_attention_view<float>(row.data(), {2, 1, 10}), t.keys_view(), t.hidden_view(),
+  (void)visionzip::select(seq, head_attention_view<float>(row.data(), {2, 1, 10}), t.keys_view(), t.hidden_view(),
                     {.dominant = 3, .contextual = 2}, std::span(idx), matrix_view<float>(rows.data(), {5, 3}));
   EXPECT_EQ(idx, (std::vector<token_index>{0, 3, 5, 1, 6}));
   EXPECT_EQ(rows, (std::vector<float>{0, 1, -1, 3, 7, -1, 5, 11, 1, 7, 16, 0, 12, 26, -0.5f}));
@@ -167,7 +167,7 @@ TEST(VisionZip, AllEqualScoresTieToLowerIndices) {
   for (index_t i = 0; i < n; ++i) x[i] = static_cast<float>(i);
   std::vector<token_index> idx(5);
   std::vector<float> rows(5);
-  visionzip::select(seq, head_attention_view<float>(a.data(), {1, n, n}), tensor_view<const float, 3>(k.data(), {1, n, 2}),
+  (void)visionzip::select(seq, head_attention_view<float>(a.data(), {1, n, n}), tensor_view<const float, 3>(k.data(), {1, n, 2}),
                     matrix_view<const float>(x.data(), {n, 1}), {.dominant = 3, .contextual = 2}, std::span(idx),
                     matrix_view<float>(rows.data(), {5, 1}));
   // remaining 3..7, step 5 / 2 = 2, targets 3 and 5; 4, 6, 7 -> target 3 (tie to the first).
@@ -186,7 +186,7 @@ TEST(VisionZip, ZeroKeyVectorHasZeroSimilarity) {
   for (index_t i = 0; i < n; ++i) x[i] = static_cast<float>(10 * i);
   std::vector<token_index> idx(4);
   std::vector<float> rows(4);
-  visionzip::select(seq, head_attention_view<float>(a.data(), {1, 1, n}), tensor_view<const float, 3>(k.data(), {1, n, 2}),
+  (void)visionzip::select(seq, head_attention_view<float>(a.data(), {1, 1, n}), tensor_view<const float, 3>(k.data(), {1, n, 2}),
                     matrix_view<const float>(x.data(), {n, 1}), {.dominant = 2, .contextual = 2}, std::span(idx),
                     matrix_view<float>(rows.data(), {4, 1}));
   EXPECT_EQ(idx, (std::vector<token_index>{0, 1, 2, 4}));
@@ -210,7 +210,7 @@ TEST(VisionZip, BadInputs) {
   const visionzip::config cfg{.dominant = 3, .contextual = 2};
   auto call = [&](const head_attention_view<float>& a, const tensor_view<const float, 3>& k,
                   const matrix_view<const float>& x, const visionzip::config& c, std::span<token_index> o,
-                  const matrix_view<float>& f) { visionzip::select(seq, a, k, x, c, o, f); };
+                  const matrix_view<float>& f) { (void)visionzip::select(seq, a, k, x, c, o, f); };
 
   // non-finite CLS attention / keys of a remaining token
   auto a = t.attention;
@@ -354,8 +354,8 @@ TEST(VisionZip, SequentialEqualsThreadedBitForBit) {
   const head_attention_view<float> a(s.attention.data(), {8, 257, 257});
   const tensor_view<const float, 3> k(s.keys.data(), {8, 257, 64});
   const matrix_view<const float> x(s.hidden.data(), {257, 96});
-  visionzip::select(seq, a, k, x, cfg, std::span(i1), matrix_view<float>(r1.data(), {39, 96}));
-  visionzip::select(threaded_policy{.threads = 3}, a, k, x, cfg, std::span(i2), matrix_view<float>(r2.data(), {39, 96}));
+  (void)visionzip::select(seq, a, k, x, cfg, std::span(i1), matrix_view<float>(r1.data(), {39, 96}));
+  (void)visionzip::select(threaded_policy{.threads = 3}, a, k, x, cfg, std::span(i2), matrix_view<float>(r2.data(), {39, 96}));
   EXPECT_EQ(i1, i2);
   EXPECT_EQ(std::memcmp(r1.data(), r2.data(), r1.size() * sizeof(float)), 0);
 }
@@ -378,10 +378,10 @@ TEST(VisionZip, StridedEqualsContiguous) {
   }
   std::vector<token_index> i1(11), i2(11);
   std::vector<float> r1(55), r2(55);
-  visionzip::select(seq, head_attention_view<float>(s.attention.data(), {3, n, n}),
+  (void)visionzip::select(seq, head_attention_view<float>(s.attention.data(), {3, n, n}),
                     tensor_view<const float, 3>(s.keys.data(), {3, n, 8}), matrix_view<const float>(s.hidden.data(), {n, 5}),
                     cfg, std::span(i1), matrix_view<float>(r1.data(), {11, 5}));
-  visionzip::select(seq, head_attention_view<float>(at.data(), {3, n, n}, {1, 3, 3 * n}),
+  (void)visionzip::select(seq, head_attention_view<float>(at.data(), {3, n, n}, {1, 3, 3 * n}),
                     tensor_view<const float, 3>(kt.data(), {3, n, 8}, {1, 3, 3 * n}),
                     matrix_view<const float>(xt.data(), {n, 5}, {1, n}), cfg, std::span(i2),
                     matrix_view<float>(r2.data(), {11, 5}, {1, 11}));
@@ -402,10 +402,10 @@ TEST(VisionZip, HalfPrecisionInputsSameSelection) {
   std::vector<token_index> i1(9), i2(9);
   std::vector<float> r1(36);
   std::vector<Eigen::half> r2(36);
-  visionzip::select(seq, head_attention_view<float>(s.attention.data(), {2, 50, 50}),
+  (void)visionzip::select(seq, head_attention_view<float>(s.attention.data(), {2, 50, 50}),
                     tensor_view<const float, 3>(s.keys.data(), {2, 50, 16}), matrix_view<const float>(s.hidden.data(), {50, 4}),
                     cfg, std::span(i1), matrix_view<float>(r1.data(), {9, 4}));
-  visionzip::select(par, head_attention_view<Eigen::half>(ah.data(), {2, 50, 50}),
+  (void)visionzip::select(par, head_attention_view<Eigen::half>(ah.data(), {2, 50, 50}),
                     tensor_view<const Eigen::half, 3>(kh.data(), {2, 50, 16}),
                     matrix_view<const Eigen::bfloat16>(xb.data(), {50, 4}), cfg, std::span(i2),
                     matrix_view<Eigen::half>(r2.data(), {9, 4}));
@@ -435,7 +435,7 @@ TEST(VisionZip, BatchedMatchesSingle) {
     std::vector<token_index> i1(8);
     std::vector<float> r1(32);
     const auto& s = ss[b];
-    visionzip::select(seq, head_attention_view<float>(s.attention.data(), {2, 20, 20}),
+    (void)visionzip::select(seq, head_attention_view<float>(s.attention.data(), {2, 20, 20}),
                       tensor_view<const float, 3>(s.keys.data(), {2, 20, 6}), matrix_view<const float>(s.hidden.data(), {20, 4}),
                       cfg, std::span(i1), matrix_view<float>(r1.data(), {8, 4}));
     EXPECT_EQ(counts[b], 8);
@@ -461,7 +461,7 @@ TEST(VisionZip, BatchedMatchesSingle) {
   EXPECT_EQ(std::vector<float>(feats.begin(), feats.begin() + 32), f0);
   std::vector<token_index> i1(8);
   std::vector<float> r1(32);
-  visionzip::select(seq, av[1], kv[1], xv[1], cfg, std::span(i1), matrix_view<float>(r1.data(), {8, 4}));
+  (void)visionzip::select(seq, av[1], kv[1], xv[1], cfg, std::span(i1), matrix_view<float>(r1.data(), {8, 4}));
   EXPECT_EQ(std::vector<token_index>(idx.begin() + 8, idx.begin() + 16), i1);
   EXPECT_EQ(f1, r1);
   EXPECT_EQ(results[2].count, 0);

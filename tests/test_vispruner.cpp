@@ -72,7 +72,7 @@ TEST(VisPruner, MatchesIndependentReference) {
     EXPECT_EQ(r.rounds, c.rounds);
     EXPECT_EQ(r.important + r.diverse, c.t);
     // The CLS query row alone ([heads, 1, N]) gives the same.
-    vispruner::select(par, head_attention_view<float>(s.cls_rows.data(), {heads, 1, N}), s.x(), cfg, std::span(row));
+    (void)vispruner::select(par, head_attention_view<float>(s.cls_rows.data(), {heads, 1, N}), s.x(), cfg, std::span(row));
     EXPECT_EQ(row, c.kept);
   }
 }
@@ -90,8 +90,8 @@ TEST(VisPruner, FromQueriesAndKeys) {
   materialize_attention(seq, src, tensor_view<float, 3>(map.data(), {h, n, n}));
   std::vector<token_index> a(12), b(12);
   const vispruner::config cfg{.count = 12};
-  vispruner::select(seq, head_attention_view<float>(map.data(), {h, n, n}), matrix_view<const float>(x.data(), {n - 1, 5}), cfg, std::span(a));
-  vispruner::select(seq, src, matrix_view<const float>(x.data(), {n - 1, 5}), cfg, std::span(b));
+  (void)vispruner::select(seq, head_attention_view<float>(map.data(), {h, n, n}), matrix_view<const float>(x.data(), {n - 1, 5}), cfg, std::span(a));
+  (void)vispruner::select(seq, src, matrix_view<const float>(x.data(), {n - 1, 5}), cfg, std::span(b));
   EXPECT_EQ(a, b);
 }
 
@@ -118,17 +118,17 @@ TEST(VisPruner, BadInputs) {
   std::vector<token_index> out(16);
   const vispruner::config cfg{.count = 16};
   s.attention[N * N + 7] = std::numeric_limits<float>::infinity();
-  expect_error([&] { vispruner::select(seq, s.a(), s.x(), cfg, std::span(out)); }, errc::non_finite, "vispruner.attention[:, 0, 7]");
+  expect_error([&] { (void)vispruner::select(seq, s.a(), s.x(), cfg, std::span(out)); }, errc::non_finite, "vispruner.attention[:, 0, 7]");
   sample t;
   t.features[30 * D + 1] = std::numeric_limits<float>::quiet_NaN();
   // Patch 30 is among the remaining ones for this budget: its features are read.
-  expect_error([&] { vispruner::select(seq, t.a(), t.x(), {.count = 4}, std::span(out)); }, errc::non_finite, "vispruner.features[30, 1]");
-  expect_error([&] { vispruner::select(seq, s.a(), matrix_view<const float>(s.features.data(), {N, D}), cfg, std::span(out)); },
+  expect_error([&] { (void)vispruner::select(seq, t.a(), t.x(), {.count = 4}, std::span(out)); }, errc::non_finite, "vispruner.features[30, 1]");
+  expect_error([&] { (void)vispruner::select(seq, s.a(), matrix_view<const float>(s.features.data(), {N, D}), cfg, std::span(out)); },
                errc::shape_mismatch, "vispruner.features.extent(0) = 49");
-  expect_error([&] { vispruner::select(seq, head_attention_view<float>(s.attention.data(), {heads, 3, N}), s.x(), cfg, std::span(out)); },
+  expect_error([&] { (void)vispruner::select(seq, head_attention_view<float>(s.attention.data(), {heads, 3, N}), s.x(), cfg, std::span(out)); },
                errc::shape_mismatch, "vispruner.attention.extent(1) = 3");
   const sample u;
-  expect_error([&] { vispruner::select(seq, u.a(), u.x(), cfg, std::span(out).first(15)); }, errc::shape_mismatch, "vispruner.out.size() = 15");
+  expect_error([&] { (void)vispruner::select(seq, u.a(), u.x(), cfg, std::span(out).first(15)); }, errc::shape_mismatch, "vispruner.out.size() = 15");
 }
 
 TEST(VisPruner, SequentialEqualsThreadedAndBatches) {
@@ -142,11 +142,11 @@ TEST(VisPruner, SequentialEqualsThreadedAndBatches) {
   const matrix_view<const float> xv(x.data(), {n - 1, d});
   const vispruner::config cfg{.count = 36};
   std::vector<token_index> s1(36), s2(36), s3(36);
-  vispruner::select(seq, a, xv, cfg, std::span(s1));
-  vispruner::select(threaded_policy{.threads = 3}, a, xv, cfg, std::span(s2));
+  (void)vispruner::select(seq, a, xv, cfg, std::span(s1));
+  (void)vispruner::select(threaded_policy{.threads = 3}, a, xv, cfg, std::span(s2));
   EXPECT_EQ(s1, s2);
   std::vector<Eigen::half> xh(x.begin(), x.end());
-  vispruner::select(par, a, matrix_view<const Eigen::half>(xh.data(), {n - 1, d}), cfg, std::span(s3));
+  (void)vispruner::select(par, a, matrix_view<const Eigen::half>(xh.data(), {n - 1, d}), cfg, std::span(s3));
   EXPECT_TRUE(std::is_sorted(s3.begin(), s3.end()));
   // Dense batch of two copies, and a ragged batch with an empty image.
   std::vector<float> a2(attn), x2(x);

@@ -358,7 +358,7 @@ TEST_F(Cli, VisionZipMatchesTheLibraryAndWritesRows) {
   const visionzip::config cfg{.dominant = 6, .contextual = 3};
   std::vector<token_index> out(9);
   host_tensor rows(dtype::f32, {9, 12});
-  visionzip::select(seq, attn.view<float, 3>(), keys.view<float, 3>(), hidden.view<float, 2>(), cfg, std::span(out),
+  (void)visionzip::select(seq, attn.view<float, 3>(), keys.view<float, 3>(), hidden.view<float, 2>(), cfg, std::span(out),
                     rows.view<float, 2>());
   const std::string f = path("vz.safetensors");
   const json j = expect_success("select --method visionzip --dominant 6 --contextual 3 --attn " + f + " --tensor attn --keys " + f +
@@ -534,13 +534,13 @@ TEST_F(Cli, FeatureMethodsMatchTheLibrary) {
 
 TEST_F(Cli, Baselines) {
   std::vector<token_index> expected(5);
-  baselines::random::select(seq, 576, baselines::random::config{.count = 5, .seed = 7}, std::span(expected));
+  (void)baselines::random::select(seq, 576, baselines::random::config{.count = 5, .seed = 7}, std::span(expected));
   const json r = expect_success("select --method random --n 576 --count 5 --seed 7");
   EXPECT_EQ(as_indices(r["kept"]), expected);
   // uniform on the 2x2 patch grid of the hand case, 2 tokens: spread rows 1 of 2 -> ... compare to the library.
   npy::write(path("hand_f32.npy"), hand_attention());
   std::vector<token_index> u(2);
-  baselines::uniform::select(seq, token_grid{2, 2}, baselines::uniform::config{.ratio = 0.5}, std::span(u));
+  (void)baselines::uniform::select(seq, token_grid{2, 2}, baselines::uniform::config{.ratio = 0.5}, std::span(u));
   const json uj = expect_success("select --method uniform --ratio 0.5 --attn " + path("hand_f32.npy"));
   EXPECT_EQ(as_indices(uj["kept"]), u);
   EXPECT_EQ(uj["config"]["grid"], "2x2");

@@ -257,7 +257,7 @@ TEST(Selection, FoPru) {
     ts::fopru::config cfg;
     cfg.ratio = keep == "16" ? 0.25 : std::stod(keep);
     std::vector<ts::token_index> want(static_cast<std::size_t>(ts::fopru::keep_count(64, cfg)));
-    ts::fopru::select(ts::seq, clip_attention(v, 2), cfg, want);
+    (void)ts::fopru::select(ts::seq, clip_attention(v, 2), cfg, want);
     EXPECT_EQ(c.r.kept, sorted(want)) << keep;
     EXPECT_EQ(c.r.kept_tokens, static_cast<std::int64_t>(want.size()));
     EXPECT_EQ(c.r.sequence_length, c.prefix + c.r.kept_tokens + c.text);
@@ -345,7 +345,7 @@ TEST(Selection, Baselines) {
     ts::baselines::random::config cfg;
     cfg.ratio = 0.5;
     std::vector<ts::token_index> want(32);
-    ts::baselines::random::select(ts::seq, 64, cfg, want);
+    (void)ts::baselines::random::select(ts::seq, 64, cfg, want);
     EXPECT_EQ(c.r.kept, sorted(want));
     EXPECT_EQ(c.r.sequence_length, c.prefix + 32 + c.text);
   }
@@ -354,7 +354,7 @@ TEST(Selection, Baselines) {
     ts::baselines::uniform::config cfg;
     cfg.count = 16;
     std::vector<ts::token_index> want(16);
-    ts::baselines::uniform::select(ts::seq, ts::token_grid{8, 8}, cfg, want);
+    (void)ts::baselines::uniform::select(ts::seq, ts::token_grid{8, 8}, cfg, want);
     EXPECT_EQ(c.r.kept, sorted(want));
     EXPECT_EQ(c.r.sequence_length, c.prefix + 16 + c.text);
   }
@@ -378,7 +378,7 @@ TEST(Selection, FastVInsideTheLlm) {
     cfg.ratio = 1.0 - std::stod(keep);
     std::vector<ts::token_index> want(static_cast<std::size_t>(ts::fastv::keep_count(64, cfg)));
     // K = 2 reads layer 1 over the unpruned sequence: exactly the golden map.
-    ts::fastv::select(ts::seq, ts::head_attention_view<float>(v.g["llm.attentions"].data() + 1 * H * S * S, {H, S, S}),
+    (void)ts::fastv::select(ts::seq, ts::head_attention_view<float>(v.g["llm.attentions"].data() + 1 * H * S * S, {H, S, S}),
                       ts::token_range{s0, 64}, cfg, want);
     EXPECT_EQ(c.r.kept, sorted(want)) << keep;
     EXPECT_EQ(c.r.sequence_length, S);  // the prefill starts with every token
@@ -404,7 +404,7 @@ TEST(Selection, FitPruneInsideTheLlm) {
   s.fitprune_recipe = recipe.string();
   const auto r = v.model->prefill(v.pixels, v.ids, s);
   std::vector<ts::token_index> want(40);
-  ts::fitprune::prune_layer(ts::seq, ts::head_attention_view<float>(v.g["llm.attentions"].data(), {H, S, S}),
+  (void)ts::fitprune::prune_layer(ts::seq, ts::head_attention_view<float>(v.g["llm.attentions"].data(), {H, S, S}),
                             ts::token_range{s0, 64}, 24, want);
   EXPECT_EQ(r.kept, sorted(want));
   EXPECT_EQ(r.final_length, S - 24);
@@ -502,7 +502,7 @@ TEST(Selection, FusedHeadMeansSelectLikeTheFullMaps) {
       ts::fopru::config cfg;
       cfg.ratio = std::stod(keep);
       std::vector<ts::token_index> want(static_cast<std::size_t>(ts::fopru::keep_count(64, cfg)));
-      ts::fopru::select(ts::seq, map(2), cfg, want);
+      (void)ts::fopru::select(ts::seq, map(2), cfg, want);
       EXPECT_EQ(run_method(v, "fopru", keep).r.kept, sorted(want)) << name << " fopru " << keep;
     }
     const std::vector<ts::head_attention_view<float>> layers = {map(0), map(1), map(2)};

@@ -18,7 +18,7 @@ TOKENSEL_BEGIN_NAMESPACE
 /// Caller-owned output of a batched selection: sample b writes counts[b] indices at
 /// indices(b, 0 .. counts[b]). Each row must be unit-stride and have room for the sample's count
 /// (the method's keep_count, or n for adaptive methods).
-struct selection_batch {
+struct [[nodiscard]] selection_batch {
   tensor_view<token_index, 2> indices;  ///< [batch, capacity]
   std::span<token_index> counts;        ///< [batch]
 };

@@ -26,6 +26,16 @@
   }                            \
   }
 
+// Unrolling hint for the CPU's register-blocked loops (GCC and Clang spell it `GCC unroll`).
+// nvcc's front end does not know that pragma and warns on every header that uses it, so CUDA
+// translation units drop the hint (it never changes results, only code layout).
+#define TOKENSEL_DETAIL_PRAGMA(x) _Pragma(#x)
+#if defined(__CUDACC__)
+#define TOKENSEL_UNROLL(n)
+#else
+#define TOKENSEL_UNROLL(n) TOKENSEL_DETAIL_PRAGMA(GCC unroll n)
+#endif
+
 TOKENSEL_BEGIN_NAMESPACE
 
 /// Signed extent / stride / position type of every view (signed so that strides may be negative

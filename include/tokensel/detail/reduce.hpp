@@ -100,26 +100,26 @@ inline void canonical_dot_tile(const float* const* a, int rows, const float* con
   // The pragmas unroll the tile fully so that the accumulators live in registers.
   for (int g = 0; g < L; g += W) {  // lanes g .. g + W - 1 of every dot
     vec acc[R][C];
-#pragma GCC unroll 8
+TOKENSEL_UNROLL(8)
     for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 8
+TOKENSEL_UNROLL(8)
       for (int c = 0; c < C; ++c) acc[r][c] = vec{};
     }
     for (index_t i = g; i < full; i += L) {
       vec va[R], vb[C];
-#pragma GCC unroll 8
+TOKENSEL_UNROLL(8)
       for (int r = 0; r < R; ++r) va[r] = *reinterpret_cast<const vec_unaligned*>(pa[r] + i);
-#pragma GCC unroll 8
+TOKENSEL_UNROLL(8)
       for (int c = 0; c < C; ++c) vb[c] = *reinterpret_cast<const vec_unaligned*>(pb[c] + i);
-#pragma GCC unroll 8
+TOKENSEL_UNROLL(8)
       for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 8
+TOKENSEL_UNROLL(8)
         for (int c = 0; c < C; ++c) acc[r][c] += va[r] * vb[c];
       }
     }
-#pragma GCC unroll 8
+TOKENSEL_UNROLL(8)
     for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 8
+TOKENSEL_UNROLL(8)
       for (int c = 0; c < C; ++c) std::memcpy(&lane[r][c][g], &acc[r][c], sizeof(vec));
     }
   }

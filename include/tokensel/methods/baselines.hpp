@@ -138,7 +138,7 @@ struct config {
   std::uint64_t seed = 0;
 };
 
-struct result {
+struct [[nodiscard]] result {
   index_t count = 0;
 };
 
@@ -225,7 +225,7 @@ struct config {
   std::optional<index_t> count{};  ///< or keep exactly count (<= n)
 };
 
-struct result {
+struct [[nodiscard]] result {
   index_t count = 0;
   index_t rows_used = 0;  ///< grid rows that received tokens
 };
@@ -313,7 +313,7 @@ struct config {
                                ///< windows over the tokens they hold (false: throw instead)
 };
 
-struct result {
+struct [[nodiscard]] result {
   index_t count = 0;  ///< output tokens = grid.rows * grid.cols
   token_grid grid;    ///< output grid: ceil(rows / w) x ceil(cols / w)
 };

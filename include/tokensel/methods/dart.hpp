@@ -57,7 +57,7 @@ struct config {
 inline constexpr double default_ratio = 0.222;
 
 /// Per-sample statistics.
-struct result {
+struct [[nodiscard]] result {
   index_t count = 0;         ///< visual tokens kept (image pivots included)
   index_t image_pivots = 0;  ///< of which image pivots
   index_t text_pivots = 0;   ///< text pivots used (at most the text tokens present)

@@ -48,7 +48,7 @@ struct config {
 inline constexpr double default_ratio = 0.098;
 
 /// Per-sample statistics.
-struct result {
+struct [[nodiscard]] result {
   index_t count = 0;          ///< tokens kept
   float min_distance = 0.0f;  ///< smallest cosine distance between two kept tokens (0 when count < 2)
 };

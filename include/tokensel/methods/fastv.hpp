@@ -42,7 +42,7 @@ struct config {
 };
 
 /// Per-sample statistics.
-struct result {
+struct [[nodiscard]] result {
   index_t count = 0;          ///< visual tokens kept
   float visual_mass = 0.0f;   ///< attention of the last query row on all visual tokens (head-reduced)
   float kept_mass = 0.0f;     ///< the part of it on the kept tokens

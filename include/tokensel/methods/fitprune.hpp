@@ -226,7 +226,7 @@ inline void validate(const config&) {}
 
 /// Per-sample statistics of one pruning layer. The masses are computed only when drop > 0 (a
 /// layer without drops never reads its attention, as in the official code).
-struct layer_result {
+struct [[nodiscard]] layer_result {
   index_t count = 0;         ///< visual tokens kept
   index_t dropped = 0;       ///< visual tokens dropped (the layer's drop count)
   float cross_mass = 0.0f;   ///< Wc of this layer over the present visual tokens
@@ -354,7 +354,7 @@ struct fit_pass {
   double flops_ratio = 1.0;    ///< mean estimated cost / original at the stop (or after all layers)
 };
 
-struct fit_result {
+struct [[nodiscard]] fit_result {
   fitprune::recipe recipe;
   double alpha = 0.0;           ///< alpha of the recipe
   double lower = 0.0;           ///< final bisection bracket [lower, upper]

@@ -49,7 +49,7 @@ struct config {
 };
 
 /// Per-sample statistics.
-struct result {
+struct [[nodiscard]] result {
   index_t count = 0;
   significance_axis axis = significance_axis::column_mean;
   double row_variance = 0.0;

@@ -75,7 +75,7 @@ struct config {
 };
 
 /// Per-sample statistics (allocation-free; see inspection for the sets themselves).
-struct result {
+struct [[nodiscard]] result {
   index_t count = 0;          ///< indices written
   index_t pivotal = 0;        ///< |P|
   index_t complementary = 0;  ///< |S \ P|: complementary tokens that were not already pivotal

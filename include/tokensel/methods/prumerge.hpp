@@ -60,7 +60,7 @@ struct config {
 };
 
 /// Per-sample statistics.
-struct result {
+struct [[nodiscard]] result {
   index_t count = 0;       ///< kept patch indices written (outliers + grid)
   index_t outliers = 0;    ///< Kc
   index_t grid = 0;        ///< PruMerge+ grid tokens added (not already among the top-Kc)
@@ -189,7 +189,11 @@ float canonical_dot_widened(const float* q, const T* k, index_t n, float* buffer
     const index_t full = n - n % L;
     for (int g = 0; g < L; g += W) {
       vec acc = vec{};
-      for (index_t i = g; i < full; i += L) acc += *reinterpret_cast<const unaligned*>(q + i) * tokensel::detail::load_f32(k + i);
+      for (index_t i = g; i < full; i += L) {
+        vec widened;
+        tokensel::detail::load_f32(k + i, widened);
+        acc += *reinterpret_cast<const unaligned*>(q + i) * widened;
+      }
       std::memcpy(lane + g, &acc, sizeof acc);
     }
     for (int l = 0; full + l < n; ++l) lane[l] += q[full + l] * to_float(k[full + l]);

@@ -49,7 +49,7 @@ struct config {
 };
 
 /// Per-sample statistics.
-struct result {
+struct [[nodiscard]] result {
   index_t count = 0;       ///< output rows = dominant + contextual (0 for an empty sample)
   index_t dominant = 0;    ///< of which dominant tokens (CLS included)
   index_t contextual = 0;  ///< of which contextual (merged) tokens

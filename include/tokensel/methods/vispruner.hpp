@@ -60,7 +60,7 @@ struct config {
 inline constexpr index_t default_count = 64;
 
 /// Per-sample statistics.
-struct result {
+struct [[nodiscard]] result {
   index_t count = 0;      ///< patches kept
   index_t important = 0;  ///< of which chosen by CLS attention
   index_t diverse = 0;    ///< of which left by duplicate removal

@@ -59,32 +59,30 @@ inline constexpr int head_vector_width = 8;
 #endif
 using head_vector = float __attribute__((vector_size(head_vector_width * sizeof(float))));
 
-/// head_vector_width values of a contiguous row as fp32 (exact widening).
+/// head_vector_width values of a contiguous row as fp32 (exact widening), into out: an out
+/// parameter, not a return value, because returning a 32-byte vector from a function compiled
+/// without AVX draws GCC's ABI note (-Wpsabi) in every consumer's portable build.
 template <element T>
-inline head_vector load_f32(const T* p) noexcept {
+inline void load_f32(const T* p, head_vector& out) noexcept {
   using U = std::remove_cv_t<T>;
   constexpr int W = head_vector_width;
   if constexpr (std::is_same_v<U, float>) {
     using unaligned = float __attribute__((vector_size(W * sizeof(float)), aligned(4), may_alias));
-    return *reinterpret_cast<const unaligned*>(p);
+    out = *reinterpret_cast<const unaligned*>(p);
   } else if constexpr (std::is_same_v<U, Eigen::bfloat16>) {
     using u16 = std::uint16_t __attribute__((vector_size(W * 2), aligned(2), may_alias));
     using u32 = std::uint32_t __attribute__((vector_size(W * 4)));
     const u32 w = __builtin_convertvector(*reinterpret_cast<const u16*>(p), u32) << 16;
-    head_vector v;
-    std::memcpy(&v, &w, sizeof v);
-    return v;
+    std::memcpy(&out, &w, sizeof out);
   } else {
 #if defined(__F16C__) && defined(__AVX__)
 #if defined(__AVX512F__)
-    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    out = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 #else
-    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    out = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 #endif
 #else
-    head_vector v;
-    for (int l = 0; l < W; ++l) v[l] = to_float(p[l]);
-    return v;
+    for (int l = 0; l < W; ++l) out[l] = to_float(p[l]);
 #endif
   }
 }
@@ -101,13 +99,14 @@ void reduce_heads_chunks(const head_attention_view<T>& attention, index_t i, hea
   for (index_t j0 = 0; j0 < full; j0 += V * W) {
     const T* a = &attention(0, i, j0);
     head_vector acc[V];
-#pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) acc[v] = load_f32(a + v * W);
+TOKENSEL_UNROLL(4)
+    for (int v = 0; v < V; ++v) load_f32(a + v * W, acc[v]);
     for (index_t h = 1; h < heads; ++h) {
       const T* ah = a + h * hstride;
-#pragma GCC unroll 4
+TOKENSEL_UNROLL(4)
       for (int v = 0; v < V; ++v) {
-        const head_vector x = load_f32(ah + v * W);
+        head_vector x;
+        load_f32(ah + v * W, x);
         if (op == head_reduction::max) {
           acc[v] = (x > acc[v] || x != x) ? x : acc[v];  // max_nan, lane by lane
         } else {
@@ -115,7 +114,7 @@ void reduce_heads_chunks(const head_attention_view<T>& attention, index_t i, hea
         }
       }
     }
-#pragma GCC unroll 4
+TOKENSEL_UNROLL(4)
     for (int v = 0; v < V; ++v) {
       if (op == head_reduction::mean) acc[v] = acc[v] / hf;
       std::memcpy(row + j0 + v * W, &acc[v], sizeof(head_vector));

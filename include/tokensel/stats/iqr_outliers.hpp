@@ -30,7 +30,7 @@ struct iqr_config {
 /// Quartiles, fences and the number of outliers of one vector. Both fences are always reported;
 /// the lower one contributes to count only when iqr_config::lower_fence is set.
 /// An empty vector gives an all-zero result (count 0).
-struct iqr_result {
+struct [[nodiscard]] iqr_result {
   index_t count = 0;
   double q1 = 0, q3 = 0, upper_fence = 0, lower_fence = 0;
 };

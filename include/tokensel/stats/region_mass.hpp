@@ -50,7 +50,7 @@ struct region_mass_out {
 };
 
 /// Scalar statistics of one sample and layer.
-struct region_mass_result {
+struct [[nodiscard]] region_mass_result {
   float cross_mass = 0.0f;  ///< Wc: mean over text rows of the mass on visual columns (0 when T = 0)
   float self_mass = 0.0f;   ///< Ws: mean over visual rows of the mass on visual columns (0 when n = 0)
   index_t text_rows = 0;    ///< T = L - s0 - n

@@ -30,7 +30,7 @@ inline const char* to_string(significance_axis axis) noexcept {
   return axis == significance_axis::row_mean ? "row_mean" : "column_mean";
 }
 
-struct variance_axis_result {
+struct [[nodiscard]] variance_axis_result {
   significance_axis axis = significance_axis::column_mean;
   double row_variance = 0.0;     ///< Var(s1)
   double column_variance = 0.0;  ///< Var(s2)

@@ -1,0 +1,20 @@
+# ctest tokensel_results_are_nodiscard: discarding a method's result (here fopru::select's) is a
+# compile error under -Werror=unused-result naming the nodiscard attribute, and casting it to void
+# compiles. Arguments: CXX (the compiler), SOURCE, INCLUDES (|-separated include directories).
+string(REPLACE "|" ";" _dirs "${INCLUDES}")
+set(_flags -std=c++20 -fsyntax-only -Werror=unused-result)
+foreach(d ${_dirs})
+  list(APPEND _flags -I${d})
+endforeach()
+execute_process(COMMAND ${CXX} ${_flags} ${SOURCE} RESULT_VARIABLE discard_rc ERROR_VARIABLE discard_err OUTPUT_QUIET)
+if(discard_rc EQUAL 0)
+  message(FATAL_ERROR "discarding fopru::select's result compiled: its result type lost [[nodiscard]]")
+endif()
+if(NOT discard_err MATCHES "nodiscard")
+  message(FATAL_ERROR "discarding fopru::select's result failed for another reason:\n${discard_err}")
+endif()
+execute_process(COMMAND ${CXX} ${_flags} -DTOKENSEL_TEST_CAST_TO_VOID ${SOURCE} RESULT_VARIABLE void_rc ERROR_VARIABLE void_err OUTPUT_QUIET)
+if(NOT void_rc EQUAL 0)
+  message(FATAL_ERROR "the (void) control does not compile:\n${void_err}")
+endif()
+message(STATUS "discarding a result is refused (nodiscard); (void) compiles")
