@@ -19,6 +19,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install-deps.sh
+# ccache (used by every build when installed) keys on paths relative to the checkout, so a fresh
+# clone anywhere, and the llamacpp stage's second build directory, reuse earlier compilations.
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$PWD} CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-1}
 stages=" ${TOKENSEL_STAGES:-main llamacpp bundle python conan fuzz sanitize} "
 jobs=${TOKENSEL_JOBS:-$(nproc)}
 export TOKENSEL_JOBS=$jobs
