@@ -22,7 +22,7 @@ using namespace tokensel;
 
 namespace {
 
-const std::filesystem::path kDataDir = std::filesystem::path(__FILE__).parent_path().parent_path() / "data" / "fitprune";
+const std::filesystem::path kDataDir = TOKENSEL_FITPRUNE_DATA_DIR;
 
 // The tiny causal map of test_region_mass.cpp (L = 7, span [2, 5), 2 heads).
 // Max over heads: cross = (.375, .625, .375), self = (1/3, .25, .125),
