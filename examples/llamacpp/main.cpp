@@ -35,6 +35,7 @@
 #include <tokensel/core/error.hpp>
 
 #include "capture.hpp"
+#include "common/cli_flags.hpp"
 #include "projector.hpp"
 #include "select.hpp"
 
@@ -43,9 +44,8 @@ namespace {
 using json = nlohmann::ordered_json;
 using clock_type = std::chrono::steady_clock;
 
-struct usage_error : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+using example_cli::parse_int;
+using example_cli::usage_error;
 
 constexpr const char* usage_text =
     "usage: tokensel-llamacpp --model TEXT.gguf --mmproj MMPROJ.gguf --image FILE --prompt TEXT [options]\n"
@@ -81,45 +81,12 @@ struct cli_options {
   std::uint64_t seed = 0;
 };
 
-long long parse_int(const std::string& flag, const std::string& v, long long lo, long long hi) {
-  std::size_t used = 0;
-  long long x = 0;
-  try {
-    x = std::stoll(v, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used != v.size() || v.empty()) throw usage_error("--" + flag + " " + v + ": not an integer");
-  if (x < lo || x > hi) throw usage_error("--" + flag + " " + v + ": must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
-  return x;
-}
-
 std::map<std::string, std::string> parse_flags(int argc, char** argv) {
   static const std::map<std::string, bool> flags = {  // name -> takes a value
       {"model", true}, {"mmproj", true}, {"image", true}, {"prompt", true}, {"template", true},
       {"method", true}, {"keep", true}, {"seed", true}, {"max-new-tokens", true}, {"threads", true},
       {"json", false}, {"from-qk", false}, {"mtmd-prefill", false}, {"help", false}};
-  std::map<std::string, std::string> seen;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "-h") a = "--help";
-    if (a.rfind("--", 0) != 0) throw usage_error("unexpected argument '" + a + "' (see --help)");
-    std::string name = a.substr(2), value;
-    const auto eq = name.find('=');
-    const bool inline_value = eq != std::string::npos;
-    if (inline_value) value = name.substr(eq + 1), name = name.substr(0, eq);
-    const auto it = flags.find(name);
-    if (it == flags.end()) throw usage_error("unknown option --" + name + " (see --help)");
-    if (it->second && !inline_value) {
-      if (i + 1 >= argc) throw usage_error("--" + name + " needs a value");
-      value = argv[++i];
-    } else if (!it->second && inline_value) {
-      throw usage_error("--" + name + " takes no value");
-    }
-    if (seen.count(name)) throw usage_error("--" + name + " given twice");
-    seen[name] = value;
-  }
-  return seen;
+  return example_cli::parse_flags(argc, argv, flags);
 }
 
 cli_options parse(int argc, char** argv) {

@@ -27,6 +27,7 @@
 
 #include "llava/image.hpp"
 #include "llava/pipeline.hpp"
+#include "common/cli_flags.hpp"
 #include "llava/tokenizer.hpp"
 #include "llava/weights.hpp"
 
@@ -36,9 +37,8 @@ namespace {
 
 using json = nlohmann::ordered_json;
 
-struct usage_error : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+using example_cli::parse_int;
+using example_cli::usage_error;
 
 constexpr const char* usage_text =
     "usage: llava --model DIR --image FILE --prompt TEXT [options]\n"
@@ -78,21 +78,6 @@ struct cli_options {
   std::optional<std::uint64_t> seed;
 };
 
-long long parse_int(const std::string& flag, const std::string& v, long long lo, long long hi) {
-  std::size_t used = 0;
-  long long x = 0;
-  try {
-    x = std::stoll(v, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used != v.size() || v.empty()) throw usage_error("--" + flag + " " + v + ": not an integer");
-  if (x < lo || x > hi) {
-    throw usage_error("--" + flag + " " + v + ": must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
-  }
-  return x;
-}
-
 cli_options parse(int argc, char** argv) {
   cli_options o;
   static const std::map<std::string, bool> flags = {  // name -> takes a value
@@ -100,29 +85,7 @@ cli_options parse(int argc, char** argv) {
       {"no-pad", false}, {"method", true},         {"keep", true},    {"fastv-layer", true},
       {"fitprune-recipe", true}, {"seed", true},   {"max-new-tokens", true}, {"threads", true},
       {"overlay", true}, {"json", false},          {"help", false}, {"from-qk", false}, {"anyres-scope", true}};
-  std::map<std::string, std::string> seen;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "-h") a = "--help";
-    if (a.rfind("--", 0) != 0) throw usage_error("unexpected argument '" + a + "' (see --help)");
-    std::string name = a.substr(2), value;
-    bool inline_value = false;
-    if (const auto eq = name.find('='); eq != std::string::npos) {
-      value = name.substr(eq + 1);
-      name = name.substr(0, eq);
-      inline_value = true;
-    }
-    const auto it = flags.find(name);
-    if (it == flags.end()) throw usage_error("unknown option --" + name + " (see --help)");
-    if (it->second && !inline_value) {
-      if (i + 1 >= argc) throw usage_error("--" + name + " needs a value");
-      value = argv[++i];
-    } else if (!it->second && inline_value) {
-      throw usage_error("--" + name + " takes no value");
-    }
-    if (seen.count(name)) throw usage_error("--" + name + " given twice");
-    seen[name] = value;
-  }
+  auto seen = example_cli::parse_flags(argc, argv, flags);
   if (seen.count("help")) {
     std::fputs(usage_text, stdout);
     std::exit(0);
