@@ -184,6 +184,15 @@ ts::fitprune::recipe load_fitprune_recipe(const std::string& path, const llava_c
   return r;
 }
 
+/// An LLM-stage method dropping tokens after layer K (FastV, DART) needs K below the layer count:
+/// dropping after the last layer would prune nothing.
+void check_drop_layer(const char* method, std::int64_t layer, const llava_config& cfg) {
+  if (layer >= cfg.text.layers) {
+    throw error(std::string("llava: ") + method + " layer K = " + std::to_string(layer) + " must be below the " +
+                std::to_string(cfg.text.layers) + " LLM layers");
+  }
+}
+
 /// The FitPrune recipe: from a JSON file, or synthetic from keep (see pipeline.hpp).
 ts::fitprune::recipe fitprune_recipe(const selection_options& s, const llava_config& cfg, std::int64_t n) {
   if (!s.fitprune_recipe.empty()) {
@@ -237,10 +246,7 @@ void configure(plan& p, const selection_options& s, const llava_config& cfg) {
       p.fastv.layer = s.fastv_layer;
       p.fastv = budgeted(s.keep, n, p.fastv);
       p.req = requirements(p.fastv, p.shape);
-      if (p.fastv.layer >= cfg.text.layers) {  // dropping after the last layer would prune nothing
-        throw error("llava: fastv layer K = " + std::to_string(p.fastv.layer) + " must be below the " +
-                    std::to_string(cfg.text.layers) + " LLM layers");
-      }
+      check_drop_layer("fastv", p.fastv.layer, cfg);
       return;
     case method::fitprune:
       p.fitprune = fitprune_recipe(s, cfg, n);
@@ -271,10 +277,7 @@ void configure(plan& p, const selection_options& s, const llava_config& cfg) {
       p.dart.layer = s.dart_layer;
       p.dart = budgeted(s.keep, n, p.dart);
       p.req = requirements(p.dart, p.shape);
-      if (p.dart.layer >= cfg.text.layers) {  // dropping after the last layer would prune nothing
-        throw error("llava: dart layer K = " + std::to_string(p.dart.layer) + " must be below the " +
-                    std::to_string(cfg.text.layers) + " LLM layers");
-      }
+      check_drop_layer("dart", p.dart.layer, cfg);
       return;
   }
 }
