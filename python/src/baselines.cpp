@@ -58,7 +58,7 @@ nb::object pool_apply(const array& features, std::optional<tokensel::token_grid>
       std::vector<float> rows(static_cast<std::size_t>(k * d));
       {
         nb::gil_scoped_release rel;
-        bl::pool::apply(pol, fv, grid, cfg, tokensel::matrix_view<float>(rows.data(), {k, d}, "pool.out"));
+        (void)bl::pool::apply(pol, fv, grid, cfg, tokensel::matrix_view<float>(rows.data(), {k, d}, "pool.out"));
       }
       return nb::cast(to_floats(std::move(rows), static_cast<std::size_t>(k), static_cast<std::size_t>(d)));
     }

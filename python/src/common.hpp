@@ -55,11 +55,16 @@ inline const char* dt_name(dt d) { return d == dt::f32 ? "f32" : d == dt::f16 ? 
 /// Whether this extension was built with the CUDA backend.
 bool built_with_cuda();
 
+/// True for CUDA (or CUDA managed) memory.
+inline bool is_cuda_device(int device_type) {
+  return device_type == nb::device::cuda::value || device_type == nb::device::cuda_managed::value;
+}
+
 /// The element type of a, after checking where it lives: host memory, or (allow_cuda: the callers
 /// that dispatch to the CUDA backend, cuda_dispatch.hpp) CUDA memory.
 inline dt dtype_of(const array& a, const std::string& name, bool allow_cuda = false) {
   const int dev = a.device_type();
-  const bool cuda = dev == nb::device::cuda::value || dev == nb::device::cuda_managed::value;
+  const bool cuda = is_cuda_device(dev);
   if (cuda && !built_with_cuda()) {
     fail(errc::unsupported, name, "a CUDA tensor",
          "this tokensel extension was built without CUDA (rebuild with -C cmake.define.TOKENSEL_PYTHON_WITH_CUDA=ON, "

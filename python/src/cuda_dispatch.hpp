@@ -18,8 +18,7 @@ namespace tsp {
 inline bool on_cuda(nb::handle h) {
   array a;
   if (!nb::try_cast(h, a)) return false;
-  const int dev = a.device_type();
-  return dev == nb::device::cuda::value || dev == nb::device::cuda_managed::value;
+  return is_cuda_device(a.device_type());
 }
 
 #if defined(TOKENSEL_PYTHON_CUDA)
