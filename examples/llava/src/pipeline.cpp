@@ -129,6 +129,24 @@ run_result llava_model::prefill(const float* pixels, std::span<const std::int32_
   }
 }
 
+run_result llava_model::calibrate_fitprune(const float* pixels, std::span<const std::int32_t> ids,
+                                           ts::fitprune::calibrator& cal, bool from_qk) const {
+  const auto& g = cal.geometry();
+  if (cfg_.anyres()) throw error("llava: fitprune calibration needs a LLaVA-1.5 model (an AnyRes image's token count varies)");
+  if (g.layers != cfg_.text.layers || g.visual_tokens != cfg_.image_tokens()) {
+    throw error("llava: fitprune calibration: the calibrator is for " + std::to_string(g.layers) + " layers and " +
+                std::to_string(g.visual_tokens) + " visual tokens; the model has " + std::to_string(cfg_.text.layers) +
+                " LLM layers and " + std::to_string(cfg_.image_tokens()) + " image tokens");
+  }
+  selection_options unpruned;
+  unpruned.from_qk = from_qk;
+  try {
+    return run_impl(pixels, ids, unpruned, 0, false, false, &cal);
+  } catch (const ts::error& e) {
+    throw error(std::string("llava: fitprune calibration: ") + e.what());
+  }
+}
+
 namespace {
 
 /// One selection, settled before anything runs: the method's config (the runtime's defaults, then
@@ -539,8 +557,14 @@ vision_rows select_encoder(const encoder_inputs& in, freepruner_stream& fp, int 
 class llm_selection {
  public:
   /// norm_weight: the LLM's final RMSNorm weight (DART's cosine; empty for the others).
-  llm_selection(const plan& p, std::int64_t s0, std::int64_t visual, int heads, std::vector<float> norm_weight)
+  /// calibration: instead of selecting, hand every layer's attention to this FitPrune calibrator.
+  llm_selection(const plan& p, std::int64_t s0, std::int64_t visual, int heads, std::vector<float> norm_weight,
+                ts::fitprune::calibrator* calibration = nullptr)
       : p_(p), s0_(s0), n_(visual), visual_now_(visual), heads_(heads), norm_(std::move(norm_weight)) {
+    if (calibration) {
+      calibrate(*calibration);
+      return;
+    }
     if (p.req.stage != ts::stage::llm) return;
     active_ = true;
     if (p.m == method::dart) {  // end of layer K - 1: its keys and the hidden states leaving it
@@ -567,6 +591,27 @@ class llm_selection {
   double ms() const noexcept { return ms_; }
 
  private:
+  /// One new calibrator sample; every layer's attention (its map or, with --from-qk, its Q/K) over
+  /// the unpruned visual span is added to it with FitPrune's head reduction; nothing is dropped.
+  void calibrate(ts::fitprune::calibrator& cal) {
+    active_ = true;
+    const ts::index_t sample = cal.add_sample();
+    auto add = [this, &cal, sample](int l, const auto& src) -> prefill_hook::keep_rows {
+      const auto t = clock_type::now();
+      cal.add_layer(ts::par, sample, l, src, ts::token_range{s0_, n_}, ts::fitprune::config{}.heads);
+      ms_ += ms_since(t);
+      return std::nullopt;
+    };
+    hook_.wants_attention = [](int) { return true; };
+    if (p_.qk) {
+      hook_.after_qk = [add](int l, const ts::qk_source<float>& src) { return add(l, src); };
+    } else {
+      hook_.after_attention = [this, add](int l, const float* probs, std::int64_t len) {
+        return add(l, ts::head_attention_view<float>(probs, {heads_, len, len}));
+      };
+    }
+  }
+
   /// Visual tokens the method drops after layer l (FastV: all but its keep count at layer K - 1).
   std::int64_t drop_at(int l) const {
     if (p_.m == method::fastv) return 1;  // wants its one layer; the count is its keep_count
@@ -703,7 +748,8 @@ void record_kept(const plan& p, std::span<const std::int32_t> final_rows, std::i
 /// Everything after the LLM input is built: the prefill with the plan's hook, the kept bookkeeping,
 /// the decoding (times into res).
 void run_llm(const llama_model& llama, const plan& p, const std::vector<float>& seq, std::int64_t s0, std::int64_t k_rows,
-             std::vector<ts::token_index> kept, int max_new, bool decode, bool record, run_result& res) {
+             std::vector<ts::token_index> kept, int max_new, bool decode, bool record, run_result& res,
+             ts::fitprune::calibrator* calibration = nullptr) {
   const auto& tc = llama.config();
   const std::int64_t L = static_cast<std::int64_t>(seq.size()) / tc.hidden;
   std::vector<std::int32_t> positions(static_cast<std::size_t>(L));
@@ -712,7 +758,8 @@ void run_llm(const llama_model& llama, const plan& p, const std::vector<float>& 
   res.visual_begin = s0;
   if (record) res.image_features.assign(seq.begin() + s0 * tc.hidden, seq.begin() + (s0 + k_rows) * tc.hidden);
 
-  llm_selection llm(p, s0, k_rows, tc.heads, p.m == method::dart ? llama.final_norm_weight() : std::vector<float>{});
+  llm_selection llm(p, s0, k_rows, tc.heads, p.m == method::dart ? llama.final_norm_weight() : std::vector<float>{},
+                    calibration);
   auto cache = llama.make_cache(L + std::max(0, max_new));
   const double cpu0 = cpu_ms();
   auto t0 = clock_type::now();
@@ -736,7 +783,7 @@ void run_llm(const llama_model& llama, const plan& p, const std::vector<float>& 
 }  // namespace
 
 run_result llava_model::run_impl(const float* pixels, std::span<const std::int32_t> ids, const selection_options& sel,
-                                 int max_new, bool decode, bool record) const {
+                                 int max_new, bool decode, bool record, ts::fitprune::calibrator* calibration) const {
   if (cfg_.anyres()) throw error("llava: a LLaVA-NeXT (AnyRes) model takes an anyres_image (preprocess_anyres)");
   if (sel.anyres) throw error("llava: an AnyRes scope needs a LLaVA-NeXT model (model_type llava_next)");
   run_result res;
@@ -754,7 +801,7 @@ run_result llava_model::run_impl(const float* pixels, std::span<const std::int32
   const std::vector<float> seq = build_sequence(*llama_, *projector_, prefix, v.rows, k_rows, text, cfg_.text.hidden);
   res.time.projector = ms_since(t0);
   res.total_tokens = cfg_.image_tokens();
-  run_llm(*llama_, p, seq, s0, k_rows, std::move(v.kept), max_new, decode, record, res);
+  run_llm(*llama_, p, seq, s0, k_rows, std::move(v.kept), max_new, decode, record, res, calibration);
   return res;
 }
 

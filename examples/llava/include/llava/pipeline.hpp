@@ -59,6 +59,7 @@
 #include <vector>
 
 #include <tokensel/core/budget.hpp>
+#include <tokensel/methods/fitprune.hpp>
 
 #include "llava/anyres.hpp"
 #include "llava/clip.hpp"
@@ -184,9 +185,19 @@ class llava_model {
   run_result prefill(const float* pixels, std::span<const std::int32_t> input_ids,
                      const selection_options& selection) const;
 
+  /// One FitPrune calibration sample: the unpruned model's prefill on this image and prompt (no
+  /// selection, no decoding; the same path as run with method none). Each LLM layer's prefill
+  /// attention over the image span, reduced over heads by max (FitPrune's reduction), goes to
+  /// `cal` as a new sample (calibrator::add_layer; with from_qk from the layer's post-RoPE Q/K,
+  /// no map formed). cal's geometry must match the model: layers = the LLM layers, visual_tokens
+  /// = config().image_tokens(). LLaVA-1.5 layout only (an AnyRes image's token count varies).
+  run_result calibrate_fitprune(const float* pixels, std::span<const std::int32_t> input_ids,
+                                tokensel::fitprune::calibrator& cal, bool from_qk = false) const;
+
  private:
   run_result run_impl(const float* pixels, std::span<const std::int32_t> input_ids, const selection_options& sel,
-                      int max_new_tokens, bool decode, bool record = false) const;
+                      int max_new_tokens, bool decode, bool record = false,
+                      tokensel::fitprune::calibrator* calibration = nullptr) const;
   run_result run_anyres_impl(const anyres_image& image, std::span<const std::int32_t> input_ids,
                              const selection_options& sel, int max_new_tokens, bool decode, bool record) const;
   std::filesystem::path dir_;
