@@ -516,7 +516,10 @@ int run_eval(const cli_options& o) {
   const llava::tokenizer tok(dir, config.image_token_index, config.pad_token_id >= 0 ? config.pad_token_id : 32001);
   const auto pre = preprocessing(dir, config, o.pad);
   if (!o.predictions.empty()) check_output_folder(o.predictions, "--predictions");
-  if (!o.calibrate_out.empty()) check_output_folder(o.calibrate_out, "--fitprune-calibrate");
+  if (!o.calibrate_out.empty()) {
+    check_output_folder(o.calibrate_out, "--fitprune-calibrate");
+    if (config.anyres()) throw llava::error("llava: --fitprune-calibrate needs a LLaVA-1.5 model (an AnyRes image's token count varies)");
+  }
   const auto model = load_model(o, dir);
 
   llava::run_options ro;

@@ -232,6 +232,42 @@ TEST_F(Eval, BatchEqualsSingleMode) {
   }
 }
 
+// LLaVA-NeXT: every question takes the AnyRes path of the single mode (tiles, packed image tokens).
+TEST_F(Eval, AnyResBatchEqualsSingleMode) {
+  const fs::path next = data_dir / "llava-next-tiny-bf16";
+  const std::vector<std::string> sel = {"--method", "fastv", "--keep", "0.5", "--max-new-tokens", "3"};
+  std::string text;
+  std::vector<json> single;
+  for (const std::string image : {"tall.png", "square.png"}) {
+    std::vector<std::string> args = {"--model", next.string(), "--image", (next / image).string(), "--prompt", "What colour?", "--json"};
+    args.insert(args.end(), sel.begin(), sel.end());
+    const auto r = run(args);
+    ASSERT_EQ(r.status, 0) << r.err;
+    single.push_back(json::parse(r.out));
+    text += json{{"image", (next / image).string()}, {"question", "What colour?"}, {"answer", single.back()["answer"]}}.dump() + "\n";
+  }
+  const auto preds = dir_ / "pred.jsonl";
+  std::vector<std::string> args = {"--model", next.string(), "--eval", write("q.jsonl", text).string(), "--json",
+                                   "--predictions", preds.string()};
+  args.insert(args.end(), sel.begin(), sel.end());
+  const auto r = run(args);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["correct"], 2);
+  std::istringstream lines(slurp(preds));
+  std::string line;
+  for (const auto& s : single) {
+    ASSERT_TRUE(std::getline(lines, line));
+    const json p = json::parse(line);
+    EXPECT_EQ(p["prediction"], s["answer"]);
+    EXPECT_EQ(p["kept"], s["kept"]);
+    EXPECT_EQ(p["kept_tokens"], s["kept_tokens"]);
+  }
+  const auto cal = run({"--model", next.string(), "--eval", (dir_ / "q.jsonl").string(), "--fitprune-calibrate",
+                        (dir_ / "r.json").string(), "--fitprune-reduction", "0.5"});
+  EXPECT_EQ(cal.status, 1);
+  EXPECT_NE(cal.err.find("needs a LLaVA-1.5 model"), std::string::npos) << cal.err;
+}
+
 TEST_F(Eval, LimitAndTextOutput) {
   const auto qfile = write("q.jsonl", question_file(dir_, std::vector<json>(4, json{{"answer", "x"}})));
   const auto r = run({"--model", model_dir.string(), "--eval", qfile.string(), "--max-new-tokens", "2", "--limit", "2"});
