@@ -39,7 +39,9 @@
 //   fitprune                 recipe JSON (selection_options::fitprune_recipe, its layer count must
 //                            equal the LLM's) or, from keep, a synthetic recipe that drops
 //                            n - keep tokens spread evenly over the first half of the LLM
-//                            layers (project decision: no calibration data at run time)
+//                            layers (project decision: no calibration data at run time; a
+//                            calibrated recipe comes from calibrate_fitprune below, which
+//                            `llava --eval FILE --fitprune-calibrate OUT.json` drives)
 //
 // selection_options::from_qk (llava --from-qk): fopru, freepruner, visionzip, fastv and fitprune
 // read their attention statistics from the layer's queries and keys (tokensel::qk_source, as with
