@@ -183,8 +183,9 @@ TEST(EvalRules, NormalisedExactMatch) {
   EXPECT_FALSE(llava::eval::answer_correct("", "red"));
 }
 
-// Reference values: Newcombe (1998), Statistics in Medicine 17:857, Table I, method 3 (Wilson
-// score interval, no continuity correction), 4 decimals.
+// Reference values: the worked examples of Newcombe (1998), "Two-sided confidence intervals for the
+// single proportion", Statistics in Medicine 17:857-872, score method without continuity
+// correction (Wilson), 4 decimals.
 TEST(EvalRules, WilsonIntervalMatchesPublishedValues) {
   struct ref {
     std::int64_t c, n;
