@@ -440,11 +440,11 @@ void print_eval_text(const json& j) {
   std::printf("tokens       %.1f of %.1f visual kept (mean)\n", j["mean_kept_tokens"].get<double>(),
               j["mean_total_tokens"].get<double>());
   const auto& m = j["mean_timings_ms"];
-  std::printf("mean ms      preprocess %.1f  vision %.1f  selection %.1f  projector %.1f  prefill %.1f  decode %.1f"
-              "  first token %.1f\n",
+  std::printf("mean ms      preprocess %.1f  vision %.1f  selection %.1f  projector %.1f  prefill %.1f (CPU %.1f)"
+              "  decode %.1f  first token %.1f\n",
               m["preprocess"].get<double>(), m["vision"].get<double>(), m["selection"].get<double>(),
-              m["projector"].get<double>(), m["prefill"].get<double>(), m["decode"].get<double>(),
-              m["first_token"].get<double>());
+              m["projector"].get<double>(), m["prefill"].get<double>(), m["prefill_cpu"].get<double>(),
+              m["decode"].get<double>(), m["first_token"].get<double>());
   std::printf("wall         %.2f s  (%d threads)\n", j["wall_s"].get<double>(), j["threads"].get<int>());
 }
 

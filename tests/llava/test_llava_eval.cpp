@@ -150,6 +150,9 @@ void expect_batch_equals_single(const std::string& method, const std::vector<jso
   EXPECT_EQ(j["per_type"]["count"]["correct"], 0);
   EXPECT_EQ(j["per_type"]["shape"]["correct"], 1);
   const auto& m = j["mean_timings_ms"];
+  for (const char* key : {"preprocess", "vision", "selection", "projector", "prefill", "prefill_cpu", "decode"}) {
+    EXPECT_GE(m[key].get<double>(), 0.0) << key;
+  }
   EXPECT_NEAR(m["first_token"].get<double>(),
               m["vision"].get<double>() + m["selection"].get<double>() + m["projector"].get<double>() + m["prefill"].get<double>(), 1e-6);
 

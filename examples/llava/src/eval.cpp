@@ -163,6 +163,7 @@ void summary::add(const question& q, bool correct, const run_result& r, double p
   time.selection += r.time.selection;
   time.projector += r.time.projector;
   time.prefill += r.time.prefill;
+  time.prefill_cpu += r.time.prefill_cpu;
   time.decode += r.time.decode;
   preprocess += preprocess_ms;
 }
@@ -180,6 +181,7 @@ json summary::to_json() const {
                           {"selection", time.selection / n},
                           {"projector", time.projector / n},
                           {"prefill", time.prefill / n},
+                          {"prefill_cpu", time.prefill_cpu / n},
                           {"decode", time.decode / n},
                           {"first_token", (time.vision + time.selection + time.projector + time.prefill) / n}};
   j["wall_s"] = wall_s;

@@ -73,7 +73,8 @@ struct summary {
 
   void add(const question& q, bool correct, const run_result& r, double preprocess_ms);
   /// questions, correct, accuracy, ci95_wilson, per_type, mean_kept_tokens, mean_total_tokens,
-  /// mean_timings_ms {preprocess, vision, selection, projector, prefill, decode, first_token}, wall_s.
+  /// mean_timings_ms {preprocess, vision, selection, projector, prefill, prefill_cpu, decode,
+  /// first_token}, wall_s.
   nlohmann::ordered_json to_json() const;
 };
 
