@@ -3,7 +3,7 @@
 //   llava --model DIR --image FILE --prompt TEXT [--template llava-hf|vicuna|raw] [--no-pad]
 //         [--method NAME] [--keep RATIO|COUNT] [--max-new-tokens N] [--threads T]
 //         [--overlay out.png] [--json] [--from-qk] [--fastv-layer K] [--fitprune-recipe FILE]
-//         [--seed S] [--anyres-scope tile|image]
+//         [--seed S] [--fopru-strategy rank|row] [--anyres-scope tile|image]
 //   llava --model DIR --eval FILE.jsonl [selection options] [--predictions OUT.jsonl] [--limit N]
 //   llava --model DIR --eval FILE.jsonl --fitprune-calibrate OUT.json --fitprune-reduction R
 //
@@ -71,6 +71,7 @@ constexpr const char* usage_text =
     "  --fastv-layer K        FastV's layer (default 2)\n"
     "  --fitprune-recipe FILE FitPrune recipe JSON (default: a synthetic one from --keep)\n"
     "  --seed S               seed of --method random (default 0)\n"
+    "  --fopru-strategy S     FoPru's pruning: rank (default: the top tokens) or row (whole grid rows)\n"
     "  --anyres-scope tile|image  LLaVA-NeXT: select per tile (default for the encoder-side methods)\n"
     "                         or over the whole image (divprune, random; the LLM-stage methods)\n"
     "  --from-qk              select from the layers' queries and keys, no attention maps\n"
@@ -93,7 +94,7 @@ struct cli_options {
   std::string model, image, prompt, overlay;
   std::string template_name = "llava-hf";
   bool pad = true, json_out = false, from_qk = false;
-  std::string method = "none", keep, fitprune_recipe, anyres_scope;
+  std::string method = "none", keep, fitprune_recipe, anyres_scope, fopru_strategy;
   std::optional<int> fastv_layer, max_new_tokens, threads;
   std::optional<std::uint64_t> seed;
   // --eval mode
@@ -150,7 +151,7 @@ cli_options parse(int argc, char** argv) {
       {"fitprune-recipe", true}, {"seed", true},   {"max-new-tokens", true}, {"threads", true},
       {"overlay", true}, {"json", false},          {"help", false}, {"from-qk", false}, {"anyres-scope", true},
       {"eval", true},    {"predictions", true},    {"limit", true},   {"fitprune-calibrate", true},
-      {"fitprune-reduction", true}};
+      {"fitprune-reduction", true}, {"fopru-strategy", true}};
   auto seen = example_cli::parse_flags(argc, argv, flags);
   if (seen.count("help")) {
     std::fputs(usage_text, stdout);
@@ -163,7 +164,8 @@ cli_options parse(int argc, char** argv) {
   for (auto [f, out] : {std::pair<const char*, std::string*>{"model", &o.model}, {"image", &o.image}, {"prompt", &o.prompt},
                         {"template", &o.template_name}, {"method", &o.method}, {"keep", &o.keep},
                         {"anyres-scope", &o.anyres_scope}, {"overlay", &o.overlay}, {"fitprune-recipe", &o.fitprune_recipe},
-                        {"eval", &o.eval}, {"predictions", &o.predictions}, {"fitprune-calibrate", &o.calibrate_out}}) {
+                        {"eval", &o.eval}, {"predictions", &o.predictions}, {"fitprune-calibrate", &o.calibrate_out},
+                        {"fopru-strategy", &o.fopru_strategy}}) {
     text(f, *out);
   }
   o.pad = !seen.count("no-pad");
@@ -247,11 +249,13 @@ llava::selection_options selection_of(const cli_options& o, llava::prompt_templa
     sel.name = llava::parse_method(o.method);
     if (!o.keep.empty()) sel.keep = llava::keep_spec::parse(o.keep);
     if (!o.anyres_scope.empty()) sel.anyres = llava::parse_anyres_scope(o.anyres_scope);
+    if (!o.fopru_strategy.empty()) sel.fopru_strategy = llava::parse_fopru_strategy(o.fopru_strategy);
   } catch (const llava::error& e) {
     std::string msg = e.what();
     throw usage_error(msg.rfind("llava: ", 0) == 0 ? msg.substr(7) : msg);
   }
   if (!o.keep.empty() && sel.name == llava::method::none) throw usage_error("--keep needs --method");
+  if (!o.fopru_strategy.empty() && sel.name != llava::method::fopru) throw usage_error("--fopru-strategy needs --method fopru");
   if (o.fastv_layer) sel.fastv_layer = *o.fastv_layer;
   if (!o.fitprune_recipe.empty()) sel.fitprune_recipe = o.fitprune_recipe;
   if (o.seed) sel.seed = *o.seed;

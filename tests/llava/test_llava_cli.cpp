@@ -180,6 +180,36 @@ TEST(LlavaCli, FopruKeepsHalf) {
   }
 }
 
+// --fopru-strategy row keeps whole rows of the 8 x 8 patch grid; rank (the default) need not.
+TEST(LlavaCli, FopruRowStrategyKeepsWholeGridRows) {
+  auto args = base_args();
+  args.insert(args.end(), {"--method", "fopru", "--keep", "0.5", "--fopru-strategy", "row", "--json"});
+  const auto r = run(args);
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto kept = nlohmann::json::parse(r.out)["kept"].get<std::vector<int>>();
+  ASSERT_EQ(kept.size(), 32u);
+  std::vector<int> per_row(8, 0);
+  for (int k : kept) ++per_row.at(static_cast<std::size_t>(k / 8));
+  for (int c : per_row) EXPECT_TRUE(c == 0 || c == 8) << "a grid row kept in part: " << c << " of 8";
+  auto rank_args = base_args();
+  rank_args.insert(rank_args.end(), {"--method", "fopru", "--keep", "0.5", "--json"});
+  const auto rank = run(rank_args);
+  ASSERT_EQ(rank.status, 0) << rank.err;
+  EXPECT_NE(nlohmann::json::parse(rank.out)["kept"].get<std::vector<int>>(), kept) << "row = rank on this image";
+  // A count that is not a whole number of rows is refused with the reason.
+  auto odd = base_args();
+  odd.insert(odd.end(), {"--method", "fopru", "--keep", "12", "--fopru-strategy", "row"});
+  expect_one_line_error(run(odd), "whole grid rows");
+  auto bad = base_args();
+  bad.insert(bad.end(), {"--method", "fopru", "--fopru-strategy", "column"});
+  const auto b = run(bad);
+  EXPECT_EQ(b.status, 2);
+  expect_one_line_error(b, "unknown FoPru strategy 'column' (known: rank, row)");
+  auto other = base_args();
+  other.insert(other.end(), {"--method", "visionzip", "--keep", "0.5", "--fopru-strategy", "row"});
+  expect_one_line_error(run(other), "--fopru-strategy needs --method fopru");
+}
+
 TEST(LlavaCli, OverlayPng) {
   const auto out = temp_path("overlay.png");
   auto args = base_args();

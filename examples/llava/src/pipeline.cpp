@@ -77,6 +77,12 @@ anyres_scope parse_anyres_scope(std::string_view name) {
   throw error("llava: unknown AnyRes scope '" + std::string(name) + "' (known: tile, image)");
 }
 
+ts::fopru::strategy parse_fopru_strategy(std::string_view name) {
+  if (name == "rank") return ts::fopru::strategy::rank;
+  if (name == "row") return ts::fopru::strategy::row;
+  throw error("llava: unknown FoPru strategy '" + std::string(name) + "' (known: rank, row)");
+}
+
 keep_spec keep_spec::parse(std::string_view text) {
   const std::string s(text);
   if (s.empty()) throw error("llava: --keep: empty value (a ratio in (0, 1] or a token count)");
@@ -239,7 +245,7 @@ void configure(plan& p, const selection_options& s, const llava_config& cfg) {
       p.req.keep = p.req.output_rows = cfg.anyres() ? n : cfg.image_tokens();
       return;
     case method::fopru:
-      p.fopru = budgeted(s.keep, n, ts::fopru::config{});
+      p.fopru = budgeted(s.keep, n, ts::fopru::config{.strategy = s.fopru_strategy});
       p.req = requirements(p.fopru, p.shape);
       return;
     case method::freepruner:

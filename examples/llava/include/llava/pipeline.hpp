@@ -62,6 +62,7 @@
 
 #include <tokensel/core/budget.hpp>
 #include <tokensel/methods/fitprune.hpp>
+#include <tokensel/methods/fopru.hpp>
 
 #include "llava/anyres.hpp"
 #include "llava/clip.hpp"
@@ -99,6 +100,9 @@ enum class anyres_scope { tile, image };
 /// "tile" or "image"; throws llava::error naming both otherwise.
 anyres_scope parse_anyres_scope(std::string_view name);
 
+/// "rank" or "row" (FoPru's pruning strategy); throws llava::error naming both otherwise.
+tokensel::fopru::strategy parse_fopru_strategy(std::string_view name);
+
 struct selection_options {
   method name = method::none;
   keep_spec keep;
@@ -106,6 +110,8 @@ struct selection_options {
   int dart_layer = 2;                  ///< DART's K (tokens leave after layer K - 1)
   std::string fitprune_recipe;         ///< path of a recipe JSON (tokensel.fitprune.recipe)
   std::uint64_t seed = 0;              ///< random
+  /// FoPru: rank (top tokens) or row (whole grid rows by aggregated significance)
+  tokensel::fopru::strategy fopru_strategy = tokensel::fopru::strategy::rank;
   bool from_qk = false;                ///< statistics from Q/K, no attention maps (see above)
   /// LLaVA-NeXT only (absent: the method's natural scope, tile for the patch-keeping encoder-side
   /// methods, image for the LLM-stage ones): image applies to divprune and random (they read no
