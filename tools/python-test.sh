@@ -13,7 +13,7 @@ start=$SECONDS
 py=${PYTHON:-python3}
 build=${TOKENSEL_BUILD_DIR:-build}
 pip_q=(-m pip install --quiet --disable-pip-version-check --root-user-action=ignore)
-"$py" "${pip_q[@]}" "nanobind>=2.2" "scikit-build-core>=0.10" numpy pytest
+"$py" "${pip_q[@]}" "nanobind>=2.2" "scikit-build-core>=0.10" numpy pytest ml_dtypes  # ml_dtypes: NumPy bf16 tests
 if [ "${TOKENSEL_PYTHON_TORCH:-1}" != 0 ]; then
   # The versions tools/llava/README.md names (about 95 s from PyPI on the 2-core CI machine, once).
   "$py" "${pip_q[@]}" torch==2.15.0 transformers==5.23.0 sentencepiece protobuf safetensors pillow

@@ -29,6 +29,51 @@
 
 namespace nb = nanobind;
 
+namespace nanobind::detail {
+/// The caster of tsp::array (nb::ndarray<nb::ro>): nanobind's, plus NumPy arrays of
+/// ml_dtypes.bfloat16. NumPy exports that dtype neither through DLPack nor with a buffer format
+/// nanobind reads (it refuses 'E' in a buffer), so such an array is imported as its uint16 view
+/// (same memory, shape and strides: no copy) and the imported dtype is set to bfloat16.
+template <> struct type_caster<ndarray<ro>> {
+  using plain = type_caster<ndarray<ro, unused>>;  // the stock caster of the same configuration
+  NB_TYPE_CASTER(ndarray<ro>, plain::Name)
+
+  static bool is_ml_bfloat16(handle src) noexcept {
+    if (!hasattr(src, "dtype") || !hasattr(src, "view")) return false;
+    try {
+      object d = src.attr("dtype");
+      return hasattr(d, "type") && str(d.attr("type").attr("__module__")).c_str() == std::string("ml_dtypes") &&
+             str(d.attr("name")).c_str() == std::string("bfloat16") && cast<int>(d.attr("itemsize")) == 2;
+    } catch (const python_error&) {
+      return false;  // the error is cleared by the python_error's destructor
+    }
+  }
+
+  bool from_python(handle src, uint32_t flags, cleanup_list* cleanup) noexcept {
+    plain p;
+    if (p.from_python(src, flags, cleanup)) {
+      value = ndarray<ro>(p.value);
+      return true;
+    }
+    if (!is_ml_bfloat16(src)) return false;
+    object as_u16;
+    try {
+      as_u16 = src.attr("view")("uint16");
+    } catch (const python_error&) {
+      return false;
+    }
+    if (!p.from_python(as_u16, flags, cleanup)) return false;
+    value = ndarray<ro>(p.value);  // holds the view, which holds the caller's array
+    value.m_dltensor.dtype = dlpack::dtype{static_cast<uint8_t>(dlpack::dtype_code::Bfloat), 16, 1};
+    return true;
+  }
+
+  static handle from_cpp(const ndarray<ro>& tensor, rv_policy policy, cleanup_list* cleanup) noexcept {
+    return plain::from_cpp(ndarray<ro, unused>(tensor), policy, cleanup);
+  }
+};
+}  // namespace nanobind::detail
+
 namespace tsp {
 
 using tokensel::errc;
@@ -212,6 +257,14 @@ struct attention_arg {
   dt type = dt::f32;
 };
 
+/// An array object nanobind could not import because of its dtype (NumPy float8, object, ...):
+/// refused by name and dtype rather than as "not an array".
+inline void refuse_dtype(nb::handle h, const std::string& name) {
+  if (!nb::hasattr(h, "dtype") || !nb::hasattr(h, "shape")) return;
+  const nb::object d = nb::getattr(h, "dtype");
+  fail(errc::unsupported, name + ".dtype", nb::str(d).c_str(), "must be float32, float16 or bfloat16");
+}
+
 inline attention_arg attention_of(nb::handle h, const std::string& name) {
   attention_arg a;
   if (nb::isinstance<py_qk>(h)) {
@@ -221,6 +274,7 @@ inline attention_arg attention_of(nb::handle h, const std::string& name) {
   }
   array arr;
   if (!nb::try_cast(h, arr)) {
+    refuse_dtype(h, name);
     fail(errc::invalid_argument, name, nb::cast<std::string>(nb::str(h.type())),
          "must be a NumPy array, a PyTorch tensor (any DLPack array) or a tokensel.qk_source");
   }
@@ -233,6 +287,7 @@ inline attention_arg attention_of(nb::handle h, const std::string& name) {
 inline array array_arg(nb::handle h, const std::string& name) {
   array a;
   if (!nb::try_cast(h, a)) {
+    refuse_dtype(h, name);
     fail(errc::invalid_argument, name, nb::cast<std::string>(nb::str(h.type())), "must be a NumPy array or a PyTorch tensor (any DLPack array)");
   }
   return a;
