@@ -8,15 +8,21 @@
 // Relative error = max |a - b| / max |b|, bound 1e-4 (as the v1.5 tests).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include <unistd.h>
+
+#include <tokensel/methods/baselines.hpp>
+#include <tokensel/methods/prumerge.hpp>
+#include <tokensel/methods/visionzip.hpp>
 
 #include "llava/anyres.hpp"
 #include "llava/image.hpp"
@@ -219,17 +225,6 @@ TEST(AnyResModel, ErrorsNameTheProblem) {
   } catch (const llava::error& e) {
     EXPECT_NE(std::string(e.what()).find("anyres_image"), std::string::npos) << e.what();
   }
-  // methods that merge or pool rows (no grid position): a clear refusal naming the method
-  for (auto m : {llava::method::visionzip, llava::method::prumerge, llava::method::prumerge_plus, llava::method::pool}) {
-    o.selection.name = m;
-    try {
-      (void)t.model.run(tiles, ids, o);
-      ADD_FAILURE() << "no error for " << llava::to_string(m);
-    } catch (const llava::error& e) {
-      EXPECT_NE(std::string(e.what()).find(std::string(llava::to_string(m)) + ": merged or pooled rows"), std::string::npos)
-          << e.what();
-    }
-  }
   // pixels that do not hold the layout's tiles
   o.selection.name = llava::method::none;
   tiles.pixels.pop_back();
@@ -338,3 +333,216 @@ TEST(AnyResConfig, PinpointsMustBeMultiplesOfTheTile) {
 }
 
 }  // namespace
+
+// ---- merging methods under AnyRes (prumerge, prumerge+, visionzip, pool) -------------------------
+// Each runs per tile on the tile's own CLIP outputs; the reference below calls the library on every
+// tile's CLIP outputs itself, projects the rows and lays them out by docs/llava.md's rule, written
+// out here again: prumerge(+) every tile's rows in the method's order, base first; visionzip
+// VisionZip's own LLaVA-NeXT layout (base rows, the crops' dominant patches on their joint grid
+// row-major, the crops' CLS rows, their contextual rows); pool the base's pooled grid, then the
+// crops' joint pooled grid unpadded (unpad_image at the pooled size) with a newline per row.
+namespace merged {
+
+namespace ts = tokensel;
+
+/// transformers' unpad_image on a ch x cw grid for an image of h x w: {row0, rows, col0, cols}.
+std::array<int, 4> unpad(int h, int w, int ch, int cw) {
+  if (static_cast<double>(w) / h > static_cast<double>(cw) / ch) {
+    const int new_h = static_cast<int>(std::round(h * (static_cast<double>(cw) / w) * 1e7) / 1e7);
+    const int pad = (ch - new_h) / 2;
+    return {pad, ch - 2 * pad, 0, cw};
+  }
+  const int new_w = static_cast<int>(std::round(w * (static_cast<double>(ch) / h) * 1e7) / 1e7);
+  const int pad = (cw - new_w) / 2;
+  return {0, ch, pad, cw - 2 * pad};
+}
+
+/// One tile through the library: rows [r, Dt] projected, each row's source token (CLS 0, patch j:
+/// j + 1; -1 for PruMerge's extra row) and the dominant count (visionzip).
+struct tile_ref {
+  std::vector<float> rows;
+  std::vector<std::int32_t> source;
+  std::int64_t dominant = 0;
+};
+
+tile_ref library_tile(const llava::llava_model& m, llava::method method, const float* pixels) {
+  const auto& cfg = m.config();
+  const auto& vc = cfg.vision;
+  const int f = cfg.feature_hidden_index() - 1;
+  const std::int64_t N = vc.tokens(), n = vc.patches(), D = vc.hidden, g = vc.grid();
+  llava::clip_options o;
+  if (method == llava::method::visionzip) {
+    o.attention_layers = {f};
+    o.keys_layer = f;
+  }
+  o.last_layer_qk = method == llava::method::prumerge || method == llava::method::prumerge_plus;
+  const auto co = m.vision().encode(pixels, o);
+  const ts::matrix_view<const float> patches(co.features.data() + D, {n, D});
+  std::vector<float> rows;
+  tile_ref t;
+  if (method == llava::method::pool) {
+    rows.resize(static_cast<std::size_t>(n * D));
+    const auto r = ts::baselines::pool::apply(ts::seq, patches, {g, g}, {}, ts::matrix_view<float>(rows.data(), {n, D}));
+    rows.resize(static_cast<std::size_t>(r.count * D));
+  } else if (method == llava::method::visionzip) {
+    const auto c = ts::visionzip::with_budget(ts::budget::count(12), n, {});
+    std::vector<ts::token_index> out(12);
+    rows.resize(static_cast<std::size_t>(12 * D));
+    const auto r = ts::visionzip::select(
+        ts::seq, ts::head_attention_view<float>(co.attention.at(f).data(), {vc.heads, N, N}),
+        ts::tensor_view<const float, 3>(co.keys.data(), {vc.heads, N, vc.head_dim()}),
+        ts::matrix_view<const float>(co.features.data(), {N, D}), c, out, ts::matrix_view<float>(rows.data(), {12, D}));
+    t.source.assign(out.begin(), out.begin() + r.count);
+    t.dominant = r.dominant;
+  } else {
+    ts::prumerge::config c;
+    c.plus = method == llava::method::prumerge_plus;
+    c.mode = ts::prumerge::mode::parity;
+    const auto req = ts::prumerge::requirements(c, ts::model_shape{n, true, f, vc.layers});
+    std::vector<ts::token_index> kept(static_cast<std::size_t>(req.keep));
+    rows.resize(static_cast<std::size_t>(req.output_rows * D));
+    const auto r = ts::prumerge::select(ts::seq, ts::matrix_view<const float>(co.last_q.data(), {N, D}),
+                                        ts::matrix_view<const float>(co.last_k.data(), {N, D}), patches, c, kept,
+                                        ts::matrix_view<float>(rows.data(), {req.output_rows, D}));
+    for (ts::index_t i = 0; i < r.count; ++i) t.source.push_back(kept[static_cast<std::size_t>(i)] + 1);
+    if (r.extra_token) t.source.push_back(-1);
+    rows.resize(static_cast<std::size_t>(r.rows() * D));
+  }
+  const std::int64_t k = static_cast<std::int64_t>(rows.size()) / D, Dt = m.mm_projector().out_features();
+  t.rows.resize(static_cast<std::size_t>(k * Dt));
+  m.mm_projector().forward(rows.data(), k, t.rows.data());
+  return t;
+}
+
+/// The image rows the LLM should see, and the anchors (tile * g^2 + patch, ascending).
+struct expected {
+  std::vector<float> rows;
+  std::vector<std::int32_t> kept;
+};
+
+void append_row(std::vector<float>& out, const std::vector<float>& rows, std::int64_t r, std::int64_t Dt) {
+  out.insert(out.end(), rows.begin() + r * Dt, rows.begin() + (r + 1) * Dt);
+}
+
+expected layout(const llava::llava_model& m, llava::method method, const llava::anyres_image& img, const std::vector<tile_ref>& tiles) {
+  const auto& a = img.layout;
+  const std::int64_t Dt = m.mm_projector().out_features(), g = a.grid, T = a.tile_count();
+  expected e;
+  if (method == llava::method::pool) {
+    const int p = (a.grid + 1) / 2;  // 2 x 2 windows
+    const auto nl = m.weights().get("model.image_newline", {Dt}).to_float();
+    e.rows = tiles[0].rows;
+    const auto [r0, rows, c0, cols] = unpad(a.height, a.width, a.tiles_y * p, a.tiles_x * p);
+    for (int r = r0; r < r0 + rows; ++r) {
+      for (int c = c0; c < c0 + cols; ++c) {
+        const auto t = 1 + (r / p) * a.tiles_x + c / p;
+        append_row(e.rows, tiles[static_cast<std::size_t>(t)].rows, (r % p) * p + c % p, Dt);
+        e.kept.push_back(static_cast<std::int32_t>(t * g * g + (r % p) * 2 * g + (c % p) * 2));
+      }
+      e.rows.insert(e.rows.end(), nl.begin(), nl.end());
+    }
+    for (int j = 0; j < p * p; ++j) e.kept.push_back((j / p) * 2 * static_cast<int>(g) + (j % p) * 2);
+  } else if (method == llava::method::visionzip) {
+    e.rows = tiles[0].rows;
+    for (int r = 0; r < a.tiles_y * g; ++r) {
+      for (int c = 0; c < a.tiles_x * g; ++c) {
+        const auto& t = tiles[static_cast<std::size_t>(1 + (r / g) * a.tiles_x + c / g)];
+        const auto end = t.source.begin() + t.dominant;
+        const auto it = std::find(t.source.begin() + 1, end, static_cast<std::int32_t>((r % g) * g + c % g + 1));
+        if (it != end) append_row(e.rows, t.rows, it - t.source.begin(), Dt);
+      }
+    }
+    for (std::int64_t t = 1; t < T; ++t) append_row(e.rows, tiles[static_cast<std::size_t>(t)].rows, 0, Dt);
+    for (std::int64_t t = 1; t < T; ++t)
+      for (std::int64_t r = tiles[static_cast<std::size_t>(t)].dominant; r < 12; ++r) append_row(e.rows, tiles[static_cast<std::size_t>(t)].rows, r, Dt);
+  } else {
+    for (const auto& t : tiles) e.rows.insert(e.rows.end(), t.rows.begin(), t.rows.end());
+  }
+  if (method != llava::method::pool) {
+    for (std::int64_t t = 0; t < T; ++t)
+      for (const auto s : tiles[static_cast<std::size_t>(t)].source)
+        if (s > 0) e.kept.push_back(static_cast<std::int32_t>(t * g * g + s - 1));
+  }
+  std::sort(e.kept.begin(), e.kept.end());
+  e.kept.erase(std::unique(e.kept.begin(), e.kept.end()), e.kept.end());
+  return e;
+}
+
+}  // namespace merged
+
+// Every merging method runs end to end on the wide, tall and square images: the LLM's image rows
+// are the library's per-tile rows laid out by the documented rule (within 1e-6: the same
+// arithmetic, another call), the sequence length is the prompt's plus that row count (prumerge:
+// the sum of the tiles' adaptive counts; visionzip: tile_count * 12; pool: p^2 + rows' (cols' + 1)
+// on the pooled grid), and kept holds the anchors as tile * g^2 + patch.
+TEST(AnyResMerged, EveryTileAsTheLibraryLaidOutAsDocumented) {
+  auto& t = tiny();
+  for (const char* stem : {"wide", "tall", "square"}) {
+    const auto& c = t.g.meta["cases"][stem];
+    const auto img = llava::preprocess_anyres(llava::load_image(image_of(c["image"].get<std::string>())), t.model.config());
+    const auto ids = c["input_ids"].get<std::vector<std::int32_t>>();
+    const std::int64_t S = t.model.config().vision.image_size;
+    for (auto m : {llava::method::prumerge, llava::method::prumerge_plus, llava::method::visionzip, llava::method::pool}) {
+      const std::string what = std::string(stem) + "." + llava::to_string(m);
+      std::vector<merged::tile_ref> tiles;
+      for (int i = 0; i < img.layout.tile_count(); ++i) tiles.push_back(merged::library_tile(t.model, m, img.pixels.data() + i * 3 * S * S));
+      const auto e = merged::layout(t.model, m, img, tiles);
+      llava::run_options o;
+      o.selection.name = m;
+      if (m == llava::method::visionzip) o.selection.keep = llava::keep_spec::parse("12");
+      o.max_new_tokens = 2;
+      o.record_intermediates = true;
+      const auto r = t.model.run(img, ids, o);
+      const std::int64_t k = static_cast<std::int64_t>(e.rows.size()) / t.model.config().text.hidden;
+      if (m == llava::method::visionzip) {
+        EXPECT_EQ(k, img.layout.tile_count() * 12) << what;
+      }
+      EXPECT_EQ(r.kept_tokens, k) << what;
+      EXPECT_EQ(r.sequence_length, static_cast<std::int64_t>(ids.size()) - 1 + k) << what;
+      EXPECT_EQ(r.total_tokens, img.layout.image_tokens()) << what;
+      EXPECT_EQ(r.kept, e.kept) << what;
+      expect_close(what + ".image_features", r.image_features, e.rows);
+      EXPECT_LE(rel_err(r.image_features.data(), e.rows.data(), std::min(r.image_features.size(), e.rows.size())), 1e-6) << what;
+      EXPECT_EQ(r.answer_ids.size(), 2u) << what;
+    }
+  }
+}
+
+// --keep under AnyRes is per tile and behaves as on LLaVA-1.5: visionzip's count is each tile's
+// output rows (the default 54 + 10 does not fit a 17-token tile and is refused by name), pool keeps
+// the pooled grid of that count (5 of 16 is refused with the achievable 4 and 16), prumerge is
+// adaptive (a budget is refused), and the image scope does not apply to a merging method.
+TEST(AnyResMerged, KeepBudgetsPerTileAndRefusals) {
+  auto& t = tiny();
+  const auto& c = t.g.meta["cases"]["square"];
+  const auto ids = c["input_ids"].get<std::vector<std::int32_t>>();
+  const auto img = llava::preprocess_anyres(llava::load_image(image_of("square.png")), t.model.config());
+  auto run = [&](llava::method m, const char* keep, std::optional<llava::anyres_scope> scope = {}) {
+    llava::run_options o;
+    o.selection.name = m;
+    if (*keep) o.selection.keep = llava::keep_spec::parse(keep);
+    o.selection.anyres = scope;
+    o.max_new_tokens = 0;
+    return t.model.run(img, ids, o);
+  };
+  auto refused = [&](llava::method m, const char* keep, const std::string& part, std::optional<llava::anyres_scope> scope = {}) {
+    try {
+      (void)run(m, keep, scope);
+      ADD_FAILURE() << "no error for " << llava::to_string(m) << " keep " << keep;
+    } catch (const llava::error& e) {
+      EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+    }
+  };
+  const auto& a = img.layout;  // square: 2 x 2 crops, 8 x 8 grid kept whole
+  ASSERT_EQ(a.tile_count(), 5);
+  EXPECT_EQ(run(llava::method::visionzip, "6").kept_tokens, 5 * 6);
+  EXPECT_EQ(run(llava::method::visionzip, "0.5").kept_tokens, 5 * 8);  // floor(16 * 0.5) patches per tile
+  refused(llava::method::visionzip, "", "exceeds the 17 tokens of the sample");
+  EXPECT_EQ(run(llava::method::pool, "0.25").kept_tokens, 4 + 4 * 4 + 4);  // 2 x 2 base, 4 x 4 crops grid + 4 newlines
+  EXPECT_EQ(run(llava::method::pool, "1").kept_tokens, 1 + 2 * 2 + 2);     // 4 x 4 windows: one row per tile
+  refused(llava::method::pool, "5", "keeps 16 or 4 tokens, not 5");
+  refused(llava::method::prumerge, "0.5", "PruMerge is adaptive");
+  refused(llava::method::prumerge_plus, "8", "PruMerge is adaptive");
+  refused(llava::method::pool, "0.25", "AnyRes scope image applies to divprune and random only", llava::anyres_scope::image);
+  refused(llava::method::visionzip, "6", "AnyRes scope image applies", llava::anyres_scope::image);
+}

@@ -48,6 +48,24 @@ namespace {
 /// decimals first keeps 23.9999999999 (a ratio's rounding error) at 24.
 int round7_trunc(double x) { return static_cast<int>(std::round(x * 1e7) / 1e7); }
 
+/// unpad_image on the (tiles_y g) x (tiles_x g) grid: cut the rows (or columns) the padding added.
+void set_unpadded_window(anyres_layout& a) {
+  const int ch = a.tiles_y * a.grid, cw = a.tiles_x * a.grid;
+  a.row0 = a.col0 = 0;
+  a.rows = ch;
+  a.cols = cw;
+  const double original_aspect = static_cast<double>(a.width) / a.height, current_aspect = static_cast<double>(cw) / ch;
+  if (original_aspect > current_aspect) {
+    const int new_h = round7_trunc(a.height * (static_cast<double>(cw) / a.width));
+    a.row0 = (ch - new_h) / 2;
+    a.rows = ch - 2 * a.row0;
+  } else {
+    const int new_w = round7_trunc(a.width * (static_cast<double>(ch) / a.height));
+    a.col0 = (cw - new_w) / 2;
+    a.cols = cw - 2 * a.col0;
+  }
+}
+
 }  // namespace
 
 anyres_layout make_anyres_layout(const llava_config& cfg, int height, int width) {
@@ -62,20 +80,7 @@ anyres_layout make_anyres_layout(const llava_config& cfg, int height, int width)
   a.grid = cfg.vision.grid();
   a.tiles_y = a.best_height / a.tile;
   a.tiles_x = a.best_width / a.tile;
-  // unpad_image on the (tiles_y g) x (tiles_x g) grid: cut the rows (or columns) the padding added.
-  const int ch = a.tiles_y * a.grid, cw = a.tiles_x * a.grid;
-  a.rows = ch;
-  a.cols = cw;
-  const double original_aspect = static_cast<double>(width) / height, current_aspect = static_cast<double>(cw) / ch;
-  if (original_aspect > current_aspect) {
-    const int new_h = round7_trunc(height * (static_cast<double>(cw) / width));
-    a.row0 = (ch - new_h) / 2;
-    a.rows = ch - 2 * a.row0;
-  } else {
-    const int new_w = round7_trunc(width * (static_cast<double>(ch) / height));
-    a.col0 = (cw - new_w) / 2;
-    a.cols = cw - 2 * a.col0;
-  }
+  set_unpadded_window(a);
   return a;
 }
 
@@ -144,6 +149,46 @@ std::vector<std::int64_t> anyres_token_sources(const anyres_layout& a) {
     src.push_back(-1);
   }
   return src;
+}
+
+anyres_layout coarser_layout(const anyres_layout& a, int grid) {
+  if (grid < 1 || grid > a.grid) {
+    throw error("llava: anyres: a coarser grid of " + std::to_string(grid) + " per tile side must be in [1, " +
+                std::to_string(a.grid) + "]");
+  }
+  anyres_layout c = a;
+  c.grid = grid;
+  set_unpadded_window(c);
+  return c;
+}
+
+std::vector<float> pack_anyres_visionzip(const anyres_layout& a, const std::vector<std::vector<float>>& tile_rows,
+                                         const std::vector<std::vector<std::int32_t>>& dominant, std::int64_t D) {
+  const auto tiles = static_cast<std::size_t>(a.tile_count());
+  if (tile_rows.size() != tiles || dominant.size() != tiles) {
+    throw error("llava: anyres: VisionZip packing needs " + std::to_string(tiles) + " tiles, got " +
+                std::to_string(tile_rows.size()) + " row sets and " + std::to_string(dominant.size()) + " patch lists");
+  }
+  const auto row = [&](std::size_t t, std::size_t r) { return tile_rows[t].begin() + static_cast<std::ptrdiff_t>(r) * D; };
+  std::vector<float> out(tile_rows[0]);  // the base tile as the method gave it
+  // crops: the dominant patches where they lie on the crops' joint grid (row-major, no unpadding)
+  const int g = a.grid;
+  std::vector<std::size_t> next(tiles, 0);  // per tile: the next dominant patch (ascending)
+  for (int r = 0; r < a.tiles_y * g; ++r) {
+    for (int c = 0; c < a.tiles_x * g; ++c) {
+      const std::size_t t = 1 + static_cast<std::size_t>(r / g) * a.tiles_x + c / g;
+      const std::int32_t patch = (r % g) * g + c % g;
+      if (next[t] < dominant[t].size() && dominant[t][next[t]] == patch) {
+        out.insert(out.end(), row(t, 1 + next[t]), row(t, 2 + next[t]));
+        ++next[t];
+      }
+    }
+  }
+  for (std::size_t t = 1; t < tiles; ++t) out.insert(out.end(), row(t, 0), row(t, 1));  // the crops' CLS rows
+  for (std::size_t t = 1; t < tiles; ++t) {  // the crops' contextual rows
+    out.insert(out.end(), row(t, 1 + dominant[t].size()), tile_rows[t].end());
+  }
+  return out;
 }
 
 void pack_anyres(const anyres_layout& a, const float* tile_rows, const float* newline, std::int64_t D, float* out) {

@@ -364,10 +364,14 @@ clip_options clip_inputs(const plan& p, int layers_run, int encoder_layers) {
   return o;
 }
 
-/// The vision rows fed to the projector [k, D] and the kept patch indices (anchors), ascending.
+/// The vision rows fed to the projector [k, D] and the kept patch indices (anchors), ascending
+/// (pool: each window's top-left patch, in pooled-grid order).
 struct vision_rows {
   std::vector<float> rows;
   std::vector<ts::token_index> kept;
+  std::vector<ts::token_index> order;  ///< visionzip: each output row's token (CLS 0, patch j: j + 1)
+  ts::index_t dominant = 0;            ///< visionzip: the dominant rows (CLS included)
+  ts::index_t pooled = 0;              ///< pool: the pooled grid's side (square grids)
 };
 
 /// The library's gather: the kept patches' features, in kept order.
@@ -440,6 +444,8 @@ vision_rows select_visionzip(const encoder_inputs& in, int f) {
                               in.p.visionzip, out, features);
   }
   v.rows.resize(static_cast<std::size_t>(r.count * D));
+  v.order.assign(out.begin(), out.begin() + r.count);
+  v.dominant = r.dominant;
   for (ts::index_t i = 0; i < r.count; ++i)
     if (out[static_cast<std::size_t>(i)] > 0) v.kept.push_back(out[static_cast<std::size_t>(i)] - 1);
   std::sort(v.kept.begin(), v.kept.end());
@@ -489,6 +495,7 @@ vision_rows select_pool(const encoder_inputs& in) {
                                             ts::matrix_view<float>(v.rows.data(), {in.p.req.output_rows, D}));
   for (ts::index_t o = 0; o < r.count; ++o)
     v.kept.push_back(static_cast<ts::token_index>(r.grid.row_of(o) * c.window * grid.cols + r.grid.col_of(o) * c.window));
+  v.pooled = r.grid.rows;
   return v;
 }
 
@@ -815,11 +822,27 @@ namespace {
 
 bool llm_stage(method m) noexcept { return m == method::fastv || m == method::fitprune || m == method::dart; }
 
-/// One AnyRes tile: CLIP with the tile plan's inputs, every patch's projected row into out [g^2, Dt],
-/// and the kept patch indices (ascending) of the plan's encoder-side method (every patch without
-/// one). Times and maps add up in res.
-std::vector<ts::token_index> anyres_tile(const clip_model& clip, const projector& proj, const llava_config& cfg,
-                                         const plan& tp, const float* pixels, float* out, run_result& res) {
+/// The encoder-side methods whose rows are merged or pooled (not a subset of the tile's patches).
+bool merges(method m) noexcept {
+  return m == method::prumerge || m == method::prumerge_plus || m == method::visionzip || m == method::pool;
+}
+
+/// One AnyRes tile's selection: the kept patches (ascending; pool: each window's top-left patch in
+/// pooled-grid order) and, for a merging method, its rows projected [r, Dt] in the method's order.
+struct tile_selection {
+  std::vector<ts::token_index> kept;
+  std::vector<float> merged;
+  std::vector<ts::token_index> order;  ///< visionzip: each row's token (CLS 0, patch j: j + 1)
+  ts::index_t dominant = 0;            ///< visionzip: dominant rows, CLS included
+  ts::index_t pooled = 0;              ///< pool: pooled grid side
+};
+
+/// One AnyRes tile: CLIP with the tile plan's inputs, then the plan's encoder-side method on the
+/// tile's own outputs (its CLS row, grid and features, as on a LLaVA-1.5 image). A patch-keeping
+/// method (or none) projects every patch row into out [g^2, Dt]; a merging one projects its own
+/// rows into the selection. Times and maps add up in res.
+tile_selection anyres_tile(const clip_model& clip, const projector& proj, const llava_config& cfg, const plan& tp,
+                           const float* pixels, float* out, run_result& res) {
   const auto& vc = cfg.vision;
   clip_options copt = clip_inputs(tp, cfg.feature_hidden_index(), vc.layers);
   freepruner_stream fp(tp, vc.tokens(), copt);
@@ -829,33 +852,47 @@ std::vector<ts::token_index> anyres_tile(const clip_model& clip, const projector
   res.attention_maps += co.maps_materialised;
   const std::int64_t n = vc.patches();
   const ts::matrix_view<const float> patches(co.features.data() + vc.hidden, {n, vc.hidden});  // CLS dropped
-  t0 = clock_type::now();
-  proj.forward(patches.data(), n, out);
-  res.time.projector += ms_since(t0);
+  tile_selection tile;
+  if (!merges(tp.m)) {
+    t0 = clock_type::now();
+    proj.forward(patches.data(), n, out);
+    res.time.projector += ms_since(t0);
+  }
   if (tp.m == method::none || llm_stage(tp.m)) {
-    std::vector<ts::token_index> all(static_cast<std::size_t>(n));
-    std::iota(all.begin(), all.end(), 0);
-    return all;
+    tile.kept.resize(static_cast<std::size_t>(n));
+    std::iota(tile.kept.begin(), tile.kept.end(), 0);
+    return tile;
   }
   t0 = clock_type::now();
   const encoder_inputs in{tp, co, patches, vc, proj};
   vision_rows v = select_encoder(in, fp, static_cast<int>(tp.shape.feature_layer), n);
   res.time.selection += ms_since(t0) + fp.ms();
-  return std::move(v.kept);
+  if (merges(tp.m)) {
+    t0 = clock_type::now();
+    const std::int64_t r = static_cast<std::int64_t>(v.rows.size()) / vc.hidden;
+    tile.merged.resize(static_cast<std::size_t>(r * proj.out_features()));
+    proj.forward(v.rows.data(), r, tile.merged.data());
+    res.time.projector += ms_since(t0);
+  }
+  tile.kept = std::move(v.kept);
+  tile.order = std::move(v.order);
+  tile.dominant = v.dominant;
+  tile.pooled = v.pooled;
+  return tile;
 }
 
 /// The packed image rows [k, Dt] the LLM sees: every tile's projected rows packed (base, unpadded
 /// grid, newlines), then only the tokens whose tile kept their patch, and every newline row;
 /// kept receives their positions among the layout's image_tokens().
 std::vector<float> anyres_rows(const anyres_layout& a, const std::vector<float>& tiles,
-                               const std::vector<std::vector<ts::token_index>>& tile_kept, const std::vector<float>& newline,
+                               const std::vector<tile_selection>& tile_kept, const std::vector<float>& newline,
                                std::int64_t Dt, std::vector<ts::token_index>& kept) {
   const std::int64_t n_img = a.image_tokens(), per_tile = a.base_tokens();
   std::vector<float> packed(static_cast<std::size_t>(n_img * Dt));
   pack_anyres(a, tiles.data(), newline.data(), Dt, packed.data());
   std::vector<char> keep(static_cast<std::size_t>(a.tile_count() * per_tile), 0);
   for (std::size_t t = 0; t < tile_kept.size(); ++t)
-    for (auto j : tile_kept[t]) keep[t * static_cast<std::size_t>(per_tile) + static_cast<std::size_t>(j)] = 1;
+    for (auto j : tile_kept[t].kept) keep[t * static_cast<std::size_t>(per_tile) + static_cast<std::size_t>(j)] = 1;
   const auto sources = anyres_token_sources(a);
   std::vector<float> rows;
   rows.reserve(packed.size());
@@ -866,6 +903,58 @@ std::vector<float> anyres_rows(const anyres_layout& a, const std::vector<float>&
     kept.push_back(static_cast<ts::token_index>(i));
     rows.insert(rows.end(), packed.begin() + i * Dt, packed.begin() + (i + 1) * Dt);
   }
+  return rows;
+}
+
+/// Pooling under AnyRes: every tile's pooled grid packed as pack_anyres packs the patch grids (the
+/// base tile's pooled rows, then the crops' joint pooled grid unpadded by unpad_image's rule at the
+/// pooled size, one image_newline per pooled row); kept: each packed cell's window anchor.
+std::vector<float> pooled_rows(const anyres_layout& a, const std::vector<tile_selection>& tiles,
+                               const std::vector<float>& newline, std::int64_t Dt, std::vector<ts::token_index>& kept) {
+  const anyres_layout c = coarser_layout(a, static_cast<int>(tiles[0].pooled));
+  const std::int64_t cells = static_cast<std::int64_t>(c.grid) * c.grid;
+  std::vector<float> pooled;
+  for (const auto& t : tiles) pooled.insert(pooled.end(), t.merged.begin(), t.merged.end());
+  std::vector<float> rows(static_cast<std::size_t>(c.image_tokens() * Dt));
+  pack_anyres(c, pooled.data(), newline.data(), Dt, rows.data());
+  for (const auto s : anyres_token_sources(c)) {
+    if (s < 0) continue;
+    const auto t = static_cast<std::size_t>(s / cells);
+    kept.push_back(static_cast<ts::token_index>(static_cast<std::int64_t>(t) * a.base_tokens() +
+                                                tiles[t].kept[static_cast<std::size_t>(s % cells)]));
+  }
+  return rows;
+}
+
+/// A merging method's image rows under AnyRes (pipeline.hpp, docs/llava.md#merging-methods-under-anyres):
+/// prumerge(+) every tile's rows in the method's order, base tile first; visionzip VisionZip's own
+/// LLaVA-NeXT layout (pack_anyres_visionzip); pool the pooled grids packed (pooled_rows). kept:
+/// the anchors as tile * g^2 + patch (anyres_token_sources' encoding), ascending.
+std::vector<float> anyres_merged_rows(method m, const anyres_layout& a, const std::vector<tile_selection>& tiles,
+                                      const std::vector<float>& newline, std::int64_t Dt, std::vector<ts::token_index>& kept) {
+  const std::int64_t per_tile = a.base_tokens();
+  std::vector<float> rows;
+  kept.clear();
+  if (m == method::pool) {
+    rows = pooled_rows(a, tiles, newline, Dt, kept);
+  } else if (m == method::visionzip) {
+    std::vector<std::vector<float>> tile_rows;
+    std::vector<std::vector<std::int32_t>> dominant(tiles.size());
+    for (std::size_t t = 0; t < tiles.size(); ++t) {
+      tile_rows.push_back(tiles[t].merged);
+      for (ts::index_t i = 1; i < tiles[t].dominant; ++i) dominant[t].push_back(tiles[t].order[static_cast<std::size_t>(i)] - 1);
+      for (const auto o : tiles[t].order)
+        if (o > 0) kept.push_back(static_cast<ts::token_index>(static_cast<std::int64_t>(t) * per_tile + o - 1));
+    }
+    rows = pack_anyres_visionzip(a, tile_rows, dominant, Dt);
+  } else {
+    for (std::size_t t = 0; t < tiles.size(); ++t) {
+      rows.insert(rows.end(), tiles[t].merged.begin(), tiles[t].merged.end());
+      for (const auto j : tiles[t].kept) kept.push_back(static_cast<ts::token_index>(static_cast<std::int64_t>(t) * per_tile + j));
+    }
+  }
+  std::sort(kept.begin(), kept.end());
+  kept.erase(std::unique(kept.begin(), kept.end()), kept.end());
   return rows;
 }
 
@@ -933,12 +1022,6 @@ run_result llava_model::run_anyres_impl(const anyres_image& image, std::span<con
     throw error("llava: anyres_image: " + std::to_string(image.pixels.size()) + " pixel values do not hold the layout's " +
                 std::to_string(a.tile_count()) + " tiles of 3 x " + std::to_string(S) + " x " + std::to_string(S));
   }
-  if (sel.name == method::prumerge || sel.name == method::prumerge_plus || sel.name == method::visionzip ||
-      sel.name == method::pool) {
-    throw error(std::string("llava: ") + to_string(sel.name) + ": merged or pooled rows have no place in the AnyRes grid; "
-                "under AnyRes the encoder-side methods that keep patches (fopru, freepruner, random, uniform, divprune, "
-                "vispruner) run per tile and the LLM-stage ones (fastv, fitprune, dart) over the whole image span");
-  }
   run_result res;
   res.time.load = load_ms_;
   // Encoder-side methods per tile: one plan per tile (n = g^2 patches, the budget per tile); over
@@ -953,16 +1036,17 @@ run_result llava_model::run_anyres_impl(const anyres_image& image, std::span<con
   const std::vector<std::int32_t> text(ids.begin() + s0 + slot_len, ids.end());
 
   const std::int64_t per_tile = a.base_tokens();
-  std::vector<float> tiles(static_cast<std::size_t>(a.tile_count() * per_tile * Dt));
-  std::vector<std::vector<ts::token_index>> tile_kept;
+  std::vector<float> tiles(merges(p.m) ? 0 : static_cast<std::size_t>(a.tile_count() * per_tile * Dt));
+  std::vector<tile_selection> tile_sel;
   for (int t = 0; t < a.tile_count(); ++t) {
-    tile_kept.push_back(anyres_tile(*clip_, *projector_, cfg_, tile_plan, image.pixels.data() + t * 3 * S * S,
-                                    tiles.data() + t * per_tile * Dt, res));
+    tile_sel.push_back(anyres_tile(*clip_, *projector_, cfg_, tile_plan, image.pixels.data() + t * 3 * S * S,
+                                   tiles.empty() ? nullptr : tiles.data() + t * per_tile * Dt, res));
   }
   std::vector<ts::token_index> kept;
-  std::vector<float> rows = anyres_rows(a, tiles, tile_kept, newline_, Dt, kept);
+  std::vector<float> rows = merges(p.m) ? anyres_merged_rows(p.m, a, tile_sel, newline_, Dt, kept)
+                                        : anyres_rows(a, tiles, tile_sel, newline_, Dt, kept);
   if (whole) rows = select_whole_image(p, a, rows, Dt, kept, res);
-  const std::int64_t k_rows = static_cast<std::int64_t>(kept.size());
+  const std::int64_t k_rows = static_cast<std::int64_t>(rows.size()) / Dt;
   const auto P = static_cast<std::int64_t>(prefix.size());
   std::vector<float> seq(static_cast<std::size_t>((P + k_rows + static_cast<std::int64_t>(text.size())) * Dt));
   llama_->embed(prefix, seq.data());

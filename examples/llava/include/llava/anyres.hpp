@@ -70,6 +70,21 @@ anyres_image preprocess_anyres(const rgb_image& image, const llava_config& cfg, 
 /// source its tile kept, and every newline row.
 std::vector<std::int64_t> anyres_token_sources(const anyres_layout& layout);
 
+/// The layout on a coarser per-tile grid (pooling: grid = the pooled side): the same tiles, the
+/// grid's unpadded window recomputed by unpad_image's rule for that grid. Throws unless 1 <= grid
+/// <= layout.grid.
+anyres_layout coarser_layout(const anyres_layout& layout, int grid);
+
+/// VisionZip's LLaVA-NeXT layout (dvlab-research/VisionZip, llava_arch.py,
+/// restore_image_features_sorted): tile_rows[t] = tile t's VisionZip rows [k, D] as the library
+/// gives them (CLS, the dominant patches ascending, the contextual rows); dominant[t] = those
+/// dominant patches' indices in the tile (ascending). Output: the base tile's k rows, then every
+/// crop's dominant patch rows in the order they lie on the crops' joint (tiles_y g) x (tiles_x g)
+/// grid, row-major, without unpadding and without image_newline, then the crops' CLS rows, then
+/// their contextual rows (crop order): tile_count() * k rows.
+std::vector<float> pack_anyres_visionzip(const anyres_layout& layout, const std::vector<std::vector<float>>& tile_rows,
+                                         const std::vector<std::vector<std::int32_t>>& dominant, std::int64_t D);
+
 /// pack_image_features: tile_rows [tile_count, g * g, D] (projected, base tile first), newline [D]
 /// -> out [layout.image_tokens(), D].
 void pack_anyres(const anyres_layout& layout, const float* tile_rows, const float* newline, std::int64_t D, float* out);

@@ -138,6 +138,8 @@ struct run_result {
   /// Kept patch indices (0 .. n-1, CLS excluded), ascending: encoder-side = the method's anchors
   /// (prumerge/visionzip: the kept/anchor tokens; pool: top-left patch of each window; merged
   /// extra rows have no index); fastv/fitprune: the visual tokens that reach the last layer.
+  /// LLaVA-NeXT: positions among the image's packed tokens, or, for the merging methods, the
+  /// anchors as tile * g^2 + patch (tile 0 = the base image).
   std::vector<std::int32_t> kept;
   std::int64_t kept_tokens = 0;           ///< visual tokens fed to (fastv/fitprune: surviving in) the LLM
   std::int64_t total_tokens = 0;          ///< visual tokens without selection (n)
@@ -186,7 +188,10 @@ class llava_model {
   /// the budget per tile, or (selection_options::anyres = image; divprune, random) over the image's
   /// packed patch tokens (kept packed tokens and every newline row go on; kept = positions among
   /// the image tokens); the LLM-stage ones (fastv, fitprune, dart) over the whole image span
-  /// (newline rows included); prumerge, prumerge+, visionzip and pool are refused.
+  /// (newline rows included); the merging ones (prumerge, prumerge+, visionzip, pool) per tile,
+  /// their rows laid out as docs/llava.md says (visionzip: VisionZip's own LLaVA-NeXT layout;
+  /// prumerge(+): the tiles' rows in tile order, no newline; pool: the pooled grids packed and
+  /// unpadded like the patch grid), kept = anchors as tile * g^2 + patch.
   run_result run(const anyres_image& image, std::span<const std::int32_t> input_ids, const run_options& options) const;
 
   /// The same up to the prefill only (no decoding): for benchmarks and tests.
