@@ -470,6 +470,34 @@ expected layout(const llava::llava_model& m, llava::method method, const llava::
 
 }  // namespace merged
 
+// coarser_layout (pooling's grid): unpad_image's window recomputed at the pooled size, equal to the
+// reference above for every image size from 1 to 120 pixels a side on the tiny model's pinpoints
+// and every pooled side; a side outside [1, g] is refused. pack_anyres_visionzip refuses a
+// dominant list that is not ascending.
+TEST(AnyResGeometry, CoarserLayoutUnpadsAtThePooledSize) {
+  auto& t = tiny();
+  for (int h = 1; h <= 120; ++h) {
+    for (int w = 1; w <= 120; ++w) {
+      const auto a = llava::make_anyres_layout(t.model.config(), h, w);
+      for (int p = 1; p <= a.grid; ++p) {
+        const auto c = llava::coarser_layout(a, p);
+        const auto want = merged::unpad(h, w, a.tiles_y * p, a.tiles_x * p);
+        ASSERT_EQ((std::array<int, 4>{c.row0, c.rows, c.col0, c.cols}), want) << h << "x" << w << " p " << p;
+        ASSERT_EQ(c.image_tokens(), p * p + c.rows * c.cols + c.rows);
+      }
+    }
+  }
+  const auto a = llava::make_anyres_layout(t.model.config(), 60, 230);
+  EXPECT_THROW((void)llava::coarser_layout(a, 0), llava::error);
+  EXPECT_THROW((void)llava::coarser_layout(a, a.grid + 1), llava::error);
+  const std::int64_t D = 2;
+  std::vector<std::vector<float>> rows(static_cast<std::size_t>(a.tile_count()), std::vector<float>(6, 0.0f));
+  std::vector<std::vector<std::int32_t>> dominant(rows.size(), std::vector<std::int32_t>{1, 3});
+  EXPECT_EQ(llava::pack_anyres_visionzip(a, rows, dominant, D).size(), static_cast<std::size_t>(a.tile_count() * 3 * D));
+  dominant[1] = {3, 1};
+  EXPECT_THROW((void)llava::pack_anyres_visionzip(a, rows, dominant, D), llava::error);
+}
+
 // Every merging method runs end to end on the wide, tall and square images: the LLM's image rows
 // are the library's per-tile rows laid out by the documented rule (within 1e-6: the same
 // arithmetic, another call), the sequence length is the prompt's plus that row count (prumerge:

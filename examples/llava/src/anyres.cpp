@@ -184,6 +184,13 @@ std::vector<float> pack_anyres_visionzip(const anyres_layout& a, const std::vect
       }
     }
   }
+  for (std::size_t t = 1; t < tiles; ++t) {
+    if (next[t] != dominant[t].size() || tile_rows[t].size() < (1 + next[t]) * static_cast<std::size_t>(D)) {
+      throw error("llava: anyres: VisionZip packing: tile " + std::to_string(t) + "'s " + std::to_string(dominant[t].size()) +
+                  " dominant patches must be distinct patch indices in [0, " + std::to_string(g * g) +
+                  "), ascending, each with a row after the CLS row");
+    }
+  }
   for (std::size_t t = 1; t < tiles; ++t) out.insert(out.end(), row(t, 0), row(t, 1));  // the crops' CLS rows
   for (std::size_t t = 1; t < tiles; ++t) {  // the crops' contextual rows
     out.insert(out.end(), row(t, 1 + dominant[t].size()), tile_rows[t].end());
