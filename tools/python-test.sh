@@ -6,7 +6,7 @@
 #   TOKENSEL_BUILD_DIR  main build (default build): its CLI and llava binaries are compared against
 #   TOKENSEL_PYTHON_TORCH=0  skip installing torch + transformers (their tests then skip with the reason)
 #   TOKENSEL_PYTHON_CUDA  auto (default: when nvcc is found) | 1 | 0: build the CUDA dispatch
-#      (FoPru/FastV on CUDA tensors; compiled and linked here, exercised on a GPU only)
+#      (the methods of tokensel.cuda_methods() on CUDA tensors; compiled and linked here, run on a GPU only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS

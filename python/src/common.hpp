@@ -10,6 +10,7 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <optional>
@@ -100,6 +101,28 @@ inline const char* dt_name(dt d) { return d == dt::f32 ? "f32" : d == dt::f16 ? 
 /// Whether this extension was built with the CUDA backend.
 bool built_with_cuda();
 
+/// The dispatch table: the methods whose select runs CUDA tensors on the CUDA backend when the
+/// extension is built with it (cuda_dispatch.hpp declares one <method>_select_cuda each). One
+/// array per input (a sample, or a [batch, ...] batch), all on one device; ragged lists and
+/// qk_source stay on the CPU. The rest (freePruner, PruMerge, FitPrune, pooling) refuse CUDA tensors.
+inline constexpr std::array<const char*, 6> cuda_methods{"fopru", "fastv", "divprune", "vispruner", "dart", "visionzip"};
+
+/// Why a CUDA tensor cannot be used where `name` (method.parameter...) reads it.
+inline std::string cuda_refusal(const std::string& name) {
+  const std::string method = name.substr(0, name.find('.'));
+  std::string list;
+  bool listed = false;
+  for (const char* m : cuda_methods) {
+    list += (list.empty() ? "" : ", ") + std::string(m);
+    listed = listed || method == m;
+  }
+  if (listed) {
+    return method + " runs CUDA tensors only as one array per input (a sample or a [batch, ...] batch, every input on one device); "
+                    "ragged lists and qk_source run on the CPU: pass CPU tensors (.cpu())";
+  }
+  return method + " has no CUDA dispatch in the Python package (CUDA tensors run for " + list + "); pass CPU tensors (.cpu())";
+}
+
 /// True for CUDA (or CUDA managed) memory.
 inline bool is_cuda_device(int device_type) {
   return device_type == nb::device::cuda::value || device_type == nb::device::cuda_managed::value;
@@ -116,8 +139,7 @@ inline dt dtype_of(const array& a, const std::string& name, bool allow_cuda = fa
          "or pass a CPU tensor: .cpu())");
   }
   if (cuda && !allow_cuda) {
-    fail(errc::unsupported, name, "a CUDA tensor",
-         "this method's Python binding runs on the CPU only (CUDA tensors dispatch only for fopru and fastv attention maps); pass a CPU tensor (.cpu())");
+    fail(errc::unsupported, name, "a CUDA tensor", cuda_refusal(name));
   }
   if (!cuda && dev != nb::device::cpu::value) fail(errc::unsupported, name, "device " + std::to_string(dev), "must be a CPU or CUDA array");
   const auto t = a.dtype();

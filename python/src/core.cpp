@@ -193,6 +193,9 @@ void bind_core(nb::module_& m) {
         "dst[r, :] = src[indices[r], :]. src [n, d] (f32/f16/bf16, any strides); without out returns a new "
         "float32 [k, d] array, with out (a writable [k, d] f32/f16/bf16 array) writes into it and returns it.");
   m.def("built_with_cuda", &built_with_cuda, "Whether this extension dispatches CUDA tensors to the CUDA backend.");
+  m.def("cuda_methods", [] { return std::vector<std::string>(cuda_methods.begin(), cuda_methods.end()); },
+        "The methods whose select runs CUDA tensors on the CUDA backend when built_with_cuda() (one array per input: "
+        "a sample or a [batch, ...] batch); the others raise for CUDA tensors.");
   m.def("threading_available", &tokensel::threading_available, "Whether threads > 1 really run in parallel (OpenMP).");
 }
 

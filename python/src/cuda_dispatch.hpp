@@ -1,16 +1,22 @@
-// tokensel Python extension: CUDA tensors. With TOKENSEL_PYTHON_WITH_CUDA=ON, FoPru and FastV run
-// on the CUDA backend when their attention is a CUDA tensor (same dtypes and shapes as on the
-// CPU, same indices: the backends agree bit for bit). The call runs on PyTorch's current stream
-// of the tensor's device (the default stream when torch is not importable), allocates its
-// workspace and output with cudaMallocAsync on that stream, synchronises once (to raise any
-// problem the kernels recorded, e.g. NaN, as tokensel.Error) and returns int32 CUDA tensors.
-// Other methods refuse CUDA tensors by name; everything else takes CPU arrays.
+// tokensel Python extension: CUDA tensors. With TOKENSEL_PYTHON_WITH_CUDA=ON, the methods of the
+// dispatch table (common.hpp: cuda_methods) run on the CUDA backend when their inputs are CUDA
+// tensors: same dtypes and shapes as on the CPU (one sample, or a [batch, ...] batch), same
+// indices (the backends agree bit for bit). The call runs on PyTorch's current stream of the
+// tensor's device (the default stream when torch is not importable), allocates its workspace and
+// outputs with cudaMallocAsync on that stream, synchronises once (to raise any problem the kernels
+// recorded, e.g. NaN, as tokensel.Error) and returns CUDA tensors (int32 indices; float32 rows for
+// VisionZip). The shared pieces are cuda_run.cuh; each <method>_select_cuda is a few lines of views.
+// Other methods, ragged lists and qk_source refuse CUDA tensors by name (common.hpp: cuda_refusal).
 #pragma once
 
 #include "common.hpp"
 
+#include <tokensel/methods/dart.hpp>
+#include <tokensel/methods/divprune.hpp>
 #include <tokensel/methods/fastv.hpp>
 #include <tokensel/methods/fopru.hpp>
+#include <tokensel/methods/visionzip.hpp>
+#include <tokensel/methods/vispruner.hpp>
 
 namespace tsp {
 
@@ -21,12 +27,27 @@ inline bool on_cuda(nb::handle h) {
   return is_cuda_device(a.device_type());
 }
 
+using opt_budget = std::optional<tokensel::budget>;
+
 #if defined(TOKENSEL_PYTHON_CUDA)
 /// FoPru of a CUDA [heads, N, N] sample (1-D indices) or [batch, heads, N, N] batch ([batch, k]).
 nb::object fopru_select_cuda(const array& attention, const tokensel::fopru::config& cfg, bool return_result);
 /// FastV of a CUDA [heads, L, L] sample or [batch, heads, L, L] batch.
 nb::object fastv_select_cuda(const array& attention, const tokensel::token_range& visual, const tokensel::fastv::config& cfg,
                              bool return_result);
+/// DivPrune of CUDA features [n, D] or [batch, n, D].
+nb::object divprune_select_cuda(const array& features, const tokensel::divprune::config& base, const opt_budget& keep, bool return_result);
+/// VisPruner of CUDA attention [heads, N | 1, N] and features [N - 1, D] (or their [batch, ...] forms).
+nb::object vispruner_select_cuda(const array& attention, const array& features, const tokensel::vispruner::config& base,
+                                 const opt_budget& keep, bool return_result);
+/// DART of CUDA keys [kv_heads, L, d_head] and hidden [L, D] (or [batch, ...]); norm_weight None
+/// or a float32 CUDA tensor [D].
+nb::object dart_select_cuda(const array& keys, const array& hidden, nb::handle norm_weight, const tokensel::token_range& visual,
+                            const tokensel::dart::config& base, const opt_budget& keep, bool return_result);
+/// VisionZip of CUDA attention [heads, N | 1, N], keys [heads, N, d_head] (None: contextual = 0)
+/// and hidden [N, D] (or [batch, ...]): (indices, float32 rows[, result]).
+nb::object visionzip_select_cuda(const array& attention, nb::handle keys, const array& hidden, const tokensel::visionzip::config& base,
+                                 const opt_budget& keep, bool return_result);
 #endif
 
 }  // namespace tsp

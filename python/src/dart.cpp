@@ -1,5 +1,6 @@
 // tokensel Python extension: DART (LLM layer K-1's keys and the hidden states entering layer K).
 #include "common.hpp"
+#include "cuda_dispatch.hpp"
 
 #include <tokensel/methods/dart.hpp>
 
@@ -70,6 +71,12 @@ nb::object select(nb::handle keys, nb::handle hidden, nb::handle visual, std::op
   da::validate(base);
   const auto b = budget_of(keep);
   const auto pol = policy(threads);
+#if defined(TOKENSEL_PYTHON_CUDA)
+  if (on_cuda(hidden)) {
+    return dart_select_cuda(array_arg(keys, "dart.keys"), nb::cast<array>(hidden), norm_weight, span_of(visual, "dart.visual"), base, b,
+                            return_result);
+  }
+#endif
   const std::vector<float> w = weight_of(norm_weight);
   auto wrap = [&](nb::object idx, nb::object res) { return return_result ? nb::make_tuple(idx, res) : idx; };
   if (is_sequence(hidden)) {  // ragged: one sequence per sample; visual one span for all or one per sample

@@ -1,5 +1,6 @@
 // tokensel Python extension: DivPrune (features only, no attention).
 #include "common.hpp"
+#include "cuda_dispatch.hpp"
 
 #include <tokensel/methods/divprune.hpp>
 
@@ -36,6 +37,9 @@ nb::object select(nb::handle features, std::optional<dp::config> cfg_in, nb::han
   const auto b = budget_of(keep);
   const auto pol = policy(threads);
   auto wrap = [&](nb::object idx, nb::object res) { return return_result ? nb::make_tuple(idx, res) : idx; };
+#if defined(TOKENSEL_PYTHON_CUDA)
+  if (on_cuda(features)) return divprune_select_cuda(nb::cast<array>(features), base, b, return_result);
+#endif
   if (is_sequence(features)) {  // ragged: one [n_b, D_b] array per sample, each with its own keep count
     nb::list idx, res;
     std::size_t i = 0;

@@ -1,5 +1,6 @@
 // tokensel Python extension: VisionZip.
 #include "common.hpp"
+#include "cuda_dispatch.hpp"
 
 #include <tokensel/methods/visionzip.hpp>
 
@@ -53,6 +54,11 @@ nb::object select(nb::handle attention, nb::handle keys, nb::handle hidden, std:
   const vz::config base = cfg_in.value_or(vz::config{});
   const auto b = budget_of(keep);
   const auto pol = policy(threads);
+#if defined(TOKENSEL_PYTHON_CUDA)
+  if (on_cuda(attention)) {
+    return visionzip_select_cuda(nb::cast<array>(attention), keys, array_arg(hidden, "visionzip.hidden"), base, b, return_result);
+  }
+#endif
   if (is_sequence(attention)) {
     nb::list out;
     const auto n = nb::len(attention);

@@ -1,5 +1,6 @@
 // tokensel Python extension: VisPruner (CLS attention of the feature layer + patch features).
 #include "common.hpp"
+#include "cuda_dispatch.hpp"
 
 #include <tokensel/methods/vispruner.hpp>
 
@@ -37,6 +38,11 @@ nb::object select(nb::handle attention, nb::handle features, std::optional<vp::c
   const auto b = budget_of(keep);
   const auto pol = policy(threads);
   auto wrap = [&](nb::object idx, nb::object res) { return return_result ? nb::make_tuple(idx, res) : idx; };
+#if defined(TOKENSEL_PYTHON_CUDA)
+  if (on_cuda(attention)) {
+    return vispruner_select_cuda(nb::cast<array>(attention), array_arg(features, "vispruner.features"), base, b, return_result);
+  }
+#endif
   if (is_sequence(attention)) {  // ragged: one attention (array or qk_source) and one feature array per image
     const auto n = nb::len(attention);
     if (!is_sequence(features) || nb::len(features) != n) fail(errc::shape_mismatch, "vispruner.features", "?", "must be a list as long as the attention list");

@@ -1,5 +1,6 @@
-"""CUDA tensors (extension built with TOKENSEL_PYTHON_WITH_CUDA=ON): FoPru and FastV run on the CUDA
-backend and return exactly the CPU's indices; the other methods refuse CUDA tensors by name.
+"""CUDA tensors (extension built with TOKENSEL_PYTHON_WITH_CUDA=ON): the methods of the dispatch table
+(ts.cuda_methods(): FoPru, FastV, DivPrune, VisPruner, DART, VisionZip) run on the CUDA backend and
+return exactly the CPU's indices (and VisionZip's rows); the other methods refuse CUDA tensors by name.
 Without a GPU (or without a CUDA build) the device tests skip with the reason; the build check
 runs wherever TOKENSEL_EXPECT_PYTHON_CUDA says what the build should be."""
 import os
@@ -69,5 +70,49 @@ def test_cuda_errors_are_value_errors():
         ts.fopru.select(a.cuda())
     with pytest.raises(ValueError, match="fopru.attention.ndim"):
         ts.fopru.select(a[0].cuda())
-    with pytest.raises(ValueError, match="CPU only"):
-        ts.visionzip.select(a.cuda(), None, torch.zeros(17, 8).cuda(), ts.visionzip.config(dominant=4, contextual=0))
+    with pytest.raises(ValueError, match="prumerge has no CUDA dispatch"):
+        ts.prumerge.select_from_attention(a.cuda())
+    with pytest.raises(ValueError, match=r"vispruner.features.device = cpu: must be on the device of the attention \(cuda:0\)"):
+        ts.vispruner.select(a.cuda(), torch.zeros(16, 8))
+    with pytest.raises(ValueError, match=r"dart.norm_weight.dtype = f16: must be float32 with CUDA inputs"):
+        ts.dart.select(torch.zeros(2, 30, 4).cuda(), torch.zeros(30, 8).cuda(), (1, 20), norm_weight=torch.ones(8).half().cuda())
+
+
+def same(got, want):
+    """A CUDA result (tensor, or tuple / list of them and result structs) equals the CPU's."""
+    if isinstance(got, (tuple, list)):
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            same(g, w)
+    elif hasattr(got, "is_cuda"):
+        assert got.is_cuda
+        np.testing.assert_array_equal(got.cpu().numpy(), np.asarray(want))
+    else:
+        assert got.count == want.count
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_feature_methods_cuda_equal_cpu(dtype):
+    """DivPrune, VisPruner, DART and VisionZip: one sample and a [batch, ...] batch, CUDA == CPU."""
+    torch = cuda_torch()
+    rng = np.random.default_rng(14)
+    t = lambda x: torch.from_numpy(np.ascontiguousarray(x)).to(getattr(torch, dtype))  # noqa: E731
+    att = t(attention(rng, 2, 3, 37, 37))
+    feats = t(rng.standard_normal((2, 36, 8)).astype(np.float32))
+    keys = t(rng.standard_normal((2, 3, 37, 4)).astype(np.float32))
+    hidden = t(rng.standard_normal((2, 37, 8)).astype(np.float32))
+    weight = torch.from_numpy(rng.random(8).astype(np.float32) + 0.5)
+    zc = ts.visionzip.config(dominant=6, contextual=3)
+    calls = [
+        lambda dev: ts.divprune.select(dev(feats), keep=9, return_result=True),
+        lambda dev: ts.divprune.select(dev(feats[0]), keep=0.25, return_result=True),
+        lambda dev: ts.vispruner.select(dev(att), dev(feats), keep=10, return_result=True),
+        lambda dev: ts.vispruner.select(dev(att[1]), dev(feats[1]), keep=0.5),
+        lambda dev: ts.dart.select(dev(keys), dev(hidden), (1, 30), keep=8, return_result=True),
+        lambda dev: ts.dart.select(dev(keys[0]), dev(hidden[0]), (1, 30), norm_weight=dev(weight).float(), keep=8),
+        lambda dev: ts.visionzip.select(dev(att), dev(keys), dev(hidden), zc, return_result=True),
+        lambda dev: ts.visionzip.select(dev(att[0]), dev(keys[0]), dev(hidden[0]), zc),
+        lambda dev: ts.visionzip.select(dev(att[0]), None, dev(hidden[0]), ts.visionzip.config(dominant=5, contextual=0)),
+    ]
+    for call in calls:
+        same(call(lambda x: x.cuda()), call(lambda x: x))

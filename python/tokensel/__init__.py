@@ -10,6 +10,7 @@ from ._core import (  # noqa: F401
     Error,
     budget,
     built_with_cuda,
+    cuda_methods,
     gather,
     head_reduction,
     layer_span,
@@ -27,7 +28,7 @@ from ._core import baselines, dart, divprune, fastv, fitprune, fopru, freepruner
 __version__ = "0.1.0"
 
 __all__ = [
-    "Error", "budget", "built_with_cuda", "gather", "head_reduction", "layer_span", "method_requirements",
+    "Error", "budget", "built_with_cuda", "cuda_methods", "gather", "head_reduction", "layer_span", "method_requirements",
     "model_shape", "qk_source", "row_reduction", "significance_axis", "stage", "threading_available",
     "token_grid", "baselines", "dart", "divprune", "fastv", "fitprune", "fopru", "freepruner", "prumerge", "visionzip",
     "vispruner",

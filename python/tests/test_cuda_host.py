@@ -1,0 +1,136 @@
+"""The host side of the CUDA dispatch, testable without a GPU: which methods dispatch CUDA tensors
+(the table, and docs/python.md listing the same), and the refusals that happen before any device
+memory is read, checked with a stand-in DLPack tensor that claims to live in CUDA memory."""
+import ctypes
+import re
+
+import numpy as np
+import pytest
+
+import tokensel as ts
+from conftest import ROOT
+
+DISPATCHING = ["fopru", "fastv", "divprune", "vispruner", "dart", "visionzip"]
+
+
+class DLDevice(ctypes.Structure):
+    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
+
+
+class DLDataType(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+
+class DLTensor(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("device", DLDevice), ("ndim", ctypes.c_int32), ("dtype", DLDataType),
+                ("shape", ctypes.POINTER(ctypes.c_int64)), ("strides", ctypes.POINTER(ctypes.c_int64)),
+                ("byte_offset", ctypes.c_uint64)]
+
+
+class DLManagedTensor(ctypes.Structure):
+    _fields_ = [("dl_tensor", DLTensor), ("manager_ctx", ctypes.c_void_p), ("deleter", ctypes.c_void_p)]
+
+
+_capsule_new = ctypes.pythonapi.PyCapsule_New
+_capsule_new.restype = ctypes.py_object
+_capsule_new.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+KDL_CUDA = 2
+
+
+class FakeCuda:
+    """A float32 DLPack tensor that says it is in CUDA memory (device cuda:0) but points at host
+    memory: only for refusals that happen before anything is read (never handed to a kernel)."""
+
+    def __init__(self, *shape):
+        self.host = np.zeros(shape, np.float32)
+        self.dims = (ctypes.c_int64 * len(shape))(*shape)
+        self.name = b"dltensor"
+        self.managed = []
+
+    def __dlpack__(self, **kwargs):
+        mt = DLManagedTensor()
+        mt.dl_tensor = DLTensor(self.host.ctypes.data, DLDevice(KDL_CUDA, 0), len(self.dims), DLDataType(2, 32, 1),
+                                self.dims, None, 0)
+        self.managed.append(mt)  # alive as long as this object (no deleter)
+        return _capsule_new(ctypes.addressof(mt), self.name, None)
+
+    def __dlpack_device__(self):
+        return (KDL_CUDA, 0)
+
+
+def test_dispatch_table_matches_the_docs():
+    assert ts.cuda_methods() == DISPATCHING
+    text = (ROOT / "docs" / "python.md").read_text()
+    row = re.search(r"^\s*\| CUDA tensors dispatch \|(.*)\|\s*$", text, re.M)
+    assert row, "docs/python.md lacks the '| CUDA tensors dispatch | ... |' row of the dispatch table"
+    assert re.findall(r"`(\w+)`", row.group(1)) == DISPATCHING
+
+
+def refuse_cases():
+    """(call, parameter its message names, method) for each binding reading a CUDA tensor where it
+    is not dispatched: the methods without a CUDA dispatch, and the ragged lists of those with one."""
+    c = FakeCuda
+    h = np.zeros((17, 8), np.float32)
+    return [
+        (lambda: ts.freepruner.select([c(2, 17, 17)] * 3, ts.freepruner.config(first_layer=0, last_layer=1, complementary_layer=2)),
+         "freepruner.layers[0]", "freepruner"),
+        (lambda: ts.freepruner.select(c(3, 2, 17, 17)), "freepruner.layers", "freepruner"),
+        (lambda: ts.prumerge.select_from_attention(c(2, 17, 17)), "prumerge.attention", "prumerge"),
+        (lambda: ts.fitprune.prune_layer(c(2, 30, 30), (1, 20), 4), "fitprune.attention", "fitprune"),
+        (lambda: ts.baselines.pool.apply(c(16, 8)), "pool.features", "pool"),
+        (lambda: ts.gather(c(16, 8), np.arange(4, dtype=np.int32)), "gather.src", "gather"),
+        (lambda: ts.fopru.select([c(2, 17, 17)]), "fopru.attention[0]", "fopru"),
+        (lambda: ts.fastv.select([c(2, 30, 30)], (1, 20)), "fastv.attention[0]", "fastv"),
+        (lambda: ts.divprune.select([c(16, 8)]), "divprune.features[0]", "divprune"),
+        (lambda: ts.vispruner.select([c(2, 17, 17)], [c(16, 8)]), "vispruner.attention[0]", "vispruner"),
+        (lambda: ts.visionzip.select([c(2, 17, 17)], None, [h], ts.visionzip.config(dominant=4, contextual=0)),
+         "visionzip.attention[0]", "visionzip"),
+        (lambda: ts.dart.select([c(2, 30, 4)], [c(30, 8)], (1, 20)), "dart.hidden[0]", "dart"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(refuse_cases())))
+def test_cuda_tensor_refused_by_name(case):
+    call, parameter, method = refuse_cases()[case]
+    with pytest.raises(ts.Error) as err:
+        call()
+    msg = str(err.value)
+    assert msg.startswith(f"tokensel: {parameter} = a CUDA tensor: "), msg
+    if not ts.built_with_cuda():
+        assert "built without CUDA" in msg and "TOKENSEL_PYTHON_WITH_CUDA=ON" in msg
+    elif method in DISPATCHING:
+        assert f"{method} runs CUDA tensors only as one array per input" in msg and "ragged lists" in msg
+    else:
+        assert f"{method} has no CUDA dispatch in the Python package" in msg
+        assert "CUDA tensors run for " + ", ".join(DISPATCHING) in msg
+
+
+@pytest.mark.parametrize("call", [
+    lambda c: ts.fopru.select(c(2, 17, 17)),
+    lambda c: ts.fastv.select(c(2, 30, 30), (1, 20)),
+    lambda c: ts.divprune.select(c(16, 8)),
+    lambda c: ts.vispruner.select(c(2, 17, 17), c(16, 8)),
+    lambda c: ts.dart.select(c(2, 30, 4), c(30, 8), (1, 20)),
+    lambda c: ts.visionzip.select(c(2, 17, 17), None, c(17, 8), ts.visionzip.config(dominant=4, contextual=0)),
+])
+def test_dispatching_methods_without_cuda_build(call):
+    """A CUDA build would hand these to the device (the GPU tests cover that); a CPU build refuses."""
+    if ts.built_with_cuda():
+        pytest.skip("built with CUDA: the stand-in tensor must not reach a kernel (test_cuda_dispatch.py runs real ones)")
+    with pytest.raises(ts.Error, match="a CUDA tensor: this tokensel extension was built without CUDA"):
+        call(FakeCuda)
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda c, h: ts.vispruner.select(c(2, 17, 17), h(16, 8)), r"vispruner.features.device = cpu: must be on the device of the attention \(cuda:0\)"),
+    (lambda c, h: ts.dart.select(h(2, 30, 4), c(30, 8), (1, 20)), r"dart.keys.device = cpu: must be on the device of dart.hidden \(cuda:0\)"),
+    (lambda c, h: ts.dart.select(c(2, 30, 4), c(30, 8), (1, 20), norm_weight=h(8)),
+     r"dart.norm_weight.device = cpu: must be on the device of dart.hidden \(cuda:0\)"),
+    (lambda c, h: ts.visionzip.select(c(2, 17, 17), None, h(17, 8)), r"visionzip.hidden.device = cpu: must be on the device of the attention"),
+])
+def test_cuda_companion_on_another_device(call, message):
+    """Checked before any device work: in a CUDA build the mix is refused by device, in a CPU build
+    the CUDA tensor is refused; nothing is read either way."""
+    host = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
+    with pytest.raises(ts.Error, match=message if ts.built_with_cuda() else "built without CUDA"):
+        call(FakeCuda, host)
