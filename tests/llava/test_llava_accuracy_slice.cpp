@@ -8,17 +8,15 @@
 // build) may reorder float sums, and a near-tie answer may flip; a broken runtime loses many.
 #include <gtest/gtest.h>
 
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <cstdio>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
+
+#include "cli_process.hpp"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -30,32 +28,19 @@ const fs::path model_dir = data_dir / "llava-shapes-fp32";
 const fs::path slice_dir = data_dir / "accuracy-slice";
 const std::string cli = LLAVA_CLI_PATH;
 
-std::string quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
 /// `llava --eval` on the slice with extra flags; the parsed JSON report (fails the test otherwise).
 json eval_slice(const std::vector<std::string>& extra) {
-  std::string cmd = quote(cli) + " --model " + quote(model_dir.string()) + " --eval " +
-                    quote((slice_dir / "slice.jsonl").string()) + " --max-new-tokens 4 --threads 1 --json";
-  for (const auto& a : extra) cmd += ' ' + quote(a);
-  cmd += " 2>/dev/null";
-  std::string out;
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (!p) return {};
-  char buf[4096];
-  std::size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int st = ::pclose(p);
-  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << cmd;
-  return json::parse(out, nullptr, false);
+  std::vector<std::string> args = {"--model", model_dir.string(), "--eval", (slice_dir / "slice.jsonl").string(),
+                                   "--max-new-tokens", "4", "--threads", "1", "--json"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  const auto err = fs::temp_directory_path() / ("llava_slice_" + std::to_string(::getpid()) + ".txt");
+  const auto r = llava_test::run_process(cli, args, err);
+  EXPECT_EQ(r.status, 0) << r.err;
+  return json::parse(r.out, nullptr, false);
 }
 
 json record() {
-  std::ifstream in(slice_dir / "expected.json");
-  return json::parse(in, nullptr, false);
+  return json::parse(llava_test::slurp(slice_dir / "expected.json"), nullptr, false);
 }
 
 void check_run(const json& expected) {

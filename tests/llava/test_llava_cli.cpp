@@ -17,6 +17,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cli_process.hpp"
 #include "llava/image.hpp"
 
 namespace fs = std::filesystem;
@@ -26,48 +27,15 @@ namespace {
 const fs::path data_dir = LLAVA_TEST_DATA;
 const std::string cli = LLAVA_CLI_PATH;
 
-struct run_result {
-  int status = -1;
-  std::string out, err;
-};
-
-std::string quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
+using run_result = llava_test::process_result;
+using llava_test::slurp;
 
 fs::path temp_path(const std::string& name) {
   return fs::temp_directory_path() / ("llava_cli_" + std::to_string(::getpid()) + "_" + name);
 }
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 run_result run(const std::vector<std::string>& args) {
-  std::string cmd = quote(cli);
-  for (const auto& a : args) {
-    cmd += ' ';
-    cmd += quote(a);
-  }
-  const auto err_file = temp_path("stderr.txt");
-  cmd += " 2>";
-  cmd += quote(err_file.string());
-  run_result r;
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  std::size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  const int st = ::pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  r.err = slurp(err_file);
-  fs::remove(err_file);
-  return r;
+  return llava_test::run_process(cli, args, temp_path("stderr.txt"));
 }
 
 nlohmann::json golden(const std::string& variant) {

@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 #include <tokensel/io/fitprune_json.hpp>
 
+#include "cli_process.hpp"
 #include "llava/eval.hpp"
 
 namespace fs = std::filesystem;
@@ -31,23 +32,8 @@ const fs::path model_dir = data_dir / "llava-tiny-fp32";
 const fs::path images = data_dir / "llava-images";
 const std::string cli = LLAVA_CLI_PATH;
 
-struct cli_result {
-  int status = -1;
-  std::string out, err;
-};
-
-std::string quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using cli_result = llava_test::process_result;
+using llava_test::slurp;
 
 /// A fresh folder per test (removed at the end).
 class Eval : public ::testing::Test {
@@ -61,20 +47,7 @@ class Eval : public ::testing::Test {
   void TearDown() override { fs::remove_all(dir_); }
 
   cli_result run(const std::vector<std::string>& args) const {
-    std::string cmd = quote(cli);
-    for (const auto& a : args) cmd += ' ' + quote(a);
-    const fs::path err = dir_ / "stderr.txt";
-    cmd += " 2>" + quote(err.string());
-    cli_result r;
-    FILE* p = ::popen(cmd.c_str(), "r");
-    if (!p) return r;
-    char buf[4096];
-    std::size_t n;
-    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-    const int st = ::pclose(p);
-    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    r.err = slurp(err);
-    return r;
+    return llava_test::run_process(cli, args, dir_ / "stderr.txt");
   }
   fs::path write(const std::string& name, const std::string& text) const {
     std::ofstream(dir_ / name, std::ios::binary) << text;

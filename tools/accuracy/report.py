@@ -86,7 +86,8 @@ def full_table(doc, g, full):
                 keep += f" (seed {run['seed']})"
             r = run["result"]
             if not r:
-                lines.append(f"| {label} | {keep} | refused: {run['error']} |" + " |" * (len(head) - 3))
+                reason = run["error"].split("tokensel: ", 1)[-1]  # the library's message, without the file:line
+                lines.append(f"| {label} | {keep} | refused: {reason} |" + " |" * (len(head) - 3))
                 continue
             t = r["mean_timings_ms"]
             row = [label, keep, f"{r['mean_kept_tokens']:.1f}", ci(r)]
