@@ -219,10 +219,6 @@ void read_preprocessor(const std::filesystem::path& dir, llava::preprocess_optio
   triple("image_std", true, p.std);
 }
 
-double ms_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-}
-
 std::string one_line(std::string s) {
   for (char& c : s) {
     if (c == '\n' || c == '\r') c = ' ';
@@ -404,7 +400,7 @@ int run_single(const cli_options& o) {
   } else {
     pixels = llava::preprocess(s.image, s.pre);
   }
-  s.preprocess_ms = ms_since(t_pre);
+  s.preprocess_ms = llava::ms_since(t_pre);
 
   llava::run_options ro;
   ro.selection = sel;
@@ -500,7 +496,7 @@ int run_calibration(const cli_options& o, const llava::eval::setup& s, std::span
   } catch (const std::exception& e) {
     throw llava::error(std::string("llava: --fitprune-calibrate: ") + e.what());
   }
-  const json j = calibration_json(o, fit, qs.size(), ms_since(t0) / 1000.0);
+  const json j = calibration_json(o, fit, qs.size(), llava::ms_since(t0) / 1000.0);
   if (o.json_out) {
     std::cout << j.dump(2) << "\n";
   } else {

@@ -17,10 +17,6 @@ namespace {
 using json = nlohmann::ordered_json;
 using clock_type = std::chrono::steady_clock;
 
-double ms_since(clock_type::time_point t0) {
-  return std::chrono::duration<double, std::milli>(clock_type::now() - t0).count();
-}
-
 /// A required string field of a question line.
 std::string string_field(const json& j, const char* key, const std::string& where, bool required) {
   const auto it = j.find(key);

@@ -51,6 +51,7 @@
 // barring near-ties (docs/flashattention.md). The other methods read no attention: no effect.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -125,6 +126,11 @@ struct run_options {
   /// Keep run_result::projector_input and decode_logits (tests against independent references).
   bool record_intermediates = false;
 };
+
+/// Wall-clock milliseconds since t0 (every timing of the runtime and its front ends).
+inline double ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
 
 struct timings {           ///< milliseconds (wall clock)
   double load = 0, vision = 0, selection = 0, projector = 0, prefill = 0, decode = 0;
