@@ -12,7 +12,6 @@ of docs/accuracy.md.
 import argparse
 import concurrent.futures
 import json
-import math
 import os
 import subprocess
 import sys
@@ -48,16 +47,6 @@ METHODS = [
     ("uniform grid", "uniform", [], True),
     ("pooling", "pool", [], True),
 ]
-
-
-def wilson(correct, n, z=1.959963984540054):
-    if n == 0:
-        return (0.0, 1.0)
-    p = correct / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (c - h, c + h)
 
 
 def ensure_split(work, split, count):

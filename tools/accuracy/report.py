@@ -113,9 +113,9 @@ def plot(doc, g, full, path):
             ok = [r["result"] for r in rs if r["result"]]
             if not ok:
                 continue
-            x = mean([r["mean_kept_tokens"] for r in ok]) if k is None or label == "FitPrune" else k
-            if label == "FitPrune":
-                x = k  # FLOPs-equivalent keep: the recipe spends the LLM FLOPs of keeping k from the start
+            # adaptive methods at their mean count; FitPrune at its FLOPs-equivalent keep k (the recipe
+            # spends the LLM FLOPs of keeping k from the start)
+            x = mean([r["mean_kept_tokens"] for r in ok]) if k is None else k
             pts.append((x, mean([r["accuracy"] for r in ok])))
         if not pts:
             continue

@@ -29,14 +29,15 @@ from safetensors.torch import save_file
 from transformers import AutoTokenizer, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "llava"))
+import make_tiny_llava as tiny  # noqa: E402  (the tokenizer's ids, CLIP normalisation, checkpoint names)
 import shapes_vqa  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 TOKENIZER_DIR = os.path.join(ROOT, "tests", "data", "llava-tiny-fp32")
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-IMAGE_TOKEN, PAD_TOKEN, VOCAB = 1000, 1001, 1024
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGE_TOKEN, PAD_TOKEN, VOCAB = tiny.IMAGE_TOKEN, tiny.PAD_TOKEN, tiny.VOCAB  # the copied tokenizer's
+CLIP_MEAN, CLIP_STD = tiny.CLIP_MEAN, tiny.CLIP_STD
 PATCH = 8
 NUM_PATCHES = (shapes_vqa.SIZE // PATCH) ** 2
 SEED = 20261206
@@ -141,11 +142,14 @@ def stream(split, rng_worker=0, type_weights=None):
     """Training samples: (type, pixels, question, answer, patch kind labels, patch colour labels);
     question types drawn with type_weights (default uniform)."""
     rng = shapes_vqa.split_rng(split, rng_worker)
-    w = np.array(type_weights or [1.0] * len(shapes_vqa.TYPES), np.float64)
-    w = w / w.sum()
+    n = len(shapes_vqa.TYPES)
+    if type_weights:
+        p = np.array(type_weights, np.float64) / sum(type_weights)
+        draw_type = lambda: int(rng.choice(n, p=p))  # noqa: E731
+    else:  # rng.integers, not choice with equal weights: phase 1's stream draws exactly this
+        draw_type = lambda: int(rng.integers(n))  # noqa: E731
     while True:
-        qtype = shapes_vqa.TYPES[int(rng.choice(len(shapes_vqa.TYPES), p=w))] if type_weights else \
-            shapes_vqa.TYPES[int(rng.integers(4))]
+        qtype = shapes_vqa.TYPES[draw_type()]
         img, q, a, kinds, colours = shapes_vqa.sample(rng, qtype, labels=True)
         yield qtype, pixels(img), q, a, patch_labels(kinds), patch_labels(colours)
 
@@ -174,21 +178,15 @@ def evaluate(model, enc, data, batch=64):
     return {"overall": tot_c / tot_n, **{k: c / n for k, (n, c) in sorted(per.items())}}
 
 
-VISION_IN_MEMORY, VISION_ON_DISK = "model.vision_tower.", "model.vision_tower.vision_model."
-
-
-def disk_name(name):
-    """transformers 5 keeps CLIP without the vision_model level in memory; llava-hf files have it."""
-    return VISION_ON_DISK + name[len(VISION_IN_MEMORY):] if name.startswith(VISION_IN_MEMORY) else name
-
-
 def memory_name(name):
-    return VISION_IN_MEMORY + name[len(VISION_ON_DISK):] if name.startswith(VISION_ON_DISK) else name
+    """The inverse of tiny.name_452 (checkpoint name -> transformers 5's in-memory name)."""
+    on_disk = "model.vision_tower.vision_model."
+    return "model.vision_tower." + name[len(on_disk):] if name.startswith(on_disk) else name
 
 
 def save_checkpoint(model, cfg, out, info):
     os.makedirs(out, exist_ok=True)
-    state = {disk_name(k): v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    state = {tiny.name_452(k): v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
     cfg.save_pretrained(out)
     for f in TOKENIZER_FILES:
@@ -238,9 +236,6 @@ def main():
         model.load_state_dict({memory_name(k): v for k, v in state.items()}, strict=True)
         with open(os.path.join(a.init, "learning_curve.json")) as f:
             previous = json.load(f)
-        if "phases" not in previous:  # a phase-1 file of the first format: one phase, args at the top
-            previous["phases"] = [{"args": previous["args"], "steps": previous["args"]["steps"],
-                                   "seconds": previous["train_seconds"]}]
         torch.manual_seed(SEED + 1)
     else:
         previous = {"phases": [], "curve": [], "train_seconds": 0.0}
