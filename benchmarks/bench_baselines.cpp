@@ -69,7 +69,9 @@ void register_all() {
     register_pool<float>(s, ts::seq);
     register_pool<float>(s, ts::par);
     register_pool<f16>(s, ts::seq);
+    register_pool<bf16>(s, ts::seq);
     register_pool<f16>(s, ts::par);
+    register_pool<bf16>(s, ts::par);
   }
 }
 

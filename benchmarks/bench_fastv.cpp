@@ -46,6 +46,7 @@ void register_all() {
   for (const auto& s : llm_shapes) {
     register_shape<float>(s);
     register_shape<f16>(s);
+    register_shape<bf16>(s);
   }
 }
 

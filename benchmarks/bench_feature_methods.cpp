@@ -88,6 +88,7 @@ void register_type() {
 void register_all() {
   register_type<float>();
   register_type<f16>();
+  register_type<bf16>();
 }
 
 }  // namespace

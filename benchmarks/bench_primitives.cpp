@@ -90,10 +90,13 @@ void register_score_primitives() {
 void register_all() {
   add_encoder_floor<float>(llava15);
   add_encoder_floor<f16>(llava15);
+  add_encoder_floor<bf16>(llava15);
   register_attention_primitives<float>(ts::seq);
   register_attention_primitives<f16>(ts::seq);
+  register_attention_primitives<bf16>(ts::seq);
   register_attention_primitives<float>(ts::par);
   register_attention_primitives<f16>(ts::par);
+  register_attention_primitives<bf16>(ts::par);
   register_score_primitives();
 }
 

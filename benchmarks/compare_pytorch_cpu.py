@@ -543,7 +543,7 @@ def plot(rows, path):
                 if r["method"] == m and r["dtype"] == d:
                     ys.append(i + (j - (len(dts) - 1) / 2) * h)
                     xs.append(1 / goal_ratio(r))
-        ax.barh(ys, xs, height=h, label={"f32": "f32 (C++ bench)", "f16": "f16 (C++ bench)", "bf16": "bf16 (through Python)",
+        ax.barh(ys, xs, height=h, label={"f32": "f32 (C++ bench)", "f16": "f16 (C++ bench)", "bf16": "bf16 (C++ bench)",
                                           "-": "index only"}[d])
     ax.axvline(10, color="k", ls="--", lw=1, label="goal 10x")
     ax.axvline(1, color="grey", lw=0.8)

@@ -10,7 +10,8 @@ Targets checked per row (issue 12), each with the measured figure when missed:
 - seq within 1.5x of its floor (one streaming pass over the bytes the method must read, measured
   in the same executable);
 - par at least 1.7x faster than seq when the input is >= 1 MB, never slower than seq below that;
-- f16 not slower than f32 per element read (same benchmark, same shape: the f16 time <= the f32 time).
+- f16 and bf16 not slower than f32 per element read (same benchmark, same shape: the f16 / bf16
+  time <= the f32 time).
 """
 import argparse
 import os
@@ -64,7 +65,7 @@ def floor_rows(cpp):
                 stem, policy = name[: -len(p)], p[1:]
         stems.setdefault(stem, {})[policy] = e
     lines = ["| benchmark | input / call | floor (us) | seq (us) | seq x floor | target 1.5x floor | par (us) | seq / par | "
-             "target par | f16 vs f32 | peak heap (seq) | cv (seq) | kept |",
+             "target par | f16/bf16 vs f32 | peak heap (seq) | cv (seq) | kept |",
              "|---|---:|---:|---:|---:|---|---:|---:|---|---|---:|---:|---:|"]
     counts = {"floor": [0, 0], "par": [0, 0], "f16": [0, 0]}
     for stem in sorted(stems):
@@ -99,11 +100,12 @@ def floor_rows(cpp):
             counts["par"][0] += t_par == "met"
             counts["par"][1] += 1
         t_f16 = ""
-        if "/f16/" in stem and seq:
-            twin = stems.get(stem.replace("/f16/", "/f32/"), {}).get("seq")
+        half = next((h for h in ("f16", "bf16") if f"/{h}/" in stem), None)
+        if half and seq:
+            twin = stems.get(stem.replace(f"/{half}/", "/f32/"), {}).get("seq")
             if twin:
                 rel = seq["us"] / twin["us"]
-                t_f16 = "met" if rel <= 1.0 else f"no: f16 {rel:.2f}x the f32 time"
+                t_f16 = "met" if rel <= 1.0 else f"no: {half} {rel:.2f}x the f32 time"
                 counts["f16"][0] += rel <= 1.0
                 counts["f16"][1] += 1
         heap = (seq or {}).get("heap")
@@ -167,12 +169,12 @@ def main():
                       "(see cv) and the par columns mostly measure contention; re-run on a quiet machine." if busy else ""))
     out += ["", "### Against the floor (targets of issue 12)", "",
             "`seq x floor` = sequential time / the floor's time (one streaming pass over the bytes the method must read, "
-            "measured in the same executable). `seq / par` = the speed-up of the threaded policy. `f16 vs f32`: the f16 "
-            "time against the f32 time of the same benchmark (same element count). `peak heap` = the most heap bytes "
+            "measured in the same executable). `seq / par` = the speed-up of the threaded policy. `f16/bf16 vs f32`: the "
+            "f16 or bf16 time against the f32 time of the same benchmark (same element count). `peak heap` = the most heap bytes "
             "live during one call on a fresh thread (workspace grown from empty scratch arenas, plus the benchmark's own "
             "output buffers), from `TOKENSEL_BENCH_MEMORY=1`. `input / call` = the floor's bytes.", "",
             f"Targets met: seq within 1.5x of the floor {counts['floor'][0]} of {counts['floor'][1]}; "
-            f"par {counts['par'][0]} of {counts['par'][1]}; f16 not slower than f32 {counts['f16'][0]} of {counts['f16'][1]}.", "",
+            f"par {counts['par'][0]} of {counts['par'][1]}; f16/bf16 not slower than f32 {counts['f16'][0]} of {counts['f16'][1]}.", "",
             table]
     if args.pytorch and os.path.exists(args.pytorch):
         with open(args.pytorch) as f:

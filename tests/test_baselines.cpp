@@ -230,6 +230,51 @@ TEST(Baselines, PoolPinned) {
   EXPECT_FLOAT_EQ(o4[1], 42.5f);
 }
 
+// Every pooled value is (window sum, row-major from 0.0f) / count, bit for bit, whether the count
+// is a power of two (the library multiplies by its exact reciprocal) or not (it divides): values
+// over a wide exponent range, subnormal quotients included, fp32 / fp16 / bf16 outputs.
+TEST(Baselines, PoolIsWindowSumOverCountBitForBit) {
+  const token_grid grid{5, 7};  // window 2: counts 4, 2 and 1; window 3: 9, 6, 3, 4, 2
+  const index_t n = grid.size(), d = 19;
+  std::vector<float> f(static_cast<std::size_t>(n * d));
+  std::uint32_t state = 12345;
+  for (auto& v : f) {
+    state = state * 1664525u + 1013904223u;
+    const int e = static_cast<int>(state >> 24) % 300 - 150;  // 2^-150 .. 2^150
+    v = std::ldexp(static_cast<float>(state & 0xffff) / 65536.0f + 0.5f, e) * ((state >> 23) & 1 ? -1.0f : 1.0f);
+  }
+  for (const index_t w : {index_t{2}, index_t{3}}) {
+    const bl::pool::config cfg{.window = w};
+    const index_t k = bl::pool::keep_count(grid, cfg);
+    std::vector<float> out(static_cast<std::size_t>(k * d));
+    std::vector<Eigen::half> oh(out.size());
+    std::vector<Eigen::bfloat16> ob(out.size());
+    const matrix_view<const float> in(f.data(), {n, d});
+    (void)bl::pool::apply(seq, in, grid, cfg, matrix_view<float>(out.data(), {k, d}));
+    (void)bl::pool::apply(seq, in, grid, cfg, matrix_view<Eigen::half>(oh.data(), {k, d}));
+    (void)bl::pool::apply(seq, in, grid, cfg, matrix_view<Eigen::bfloat16>(ob.data(), {k, d}));
+    const index_t pc = (grid.cols + w - 1) / w;
+    for (index_t o = 0; o < k; ++o) {
+      const index_t r0 = o / pc * w, c0 = o % pc * w;
+      for (index_t c = 0; c < d; ++c) {
+        float sum = 0.0f;
+        index_t count = 0;
+        for (index_t r = r0; r < std::min(r0 + w, grid.rows); ++r) {
+          for (index_t q = c0; q < std::min(c0 + w, grid.cols); ++q, ++count) sum += f[static_cast<std::size_t>((r * grid.cols + q) * d + c)];
+        }
+        const float want = sum / static_cast<float>(count);
+        const auto at = static_cast<std::size_t>(o * d + c);
+        std::uint32_t a, b;
+        std::memcpy(&a, &out[at], 4);
+        std::memcpy(&b, &want, 4);
+        ASSERT_EQ(a, b) << "window " << w << " output " << o << " channel " << c;
+        ASSERT_EQ(Eigen::numext::bit_cast<std::uint16_t>(oh[at]), Eigen::numext::bit_cast<std::uint16_t>(Eigen::half(want)));
+        ASSERT_EQ(Eigen::numext::bit_cast<std::uint16_t>(ob[at]), Eigen::numext::bit_cast<std::uint16_t>(Eigen::bfloat16(want)));
+      }
+    }
+  }
+}
+
 TEST(Baselines, PoolCountsAndBadInputs) {
   EXPECT_EQ(bl::pool::keep_count({24, 24}, {}), 144);
   EXPECT_EQ(bl::pool::keep_count({3, 5}, {}), 6);

@@ -76,3 +76,31 @@ TEST(Widen, HalfAllLengthsAndOffsets) {
     }
   }
 }
+
+// narrow (fp32 rows -> fp16 / bf16, used for merged and pooled rows) equals from_float bit for
+// bit: 2^20 patterns spread over all 2^32 (multiplicative hash, odd, so distinct), plus the
+// rounding boundaries (low half 0x7fff / 0x8000 / 0x8001 with both parities of bit 16), the
+// largest finite values, infinities and NaNs of both signs with payloads.
+template <class T>
+void check_narrow_patterns() {
+  std::vector<std::uint32_t> bits;
+  for (std::uint32_t i = 0; i < (1u << 20); ++i) bits.push_back(i * 2654435761u);
+  for (std::uint32_t hi : {0x3f80u, 0x3f81u, 0x7f7fu, 0x0000u, 0x0001u, 0x8000u, 0xff7fu, 0x477fu, 0x387fu}) {
+    for (std::uint32_t lo : {0x0000u, 0x7fffu, 0x8000u, 0x8001u, 0xffffu}) bits.push_back(hi << 16 | lo);
+  }
+  for (std::uint32_t v : {0x7f800000u, 0xff800000u, 0x7fc00000u, 0xffc00000u, 0x7f800001u, 0xff812345u, 0x7fffffffu}) bits.push_back(v);
+  std::vector<float> src(bits.size());
+  std::memcpy(src.data(), bits.data(), bits.size() * sizeof(float));
+  std::vector<T> out(src.size());
+  detail::narrow(src.data(), static_cast<index_t>(src.size()), out.data());
+  for (std::size_t i = 0; i < src.size(); ++i) {
+    const T want = from_float<T>(src[i]);
+    std::uint16_t a, b;
+    std::memcpy(&a, static_cast<const void*>(&out[i]), sizeof a);
+    std::memcpy(&b, static_cast<const void*>(&want), sizeof b);
+    ASSERT_EQ(a, b) << "fp32 bits 0x" << std::hex << bits[i];
+  }
+}
+
+TEST(Narrow, BFloat16MatchesFromFloatBitForBit) { check_narrow_patterns<Eigen::bfloat16>(); }
+TEST(Narrow, HalfMatchesFromFloatBitForBit) { check_narrow_patterns<Eigen::half>(); }

@@ -46,12 +46,23 @@ inline void widen(const T* src, index_t n, float* out) noexcept {
 
 /// out[j] = T(src[j]) for j in [0, n), rounded to nearest even as from_float. fp16 narrows 8 at a
 /// time with F16C where the target has it; a block holding a NaN goes through from_float, whose
-/// NaN encoding is the library's (F16C would keep the payload bits).
+/// NaN encoding is the library's (F16C would keep the payload bits). bf16 is Eigen's rounding
+/// written on the bits without a branch, so it vectorises: the upper half after adding
+/// 0x7fff + (bit 16), and a NaN becomes the quiet NaN of its sign (0x7fc0 / 0xffc0).
 template <element T>
 inline void narrow(const float* src, index_t n, T* out) noexcept {
   using U = std::remove_cv_t<T>;
   if constexpr (std::is_same_v<U, float>) {
     if (n > 0) std::memcpy(out, src, static_cast<std::size_t>(n) * sizeof(float));
+  } else if constexpr (std::is_same_v<U, Eigen::bfloat16>) {
+    for (index_t j = 0; j < n; ++j) {
+      std::uint32_t u;
+      std::memcpy(&u, src + j, sizeof u);
+      const std::uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+      const std::uint32_t nan = ((u >> 16) & 0x8000u) | 0x7fc0u;
+      const auto b = static_cast<std::uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+      std::memcpy(static_cast<void*>(out + j), &b, sizeof b);
+    }
   } else {
     index_t j = 0;
 #if defined(__F16C__) && defined(__AVX__)
