@@ -18,7 +18,8 @@ threads=1), so where a method's `par` path is slower than its `seq` path (see th
 the Python column shows that.
 
 The PyTorch versions are written here from the algorithms (official repositories of FastV,
-LLaVA-PruMerge, VisionZip and FitPrune; the FoPru and freePruner papers; the project's spec) as the
+LLaVA-PruMerge, VisionZip, FitPrune, DivPrune, DART and VisPruner; the FoPru and freePruner papers;
+the project's spec) as the
 fastest eager code a user would reasonably write: vectorised (no per-token Python loops, where the
 official PruMerge code has one), reading only the rows a method needs (the CLS query row for
 PruMerge, not the full Q K^T the official code forms), fp16/bf16 reduced with an fp32 accumulator
@@ -211,6 +212,69 @@ def t_pool(torch, x, g):
     d = x.shape[-1]
     y = torch.nn.functional.avg_pool2d(x.float().view(g, g, d).permute(2, 0, 1)[None], 2)
     return None, None, y[0].permute(1, 2, 0).reshape(-1, d)
+
+
+def t_divprune(torch, x, k):
+    """DivPrune (official vbdi/divprune): cosine distance 1 - cos over the features, the first token
+    the one whose nearest other token is farthest, then greedily the token farthest from the kept
+    set (max-min). The official loop recomputes the min over every kept row each step; a running
+    minimum is the same values, O(n) per step."""
+    u = torch.nn.functional.normalize(x.float(), dim=-1)
+    dist = 1.0 - u @ u.T
+    dist.fill_diagonal_(float("inf"))
+    first = int(dist.min(0).values.argmax())
+    kept = torch.zeros(x.shape[0], dtype=torch.bool)
+    kept[first] = True
+    running = dist[first].clone()
+    for _ in range(k - 1):
+        j = int(running.masked_fill(kept, float("-inf")).argmax())
+        kept[j] = True
+        running = torch.minimum(running, dist[j])
+    return [torch.nonzero(kept).flatten()], None, None
+
+
+def t_dart(torch, keys, hidden, s0, n, k, image_pivots=4, text_pivots=4):
+    """DART (official ZichenWen1/DART): pivots = the visual and the text tokens with the largest L1
+    norm of their layer-(K-1) keys; each pivot (ascending position) takes its quota of the
+    remaining visual tokens with the lowest cosine similarity of the hidden states to it. Quota:
+    the k - image_pivots tokens split evenly, the first pivots one more (the library's exact-k
+    rule; k = 4 + 8 t is the official TOKEN_TOPK = t)."""
+    a = keys.float().abs().sum((0, 2))
+    ip = torch.topk(a[s0:s0 + n], image_pivots).indices
+    tp = torch.topk(a[s0 + n:], min(text_pivots, a.shape[0] - s0 - n)).indices + s0 + n
+    pivots = torch.cat([ip + s0, tp]).sort().values
+    u = torch.nn.functional.normalize(hidden.float(), dim=-1)
+    sim = u[pivots] @ u[s0:s0 + n].T
+    pool = torch.ones(n, dtype=torch.bool)
+    pool[ip] = False
+    rest, P = k - image_pivots, pivots.numel()
+    taken = [ip]
+    for i in range(P):
+        q = rest // P + (1 if i < rest % P else 0)
+        t = torch.topk(sim[i].masked_fill(~pool, float("inf")), q, largest=False).indices
+        pool[t] = False
+        taken.append(t)
+    return [torch.cat(taken).sort().values], None, None
+
+
+def t_vispruner(torch, A, x, count=64, important_ratio=0.5, drop=8):
+    """VisPruner (official Theia-4869/VisPruner): CLS attention (head mean) ranks the patches; the
+    first T_imp are important; the rest lose duplicates round by round (even positions a scored by
+    their highest cosine to the odd positions b; the r highest dropped; a by descending score,
+    then b) until T - T_imp remain."""
+    s = A[:, 0, 1:].sum(0, dtype=torch.float32) / A.shape[0]
+    order = torch.sort(s, descending=True, stable=True).indices
+    t_imp = int(count * important_ratio)
+    t_div = count - t_imp
+    u = torch.nn.functional.normalize(x.float(), dim=-1)
+    rest = order[t_imp:]
+    while rest.numel() > t_div:
+        r = min(drop, rest.numel() - t_div)
+        a, b = rest[0::2], rest[1::2]
+        score = (u[a] @ u[b].T).max(-1).values
+        keep_a = a[torch.sort(score, descending=True, stable=True).indices[r:]]
+        rest = torch.cat([keep_a, b])
+    return [torch.cat([order[:t_imp], rest]).sort().values], [s], None
 
 
 def t_uniform(torch, n, k):
@@ -450,6 +514,34 @@ def build_cases(torch, ts, dtypes, args):
                            nbytes(A[:, PREFIX:, PREFIX:PREFIX + visual]))
                 del A
             del base
+
+    if on("divprune") or on("dart") or on("vispruner"):
+        g = torch.Generator().manual_seed(6)
+        feat_f = torch.randn(LLAVA_N - 1, 4096, generator=g)  # DivPrune: projected features (Vicuna width)
+        clip_f = torch.randn(LLAVA_N - 1, D_CLIP, generator=g)  # VisPruner: patch features
+        L = PREFIX + LLAVA_N - 1 + TEXT
+        keys_f = torch.randn(LLM_HEADS, L, 128, generator=g)  # DART: layer-1 keys, hidden states
+        hid_f = torch.randn(L, 4096, generator=g)
+        cls_f = encoder_attention(torch, 1, 7)[0, :, :1]  # VisPruner: the CLS query rows [16, 1, 577]
+        for dt in dtypes:
+            F, C, Kd, Hd, Ac = (t.to(tdt[dt]) for t in (feat_f, clip_f, keys_f, hid_f, cls_f))
+            if on("divprune"):
+                cfg = ts.divprune.config(count=144)
+                yield ("divprune/keep144", dt, "llava15", 1, f"divprune/keep144/{dt}/llava15",
+                       (lambda F=F, cfg=cfg: lambda th: (as_list(ts.divprune.select(F, cfg, threads=th)), None)),
+                       (lambda F=F: lambda: t_divprune(torch, F, 144)), nbytes(F))
+            if on("vispruner"):
+                cfg = ts.vispruner.config(count=64)
+                yield ("vispruner/keep64", dt, "llava15", 1, f"vispruner/keep64/{dt}/llava15",
+                       (lambda Ac=Ac, C=C, cfg=cfg: lambda th: (as_list(ts.vispruner.select(Ac, C, cfg, threads=th)), None)),
+                       (lambda Ac=Ac, C=C: lambda: t_vispruner(torch, Ac, C)), nbytes(Ac, C))
+            if on("dart"):
+                cfg = ts.dart.config(count=144)
+                span = (PREFIX, LLAVA_N - 1)
+                yield ("dart/keep144", dt, "llava15", 1, f"dart/keep144/{dt}/llava15",
+                       (lambda Kd=Kd, Hd=Hd, cfg=cfg: lambda th: (as_list(ts.dart.select(Kd, Hd, span, cfg, threads=th)), None)),
+                       (lambda Kd=Kd, Hd=Hd: lambda: t_dart(torch, Kd, Hd, PREFIX, LLAVA_N - 1, 144)), nbytes(Kd, Hd))
+            del F, C, Kd, Hd, Ac
 
     if on("pool"):
         g = torch.Generator().manual_seed(5)

@@ -30,6 +30,10 @@ NOTES = {
     "prumerge/merge": "compute: the 32-NN cosine search is Kc x n x D multiply-adds, a byte floor cannot bind; no FLOP floor measured yet",
     "prumerge/plus_merge": "compute: the 32-NN cosine search over Kc + grid tokens (Kc x n x D multiply-adds); no FLOP floor measured yet",
     "qk/": "floor = one attention forward (bench_qk), not a byte pass",
+    "divprune/": "compute: the n x n cosine table is n^2 D / 2 multiply-adds (0.96 G at n 576, D 4096), each dot in the "
+                 "canonical fixed order (bit-identical CPU/CUDA), not a BLAS GEMM",
+    "vispruner/": "compute: the R0 x R0 cosine table of the remaining patches (R0^2 D / 2 multiply-adds, canonical dots)",
+    "dart/": "compute: key L1 norms and pivot x visual cosines over D = 4096 (canonical dots)",
 }
 
 
@@ -77,6 +81,8 @@ def floor_rows(cpp):
         ratio = seq["us"] / floor if seq and floor else None
         if ratio is None:
             t_floor = "no floor" if not floor_name else ""
+            if note_for(stem):
+                t_floor += f": {note_for(stem)}"
         elif ratio <= 1.5:
             t_floor = "met"
         else:
