@@ -1,5 +1,6 @@
 // tokensel Python extension: baselines (random, uniform, pool).
 #include "common.hpp"
+#include "cuda_dispatch.hpp"
 
 #include <tokensel/methods/baselines.hpp>
 
@@ -39,6 +40,9 @@ nb::object uniform_select(nb::handle n_or_grid, std::optional<bl::uniform::confi
 nb::object pool_apply(const array& features, std::optional<tokensel::token_grid> grid_in, std::optional<bl::pool::config> cfg_in,
                       nb::handle keep, int threads) {
   const auto pol = policy(threads);
+#if defined(TOKENSEL_PYTHON_CUDA)
+  if (is_cuda_device(features.device_type())) return pool_apply_cuda(features, grid_in, cfg_in.value_or(bl::pool::config{}), budget_of(keep));
+#endif
   const dt t = dtype_of(features, "pool.features");
   if (features.ndim() != 2 && features.ndim() != 3) {
     fail(errc::shape_mismatch, "pool.features.ndim", std::to_string(features.ndim()), "must be 2 ([n, d]) or 3 ([batch, n, d])");

@@ -101,15 +101,17 @@ inline const char* dt_name(dt d) { return d == dt::f32 ? "f32" : d == dt::f16 ? 
 /// Whether this extension was built with the CUDA backend.
 bool built_with_cuda();
 
-/// The dispatch table: the methods whose select runs CUDA tensors on the CUDA backend when the
+/// The dispatch table: the methods whose select (prune_layer, pool.apply) runs CUDA tensors on the CUDA backend when the
 /// extension is built with it (cuda_dispatch.hpp declares one <method>_select_cuda each). One
 /// array per input (a sample, or a [batch, ...] batch), all on one device; ragged lists and
-/// qk_source stay on the CPU. The rest (freePruner, PruMerge, FitPrune, pooling) refuse CUDA tensors.
-inline constexpr std::array<const char*, 6> cuda_methods{"fopru", "fastv", "divprune", "vispruner", "dart", "visionzip"};
+/// qk_source stay on the CPU (and FitPrune's calibrator). PruMerge refuses CUDA tensors.
+inline constexpr std::array<const char*, 9> cuda_methods{"fopru",     "freepruner", "fitprune", "fastv", "visionzip",
+                                                         "divprune",  "dart",       "vispruner", "pool"};
 
 /// Why a CUDA tensor cannot be used where `name` (method.parameter...) reads it.
 inline std::string cuda_refusal(const std::string& name) {
   const std::string method = name.substr(0, name.find('.'));
+  if (method == "qk_source") return "a qk_source is read on the CPU only (its queries, keys and lse must be CPU tensors: .cpu())";
   std::string list;
   bool listed = false;
   for (const char* m : cuda_methods) {
@@ -118,7 +120,7 @@ inline std::string cuda_refusal(const std::string& name) {
   }
   if (listed) {
     return method + " runs CUDA tensors only as one array per input (a sample or a [batch, ...] batch, every input on one device); "
-                    "ragged lists and qk_source run on the CPU: pass CPU tensors (.cpu())";
+                    "ragged lists, qk_source and FitPrune's calibrator run on the CPU: pass CPU tensors (.cpu())";
   }
   return method + " has no CUDA dispatch in the Python package (CUDA tensors run for " + list + "); pass CPU tensors (.cpu())";
 }

@@ -11,10 +11,13 @@
 
 #include "common.hpp"
 
+#include <tokensel/methods/baselines.hpp>
 #include <tokensel/methods/dart.hpp>
 #include <tokensel/methods/divprune.hpp>
 #include <tokensel/methods/fastv.hpp>
+#include <tokensel/methods/fitprune.hpp>
 #include <tokensel/methods/fopru.hpp>
+#include <tokensel/methods/freepruner.hpp>
 #include <tokensel/methods/visionzip.hpp>
 #include <tokensel/methods/vispruner.hpp>
 
@@ -48,6 +51,16 @@ nb::object dart_select_cuda(const array& keys, const array& hidden, nb::handle n
 /// and hidden [N, D] (or [batch, ...]): (indices, float32 rows[, result]).
 nb::object visionzip_select_cuda(const array& attention, nb::handle keys, const array& hidden, const tokensel::visionzip::config& base,
                                  const opt_budget& keep, bool return_result);
+/// freePruner of a CUDA layer stack: [L, heads, N, N] or [L, batch, heads, N, N], or a list of
+/// [heads, N, N] / [batch, heads, N, N] layers (a batch returns a list: counts are adaptive).
+nb::object freepruner_select_cuda(nb::handle layers, const tokensel::freepruner::config& base, const opt_budget& keep, index_t offset,
+                                  bool return_result);
+/// FitPrune's prune_layer of a CUDA [heads, L, L] sample or [batch, heads, L, L] batch.
+nb::object fitprune_prune_layer_cuda(const array& attention, const tokensel::token_range& visual, index_t drop,
+                                     const tokensel::fitprune::config& cfg, bool return_result);
+/// Pooling of CUDA features [n, d] or [batch, n, d]: float32 rows on the device.
+nb::object pool_apply_cuda(const array& features, const std::optional<tokensel::token_grid>& grid, const tokensel::baselines::pool::config& base,
+                           const opt_budget& keep);
 #endif
 
 }  // namespace tsp

@@ -97,11 +97,21 @@ inline void check_companion(const array& a, const array& like, dt d, const std::
   check_same(d, dtype_of(a, name, /*allow_cuda=*/true), name, ref);
 }
 
-/// What a dispatch produces besides the indices: float32 rows [batch, k, row_width] (VisionZip's
-/// features; row_width 0: none).
+/// What a dispatch returns. row_width > 0: float32 rows [batch, k, row_width] too (VisionZip's
+/// features), or only them (rows_only: pooling, which selects no indices). per_sample: a batch's
+/// indices as a list of 1-D tensors, each its sample's count long (adaptive methods, like the CPU).
 struct outputs {
   index_t row_width = 0;
+  bool rows_only = false;
+  bool per_sample = false;
 };
+
+/// The indices tensor idx ([batch, k]) as a list of its rows, row b cut to counts[b].
+inline nb::object rows_of(const nb::object& idx, const std::vector<token_index>& counts) {
+  nb::list rows;
+  for (std::size_t b = 0; b < counts.size(); ++b) rows.append(idx[nb::int_(b)].attr("narrow")(0, 0, counts[b]));
+  return rows;
+}
 
 /// Runs select(policy, out, results, rows) for `batch` samples keeping at most k each on like's
 /// device: workspace, indices, counts, results and rows in device memory, one synchronisation, the
@@ -137,7 +147,8 @@ nb::object run(const array& like, index_t batch, index_t k, std::size_t workspac
                "cudaMemcpyAsync(counts)");
     tokensel::throw_on_error(policy);  // synchronises the stream
   }
-  const std::size_t count = single && batch > 0 ? static_cast<std::size_t>(host_counts[0]) : 0;
+  // Pooling writes no counts: its row count is k.
+  const std::size_t count = !single || batch == 0 ? 0 : extra.rows_only ? static_cast<std::size_t>(k) : static_cast<std::size_t>(host_counts[0]);
   const std::size_t ishape[2] = {static_cast<std::size_t>(batch), static_cast<std::size_t>(k)};
   const std::size_t one_shape[1] = {count};
   nb::object idx = single ? device_tensor<token_index>(out.release(), device, 1, one_shape) : device_tensor<token_index>(out.release(), device, 2, ishape);
@@ -148,9 +159,11 @@ nb::object run(const array& like, index_t batch, index_t k, std::size_t workspac
     const std::size_t fone[2] = {count, d};
     feats = single ? device_tensor<float>(rows.release(), device, 2, fone) : device_tensor<float>(rows.release(), device, 3, fshape);
   }
+  if (extra.per_sample && !single) idx = rows_of(idx, host_counts);
+  if (!return_result) return extra.rows_only ? feats : extra.row_width > 0 ? nb::object(nb::make_tuple(idx, feats)) : idx;
   nb::object res = single ? nb::cast(host_results.empty() ? Result{} : host_results[0]) : nb::cast(host_results);
-  if (extra.row_width > 0) return return_result ? nb::object(nb::make_tuple(idx, feats, res)) : nb::object(nb::make_tuple(idx, feats));
-  return return_result ? nb::object(nb::make_tuple(idx, res)) : idx;
+  if (extra.rows_only) return nb::make_tuple(feats, res);
+  return extra.row_width > 0 ? nb::make_tuple(idx, feats, res) : nb::make_tuple(idx, res);
 }
 
 }  // namespace tsp::cuda_run

@@ -1,5 +1,6 @@
 // tokensel Python extension: FitPrune (per-layer pruning, recipes and the recipe search).
 #include "common.hpp"
+#include "cuda_dispatch.hpp"
 
 #include <tokensel/io/fitprune_json.hpp>
 #include <tokensel/methods/fitprune.hpp>
@@ -14,6 +15,9 @@ nb::object prune_layer(nb::handle attention, std::pair<index_t, index_t> visual_
   const tokensel::token_range visual{visual_in.first, visual_in.second};
   const ft::config cfg = cfg_in.value_or(ft::config{});
   const auto pol = policy(threads);
+#if defined(TOKENSEL_PYTHON_CUDA)
+  if (on_cuda(attention)) return fitprune_prune_layer_cuda(nb::cast<array>(attention), visual, drop, cfg, return_result);
+#endif
   const attention_arg a = attention_of(attention, "fitprune.attention");
   return with_source(a, "fitprune.attention", [&](const auto& src) {
     const index_t keep = visual.count - drop;

@@ -1,5 +1,6 @@
 // tokensel Python extension: freePruner.
 #include "common.hpp"
+#include "cuda_dispatch.hpp"
 
 #include <tokensel/methods/freepruner.hpp>
 
@@ -21,6 +22,11 @@ nb::object select(nb::handle layers, std::optional<fp::config> cfg_in, index_t o
   const auto b = budget_of(keep);
   const auto pol = policy(threads);
   auto cfg_for = [&](index_t tokens) { return b ? fp::with_budget(*b, patches(tokens, base), base) : base; };
+#if defined(TOKENSEL_PYTHON_CUDA)
+  if (on_cuda(layers) || (is_sequence(layers) && nb::len(layers) > 0 && on_cuda(layers[0]))) {
+    return freepruner_select_cuda(layers, base, b, offset, return_result);
+  }
+#endif
 
   // One [L, heads, N, N] array or [L, batch, heads, N, N] array.
   array whole;

@@ -1,6 +1,7 @@
 """CUDA tensors (extension built with TOKENSEL_PYTHON_WITH_CUDA=ON): the methods of the dispatch table
-(ts.cuda_methods(): FoPru, FastV, DivPrune, VisPruner, DART, VisionZip) run on the CUDA backend and
-return exactly the CPU's indices (and VisionZip's rows); the other methods refuse CUDA tensors by name.
+(ts.cuda_methods(): FoPru, freePruner, FitPrune's prune_layer, FastV, VisionZip, DivPrune, DART,
+VisPruner, pooling) run on the CUDA backend and return exactly the CPU's indices (and rows); PruMerge
+and the other CPU-only entry points refuse CUDA tensors by name.
 Without a GPU (or without a CUDA build) the device tests skip with the reason; the build check
 runs wherever TOKENSEL_EXPECT_PYTHON_CUDA says what the build should be."""
 import os
@@ -113,6 +114,29 @@ def test_feature_methods_cuda_equal_cpu(dtype):
         lambda dev: ts.visionzip.select(dev(att), dev(keys), dev(hidden), zc, return_result=True),
         lambda dev: ts.visionzip.select(dev(att[0]), dev(keys[0]), dev(hidden[0]), zc),
         lambda dev: ts.visionzip.select(dev(att[0]), None, dev(hidden[0]), ts.visionzip.config(dominant=5, contextual=0)),
+    ]
+    for call in calls:
+        same(call(lambda x: x.cuda()), call(lambda x: x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layer_methods_cuda_equal_cpu(dtype):
+    """freePruner (stack array, list, batch), FitPrune's prune_layer and pooling: CUDA == CPU."""
+    torch = cuda_torch()
+    rng = np.random.default_rng(15)
+    t = lambda x: torch.from_numpy(np.ascontiguousarray(x)).to(getattr(torch, dtype))  # noqa: E731
+    stack = t(attention(rng, 4, 2, 2, 26, 26))  # [L, batch, heads, N, N]
+    cfg = ts.freepruner.config(first_layer=0, last_layer=2, k_pivotal=4, complementary_layer=3)
+    layer = t(attention(rng, 2, 2, 40, 40))
+    feats = t(rng.standard_normal((2, 36, 8)).astype(np.float32))
+    calls = [
+        lambda dev: ts.freepruner.select(dev(stack[:, 0]), cfg, return_result=True),
+        lambda dev: ts.freepruner.select([dev(x) for x in stack[:, 1]], cfg),
+        lambda dev: ts.freepruner.select(dev(stack), cfg, return_result=True),
+        lambda dev: ts.freepruner.select([dev(x) for x in stack], cfg, keep=0.25),
+        lambda dev: ts.fitprune.prune_layer(dev(layer[0]), (2, 30), 11, return_result=True),
+        lambda dev: ts.baselines.pool.apply(dev(feats[0])),
+        lambda dev: ts.baselines.pool.apply(dev(feats), keep=9),
     ]
     for call in calls:
         same(call(lambda x: x.cuda()), call(lambda x: x))

@@ -10,7 +10,7 @@ import pytest
 import tokensel as ts
 from conftest import ROOT
 
-DISPATCHING = ["fopru", "fastv", "divprune", "vispruner", "dart", "visionzip"]
+DISPATCHING = ["fopru", "freepruner", "fitprune", "fastv", "visionzip", "divprune", "dart", "vispruner", "pool"]
 
 
 class DLDevice(ctypes.Structure):
@@ -68,17 +68,19 @@ def test_dispatch_table_matches_the_docs():
 
 def refuse_cases():
     """(call, parameter its message names, method) for each binding reading a CUDA tensor where it
-    is not dispatched: the methods without a CUDA dispatch, and the ragged lists of those with one."""
+    is not dispatched: PruMerge and gather, the ragged lists, qk_sources and FitPrune's calibrator
+    of the methods with a dispatch. None of them reaches device memory in any build."""
     c = FakeCuda
     h = np.zeros((17, 8), np.float32)
+    calib = ts.fitprune.calibrator()
+    calib.add_sample()
+    fp_cfg = ts.freepruner.config(first_layer=0, last_layer=1, complementary_layer=2)
     return [
-        (lambda: ts.freepruner.select([c(2, 17, 17)] * 3, ts.freepruner.config(first_layer=0, last_layer=1, complementary_layer=2)),
-         "freepruner.layers[0]", "freepruner"),
-        (lambda: ts.freepruner.select(c(3, 2, 17, 17)), "freepruner.layers", "freepruner"),
         (lambda: ts.prumerge.select_from_attention(c(2, 17, 17)), "prumerge.attention", "prumerge"),
-        (lambda: ts.fitprune.prune_layer(c(2, 30, 30), (1, 20), 4), "fitprune.attention", "fitprune"),
-        (lambda: ts.baselines.pool.apply(c(16, 8)), "pool.features", "pool"),
+        (lambda: ts.prumerge.select(c(17, 8), c(17, 8)), "prumerge.queries", "prumerge"),
         (lambda: ts.gather(c(16, 8), np.arange(4, dtype=np.int32)), "gather.src", "gather"),
+        (lambda: calib.add_layer(0, 0, c(2, 30, 30), (1, 20)), "fitprune.attention", "fitprune"),
+        (lambda: ts.freepruner.select([ts.qk_source(c(2, 17, 8), c(2, 17, 8))] * 3, fp_cfg), "qk_source.queries", "qk_source"),
         (lambda: ts.fopru.select([c(2, 17, 17)]), "fopru.attention[0]", "fopru"),
         (lambda: ts.fastv.select([c(2, 30, 30)], (1, 20)), "fastv.attention[0]", "fastv"),
         (lambda: ts.divprune.select([c(16, 8)]), "divprune.features[0]", "divprune"),
@@ -98,6 +100,8 @@ def test_cuda_tensor_refused_by_name(case):
     assert msg.startswith(f"tokensel: {parameter} = a CUDA tensor: "), msg
     if not ts.built_with_cuda():
         assert "built without CUDA" in msg and "TOKENSEL_PYTHON_WITH_CUDA=ON" in msg
+    elif method == "qk_source":
+        assert "a qk_source is read on the CPU only" in msg
     elif method in DISPATCHING:
         assert f"{method} runs CUDA tensors only as one array per input" in msg and "ragged lists" in msg
     else:
@@ -112,6 +116,10 @@ def test_cuda_tensor_refused_by_name(case):
     lambda c: ts.vispruner.select(c(2, 17, 17), c(16, 8)),
     lambda c: ts.dart.select(c(2, 30, 4), c(30, 8), (1, 20)),
     lambda c: ts.visionzip.select(c(2, 17, 17), None, c(17, 8), ts.visionzip.config(dominant=4, contextual=0)),
+    lambda c: ts.freepruner.select(c(3, 2, 17, 17), ts.freepruner.config(first_layer=0, last_layer=1, complementary_layer=2)),
+    lambda c: ts.freepruner.select([c(2, 17, 17)] * 3, ts.freepruner.config(first_layer=0, last_layer=1, complementary_layer=2)),
+    lambda c: ts.fitprune.prune_layer(c(2, 30, 30), (1, 20), 4),
+    lambda c: ts.baselines.pool.apply(c(16, 8)),
 ])
 def test_dispatching_methods_without_cuda_build(call):
     """A CUDA build would hand these to the device (the GPU tests cover that); a CPU build refuses."""
