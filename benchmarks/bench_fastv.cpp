@@ -42,7 +42,25 @@ void register_shape(const llm_shape& s) {
       });
 }
 
+/// The bound a FastV call cannot beat besides its read: the top-k alone (k = n / 2, ascending
+/// indices) of the head-mean scores of the same input, fp32 (what FastV ranks, whatever the
+/// input type). Named "bound/..." so report_page.py prints it next to the FastV rows.
+void register_topk_bound(const llm_shape& s) {
+  add(std::string("bound/topk/") + s.name, "", s.visual * 4, 1, [=](benchmark::State& state) {
+    const auto& a = llm_last_rows<float>(s, 1);
+    std::vector<float> scores(static_cast<std::size_t>(s.visual), 0.0f);
+    for (index_t h = 0; h < s.heads; ++h) {
+      for (index_t j = 0; j < s.visual; ++j) scores[j] += a[h * s.tokens() + s.prefix + j];
+    }
+    const ts::fastv::config cfg{};
+    std::vector<token_index> out(static_cast<std::size_t>(ts::fastv::keep_count(s.visual, cfg)));
+    const auto view = ts::as_view(std::span<const float>(scores));
+    for (auto _ : state) benchmark::DoNotOptimize(ts::top_k<float>(view, static_cast<index_t>(out.size()), out));
+  });
+}
+
 void register_all() {
+  for (const auto& s : llm_shapes) register_topk_bound(s);
   for (const auto& s : llm_shapes) {
     register_shape<float>(s);
     register_shape<f16>(s);

@@ -57,11 +57,22 @@ def note_for(stem):
     return ""
 
 
+def bound_text(cpp, stem, floor):
+    """FastV: its top-k alone (bench_fastv's bound/topk/<shape>) is a cost no read can hide; with
+    the floor it is the measured bound of the row."""
+    m = re.match(r"fastv/[^/]+/[^/]+/([^/]+)$", stem)
+    topk = cpp.get(f"bound/topk/{m.group(1)}", {}).get("us") if m else None
+    if not topk:
+        return ""
+    return (f"; bound: the top-k of the n scores alone takes {fmt_t(topk)} us ({topk / floor:.1f}x the floor), "
+            f"floor + top-k = {(floor + topk) / floor:.1f}x")
+
+
 def floor_rows(cpp):
     """One row per benchmark stem (policy suffix removed), with its targets."""
     stems = {}
     for name, e in cpp.items():
-        if name.startswith("floor") or "us" not in e:
+        if name.startswith(("floor", "bound/")) or "us" not in e:
             continue
         stem, policy = name, "seq"
         for p in ("/seq", "/par"):
@@ -92,6 +103,7 @@ def floor_rows(cpp):
             n = note_for(stem)
             if n:
                 t_floor += f"; {n}"
+            t_floor += bound_text(cpp, stem, floor)
         if ratio is not None:
             counts["floor"][0] += ratio <= 1.5
             counts["floor"][1] += 1

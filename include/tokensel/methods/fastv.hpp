@@ -132,6 +132,7 @@ void last_row(const Policy&, const head_attention_view<T>& attention, const toke
   const index_t queries = attention.extent(1), n = visual.count;
   tokensel::detail::check_heads_present(attention.extent(0), queries, n);
   tokensel::detail::reduce_heads_row(attention.slice(2, visual.begin, n, "fastv.attention"), queries - 1, op, row);
+  if (tokensel::detail::all_finite(row, n)) return;  // one branch-free pass; locate only on failure
   for (index_t j = 0; j < n; ++j) {
     if (!std::isfinite(row[j])) {
       tokensel::detail::fail(errc::non_finite, "fastv.attention[" + std::to_string(queries - 1) + ", " + std::to_string(visual.begin + j) + "]",

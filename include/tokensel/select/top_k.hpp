@@ -70,9 +70,7 @@ index_t select_k(const tensor_view<const T, 1>& scores, index_t k, std::span<tok
   // Parameter names are built only on failure: the hot path must not allocate.
   if (k < 0 || k > n) check_count(k, n, std::string(name) + ".k");
   if (static_cast<index_t>(out.size()) < k) check_capacity(out.size(), k, std::string(name) + ".out.size()");
-  for (index_t i = 0; i < n; ++i) {
-    if (!std::isfinite(to_float(scores(i)))) check_finite(scores, std::string(name) + ".scores");
-  }
+  if (!all_finite(scores)) check_finite(scores, std::string(name) + ".scores");
   if (k == 0) return 0;
   scratch_scope scratch;
   auto key = scratch.take<std::uint64_t>(static_cast<std::size_t>(n));
