@@ -5,7 +5,9 @@
 #   llamacpp: examples/llamacpp inside llama.cpp (issue 17): configure with TOKENSEL_BUILD_LLAMACPP
 #      (tools/llamacpp/fetch.sh downloads the pinned llama-cpp-python sdist with pip into
 #      ~/.cache/tokensel, checksum checked), build only tokensel-llamacpp (ggml CPU, llama, mtmd)
-#      and the runtime it is compared with, run the ctest label llamacpp (ccache keeps rebuilds short)
+#      and the runtime it is compared with, llama.cpp's own llama-mtmd-cli (+ its common library) and
+#      the example on the unpatched CLS-last graph, run the ctest label llamacpp (ccache keeps
+#      rebuilds short)
 #   bundle: tools/gpu-bundle.sh packs the main build's CUDA binaries (no recompiling) and checks
 #      the size limit, then runs the bundle's gpu-check.sh here (no GPU: every step must skip
 #      with its reason and the summary table must still come out)
@@ -49,7 +51,7 @@ llamacpp_stage() {
   local build=${TOKENSEL_LLAMACPP_BUILD_DIR:-build-llamacpp}
   cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTOKENSEL_BUILD_LLAMACPP=ON \
     -DTOKENSEL_BUILD_BENCHMARKS=OFF
-  cmake --build "$build" -j "$jobs" --target tokensel-llamacpp llava
+  cmake --build "$build" -j "$jobs" --target tokensel-llamacpp tokensel-llamacpp-clslast llama-mtmd-cli llava
   ctest --test-dir "$build" -L llamacpp --output-on-failure
   if python3 -c 'import lizard' 2>/dev/null; then python3 tools/function_lengths.py --check examples/llamacpp; fi
 }

@@ -54,10 +54,14 @@ NO_PARITY_FP32 = {"vispruner"}
 F16_IN_GGUF = ("patch_embedding.weight", "multi_modal_projector.linear_1.weight", "multi_modal_projector.linear_2.weight")
 
 
-def rounded_checkpoint(tmp):
+def rounded_checkpoint(tmp, cls_last=False):
     """HF (fp32) with the tensors llama.cpp's converter stores in f16 rounded to f16 (round half to
-    even, as numpy's astype), standard library only."""
-    out = os.path.join(tmp, "llava-tiny-f16-rounded")
+    even, as numpy's astype), standard library only. cls_last: also the CLIP that llama.cpp's
+    unpatched llava graph computes. That graph orders the tokens [patch 0 .. patch n-1, CLS] and
+    adds position embeddings 0..n in that order, so patch p gets row p and CLS row n; CLIP is
+    equivariant under token order, so it equals CLIP with CLS first and the table's rows moved:
+    [row n, row 0, ..., row n-1]."""
+    out = os.path.join(tmp, "llava-tiny-f16-rounded" + ("-cls-last" if cls_last else ""))
     os.makedirs(out)
     for f in os.listdir(HF):
         if f != "model.safetensors" and not f.startswith(("golden", "pruned")):
@@ -67,6 +71,11 @@ def rounded_checkpoint(tmp):
     header = json.loads(blob[8:8 + n])
     data = bytearray(blob[8 + n:])
     for name, t in header.items():
+        if cls_last and name.endswith("vision_model.embeddings.position_embedding.weight"):
+            b, e = t["data_offsets"]
+            width = t["shape"][1] * 4
+            rows = [data[b + i * width:b + (i + 1) * width] for i in range(t["shape"][0])]
+            data[b:e] = b"".join(rows[-1:] + rows[:-1])
         if name == "__metadata__" or not name.endswith(F16_IN_GGUF):
             continue
         assert t["dtype"] == "F32", name

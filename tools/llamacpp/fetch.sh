@@ -6,6 +6,8 @@
 # commit 0c1e570 with tools/mtmd and the GGUF converters; Debian has no llama.cpp package).
 # Cache: ${TOKENSEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tokensel}, outside the repository.
 # Everything but the final directory goes to stderr, so `src=$(fetch.sh)` works.
+# With the fix, the files the patch touches are kept as shipped under DIR/.tokensel-upstream/ (the
+# CMake build compiles the unpatched llava graph from there for the CLS-last test).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 version=0.3.36
@@ -17,7 +19,13 @@ case $fix in 0) flavour=upstream ;; 1) flavour=clsfix ;;
 tarball=$cache/llama_cpp_python-$version.tar.gz
 dest=$cache/llama.cpp-$version-$flavour
 mkdir -p "$cache"
-if [ -f "$dest/.tokensel-ready" ]; then echo "$dest"; exit 0; fi
+patched=$(sed -n 's|^--- a/||p' "$here/cls-first.patch")
+ready() {
+  [ -f "$dest/.tokensel-ready" ] || return 1
+  [ "$fix" = 0 ] && return 0
+  for f in $patched; do [ -f "$dest/.tokensel-upstream/$f" ] || return 1; done
+}
+if ready; then echo "$dest"; exit 0; fi
 
 verify() { [ -f "$tarball" ] && echo "$sha256  $tarball" | sha256sum --check --status; }
 if ! verify; then
@@ -36,6 +44,10 @@ trap 'rm -rf "$tmp"' EXIT
 tar -xzf "$tarball" -C "$tmp" "llama_cpp_python-$version/vendor/llama.cpp"
 src=$tmp/llama_cpp_python-$version/vendor/llama.cpp
 if [ "$fix" = 1 ]; then
+  for f in $patched; do
+    mkdir -p "$(dirname "$src/.tokensel-upstream/$f")"
+    cp -p "$src/$f" "$src/.tokensel-upstream/$f"
+  done
   if command -v patch > /dev/null; then
     patch --quiet --forward -p1 -d "$src" < "$here/cls-first.patch" >&2
   else  # no patch(1): git apply, run from the (non-repository) source tree
