@@ -44,7 +44,7 @@ def mtmd_cli(a, image, question, fa):
     # stdout is: the marker, a newline after the prefill, the generated pieces, and the closing
     # "\n\n" printed after them (no end-of-generation newline: N tokens, the tiny model never ends
     # early here). A truncated one is run again; a wrong answer stays wrong however often it runs.
-    for attempt in range(5):
+    for attempt in range(8):
         p = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, MTMD_TEST_RESPONSE_MARKER=MARKER))
         if p.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)}: exit {p.returncode}: {p.stderr[-2000:]}")
@@ -52,7 +52,7 @@ def mtmd_cli(a, image, question, fa):
         if sep and response.endswith("\n\n"):
             return response[:-2].lstrip(" "), p.stderr
         RERUNS[0] += 1
-    raise RuntimeError(f"llama-mtmd-cli's output was incomplete in 5 runs: {p.stdout!r}")
+    raise RuntimeError(f"llama-mtmd-cli's output was incomplete in 8 runs: {p.stdout!r}")
 
 
 def ours(a, image, prompt, flags):
