@@ -101,12 +101,13 @@ inline const char* dt_name(dt d) { return d == dt::f32 ? "f32" : d == dt::f16 ? 
 /// Whether this extension was built with the CUDA backend.
 bool built_with_cuda();
 
-/// The dispatch table: the methods whose select (prune_layer, pool.apply) runs CUDA tensors on the CUDA backend when the
-/// extension is built with it (cuda_dispatch.hpp declares one <method>_select_cuda each). One
-/// array per input (a sample, or a [batch, ...] batch), all on one device; ragged lists and
-/// qk_source stay on the CPU (and FitPrune's calibrator). PruMerge refuses CUDA tensors.
-inline constexpr std::array<const char*, 9> cuda_methods{"fopru",     "freepruner", "fitprune", "fastv", "visionzip",
-                                                         "divprune",  "dart",       "vispruner", "pool"};
+/// The dispatch table: the methods whose select (prune_layer, pool.apply) runs CUDA tensors on the
+/// CUDA backend when the extension is built with it (cuda_dispatch.hpp declares one
+/// <method>_select_cuda each). One array per input (a sample, or a [batch, ...] batch), all on one
+/// device; PruMerge also runs a ragged list sample by sample. Other ragged lists, qk_source and
+/// FitPrune's calibrator stay on the CPU.
+inline constexpr std::array<const char*, 10> cuda_methods{"fopru",    "freepruner", "fitprune", "fastv", "prumerge",
+                                                          "visionzip", "divprune",  "dart",     "vispruner", "pool"};
 
 /// Why a CUDA tensor cannot be used where `name` (method.parameter...) reads it.
 inline std::string cuda_refusal(const std::string& name) {

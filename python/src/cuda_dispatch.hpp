@@ -5,7 +5,7 @@
 // tensor's device (the default stream when torch is not importable), allocates its workspace and
 // outputs with cudaMallocAsync on that stream, synchronises once (to raise any problem the kernels
 // recorded, e.g. NaN, as tokensel.Error) and returns CUDA tensors (int32 indices; float32 rows for
-// VisionZip). The shared pieces are cuda_run.cuh; each <method>_select_cuda is a few lines of views.
+// VisionZip, PruMerge's merge and pooling). The shared pieces are cuda_run.cuh; each <method>_select_cuda is a few lines of views.
 // Other methods, ragged lists and qk_source refuse CUDA tensors by name (common.hpp: cuda_refusal).
 #pragma once
 
@@ -18,6 +18,7 @@
 #include <tokensel/methods/fitprune.hpp>
 #include <tokensel/methods/fopru.hpp>
 #include <tokensel/methods/freepruner.hpp>
+#include <tokensel/methods/prumerge.hpp>
 #include <tokensel/methods/visionzip.hpp>
 #include <tokensel/methods/vispruner.hpp>
 
@@ -61,6 +62,13 @@ nb::object fitprune_prune_layer_cuda(const array& attention, const tokensel::tok
 /// Pooling of CUDA features [n, d] or [batch, n, d]: float32 rows on the device.
 nb::object pool_apply_cuda(const array& features, const std::optional<tokensel::token_grid>& grid, const tokensel::baselines::pool::config& base,
                            const opt_budget& keep);
+/// PruMerge(+) of CUDA queries [n+1 or 1, D] and keys [n+1, D] (or [batch, ...]); features
+/// [n, d] (None: selection only) also give the float32 merged rows. where: the sample's place in
+/// a ragged list ("[i]"), for the messages.
+nb::object prumerge_select_cuda(const array& queries, const array& keys, nb::handle features, const tokensel::prumerge::config& cfg,
+                                bool return_result, const std::string& where);
+/// PruMerge(+) selection from CUDA CLS attention rows [n] or [batch, n] (no merge).
+nb::object prumerge_from_attention_cuda(const array& attention, const tokensel::prumerge::config& cfg, bool return_result);
 #endif
 
 }  // namespace tsp

@@ -97,71 +97,97 @@ inline void check_companion(const array& a, const array& like, dt d, const std::
   check_same(d, dtype_of(a, name, /*allow_cuda=*/true), name, ref);
 }
 
-/// What a dispatch returns. row_width > 0: float32 rows [batch, k, row_width] too (VisionZip's
-/// features), or only them (rows_only: pooling, which selects no indices). per_sample: a batch's
-/// indices as a list of 1-D tensors, each its sample's count long (adaptive methods, like the CPU).
+/// What a dispatch asks for besides the indices [batch, k]. row_width > 0: float32 rows
+/// [batch, row_count (0: k), row_width] too (VisionZip's features, pooling, PruMerge's merged rows);
+/// rows_only: only them (pooling selects no indices). per_sample: a batch's indices as a list of
+/// 1-D tensors, each cut to its sample's count (adaptive methods, like the CPU). raise: reads the
+/// status the kernels recorded and throws it (synchronises); PruMerge's names the CPU's parameters.
 struct outputs {
   index_t row_width = 0;
+  index_t row_count = 0;
   bool rows_only = false;
   bool per_sample = false;
+  void (*raise)(const tokensel::cuda_policy&) = nullptr;  // null: tokensel::throw_on_error
 };
 
-/// The indices tensor idx ([batch, k]) as a list of its rows, row b cut to counts[b].
-inline nb::object rows_of(const nb::object& idx, const std::vector<token_index>& counts) {
-  nb::list rows;
-  for (std::size_t b = 0; b < counts.size(); ++b) rows.append(idx[nb::int_(b)].attr("narrow")(0, 0, counts[b]));
-  return rows;
+/// One launch's results: the device outputs as torch CUDA tensors (indices int32 [batch, k]; rows
+/// float32 [batch, row_count, row_width] or None), the counts and results copied to the host.
+template <class Result>
+struct launched {
+  nb::object indices, rows;
+  std::vector<token_index> counts;
+  std::vector<Result> results;
+};
+
+/// Sample b of a [batch, m, ...] device tensor cut to its first count entries (a view).
+inline nb::object cut(const nb::object& t, std::size_t b, std::size_t count) {
+  return t[nb::int_(b)].attr("narrow")(0, 0, count);
 }
 
 /// Runs select(policy, out, results, rows) for `batch` samples keeping at most k each on like's
-/// device: workspace, indices, counts, results and rows in device memory, one synchronisation, the
-/// recorded status raised. single: 1-D indices of the one sample (its count read back) instead of
-/// [batch, k]. Returns the indices (a torch int32 CUDA tensor), then the rows when asked for, then
-/// the results (copied to the host) when return_result.
+/// device: workspace, indices, counts, results and rows in device memory, the counts and results
+/// copied back, one synchronisation, the recorded status raised.
 template <class Result, class Select>
-nb::object run(const array& like, index_t batch, index_t k, std::size_t workspace, bool single, bool return_result, outputs extra,
-               Select&& select) {
+launched<Result> launch(const array& like, index_t batch, index_t k, std::size_t workspace, const outputs& extra, Select&& select) {
   const int device = like.device_id();
   const device_guard guard(device);
   const cudaStream_t stream = current_stream(device);
-  const auto n_out = static_cast<std::size_t>(batch * k), n_rows = n_out * static_cast<std::size_t>(extra.row_width);
+  const index_t row_count = extra.row_count > 0 ? extra.row_count : k;
+  const auto n_out = static_cast<std::size_t>(batch * k), n_rows = static_cast<std::size_t>(batch * row_count * extra.row_width);
   stream_buffer ws(workspace, stream, "cudaMallocAsync(workspace)");
   stream_buffer out(n_out * sizeof(token_index), stream, "cudaMallocAsync(indices)");
   stream_buffer counts(static_cast<std::size_t>(batch) * sizeof(token_index), stream, "cudaMallocAsync(counts)");
   stream_buffer results(static_cast<std::size_t>(batch) * sizeof(Result), stream, "cudaMallocAsync(results)");
   stream_buffer rows(n_rows * sizeof(float), stream, "cudaMallocAsync(rows)");
   const tokensel::cuda_policy policy{stream, ws.ptr, workspace};
-  std::vector<Result> host_results(static_cast<std::size_t>(batch));
-  std::vector<token_index> host_counts(static_cast<std::size_t>(batch));
+  launched<Result> l{nb::none(), nb::none(), std::vector<token_index>(static_cast<std::size_t>(batch)),
+                     std::vector<Result>(static_cast<std::size_t>(batch))};
   {
     nb::gil_scoped_release rel;
-    auto* idx = static_cast<token_index*>(out.ptr);
     select(policy,
-           tokensel::selection_batch{tokensel::tensor_view<token_index, 2>(idx, {batch, k}),
+           tokensel::selection_batch{tokensel::tensor_view<token_index, 2>(static_cast<token_index*>(out.ptr), {batch, k}),
                                      std::span<token_index>(static_cast<token_index*>(counts.ptr), static_cast<std::size_t>(batch))},
            std::span<Result>(static_cast<Result*>(results.ptr), static_cast<std::size_t>(batch)),
-           tokensel::tensor_view<float, 3>(static_cast<float*>(rows.ptr), {batch, k, extra.row_width}, "features"));
-    check_cuda(cudaMemcpyAsync(host_results.data(), results.ptr, host_results.size() * sizeof(Result), cudaMemcpyDeviceToHost, stream),
+           tokensel::tensor_view<float, 3>(static_cast<float*>(rows.ptr), {batch, row_count, extra.row_width}, "rows"));
+    check_cuda(cudaMemcpyAsync(l.results.data(), results.ptr, l.results.size() * sizeof(Result), cudaMemcpyDeviceToHost, stream),
                "cudaMemcpyAsync(results)");
-    check_cuda(cudaMemcpyAsync(host_counts.data(), counts.ptr, host_counts.size() * sizeof(token_index), cudaMemcpyDeviceToHost, stream),
+    check_cuda(cudaMemcpyAsync(l.counts.data(), counts.ptr, l.counts.size() * sizeof(token_index), cudaMemcpyDeviceToHost, stream),
                "cudaMemcpyAsync(counts)");
-    tokensel::throw_on_error(policy);  // synchronises the stream
+    if (extra.raise != nullptr) {
+      extra.raise(policy);
+    } else {
+      tokensel::throw_on_error(policy);  // synchronises the stream
+    }
   }
-  // Pooling writes no counts: its row count is k.
-  const std::size_t count = !single || batch == 0 ? 0 : extra.rows_only ? static_cast<std::size_t>(k) : static_cast<std::size_t>(host_counts[0]);
   const std::size_t ishape[2] = {static_cast<std::size_t>(batch), static_cast<std::size_t>(k)};
-  const std::size_t one_shape[1] = {count};
-  nb::object idx = single ? device_tensor<token_index>(out.release(), device, 1, one_shape) : device_tensor<token_index>(out.release(), device, 2, ishape);
-  nb::object feats;
+  l.indices = device_tensor<token_index>(out.release(), device, 2, ishape);
   if (extra.row_width > 0) {
-    const std::size_t d = static_cast<std::size_t>(extra.row_width);
-    const std::size_t fshape[3] = {static_cast<std::size_t>(batch), static_cast<std::size_t>(k), d};
-    const std::size_t fone[2] = {count, d};
-    feats = single ? device_tensor<float>(rows.release(), device, 2, fone) : device_tensor<float>(rows.release(), device, 3, fshape);
+    const std::size_t fshape[3] = {static_cast<std::size_t>(batch), static_cast<std::size_t>(row_count), static_cast<std::size_t>(extra.row_width)};
+    l.rows = device_tensor<float>(rows.release(), device, 3, fshape);
   }
-  if (extra.per_sample && !single) idx = rows_of(idx, host_counts);
+  return l;
+}
+
+/// launch, then the CPU binding's outputs: single: the one sample's 1-D indices (cut to its count)
+/// [and rows], else [batch, k] (a list when per_sample); then the rows when asked for, then the
+/// result(s) when return_result.
+template <class Result, class Select>
+nb::object run(const array& like, index_t batch, index_t k, std::size_t workspace, bool single, bool return_result, outputs extra,
+               Select&& select) {
+  const launched<Result> l = launch<Result>(like, batch, k, workspace, extra, select);
+  // Pooling writes no counts: its row count is k.
+  const auto count = [&](std::size_t b) { return static_cast<std::size_t>(extra.rows_only ? k : l.counts[b]); };
+  nb::object idx = l.indices, feats = l.rows;
+  if (single) {
+    idx = cut(l.indices, 0, count(0));
+    if (extra.row_width > 0) feats = cut(l.rows, 0, count(0));
+  } else if (extra.per_sample) {
+    nb::list each;
+    for (std::size_t b = 0; b < l.counts.size(); ++b) each.append(cut(l.indices, b, count(b)));
+    idx = each;
+  }
   if (!return_result) return extra.rows_only ? feats : extra.row_width > 0 ? nb::object(nb::make_tuple(idx, feats)) : idx;
-  nb::object res = single ? nb::cast(host_results.empty() ? Result{} : host_results[0]) : nb::cast(host_results);
+  nb::object res = single ? nb::cast(l.results[0]) : nb::cast(l.results);
   if (extra.rows_only) return nb::make_tuple(feats, res);
   return extra.row_width > 0 ? nb::make_tuple(idx, feats, res) : nb::make_tuple(idx, res);
 }

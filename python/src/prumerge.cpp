@@ -1,5 +1,6 @@
 // tokensel Python extension: PruMerge / PruMerge+.
 #include "common.hpp"
+#include "cuda_dispatch.hpp"
 
 #include <tokensel/methods/prumerge.hpp>
 
@@ -24,7 +25,10 @@ nb::object finish(std::vector<token_index>&& out, std::vector<float>* rows, inde
 
 nb::object one_qk(nb::handle q_h, nb::handle k_h, nb::handle f_h, const pm::config& cfg, const tokensel::threaded_policy& pol,
                   bool return_result, const std::string& where) {
-  array q = nb::cast<array>(q_h), k = nb::cast<array>(k_h);
+  array q = array_arg(q_h, "prumerge.queries" + where), k = array_arg(k_h, "prumerge.keys" + where);
+#if defined(TOKENSEL_PYTHON_CUDA)
+  if (is_cuda_device(q.device_type())) return prumerge_select_cuda(q, k, f_h, cfg, return_result, where);
+#endif
   const dt t = dtype_of(q, "prumerge.queries" + where);
   check_same(t, dtype_of(k, "prumerge.keys" + where), "prumerge.keys" + where, "prumerge.queries");
   check_rank(q, 2, "prumerge.queries" + where, "[n+1 or 1, D]");
@@ -64,13 +68,21 @@ nb::object select(nb::handle queries, nb::handle keys, std::optional<pm::config>
   const auto pol = policy(threads);
   array q;
   const bool dense = !is_sequence(queries) && nb::try_cast(queries, q) && q.ndim() == 3;
+  if (dense) {
+#if defined(TOKENSEL_PYTHON_CUDA)
+    // The whole [batch, ...] batch in one device call.
+    if (is_cuda_device(q.device_type())) return prumerge_select_cuda(q, array_arg(keys, "prumerge.keys"), features, cfg, return_result, "");
+#endif
+    (void)dtype_of(q, "prumerge.queries");  // a CUDA tensor in a CPU-only build is refused before it is indexed
+  }
   if (is_sequence(queries) || dense) {  // a batch: one sample at a time (counts are adaptive)
-    const std::size_t n = nb::len(queries);
+    const std::size_t n = dense ? q.shape(0) : nb::len(queries);
     if (nb::len(keys) != n) fail(errc::shape_mismatch, "prumerge.keys", std::to_string(nb::len(keys)), "must have one entry per sample (" + std::to_string(n) + ")");
     if (!features.is_none() && nb::len(features) != n) fail(errc::shape_mismatch, "prumerge.features", std::to_string(nb::len(features)), "must have one entry per sample");
     nb::list out;
     for (std::size_t i = 0; i < n; ++i) {
-      out.append(one_qk(queries[i], keys[i], features.is_none() ? nb::handle(Py_None) : features[i], cfg, pol, return_result,
+      const nb::int_ at(i);  // an object key: PyObject_GetItem (a torch tensor is no Python sequence)
+      out.append(one_qk(queries[at], keys[at], features.is_none() ? nb::object(nb::none()) : nb::object(features[at]), cfg, pol, return_result,
                         "[" + std::to_string(i) + "]"));
     }
     return out;
@@ -82,6 +94,16 @@ nb::object select_from_attention(const array& attention, std::optional<pm::confi
                                  int threads, bool return_result) {
   const pm::config cfg = cfg_in.value_or(pm::config{});
   const auto pol = policy(threads);
+#if defined(TOKENSEL_PYTHON_CUDA)
+  if (is_cuda_device(attention.device_type())) {
+    if (!features.is_none() || !patch_keys.is_none()) {
+      fail(errc::unsupported, features.is_none() ? "prumerge.patch_keys" : "prumerge.features", "given with CUDA attention",
+           "select_from_attention merges on the CPU only (the CUDA backend merges from queries and keys: prumerge.select with features, "
+           "or pass CPU tensors: .cpu())");
+    }
+    return prumerge_from_attention_cuda(attention, cfg, return_result);
+  }
+#endif
   const dt t = dtype_of(attention, "prumerge.attention");
   check_rank(attention, 1, "prumerge.attention", "[n]: the CLS row over the patches");
   return dispatch(t, [&](auto tag) {

@@ -141,3 +141,18 @@ def test_torch_zero_copy_and_bf16():
     if torch.cuda.is_available() and not ts.built_with_cuda():
         with pytest.raises(ValueError, match="built without CUDA"):
             ts.fopru.select(t.cuda())
+
+
+def test_prumerge_dense_torch_batch():
+    """A [batch, ...] torch batch of PruMerge (indexed per sample: a torch tensor is no Python
+    sequence) gives the per-sample calls' indices and merged rows."""
+    torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch) - the DLPack path is untested")
+    rng = np.random.default_rng(18)
+    q, k = (torch.from_numpy(rng.standard_normal((2, 37, 8)).astype(np.float32)) for _ in range(2))
+    f = torch.from_numpy(rng.standard_normal((2, 36, 4)).astype(np.float32))
+    got = ts.prumerge.select(q, k, features=f)
+    assert len(got) == 2
+    for b in range(2):
+        idx, rows = ts.prumerge.select(q[b].numpy(), k[b].numpy(), features=f[b].numpy())
+        np.testing.assert_array_equal(got[b][0], idx)
+        np.testing.assert_array_equal(got[b][1], rows)

@@ -1,7 +1,7 @@
 """CUDA tensors (extension built with TOKENSEL_PYTHON_WITH_CUDA=ON): the methods of the dispatch table
-(ts.cuda_methods(): FoPru, freePruner, FitPrune's prune_layer, FastV, VisionZip, DivPrune, DART,
-VisPruner, pooling) run on the CUDA backend and return exactly the CPU's indices (and rows); PruMerge
-and the other CPU-only entry points refuse CUDA tensors by name.
+(ts.cuda_methods(): FoPru, freePruner, FitPrune's prune_layer, FastV, PruMerge(+), VisionZip,
+DivPrune, DART, VisPruner, pooling) run on the CUDA backend and return exactly the CPU's indices (and
+rows); the CPU-only entry points (gather, ...) refuse CUDA tensors by name.
 Without a GPU (or without a CUDA build) the device tests skip with the reason; the build check
 runs wherever TOKENSEL_EXPECT_PYTHON_CUDA says what the build should be."""
 import os
@@ -71,8 +71,12 @@ def test_cuda_errors_are_value_errors():
         ts.fopru.select(a.cuda())
     with pytest.raises(ValueError, match="fopru.attention.ndim"):
         ts.fopru.select(a[0].cuda())
-    with pytest.raises(ValueError, match="prumerge has no CUDA dispatch"):
-        ts.prumerge.select_from_attention(a.cuda())
+    with pytest.raises(ValueError, match="gather has no CUDA dispatch"):
+        ts.gather(a[0].cuda(), np.arange(4, dtype=np.int32))
+    q = torch.zeros(17, 8)
+    q[0, 2] = float("inf")
+    with pytest.raises(ts.Error, match=r"prumerge.queries\[0, 2\]"):  # PruMerge's own names, as on the CPU
+        ts.prumerge.select(q.cuda(), torch.zeros(17, 8).cuda())
     with pytest.raises(ValueError, match=r"vispruner.features.device = cpu: must be on the device of the attention \(cuda:0\)"):
         ts.vispruner.select(a.cuda(), torch.zeros(16, 8))
     with pytest.raises(ValueError, match=r"dart.norm_weight.dtype = f16: must be float32 with CUDA inputs"):
@@ -140,3 +144,33 @@ def test_layer_methods_cuda_equal_cpu(dtype):
     ]
     for call in calls:
         same(call(lambda x: x.cuda()), call(lambda x: x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("options", [{}, {"plus": True}, {"mode": "parity", "neighbours": 4}, {"merge": False, "extra_token": False}])
+def test_prumerge_cuda_equals_cpu(dtype, options):
+    """PruMerge(+): one sample, a [batch, ...] batch (one device call), a ragged list (sample by
+    sample) and CLS attention rows; indices, merged rows and counts equal the CPU's."""
+    torch = cuda_torch()
+    # Built here, not in the parametrisation: a module-level nanobind object outlives the extension's types.
+    cfg = ts.prumerge.config(**{k: getattr(ts.prumerge.mode, v) if k == "mode" else v for k, v in options.items()})
+    rng = np.random.default_rng(16)
+    t = lambda x: torch.from_numpy(np.ascontiguousarray(x)).to(getattr(torch, dtype))  # noqa: E731
+    q = t(rng.standard_normal((2, 65, 16)).astype(np.float32))
+    k = t((rng.standard_normal((2, 65, 16)) * 1.5).astype(np.float32))
+    f = t(rng.standard_normal((2, 64, 8)).astype(np.float32))
+    q2, k2, f2 = (t(rng.standard_normal(s).astype(np.float32)) for s in ((37, 16), (37, 16), (36, 8)))
+    cls = t(attention(rng, 2, 64))
+    calls = [
+        lambda dev: ts.prumerge.select(dev(q[0]), dev(k[0]), cfg, return_result=True),
+        lambda dev: ts.prumerge.select(dev(q[1][:1]), dev(k[1]), cfg, features=dev(f[1]), return_result=True),
+        lambda dev: ts.prumerge.select(dev(q), dev(k), cfg, features=dev(f), return_result=True),
+        lambda dev: ts.prumerge.select(dev(q), dev(k), cfg),
+        lambda dev: ts.prumerge.select([dev(q[0]), dev(q2)], [dev(k[0]), dev(k2)], cfg, features=[dev(f[0]), dev(f2)]),
+        lambda dev: ts.prumerge.select_from_attention(dev(cls[0]), cfg, return_result=True),
+    ]
+    for call in calls:
+        same(call(lambda x: x.cuda()), call(lambda x: x))
+    # CLS rows as a [batch, n] batch: CUDA only (the CPU binding takes one row at a time).
+    got = ts.prumerge.select_from_attention(cls.cuda(), cfg)
+    same(got, [ts.prumerge.select_from_attention(row, cfg) for row in cls])

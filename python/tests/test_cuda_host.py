@@ -10,7 +10,7 @@ import pytest
 import tokensel as ts
 from conftest import ROOT
 
-DISPATCHING = ["fopru", "freepruner", "fitprune", "fastv", "visionzip", "divprune", "dart", "vispruner", "pool"]
+DISPATCHING = ["fopru", "freepruner", "fitprune", "fastv", "prumerge", "visionzip", "divprune", "dart", "vispruner", "pool"]
 
 
 class DLDevice(ctypes.Structure):
@@ -68,16 +68,14 @@ def test_dispatch_table_matches_the_docs():
 
 def refuse_cases():
     """(call, parameter its message names, method) for each binding reading a CUDA tensor where it
-    is not dispatched: PruMerge and gather, the ragged lists, qk_sources and FitPrune's calibrator
-    of the methods with a dispatch. None of them reaches device memory in any build."""
+    is not dispatched: gather, PruMerge's merge from attention, the ragged lists, qk_sources and
+    FitPrune's calibrator of the methods with a dispatch. None of them reaches device memory in any build."""
     c = FakeCuda
     h = np.zeros((17, 8), np.float32)
     calib = ts.fitprune.calibrator()
     calib.add_sample()
     fp_cfg = ts.freepruner.config(first_layer=0, last_layer=1, complementary_layer=2)
     return [
-        (lambda: ts.prumerge.select_from_attention(c(2, 17, 17)), "prumerge.attention", "prumerge"),
-        (lambda: ts.prumerge.select(c(17, 8), c(17, 8)), "prumerge.queries", "prumerge"),
         (lambda: ts.gather(c(16, 8), np.arange(4, dtype=np.int32)), "gather.src", "gather"),
         (lambda: calib.add_layer(0, 0, c(2, 30, 30), (1, 20)), "fitprune.attention", "fitprune"),
         (lambda: ts.freepruner.select([ts.qk_source(c(2, 17, 8), c(2, 17, 8))] * 3, fp_cfg), "qk_source.queries", "qk_source"),
@@ -120,6 +118,10 @@ def test_cuda_tensor_refused_by_name(case):
     lambda c: ts.freepruner.select([c(2, 17, 17)] * 3, ts.freepruner.config(first_layer=0, last_layer=1, complementary_layer=2)),
     lambda c: ts.fitprune.prune_layer(c(2, 30, 30), (1, 20), 4),
     lambda c: ts.baselines.pool.apply(c(16, 8)),
+    lambda c: ts.prumerge.select(c(17, 8), c(17, 8)),
+    lambda c: ts.prumerge.select(c(2, 17, 8), c(2, 17, 8), features=c(2, 16, 4)),
+    lambda c: ts.prumerge.select([c(17, 8), c(10, 8)], [c(17, 8), c(10, 8)]),
+    lambda c: ts.prumerge.select_from_attention(c(16)),
 ])
 def test_dispatching_methods_without_cuda_build(call):
     """A CUDA build would hand these to the device (the GPU tests cover that); a CPU build refuses."""
@@ -135,6 +137,13 @@ def test_dispatching_methods_without_cuda_build(call):
     (lambda c, h: ts.dart.select(c(2, 30, 4), c(30, 8), (1, 20), norm_weight=h(8)),
      r"dart.norm_weight.device = cpu: must be on the device of dart.hidden \(cuda:0\)"),
     (lambda c, h: ts.visionzip.select(c(2, 17, 17), None, h(17, 8)), r"visionzip.hidden.device = cpu: must be on the device of the attention"),
+    (lambda c, h: ts.prumerge.select(c(17, 8), h(17, 8)), r"prumerge.keys.device = cpu: must be on the device of prumerge.queries \(cuda:0\)"),
+    (lambda c, h: ts.prumerge.select([h(17, 8), c(17, 8)], [h(17, 8), h(17, 8)]),
+     r"prumerge.keys\[1\].device = cpu: must be on the device of prumerge.queries \(cuda:0\)"),
+    (lambda c, h: ts.prumerge.select(c(17, 8), c(17, 8), features=h(16, 4)),
+     r"prumerge.features.device = cpu: must be on the device of prumerge.queries \(cuda:0\)"),
+    (lambda c, h: ts.prumerge.select_from_attention(c(16), features=h(16, 4)),
+     r"prumerge.features = given with CUDA attention: select_from_attention merges on the CPU only"),
 ])
 def test_cuda_companion_on_another_device(call, message):
     """Checked before any device work: in a CUDA build the mix is refused by device, in a CPU build
