@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <new>
 #include <map>
+#include <mutex>
 #include <span>
 #include <string>
 #include <tuple>
@@ -131,6 +132,10 @@ void softmax_row(const std::vector<double>& logits, index_t n, T* out) {
 
 template <class T, class Key, class Make>
 const std::vector<T>& cached(const Key& key, Make&& make) {
+  // Locked: the 2-thread floors call this from two benchmark threads at once (entries are never
+  // erased, so a returned reference stays valid).
+  static std::mutex lock;
+  const std::lock_guard<std::mutex> guard(lock);
   static std::map<Key, std::vector<T>> cache;
   auto it = cache.find(key);
   if (it == cache.end()) it = cache.emplace(key, make()).first;
@@ -269,7 +274,7 @@ const std::vector<T>& llm_last_rows(const llm_shape& s, int layer) {
 // ---- the floor --------------------------------------------------------------------------------
 
 /// One pass over x[0, n): a sum with independent partial sums (so the adds never limit the pass).
-inline float stream_sum(const float* x, index_t n) {
+inline float stream_sum_all(const float* x, index_t n) {
   float lane[32] = {};
   index_t i = 0;
   for (const index_t full = n - n % 32; i < full; i += 32) {
@@ -282,7 +287,7 @@ inline float stream_sum(const float* x, index_t n) {
 }
 
 /// Same for fp16: vcvtph2ps (8 at a time) when available, else the library's scalar widening.
-inline float stream_sum(const f16* x, index_t n) {
+inline float stream_sum_all(const f16* x, index_t n) {
   index_t i = 0;
   float s = 0;
 #if defined(TOKENSEL_BENCH_F16C)
@@ -308,7 +313,7 @@ inline float stream_sum(const f16* x, index_t n) {
 }
 
 /// Same for bf16: the upper half of an fp32, so widening is a shift (vectorised with AVX2).
-inline float stream_sum(const bf16* x, index_t n) {
+inline float stream_sum_all(const bf16* x, index_t n) {
   index_t i = 0;
   float s = 0;
 #if defined(__AVX2__)
@@ -332,6 +337,26 @@ inline float stream_sum(const bf16* x, index_t n) {
   return s;
 }
 
+/// The part of a floor pass this thread streams: the whole pass for the 1-thread floors; half of
+/// it (rows or elements) on each thread of a "<floor>/2threads" benchmark (see add()).
+struct floor_part {
+  int index = 0, parts = 1;
+};
+inline thread_local floor_part this_part{};
+
+/// [begin, end) of this thread's part of n units.
+inline std::pair<index_t, index_t> part_range(index_t n) {
+  const auto p = static_cast<index_t>(this_part.index), parts = static_cast<index_t>(this_part.parts);
+  return {n * p / parts, n * (p + 1) / parts};
+}
+
+/// One pass over this thread's part of x[0, n) (all of it outside a 2-thread floor).
+template <class T>
+float stream_sum(const T* x, index_t n) {
+  const auto [b, e] = part_range(n);
+  return stream_sum_all(x + b, e - b);
+}
+
 /// The floor written the obvious portable way (scalar to_float for fp16), for reference.
 template <class T>
 float stream_sum_scalar(const T* x, index_t n) {
@@ -350,7 +375,8 @@ float stream_sum_scalar(const T* x, index_t n) {
 template <class T>
 float stream_sum_rows(const T* base, index_t rows, index_t stride, index_t cols) {
   float s = 0;
-  for (index_t r = 0; r < rows; ++r) s += stream_sum(base + r * stride, cols);
+  const auto [r0, r1] = part_range(rows);
+  for (index_t r = r0; r < r1; ++r) s += stream_sum_all(base + r * stride, cols);
   return s;
 }
 
@@ -359,9 +385,24 @@ float stream_sum_rows(const T* base, index_t rows, index_t stride, index_t cols)
 /// Registers a benchmark timed in wall-clock microseconds (threaded policies included), with the
 /// bytes its floor streams per iteration and the name of that floor (empty for a floor itself).
 /// `items` = images, views or frames handled per iteration (items_per_second).
+/// A floor ("floor/...") also gets "<name>/2threads": the same pass split in halves over two
+/// benchmark threads at once (Google Benchmark's Threads(2), wall time per pass), i.e. the
+/// machine's 2-thread streaming speed on the same bytes, which bounds every threaded policy.
 template <class Body>
 benchmark::internal::Benchmark* add(const std::string& name, const std::string& floor, std::int64_t bytes,
                                     std::int64_t items, Body body) {
+  if (floor.empty() && name.rfind("floor/", 0) == 0) {
+    benchmark::RegisterBenchmark((name + "/2threads").c_str(),
+                                 [=](benchmark::State& state) {
+                                   this_part = {state.thread_index(), state.threads()};
+                                   body(state);
+                                   this_part = {};
+                                   state.SetBytesProcessed(state.iterations() * bytes);  // per thread: GB/s sums the two
+                                 })
+        ->Threads(2)
+        ->UseRealTime()
+        ->Unit(benchmark::kMicrosecond);
+  }
   return benchmark::RegisterBenchmark(name.c_str(),
                                       [=](benchmark::State& state) {
                                         body(state);

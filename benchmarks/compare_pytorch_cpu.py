@@ -374,7 +374,7 @@ def load_cpp(bench_dir):
             continue
         has_median = any(r.get("aggregate_name") == "median" for r in rows)
         for r in rows:
-            name = r.get("run_name", r["name"]).removesuffix("/real_time")
+            name = r.get("run_name", r["name"]).removesuffix("/threads:2").removesuffix("/real_time")
             e = out.setdefault(name, {})
             if r.get("run_type") != "aggregate" and 0 <= r.get("max_bytes_used", -1) < 1 << 40:
                 e["heap"] = r["max_bytes_used"]
@@ -385,7 +385,8 @@ def load_cpp(bench_dir):
             e["bytes_per_call"] = r.get("bytes_per_second", 0) * r["real_time"] * unit * 1e-6
             e["label"] = r.get("label", "")
             e["kept"] = r.get("kept")
-        cvs = {r.get("run_name", "").removesuffix("/real_time"): r["real_time"] for r in rows if r.get("aggregate_name") == "cv"}
+        cvs = {r.get("run_name", "").removesuffix("/threads:2").removesuffix("/real_time"): r["real_time"]
+               for r in rows if r.get("aggregate_name") == "cv"}
         for name, cv in cvs.items():
             out.setdefault(name, {})["cv"] = cv
     return out

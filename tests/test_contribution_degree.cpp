@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <cstring>
+
 #include <limits>
 #include <random>
 #include <string>
@@ -145,6 +147,32 @@ TEST(ContributionDegree, FromAttentionEqualsReduceThenMatrix) {
     contribution_degree(par, view, op, got_par);
     EXPECT_EQ(got, expected) << to_string(op);
     EXPECT_EQ(got_par, expected) << to_string(op);
+  }
+}
+
+// Above the threading threshold (256 KiB; the tests above stay below it) the threaded path runs
+// on several threads: the same bits as the sequential path for every reduction, thread count and
+// element type, CLS skipped or not.
+TEST(ContributionDegree, ThreadedEqualsSequentialBitForBitAboveTheThreshold) {
+  const index_t H = 4, N = 301;  // 4 x 301 x 301 fp32 = 1.4 MB
+  const auto att = random_values(static_cast<std::size_t>(H * N * N), 23);
+  std::vector<Eigen::half> att16(att.size());
+  for (std::size_t i = 0; i < att.size(); ++i) att16[i] = Eigen::half(att[i]);
+  const head_attention_view<float> view(att.data(), {H, N, N});
+  const head_attention_view<Eigen::half> view16(att16.data(), {H, N, N});
+  for (auto op : {head_reduction::mean, head_reduction::sum, head_reduction::max}) {
+    for (const auto& range : {token_range::skip_cls(N), token_range::all(N)}) {
+      std::vector<float> want(static_cast<std::size_t>(range.count)), want16(want.size());
+      contribution_degree(seq, view, op, range, want);
+      contribution_degree(seq, view16, op, range, want16);
+      for (int threads : {0, 2, 3, 7}) {
+        std::vector<float> got(want.size()), got16(want.size());
+        contribution_degree(threaded_policy{.threads = threads}, view, op, range, got);
+        contribution_degree(threaded_policy{.threads = threads}, view16, op, range, got16);
+        ASSERT_EQ(0, std::memcmp(got.data(), want.data(), want.size() * sizeof(float))) << to_string(op) << " threads " << threads;
+        ASSERT_EQ(0, std::memcmp(got16.data(), want16.data(), want.size() * sizeof(float))) << to_string(op) << " threads " << threads;
+      }
+    }
   }
 }
 
