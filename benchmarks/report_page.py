@@ -32,6 +32,8 @@ NOTES = {
     "prumerge/merge": "compute: the 32-NN cosine search is Kc x n x D multiply-adds, a byte floor cannot bind; no FLOP floor measured yet",
     "prumerge/plus_merge": "compute: the 32-NN cosine search over Kc + grid tokens (Kc x n x D multiply-adds); no FLOP floor measured yet",
     "qk/": "floor = one attention forward (bench_qk), not a byte pass",
+    "pool/": "it also writes the pooled rows (a quarter of its input; with write-allocate a store reads the line "
+             "first, so 1.5x the floor's traffic is moved in all)",
     "divprune/": "compute: the n x n cosine table is n^2 D / 2 multiply-adds (0.96 G at n 576, D 4096), each dot in the "
                  "canonical fixed order (bit-identical CPU/CUDA), not a BLAS GEMM",
     "vispruner/": "compute: the R0 x R0 cosine table of the remaining patches (R0^2 D / 2 multiply-adds, canonical dots)",

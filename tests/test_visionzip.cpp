@@ -221,6 +221,10 @@ TEST(VisionZip, BadInputs) {
   k[(0 * 10 + 8) * 2 + 1] = std::numeric_limits<float>::quiet_NaN();
   expect_error([&] { call(t.attention_view(), {k.data(), {2, 10, 2}}, t.hidden_view(), cfg, idx, out); }, errc::non_finite,
                "visionzip.keys[0, 8, 1]");
+  auto k_inf = t.keys;  // an infinity alone (the contiguous path checks the head sum)
+  k_inf[(1 * 10 + 8) * 2 + 0] = -std::numeric_limits<float>::infinity();
+  expect_error([&] { call(t.attention_view(), {k_inf.data(), {2, 10, 2}}, t.hidden_view(), cfg, idx, out); }, errc::non_finite,
+               "visionzip.keys[1, 8, 0]");
   // shapes
   expect_error([&] { call({t.attention.data(), {2, 5, 10}}, t.keys_view(), t.hidden_view(), cfg, idx, out); },
                errc::shape_mismatch, "visionzip.attention.extent(1) = 5");

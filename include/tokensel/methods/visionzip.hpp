@@ -231,9 +231,12 @@ template <cpu_policy Policy, element K>
 void unit_keys(const Policy& policy, const tensor_view<const K, 3>& keys, std::span<const token_index> rest,
                std::span<float> unit) {
   const index_t kheads = keys.extent(0), dh = keys.extent(2);
-  // Heads outer over contiguous key rows (vectorised); each channel still adds its heads in
-  // ascending order from 0.0f. A failed finiteness check is located in the scalar order.
+  // Heads outer over contiguous key rows (vectorised, fp16 / bf16 widened in registers); each
+  // channel still adds its heads in ascending order from 0.0f. Contiguous rows are checked once,
+  // on the sum (a NaN or Inf among the terms leaves the sum non-finite); a failed check is located
+  // in the scalar order (locate_non_finite_key), which also ignores a sum that only overflowed.
   const auto count = static_cast<index_t>(rest.size());
+  const bool contiguous = keys.stride(2) == 1 && dh > 0;
   tokensel::detail::parallel_for(policy, count, tokensel::detail::bytes_of<K>(count * kheads * dh), [&](index_t p) {
     float* u = unit.data() + p * dh;
     const index_t t = rest[static_cast<std::size_t>(p)];
@@ -242,11 +245,15 @@ void unit_keys(const Policy& policy, const tensor_view<const K, 3>& keys, std::s
     std::fill(u, u + dh, 0.0f);
     bool finite = true;
     for (index_t h = 0; h < kheads; ++h) {
+      if (contiguous) {
+        tokensel::detail::accumulate(&keys(h, t, 0), dh, u);
+        continue;
+      }
       const float* x = tokensel::detail::row_f32(keys[h], t, buffer.data());
       finite = finite && tokensel::detail::all_finite(x, dh);
       for (index_t c = 0; c < dh; ++c) u[c] += x[c];
     }
-    if (!finite) locate_non_finite_key(keys, t);
+    if (!finite || (contiguous && !tokensel::detail::all_finite(u, dh))) locate_non_finite_key(keys, t);
     for (index_t c = 0; c < dh; ++c) u[c] = u[c] / static_cast<float>(kheads);
     const float norm = std::sqrt(tokensel::detail::canonical_dot(u, u, dh));
     if (norm > 0.0f) {
