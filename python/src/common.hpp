@@ -103,11 +103,11 @@ bool built_with_cuda();
 
 /// The dispatch table: the methods whose select (prune_layer, pool.apply) runs CUDA tensors on the
 /// CUDA backend when the extension is built with it (cuda_dispatch.hpp declares one
-/// <method>_select_cuda each). One array per input (a sample, or a [batch, ...] batch), all on one
-/// device; PruMerge also runs a ragged list sample by sample. Other ragged lists, qk_source and
-/// FitPrune's calibrator stay on the CPU.
-inline constexpr std::array<const char*, 10> cuda_methods{"fopru",    "freepruner", "fitprune", "fastv", "prumerge",
-                                                          "visionzip", "divprune",  "dart",     "vispruner", "pool"};
+/// <method>_select_cuda each): one array per input (a sample, or a [batch, ...] batch), or a ragged
+/// list whose samples run one device call each; every input of a sample on one device. qk_source
+/// and FitPrune's calibrator stay on the CPU. gather moves CUDA rows by a CUDA selection.
+inline constexpr std::array<const char*, 11> cuda_methods{"fopru",    "freepruner", "fitprune", "fastv",     "prumerge", "visionzip",
+                                                          "divprune", "dart",       "vispruner", "pool",     "gather"};
 
 /// Why a CUDA tensor cannot be used where `name` (method.parameter...) reads it.
 inline std::string cuda_refusal(const std::string& name) {
@@ -120,8 +120,8 @@ inline std::string cuda_refusal(const std::string& name) {
     listed = listed || method == m;
   }
   if (listed) {
-    return method + " runs CUDA tensors only as one array per input (a sample or a [batch, ...] batch, every input on one device); "
-                    "ragged lists, qk_source and FitPrune's calibrator run on the CPU: pass CPU tensors (.cpu())";
+    return method + " reads CUDA tensors only when the sample's main input is one too (every input of a sample on one device); "
+                    "qk_source and FitPrune's calibrator run on the CPU: pass CPU tensors (.cpu())";
   }
   return method + " has no CUDA dispatch in the Python package (CUDA tensors run for " + list + "); pass CPU tensors (.cpu())";
 }

@@ -1,6 +1,7 @@
 // tokensel Python extension: module, errors, shared types (budget, model_shape, requirements,
 // token_grid, enums), qk_source and gather.
 #include "common.hpp"
+#include "cuda_dispatch.hpp"
 
 #include <tokensel/select/gather.hpp>
 #include <tokensel/stats/head_reduction.hpp>
@@ -26,7 +27,10 @@ std::string grid_repr(const tokensel::token_grid& g) {
 nb::object gather_with(const array& src, dt s, std::vector<token_index> indices, nb::handle out_h);
 
 nb::object gather(nb::handle src_h, nb::handle idx_h, nb::handle out_h) {
-  array src = nb::cast<array>(src_h);
+  array src = array_arg(src_h, "gather.src");
+#if defined(TOKENSEL_PYTHON_CUDA)
+  if (is_cuda_device(src.device_type())) return gather_cuda(src, idx_h, out_h);
+#endif
   const dt s = dtype_of(src, "gather.src");
   check_rank(src, 2, "gather.src", "[n, d]");
   // Indices: any integer array (converted to int32 here; they are few).
@@ -191,11 +195,13 @@ void bind_core(nb::module_& m) {
 
   m.def("gather", &gather, nb::arg("src"), nb::arg("indices"), nb::arg("out").none() = nb::none(),
         "dst[r, :] = src[indices[r], :]. src [n, d] (f32/f16/bf16, any strides); without out returns a new "
-        "float32 [k, d] array, with out (a writable [k, d] f32/f16/bf16 array) writes into it and returns it.");
+        "float32 [k, d] array, with out (a writable [k, d] f32/f16/bf16 array) writes into it and returns it. CUDA src (CUDA "
+        "build): indices a CUDA int32 tensor [k] (a CUDA selection's output) on its device, src may be a [batch, n, d] batch "
+        "with [batch, k] indices; the rows (float32, or out) stay on the device.");
   m.def("built_with_cuda", &built_with_cuda, "Whether this extension dispatches CUDA tensors to the CUDA backend.");
   m.def("cuda_methods", [] { return std::vector<std::string>(cuda_methods.begin(), cuda_methods.end()); },
-        "The methods whose select runs CUDA tensors on the CUDA backend when built_with_cuda() (one array per input: "
-        "a sample or a [batch, ...] batch); the others raise for CUDA tensors.");
+        "The methods (and gather) that run CUDA tensors on the CUDA backend when built_with_cuda(): one array per input "
+        "(a sample or a [batch, ...] batch) or a ragged list of samples; qk_source and FitPrune's calibrator raise for CUDA tensors.");
   m.def("threading_available", &tokensel::threading_available, "Whether threads > 1 really run in parallel (OpenMP).");
 }
 

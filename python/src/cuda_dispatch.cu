@@ -11,11 +11,11 @@ using cuda_run::batched;
 using cuda_run::run;
 using rows_view = tokensel::tensor_view<float, 3>;
 
-nb::object fopru_select_cuda(const array& attention, const tokensel::fopru::config& cfg, bool return_result) {
+nb::object fopru_select_cuda(const array& attention, const tokensel::fopru::config& cfg, bool return_result, const std::string& where) {
   namespace fo = tokensel::fopru;
-  return dispatch(dtype_of(attention, "fopru.attention", /*allow_cuda=*/true), [&](auto tag) {
+  return dispatch(dtype_of(attention, "fopru.attention" + where, /*allow_cuda=*/true), [&](auto tag) {
     using T = decltype(tag);
-    const auto v = batched<T, 3>(attention, "fopru.attention", "[heads, N, N] or [batch, heads, N, N]");
+    const auto v = batched<T, 3>(attention, "fopru.attention" + where, "[heads, N, N] or [batch, heads, N, N]");
     const index_t tokens = v.extent(2);
     const index_t k = fo::keep_count(cfg.skip_cls ? (tokens > 0 ? tokens - 1 : 0) : tokens, cfg);
     return run<fo::result>(attention, v.extent(0), k, fo::workspace_size(v, cfg), attention.ndim() == 3, return_result, {},
@@ -26,11 +26,11 @@ nb::object fopru_select_cuda(const array& attention, const tokensel::fopru::conf
 }
 
 nb::object fastv_select_cuda(const array& attention, const tokensel::token_range& visual, const tokensel::fastv::config& cfg,
-                             bool return_result) {
+                             bool return_result, const std::string& where) {
   namespace fv = tokensel::fastv;
-  return dispatch(dtype_of(attention, "fastv.attention", /*allow_cuda=*/true), [&](auto tag) {
+  return dispatch(dtype_of(attention, "fastv.attention" + where, /*allow_cuda=*/true), [&](auto tag) {
     using T = decltype(tag);
-    const auto v = batched<T, 3>(attention, "fastv.attention", "[heads, q, L] or [batch, heads, q, L]");
+    const auto v = batched<T, 3>(attention, "fastv.attention" + where, "[heads, q, L] or [batch, heads, q, L]");
     const index_t k = fv::keep_count(visual.count, cfg);
     return run<fv::result>(attention, v.extent(0), k, fv::workspace_size(v, visual, cfg), attention.ndim() == 3, return_result, {},
                            [&](const tokensel::cuda_policy& p, const tokensel::selection_batch& out, std::span<fv::result> r, rows_view) {

@@ -5,8 +5,10 @@
 // tensor's device (the default stream when torch is not importable), allocates its workspace and
 // outputs with cudaMallocAsync on that stream, synchronises once (to raise any problem the kernels
 // recorded, e.g. NaN, as tokensel.Error) and returns CUDA tensors (int32 indices; float32 rows for
-// VisionZip, PruMerge's merge and pooling). The shared pieces are cuda_run.cuh; each <method>_select_cuda is a few lines of views.
-// Other methods, ragged lists and qk_source refuse CUDA tensors by name (common.hpp: cuda_refusal).
+// VisionZip, PruMerge's merge and pooling). The shared pieces are cuda_run.cuh; each
+// <method>_select_cuda is a few lines of views. A ragged list's samples run one device call each
+// (where: "[i]", the sample's place in the list, for the messages). Other methods, qk_source and
+// FitPrune's calibrator refuse CUDA tensors by name (common.hpp: cuda_refusal).
 #pragma once
 
 #include "common.hpp"
@@ -33,25 +35,33 @@ inline bool on_cuda(nb::handle h) {
 
 using opt_budget = std::optional<tokensel::budget>;
 
+/// The (indices, result) pair of a <method>_select_cuda call made with return_result (a ragged
+/// list's sample).
+inline std::pair<nb::object, nb::object> index_and_result(const nb::object& t) {
+  const nb::tuple pair = nb::borrow<nb::tuple>(t);
+  return {pair[0], pair[1]};
+}
+
 #if defined(TOKENSEL_PYTHON_CUDA)
 /// FoPru of a CUDA [heads, N, N] sample (1-D indices) or [batch, heads, N, N] batch ([batch, k]).
-nb::object fopru_select_cuda(const array& attention, const tokensel::fopru::config& cfg, bool return_result);
+nb::object fopru_select_cuda(const array& attention, const tokensel::fopru::config& cfg, bool return_result, const std::string& where = "");
 /// FastV of a CUDA [heads, L, L] sample or [batch, heads, L, L] batch.
 nb::object fastv_select_cuda(const array& attention, const tokensel::token_range& visual, const tokensel::fastv::config& cfg,
-                             bool return_result);
+                             bool return_result, const std::string& where = "");
 /// DivPrune of CUDA features [n, D] or [batch, n, D].
-nb::object divprune_select_cuda(const array& features, const tokensel::divprune::config& base, const opt_budget& keep, bool return_result);
+nb::object divprune_select_cuda(const array& features, const tokensel::divprune::config& base, const opt_budget& keep, bool return_result,
+                                const std::string& where = "");
 /// VisPruner of CUDA attention [heads, N | 1, N] and features [N - 1, D] (or their [batch, ...] forms).
 nb::object vispruner_select_cuda(const array& attention, const array& features, const tokensel::vispruner::config& base,
-                                 const opt_budget& keep, bool return_result);
+                                 const opt_budget& keep, bool return_result, const std::string& where = "");
 /// DART of CUDA keys [kv_heads, L, d_head] and hidden [L, D] (or [batch, ...]); norm_weight None
 /// or a float32 CUDA tensor [D].
 nb::object dart_select_cuda(const array& keys, const array& hidden, nb::handle norm_weight, const tokensel::token_range& visual,
-                            const tokensel::dart::config& base, const opt_budget& keep, bool return_result);
+                            const tokensel::dart::config& base, const opt_budget& keep, bool return_result, const std::string& where = "");
 /// VisionZip of CUDA attention [heads, N | 1, N], keys [heads, N, d_head] (None: contextual = 0)
 /// and hidden [N, D] (or [batch, ...]): (indices, float32 rows[, result]).
 nb::object visionzip_select_cuda(const array& attention, nb::handle keys, const array& hidden, const tokensel::visionzip::config& base,
-                                 const opt_budget& keep, bool return_result);
+                                 const opt_budget& keep, bool return_result, const std::string& where = "");
 /// freePruner of a CUDA layer stack: [L, heads, N, N] or [L, batch, heads, N, N], or a list of
 /// [heads, N, N] / [batch, heads, N, N] layers (a batch returns a list: counts are adaptive).
 nb::object freepruner_select_cuda(nb::handle layers, const tokensel::freepruner::config& base, const opt_budget& keep, index_t offset,
@@ -67,6 +77,9 @@ nb::object pool_apply_cuda(const array& features, const std::optional<tokensel::
 /// a ragged list ("[i]"), for the messages.
 nb::object prumerge_select_cuda(const array& queries, const array& keys, nb::handle features, const tokensel::prumerge::config& cfg,
                                 bool return_result, const std::string& where);
+/// gather of CUDA rows src [n, d] (or [batch, n, d]) named by CUDA int32 indices [k] (or [batch, k]):
+/// float32 rows [k, d] on the device, or written into out (a CUDA f32/f16/bf16 tensor), returned.
+nb::object gather_cuda(const array& src, nb::handle indices, nb::handle out);
 /// PruMerge(+) selection from CUDA CLS attention rows [n] or [batch, n] (no merge).
 nb::object prumerge_from_attention_cuda(const array& attention, const tokensel::prumerge::config& cfg, bool return_result);
 #endif

@@ -77,7 +77,9 @@ nb::object select(nb::handle keys, nb::handle hidden, nb::handle visual, std::op
                             return_result);
   }
 #endif
-  const std::vector<float> w = weight_of(norm_weight);
+  // The weight as f32 on the host, read when a sample runs on the CPU (a CUDA sample reads it on the device).
+  std::optional<std::vector<float>> w_host;
+  auto w = [&]() -> const std::vector<float>& { return w_host ? *w_host : w_host.emplace(weight_of(norm_weight)); };
   auto wrap = [&](nb::object idx, nb::object res) { return return_result ? nb::make_tuple(idx, res) : idx; };
   if (is_sequence(hidden)) {  // ragged: one sequence per sample; visual one span for all or one per sample
     const auto n = nb::len(hidden);
@@ -87,7 +89,17 @@ nb::object select(nb::handle keys, nb::handle hidden, nb::handle visual, std::op
     for (std::size_t i = 0; i < n; ++i) {
       const std::string where = "[" + std::to_string(i) + "]";
       const auto span = per_sample ? span_of(visual[i], "dart.visual" + where) : span_of(visual, "dart.visual");
-      auto [x, r] = one(keys[i], hidden[i], span, w, base, b, pol, where);
+#if defined(TOKENSEL_PYTHON_CUDA)
+      if (on_cuda(hidden[i])) {  // one device call for this sample
+        const array h = nb::cast<array>(hidden[i]);
+        check_rank(h, 2, "dart.hidden" + where, "[L, D]");
+        auto [x, r] = index_and_result(dart_select_cuda(array_arg(keys[i], "dart.keys" + where), h, norm_weight, span, base, b, true, where));
+        idx.append(x);
+        res.append(r);
+        continue;
+      }
+#endif
+      auto [x, r] = one(keys[i], hidden[i], span, w(), base, b, pol, where);
       idx.append(x);
       res.append(r);
     }
@@ -98,6 +110,7 @@ nb::object select(nb::handle keys, nb::handle hidden, nb::handle visual, std::op
   if (nb::try_cast(hidden, harr) && harr.ndim() == 3) {
     const array karr = array_arg(keys, "dart.keys");
     const dt t = checked_pair(karr, harr, 3, "");
+    const std::vector<float>& weight = w();
     const da::config cfg = b ? da::with_budget(*b, span.count, base) : base;
     return dispatch(t, [&](auto tag) {
       using T = decltype(tag);
@@ -108,13 +121,13 @@ nb::object select(nb::handle keys, nb::handle hidden, nb::handle visual, std::op
       std::vector<da::result> res(static_cast<std::size_t>(batch));
       {
         nb::gil_scoped_release rel;
-        da::select(pol, kv, tokensel::feature_view<const T>(hv), weight_view(w), span, cfg,
+        da::select(pol, kv, tokensel::feature_view<const T>(hv), weight_view(weight), span, cfg,
                    tokensel::selection_batch{tokensel::tensor_view<token_index, 2>(out.data(), {batch, k}), counts}, std::span<da::result>(res));
       }
       return wrap(nb::cast(to_indices(std::move(out), static_cast<std::size_t>(batch), static_cast<std::size_t>(k))), nb::cast(res));
     });
   }
-  auto [x, r] = one(keys, hidden, span, w, base, b, pol, "");
+  auto [x, r] = one(keys, hidden, span, w(), base, b, pol, "");
   return wrap(x, r);
 }
 

@@ -13,6 +13,12 @@ namespace {
 std::pair<nb::object, nb::object> one(nb::handle h, const dp::config& base, const std::optional<tokensel::budget>& b,
                                       const tokensel::threaded_policy& pol, const std::string& name) {
   const array f = array_arg(h, name);
+#if defined(TOKENSEL_PYTHON_CUDA)
+  if (is_cuda_device(f.device_type())) {  // a ragged list's sample: one device call
+    check_rank(f, 2, name, "[n, D]");
+    return index_and_result(divprune_select_cuda(f, base, b, true, name.substr(std::strlen("divprune.features"))));
+  }
+#endif
   const dt t = dtype_of(f, name);
   check_rank(f, 2, name, "[n, D]");
   return dispatch(t, [&](auto tag) {

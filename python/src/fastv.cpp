@@ -23,6 +23,13 @@ nb::object select(nb::handle attention, std::pair<index_t, index_t> visual_in, s
   if (on_cuda(attention)) return fastv_select_cuda(nb::cast<array>(attention), visual, cfg, return_result);
 #endif
   auto one = [&](nb::handle h, const std::string& name) {
+#if defined(TOKENSEL_PYTHON_CUDA)
+    if (on_cuda(h)) {  // a ragged list's sample: one device call
+      const array arr = nb::cast<array>(h);
+      check_rank(arr, 3, name, "[heads, q, L]");
+      return index_and_result(fastv_select_cuda(arr, visual, cfg, true, name.substr(std::strlen("fastv.attention"))));
+    }
+#endif
     const attention_arg a = attention_of(h, name);
     return with_source(a, name, [&](const auto& src) {
       std::vector<token_index> out(static_cast<std::size_t>(fv::keep_count(visual.count, cfg)));
@@ -66,6 +73,9 @@ nb::object select(nb::handle attention, std::pair<index_t, index_t> visual_in, s
 }
 
 nb::object select_scores(const array& scores, std::optional<fv::config> cfg_in, nb::handle keep) {
+  if (is_cuda_device(scores.device_type()) && built_with_cuda()) {
+    fail(errc::unsupported, "fastv.scores", "a CUDA tensor", "fastv.select_scores runs on the CPU only (n scores: pass them with .cpu())");
+  }
   check_rank(scores, 1, "fastv.scores", "[n]");
   const fv::config base = cfg_in.value_or(fv::config{});
   const auto b = budget_of(keep);

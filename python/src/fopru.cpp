@@ -25,6 +25,13 @@ nb::object select(nb::handle attention, std::optional<fo::config> cfg_in, nb::ha
   }
 #endif
   auto one = [&](nb::handle h, const std::string& name) {
+#if defined(TOKENSEL_PYTHON_CUDA)
+    if (on_cuda(h)) {  // a ragged list's sample: one device call
+      const array arr = nb::cast<array>(h);
+      check_rank(arr, 3, name, "[heads, N, N]");
+      return index_and_result(fopru_select_cuda(arr, cfg_for(static_cast<index_t>(arr.shape(2))), true, name.substr(std::strlen("fopru.attention"))));
+    }
+#endif
     const attention_arg a = attention_of(h, name);
     return with_source(a, name, [&](const auto& src) {
       const fo::config cfg = cfg_for(tokensel::query_tokens(src));

@@ -15,6 +15,13 @@ struct inputs {
 
 nb::object one(const inputs& in, const vz::config& base, const std::optional<tokensel::budget>& b, const tokensel::threaded_policy& pol,
                bool return_result, const std::string& where) {
+#if defined(TOKENSEL_PYTHON_CUDA)
+  if (on_cuda(in.attention)) {  // a ragged list's sample: one device call
+    const array arr = nb::cast<array>(in.attention);
+    check_rank(arr, 3, "visionzip.attention" + where, "[heads, N, N]");
+    return visionzip_select_cuda(arr, in.keys, array_arg(in.hidden, "visionzip.hidden" + where), base, b, return_result, where);
+  }
+#endif
   const attention_arg a = attention_of(in.attention, "visionzip.attention" + where);
   array hidden = nb::cast<array>(in.hidden);
   check_same(a.type, dtype_of(hidden, "visionzip.hidden" + where), "visionzip.hidden" + where, "the attention");

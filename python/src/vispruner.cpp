@@ -11,6 +11,13 @@ namespace {
 
 std::pair<nb::object, nb::object> one(nb::handle attention, nb::handle features, const vp::config& base, const std::optional<tokensel::budget>& b,
                                       const tokensel::threaded_policy& pol, const std::string& where) {
+#if defined(TOKENSEL_PYTHON_CUDA)
+  if (on_cuda(attention)) {  // a ragged list's sample: one device call
+    const array arr = nb::cast<array>(attention);
+    check_rank(arr, 3, "vispruner.attention" + where, "[heads, N, N]");
+    return index_and_result(vispruner_select_cuda(arr, array_arg(features, "vispruner.features" + where), base, b, true, where));
+  }
+#endif
   const attention_arg a = attention_of(attention, "vispruner.attention" + where);
   const array f = array_arg(features, "vispruner.features" + where);
   check_same(a.type, dtype_of(f, "vispruner.features" + where), "vispruner.features" + where, "the attention");

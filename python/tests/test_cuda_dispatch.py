@@ -174,3 +174,59 @@ def test_prumerge_cuda_equals_cpu(dtype, options):
     # CLS rows as a [batch, n] batch: CUDA only (the CPU binding takes one row at a time).
     got = ts.prumerge.select_from_attention(cls.cuda(), cfg)
     same(got, [ts.prumerge.select_from_attention(row, cfg) for row in cls])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ragged_lists_cuda_equal_cpu(dtype):
+    """A ragged list of CUDA samples (each its own size) runs one device call per sample and returns
+    the CPU's list of indices (and results / rows)."""
+    torch = cuda_torch()
+    rng = np.random.default_rng(17)
+    t = lambda x: torch.from_numpy(np.ascontiguousarray(x)).to(getattr(torch, dtype))  # noqa: E731
+    att = [t(attention(rng, 2, n, n)) for n in (17, 26)]
+    feats = [t(rng.standard_normal((n - 1, 8)).astype(np.float32)) for n in (17, 26)]
+    llm = [t(attention(rng, 2, n, n)) for n in (30, 41)]
+    keys = [t(rng.standard_normal((2, n, 4)).astype(np.float32)) for n in (30, 41)]
+    hidden = [t(rng.standard_normal((n, 8)).astype(np.float32)) for n in (30, 41)]
+    vkeys = [t(rng.standard_normal((2, n, 4)).astype(np.float32)) for n in (17, 26)]
+    vhidden = [t(rng.standard_normal((n, 8)).astype(np.float32)) for n in (17, 26)]
+    weight = torch.from_numpy(rng.random(8).astype(np.float32) + 0.5)
+    each = lambda dev, xs: [dev(x) for x in xs]  # noqa: E731
+    zc = ts.visionzip.config(dominant=5, contextual=2)
+    calls = [
+        lambda dev: ts.fopru.select(each(dev, att), keep=0.5, return_result=True),
+        lambda dev: ts.fastv.select(each(dev, llm), (2, 24), ts.fastv.config(ratio=0.5), return_result=True),
+        lambda dev: ts.divprune.select(each(dev, feats), keep=0.25, return_result=True),
+        lambda dev: ts.vispruner.select(each(dev, att), each(dev, feats), keep=6, return_result=True),
+        lambda dev: ts.visionzip.select(each(dev, att), each(dev, vkeys), each(dev, vhidden), zc, return_result=True),
+        lambda dev: ts.visionzip.select(each(dev, att), None, each(dev, vhidden), ts.visionzip.config(dominant=4, contextual=0)),
+        lambda dev: ts.dart.select(each(dev, keys), each(dev, hidden), [(1, 20), (3, 30)], keep=6, return_result=True),
+        lambda dev: ts.dart.select(each(dev, keys), each(dev, hidden), (1, 20), norm_weight=dev(weight).float(), keep=0.5),
+    ]
+    for call in calls:
+        same(call(lambda x: x.cuda()), call(lambda x: x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gather_cuda_equals_cpu(dtype):
+    """gather of CUDA rows by a CUDA selection's int32 indices (no host round trip): the CPU's rows,
+    as a new float32 tensor (a sample or a [batch, ...] batch) or written into out."""
+    torch = cuda_torch()
+    rng = np.random.default_rng(19)
+    src = torch.from_numpy(rng.standard_normal((2, 36, 8)).astype(np.float32)).to(getattr(torch, dtype))
+    att = torch.from_numpy(attention(rng, 2, 3, 37, 37)).to(getattr(torch, dtype))
+    idx = ts.fopru.select(att.cuda(), keep=9)  # [2, 9] int32 on the device
+    want = [ts.gather(src[b], idx[b].cpu().numpy()) for b in range(2)]
+    got = ts.gather(src[0].cuda(), idx[0])
+    assert got.is_cuda and got.dtype == torch.float32
+    same(got, want[0])
+    same(ts.gather(src.cuda(), idx), np.stack(want))
+    out = torch.zeros(9, 8, dtype=getattr(torch, dtype), device="cuda")
+    assert ts.gather(src[1].cuda(), idx[1], out=out) is out
+    cpu_out = torch.zeros(9, 8, dtype=getattr(torch, dtype))
+    ts.gather(src[1], idx[1].cpu().numpy(), out=cpu_out)
+    np.testing.assert_array_equal(out.cpu().float().numpy(), cpu_out.float().numpy())
+    bad = idx[0].clone()
+    bad[2] = 36
+    with pytest.raises(ts.Error, match="index outside the rows of the source"):
+        ts.gather(src[0].cuda(), bad)

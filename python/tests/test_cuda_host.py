@@ -10,7 +10,7 @@ import pytest
 import tokensel as ts
 from conftest import ROOT
 
-DISPATCHING = ["fopru", "freepruner", "fitprune", "fastv", "prumerge", "visionzip", "divprune", "dart", "vispruner", "pool"]
+DISPATCHING = ["fopru", "freepruner", "fitprune", "fastv", "prumerge", "visionzip", "divprune", "dart", "vispruner", "pool", "gather"]
 
 
 class DLDevice(ctypes.Structure):
@@ -38,18 +38,19 @@ KDL_CUDA = 2
 
 
 class FakeCuda:
-    """A float32 DLPack tensor that says it is in CUDA memory (device cuda:0) but points at host
-    memory: only for refusals that happen before anything is read (never handed to a kernel)."""
+    """A float32 (or int32) DLPack tensor that says it is in CUDA memory (device cuda:0) but points
+    at host memory: only for refusals that happen before anything is read (never handed to a kernel)."""
 
-    def __init__(self, *shape):
-        self.host = np.zeros(shape, np.float32)
+    def __init__(self, *shape, dtype=np.float32):
+        self.host = np.zeros(shape, dtype)
+        self.code = 0 if dtype == np.int32 else 2  # kDLInt, kDLFloat
         self.dims = (ctypes.c_int64 * len(shape))(*shape)
         self.name = b"dltensor"
         self.managed = []
 
     def __dlpack__(self, **kwargs):
         mt = DLManagedTensor()
-        mt.dl_tensor = DLTensor(self.host.ctypes.data, DLDevice(KDL_CUDA, 0), len(self.dims), DLDataType(2, 32, 1),
+        mt.dl_tensor = DLTensor(self.host.ctypes.data, DLDevice(KDL_CUDA, 0), len(self.dims), DLDataType(self.code, 32, 1),
                                 self.dims, None, 0)
         self.managed.append(mt)  # alive as long as this object (no deleter)
         return _capsule_new(ctypes.addressof(mt), self.name, None)
@@ -68,24 +69,26 @@ def test_dispatch_table_matches_the_docs():
 
 def refuse_cases():
     """(call, parameter its message names, method) for each binding reading a CUDA tensor where it
-    is not dispatched: gather, PruMerge's merge from attention, the ragged lists, qk_sources and
-    FitPrune's calibrator of the methods with a dispatch. None of them reaches device memory in any build."""
+    is not dispatched: qk_sources, FitPrune's calibrator, and a CUDA companion of a sample whose main
+    input is on the CPU. None of them reaches device memory in any build."""
     c = FakeCuda
-    h = np.zeros((17, 8), np.float32)
+    h = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
     calib = ts.fitprune.calibrator()
     calib.add_sample()
     fp_cfg = ts.freepruner.config(first_layer=0, last_layer=1, complementary_layer=2)
     return [
-        (lambda: ts.gather(c(16, 8), np.arange(4, dtype=np.int32)), "gather.src", "gather"),
+        (lambda: ts.gather(h(16, 8), [0, 3], out=c(2, 8)), "gather.out", "gather"),
         (lambda: calib.add_layer(0, 0, c(2, 30, 30), (1, 20)), "fitprune.attention", "fitprune"),
         (lambda: ts.freepruner.select([ts.qk_source(c(2, 17, 8), c(2, 17, 8))] * 3, fp_cfg), "qk_source.queries", "qk_source"),
-        (lambda: ts.fopru.select([c(2, 17, 17)]), "fopru.attention[0]", "fopru"),
-        (lambda: ts.fastv.select([c(2, 30, 30)], (1, 20)), "fastv.attention[0]", "fastv"),
-        (lambda: ts.divprune.select([c(16, 8)]), "divprune.features[0]", "divprune"),
-        (lambda: ts.vispruner.select([c(2, 17, 17)], [c(16, 8)]), "vispruner.attention[0]", "vispruner"),
-        (lambda: ts.visionzip.select([c(2, 17, 17)], None, [h], ts.visionzip.config(dominant=4, contextual=0)),
-         "visionzip.attention[0]", "visionzip"),
-        (lambda: ts.dart.select([c(2, 30, 4)], [c(30, 8)], (1, 20)), "dart.hidden[0]", "dart"),
+        (lambda: ts.fopru.select([h(2, 17, 17), ts.qk_source(h(2, 17, 8), c(2, 17, 8))]), "qk_source.keys", "qk_source"),
+        (lambda: ts.freepruner.select([h(2, 17, 17), c(2, 17, 17), c(2, 17, 17)], fp_cfg), "freepruner.layers[1]", "freepruner"),
+        (lambda: ts.vispruner.select(h(2, 17, 17), c(16, 8)), "vispruner.features", "vispruner"),
+        (lambda: ts.vispruner.select([h(2, 17, 17)], [c(16, 8)]), "vispruner.features[0]", "vispruner"),
+        (lambda: ts.dart.select(c(2, 30, 4), h(30, 8), (1, 20)), "dart.keys", "dart"),
+        (lambda: ts.dart.select(h(2, 30, 4), h(30, 8), (1, 20), norm_weight=c(8)), "dart.norm_weight", "dart"),
+        (lambda: ts.visionzip.select([h(2, 17, 17)], None, [c(17, 8)], ts.visionzip.config(dominant=4, contextual=0)),
+         "visionzip.hidden[0]", "visionzip"),
+        (lambda: ts.prumerge.select(h(17, 8), c(17, 8)), "prumerge.keys", "prumerge"),
     ]
 
 
@@ -101,7 +104,7 @@ def test_cuda_tensor_refused_by_name(case):
     elif method == "qk_source":
         assert "a qk_source is read on the CPU only" in msg
     elif method in DISPATCHING:
-        assert f"{method} runs CUDA tensors only as one array per input" in msg and "ragged lists" in msg
+        assert f"{method} reads CUDA tensors only when the sample's main input is one too" in msg
     else:
         assert f"{method} has no CUDA dispatch in the Python package" in msg
         assert "CUDA tensors run for " + ", ".join(DISPATCHING) in msg
@@ -122,6 +125,13 @@ def test_cuda_tensor_refused_by_name(case):
     lambda c: ts.prumerge.select(c(2, 17, 8), c(2, 17, 8), features=c(2, 16, 4)),
     lambda c: ts.prumerge.select([c(17, 8), c(10, 8)], [c(17, 8), c(10, 8)]),
     lambda c: ts.prumerge.select_from_attention(c(16)),
+    # ragged lists: sample by sample on the device
+    lambda c: ts.fopru.select([c(2, 17, 17), c(2, 26, 26)]),
+    lambda c: ts.fastv.select([c(2, 30, 30)], (1, 20)),
+    lambda c: ts.divprune.select([c(16, 8)]),
+    lambda c: ts.vispruner.select([c(2, 17, 17)], [c(16, 8)]),
+    lambda c: ts.visionzip.select([c(2, 17, 17)], None, [c(17, 8)], ts.visionzip.config(dominant=4, contextual=0)),
+    lambda c: ts.dart.select([c(2, 30, 4)], [c(30, 8)], (1, 20)),
 ])
 def test_dispatching_methods_without_cuda_build(call):
     """A CUDA build would hand these to the device (the GPU tests cover that); a CPU build refuses."""
@@ -144,6 +154,18 @@ def test_dispatching_methods_without_cuda_build(call):
      r"prumerge.features.device = cpu: must be on the device of prumerge.queries \(cuda:0\)"),
     (lambda c, h: ts.prumerge.select_from_attention(c(16), features=h(16, 4)),
      r"prumerge.features = given with CUDA attention: select_from_attention merges on the CPU only"),
+    (lambda c, h: ts.vispruner.select([h(2, 17, 17), c(2, 17, 17)], [h(16, 8), h(16, 8)], keep=4),
+     r"vispruner.features\[1\].device = cpu: must be on the device of the attention \(cuda:0\)"),
+    (lambda c, h: ts.dart.select([c(2, 30, 4)], [c(30, 8)], (1, 20), norm_weight=h(8)),
+     r"dart.norm_weight.device = cpu: must be on the device of dart.hidden\[0\] \(cuda:0\)"),
+    (lambda c, h: ts.fopru.select([c(2, 2, 17, 17)]), r"fopru.attention\[0\].ndim = 4: must be 3"),
+    (lambda c, h: ts.fastv.select_scores(c(16), keep=4), r"fastv.scores = a CUDA tensor: fastv.select_scores runs on the CPU only"),
+    (lambda c, h: ts.gather(c(16, 8), np.arange(4, dtype=np.int32)), r"gather.indices.device = cpu: must be on the device of gather.src \(cuda:0\)"),
+    (lambda c, h: ts.gather(c(16, 8), c(4)), r"gather.indices.dtype = code 2 bits 32: must be int32 with CUDA tensors"),
+    (lambda c, h: ts.gather(c(16, 8), [0, 3]), r"gather.indices = a list: must be a CUDA int32 tensor with a CUDA gather.src"),
+    (lambda c, h: ts.gather(c(2, 16, 8), c(2, 4, dtype=np.int32), out=h(2, 4, 8)),
+     r"gather.out.device = cpu: must be on the device of gather.src \(cuda:0\)"),
+    (lambda c, h: ts.gather(c(2, 16, 8), c(4, dtype=np.int32)), r"gather.indices.ndim = 1: must be 2 \(\[batch, k\]\)"),
 ])
 def test_cuda_companion_on_another_device(call, message):
     """Checked before any device work: in a CUDA build the mix is refused by device, in a CPU build
