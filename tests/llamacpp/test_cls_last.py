@@ -40,7 +40,8 @@ OWN_ROWS = {"visionzip", "pool"}  # rows the program projects itself from CLIP f
 # engines' diverse tokens differ (4 of 16; equal on shapes112): swapping 53 and 54, and no other
 # adjacent pair, in a numpy copy of the method turns the runtime's tokens into llama.cpp's
 # (docs/llamacpp.md). Neither program prints the scores, so the margin cannot be checked here: its
-# important half (top CLS attention, VisionZip's dominant criterion, which matches exactly) must be.
+# important half (top CLS attention, VisionZip's dominant criterion, which matches exactly) must be
+# kept in common.
 
 
 def tool_run(tool, image, method, keep, qk, seed=None, extra=()):
