@@ -37,7 +37,7 @@ OWN_ROWS = {"visionzip", "pool"}  # rows the program projects itself from CLIP f
 # NEAR_TIE: VisPruner's diverse half walks the non-important patches in CLS-attention order, the
 # whole ranking, not a top-k set. On scene112 with the shifted positions that ranking holds gaps
 # down to 3.8e-5 relative (patches 53 / 54; transformers, eager attention, layer 2), and the two
-# engines' diverse tokens differ (4 of 16; equal on shapes112): swapping 53 and 54, and no other
+# engines' diverse tokens differ (4 of 8; equal on shapes112): swapping 53 and 54, and no other
 # adjacent pair, in a numpy copy of the method turns the runtime's tokens into llama.cpp's
 # (docs/llamacpp.md). Neither program prints the scores, so the margin cannot be checked here: its
 # important half (top CLS attention, VisionZip's dominant criterion, which matches exactly) must be
