@@ -305,7 +305,7 @@ struct single_run {
   std::string prompt;
   std::vector<std::int32_t> input_ids;
   llava::rgb_image image;
-  llava::anyres_image tiles;
+  llava::model_image input;  // AnyRes tiles or one square
   llava::preprocess_options pre;
   double preprocess_ms = 0;
   llava::run_result result;
@@ -329,7 +329,7 @@ void print_single_json(const cli_options& o, const llava::selection_options& sel
   j["template"] = o.template_name;
   j["pad"] = o.pad && !config.anyres();
   if (config.anyres()) {
-    const auto& a = s.tiles.layout;
+    const auto& a = s.input.tiles.layout;
     j["anyres"] = {{"best_resolution", {a.best_height, a.best_width}}, {"tiles", {a.tiles_y, a.tiles_x}},
                    {"unpadded_grid", {a.rows, a.cols}}, {"image_tokens", a.image_tokens()}};
   }
@@ -392,26 +392,21 @@ int run_single(const cli_options& o) {
   const auto model = load_model(o, dir);
 
   // LLaVA-NeXT: AnyRes tiles (LlavaNextImageProcessor, which never pads to a square); else one square.
+  if (config.anyres() && !o.overlay.empty()) throw llava::error("llava: --overlay is not supported for LLaVA-NeXT (AnyRes) models");
   const auto t_pre = std::chrono::steady_clock::now();
-  llava::preprocessed_image pixels;
-  if (config.anyres()) {
-    if (!o.overlay.empty()) throw llava::error("llava: --overlay is not supported for LLaVA-NeXT (AnyRes) models");
-    s.tiles = llava::preprocess_anyres(s.image, config, s.pre);
-  } else {
-    pixels = llava::preprocess(s.image, s.pre);
-  }
+  s.input = llava::prepare_image(s.image, config, s.pre);
   s.preprocess_ms = llava::ms_since(t_pre);
 
   llava::run_options ro;
   ro.selection = sel;
   if (o.max_new_tokens) ro.max_new_tokens = *o.max_new_tokens;
   progress("running (" + std::to_string(s.input_ids.size()) + " prompt tokens, method " + o.method + ")", true);
-  s.result = config.anyres() ? model->run(s.tiles, s.input_ids, ro) : model->run(pixels.pixels.data(), s.input_ids, ro);
+  s.result = model->run(s.input, s.input_ids, ro);
   s.answer = tok.decode(s.result.answer_ids);
   s.eos = !s.result.answer_ids.empty() && s.result.answer_ids.back() == tok.eos_id();
   if (!o.overlay.empty()) {
     const int g = config.vision.grid();
-    llava::write_overlay(o.overlay, s.image, s.result.kept, tokensel::token_grid{g, g}, pixels.geometry);
+    llava::write_overlay(o.overlay, s.image, s.result.kept, tokensel::token_grid{g, g}, s.input.square.geometry);
   }
   if (o.json_out) {
     print_single_json(o, sel, config, s);

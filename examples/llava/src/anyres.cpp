@@ -136,6 +136,17 @@ anyres_image preprocess_anyres(const rgb_image& image, const llava_config& cfg, 
   return out;
 }
 
+model_image prepare_image(const rgb_image& image, const llava_config& cfg, const preprocess_options& options) {
+  model_image m;
+  m.anyres = cfg.anyres();
+  if (m.anyres) {
+    m.tiles = preprocess_anyres(image, cfg, options);
+  } else {
+    m.square = preprocess(image, options);
+  }
+  return m;
+}
+
 std::vector<std::int64_t> anyres_token_sources(const anyres_layout& a) {
   const std::int64_t g = a.grid, per_tile = g * g;
   std::vector<std::int64_t> src;

@@ -69,18 +69,10 @@ json tally_json(const tally& t) {
 /// The question's image, preprocessed as the single-image mode does, and the run.
 run_result run_question(const setup& s, const question& q, double& preprocess_ms) {
   const auto t0 = clock_type::now();
-  const auto image = load_image(q.image, s.pre.pad);
-  const auto& cfg = s.model.config();
-  anyres_image tiles;
-  preprocessed_image pixels;
-  if (cfg.anyres()) {
-    tiles = preprocess_anyres(image, cfg, s.pre);
-  } else {
-    pixels = preprocess(image, s.pre);
-  }
+  const model_image input = prepare_image(load_image(q.image, s.pre.pad), s.model.config(), s.pre);
   preprocess_ms = ms_since(t0);
   const auto ids = s.tok.encode_prompt(format_prompt(s.tmpl, q.text));
-  return cfg.anyres() ? s.model.run(tiles, ids, s.options) : s.model.run(pixels.pixels.data(), ids, s.options);
+  return s.model.run(input, ids, s.options);
 }
 
 /// Runs f(question) for each; any exception leaves as llava::error prefixed with FILE:LINE.

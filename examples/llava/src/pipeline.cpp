@@ -124,6 +124,10 @@ run_result llava_model::run(const float* pixels, std::span<const std::int32_t> i
   }
 }
 
+run_result llava_model::run(const model_image& image, std::span<const std::int32_t> ids, const run_options& o) const {
+  return image.anyres ? run(image.tiles, ids, o) : run(image.square.pixels.data(), ids, o);
+}
+
 run_result llava_model::prefill(const float* pixels, std::span<const std::int32_t> ids, const selection_options& s) const {
   try {
     return run_impl(pixels, ids, s, 0, false);

@@ -65,6 +65,18 @@ struct anyres_image {
 /// x / 255 and (x - mean) / std per tile, with the same arithmetic as preprocess().
 anyres_image preprocess_anyres(const rgb_image& image, const llava_config& cfg, const preprocess_options& options = {});
 
+/// One image as the model takes it: AnyRes tiles under a LLaVA-NeXT config (cfg.anyres()), else
+/// one preprocessed square. The CLI, the batch evaluation and the benchmarks all start here.
+struct model_image {
+  bool anyres = false;
+  anyres_image tiles;         ///< when anyres
+  preprocessed_image square;  ///< otherwise
+};
+
+/// preprocess_anyres for a LLaVA-NeXT config (LlavaNextImageProcessor: no square padding), else
+/// preprocess.
+model_image prepare_image(const rgb_image& image, const llava_config& cfg, const preprocess_options& options = {});
+
 /// The source of every packed image token (image_tokens() entries): tile * g^2 + the patch's index
 /// in its tile, or -1 for an image_newline row. Selection per tile keeps the packed tokens whose
 /// source its tile kept, and every newline row.

@@ -200,6 +200,9 @@ class llava_model {
   /// unpadded like the patch grid), kept = anchors as tile * g^2 + patch.
   run_result run(const anyres_image& image, std::span<const std::int32_t> input_ids, const run_options& options) const;
 
+  /// Either of the two above, as prepare_image made the input (tiles or one square).
+  run_result run(const model_image& image, std::span<const std::int32_t> input_ids, const run_options& options) const;
+
   /// The same up to the prefill only (no decoding): for benchmarks and tests.
   run_result prefill(const float* pixels, std::span<const std::int32_t> input_ids,
                      const selection_options& selection) const;
