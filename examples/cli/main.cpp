@@ -19,6 +19,7 @@
 #include <tokensel/io/safetensors.hpp>
 
 #include "cli.hpp"
+#include "common/cli_flags.hpp"
 
 namespace tokensel_cli {
 
@@ -153,13 +154,7 @@ int run_select(const std::vector<std::string>& args) {
     if (a.rfind("--", 0) != 0 || a.size() == 2) {
       throw usage_error("unexpected argument '" + a + "' (flags start with --; see tokensel select --help)");
     }
-    std::string flag = a.substr(2), value;
-    const auto eq = flag.find('=');
-    const bool inline_value = eq != std::string::npos;
-    if (inline_value) {
-      value = flag.substr(eq + 1);
-      flag = flag.substr(0, eq);
-    }
+    auto [flag, value, inline_value] = example_cli::split_flag(a);
     const param* p = lookup(flag);
     if (p == nullptr) {
       throw usage_error("unknown flag --" + flag + " for method " + m->name + " (see tokensel select --method " +

@@ -1,6 +1,7 @@
 // Command-line reading shared by the example programs (examples/llava's llava and
 // examples/llamacpp's tokensel-llamacpp): `--name VALUE` or `--name=VALUE`, flags without a value,
 // each flag at most once, `-h` as `--help`. Every mistake is a usage_error naming the flag.
+// examples/cli (per-method flag tables, its own messages) shares only split_flag.
 #pragma once
 
 #include <cstddef>
@@ -31,6 +32,22 @@ inline long long parse_int(const std::string& flag, const std::string& v, long l
   return x;
 }
 
+/// One command-line word "--name" or "--name=value" (arg starts with "--"), split into its parts.
+struct flag_word {
+  std::string name, value;
+  bool inline_value = false;  ///< the value came after '=' in the same word
+};
+
+inline flag_word split_flag(const std::string& arg) {
+  flag_word w{arg.substr(2), {}, false};
+  if (const auto eq = w.name.find('='); eq != std::string::npos) {
+    w.value = w.name.substr(eq + 1);
+    w.name.resize(eq);
+    w.inline_value = true;
+  }
+  return w;
+}
+
 /// Name -> value ("" for flags without one) of every flag given; flags maps each known name to
 /// whether it takes a value.
 inline std::map<std::string, std::string> parse_flags(int argc, char** argv, const std::map<std::string, bool>& flags) {
@@ -39,13 +56,7 @@ inline std::map<std::string, std::string> parse_flags(int argc, char** argv, con
     std::string a = argv[i];
     if (a == "-h") a = "--help";
     if (a.rfind("--", 0) != 0) throw usage_error("unexpected argument '" + a + "' (see --help)");
-    std::string name = a.substr(2), value;
-    const auto eq = name.find('=');
-    const bool inline_value = eq != std::string::npos;
-    if (inline_value) {
-      value = name.substr(eq + 1);
-      name = name.substr(0, eq);
-    }
+    auto [name, value, inline_value] = split_flag(a);
     const auto it = flags.find(name);
     if (it == flags.end()) throw usage_error("unknown option --" + name + " (see --help)");
     if (it->second && !inline_value) {
