@@ -104,15 +104,19 @@ bool built_with_cuda();
 /// The dispatch table: the methods whose select (prune_layer, pool.apply) runs CUDA tensors on the
 /// CUDA backend when the extension is built with it (cuda_dispatch.hpp declares one
 /// <method>_select_cuda each): one array per input (a sample, or a [batch, ...] batch), or a ragged
-/// list whose samples run one device call each; every input of a sample on one device. qk_source
-/// and FitPrune's calibrator stay on the CPU. gather moves CUDA rows by a CUDA selection.
+/// list whose samples run one device call each; every input of a sample on one device. A qk_source
+/// runs on the device for FoPru and FastV; the others' and FitPrune's calibrator stay on the CPU.
+/// gather moves CUDA rows by a CUDA selection.
 inline constexpr std::array<const char*, 11> cuda_methods{"fopru",    "freepruner", "fitprune", "fastv",     "prumerge", "visionzip",
                                                           "divprune", "dart",       "vispruner", "pool",     "gather"};
 
 /// Why a CUDA tensor cannot be used where `name` (method.parameter...) reads it.
 inline std::string cuda_refusal(const std::string& name) {
   const std::string method = name.substr(0, name.find('.'));
-  if (method == "qk_source") return "a qk_source is read on the CPU only (its queries, keys and lse must be CPU tensors: .cpu())";
+  if (method == "qk_source") {
+    return "a qk_source runs on the device only as fopru.select's or fastv.select's sample with CUDA queries (keys and lse on their "
+           "device); elsewhere its queries, keys and lse must be CPU tensors (.cpu())";
+  }
   std::string list;
   bool listed = false;
   for (const char* m : cuda_methods) {
@@ -242,7 +246,17 @@ inline std::optional<tokensel::budget> budget_of(nb::handle keep) {
        "must be a fraction (float), a count (int) or a tokensel.budget");
 }
 
-/// Python-side Q/K source: keeps the arrays alive while the views point into them.
+/// a is on `like`'s CUDA device (like: a CUDA array), else tokensel.Error naming both.
+inline void check_device(const array& a, const array& like, const std::string& name, const std::string& ref) {
+  if (!is_cuda_device(a.device_type()) || a.device_id() != like.device_id()) {
+    fail(errc::unsupported, name + ".device", is_cuda_device(a.device_type()) ? "cuda:" + std::to_string(a.device_id()) : "cpu",
+         "must be on the device of " + ref + " (cuda:" + std::to_string(like.device_id()) + ")");
+  }
+}
+
+/// Python-side Q/K source: keeps the arrays alive while the views point into them. Its arrays are
+/// host memory, or (a CUDA build) CUDA queries with the keys and lse on their device: FoPru and
+/// FastV read those on the device (cuda_qk.cu, cuda = true); every CPU path (cuda = false) refuses them.
 struct py_qk {
   array queries, keys;
   std::optional<array> lse;
@@ -250,13 +264,15 @@ struct py_qk {
   bool causal = false;
   index_t causal_offset = -1;
 
-  dt dtype() const {
-    const dt q = dtype_of(queries, "qk_source.queries");
-    check_same(q, dtype_of(keys, "qk_source.keys"), "qk_source.keys", "qk_source.queries");
+  bool on_cuda() const { return built_with_cuda() && is_cuda_device(queries.device_type()); }
+  dt dtype(bool cuda = false) const {
+    const dt q = dtype_of(queries, "qk_source.queries", cuda);
+    if (cuda) check_device(keys, queries, "qk_source.keys", "qk_source.queries");
+    check_same(q, dtype_of(keys, "qk_source.keys", cuda), "qk_source.keys", "qk_source.queries");
     return q;
   }
   template <class T>
-  tokensel::qk_source<T> source() const {
+  tokensel::qk_source<T> source(bool cuda = false) const {
     check_rank(queries, 3, "qk_source.queries", "[heads, queries, head_dim]");
     check_rank(keys, 3, "qk_source.keys", "[kv_heads, keys, head_dim]");
     tokensel::qk_source<T> s;
@@ -266,7 +282,9 @@ struct py_qk {
     s.causal = causal;
     s.causal_offset = causal_offset;
     if (lse) {
-      if (dtype_of(*lse, "qk_source.lse") != dt::f32) fail(errc::unsupported, "qk_source.lse.dtype", dt_name(dtype_of(*lse, "qk_source.lse")), "must be float32");
+      if (cuda) check_device(*lse, queries, "qk_source.lse", "qk_source.queries");
+      const dt l = dtype_of(*lse, "qk_source.lse", cuda);
+      if (l != dt::f32) fail(errc::unsupported, "qk_source.lse.dtype", dt_name(l), "must be float32");
       check_rank(*lse, 2, "qk_source.lse", "[heads, queries]");
       s.lse = view<float, 2>(*lse, "qk_source.lse");
     }

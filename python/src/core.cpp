@@ -177,8 +177,9 @@ void bind_core(nb::module_& m) {
       .def("__init__",
            [](py_qk* q, array queries, array keys, float scale, std::optional<array> lse, bool causal, index_t causal_offset) {
              new (q) py_qk{std::move(queries), std::move(keys), std::move(lse), scale, causal, causal_offset};
-             const dt t = q->dtype();
-             dispatch(t, [&](auto tag) { (void)q->template source<decltype(tag)>(); });
+             const bool cuda = q->on_cuda();  // validated here; the CPU paths refuse it when they read it
+             const dt t = q->dtype(cuda);
+             dispatch(t, [&](auto tag) { (void)q->template source<decltype(tag)>(cuda); });
            },
            nb::arg("queries"), nb::arg("keys"), nb::kw_only(), nb::arg("scale") = 0.0f, nb::arg("lse") = nb::none(),
            nb::arg("causal") = false, nb::arg("causal_offset") = -1)
@@ -201,7 +202,8 @@ void bind_core(nb::module_& m) {
   m.def("built_with_cuda", &built_with_cuda, "Whether this extension dispatches CUDA tensors to the CUDA backend.");
   m.def("cuda_methods", [] { return std::vector<std::string>(cuda_methods.begin(), cuda_methods.end()); },
         "The methods (and gather) that run CUDA tensors on the CUDA backend when built_with_cuda(): one array per input "
-        "(a sample or a [batch, ...] batch) or a ragged list of samples; qk_source and FitPrune's calibrator raise for CUDA tensors.");
+        "(a sample or a [batch, ...] batch) or a ragged list of samples. A qk_source of CUDA tensors runs for fopru and fastv; "
+        "the other methods' qk_source and FitPrune's calibrator raise for CUDA tensors.");
   m.def("threading_available", &tokensel::threading_available, "Whether threads > 1 really run in parallel (OpenMP).");
 }
 

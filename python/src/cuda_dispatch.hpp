@@ -7,8 +7,9 @@
 // recorded, e.g. NaN, as tokensel.Error) and returns CUDA tensors (int32 indices; float32 rows for
 // VisionZip, PruMerge's merge and pooling). The shared pieces are cuda_run.cuh; each
 // <method>_select_cuda is a few lines of views. A ragged list's samples run one device call each
-// (where: "[i]", the sample's place in the list, for the messages). Other methods, qk_source and
-// FitPrune's calibrator refuse CUDA tensors by name (common.hpp: cuda_refusal).
+// (where: "[i]", the sample's place in the list, for the messages). FoPru and FastV also read a
+// qk_source of CUDA tensors on the device. The other methods' qk_source and FitPrune's calibrator
+// refuse CUDA tensors by name (common.hpp: cuda_refusal).
 #pragma once
 
 #include "common.hpp"
@@ -40,6 +41,14 @@ using opt_budget = std::optional<tokensel::budget>;
 inline std::pair<nb::object, nb::object> index_and_result(const nb::object& t) {
   const nb::tuple pair = nb::borrow<nb::tuple>(t);
   return {pair[0], pair[1]};
+}
+
+/// h when it is a qk_source whose queries are a CUDA tensor (FoPru and FastV read it on the
+/// device), else null.
+inline const py_qk* cuda_qk(nb::handle h) {
+  if (!nb::isinstance<py_qk>(h)) return nullptr;
+  const py_qk* q = nb::inst_ptr<py_qk>(h);
+  return is_cuda_device(q->queries.device_type()) ? q : nullptr;
 }
 
 #if defined(TOKENSEL_PYTHON_CUDA)
@@ -77,6 +86,9 @@ nb::object pool_apply_cuda(const array& features, const std::optional<tokensel::
 /// a ragged list ("[i]"), for the messages.
 nb::object prumerge_select_cuda(const array& queries, const array& keys, nb::handle features, const tokensel::prumerge::config& cfg,
                                 bool return_result, const std::string& where);
+/// FoPru / FastV of one qk_source of CUDA queries and keys [and lse] (cuda_qk.cu): 1-D indices.
+nb::object fopru_select_cuda_qk(const py_qk& q, const tokensel::fopru::config& cfg, bool return_result);
+nb::object fastv_select_cuda_qk(const py_qk& q, const tokensel::token_range& visual, const tokensel::fastv::config& cfg, bool return_result);
 /// gather of CUDA rows src [n, d] (or [batch, n, d]) named by CUDA int32 indices [k] (or [batch, k]):
 /// float32 rows [k, d] on the device, or written into out (a CUDA f32/f16/bf16 tensor), returned.
 nb::object gather_cuda(const array& src, nb::handle indices, nb::handle out);

@@ -32,7 +32,7 @@ array device_indices(nb::handle h, const array& src) {
          "must be a CUDA int32 tensor with a CUDA gather.src (a CUDA selection's output, or torch.tensor(..., dtype=torch.int32, device=src.device))");
   }
   const array idx = array_arg(h, "gather.indices");
-  cuda_run::check_device(idx, src, "gather.indices", "gather.src");
+  check_device(idx, src, "gather.indices", "gather.src");
   if (const auto t = idx.dtype(); t != nb::dtype<token_index>()) {
     fail(errc::unsupported, "gather.indices.dtype", "code " + std::to_string(t.code) + " bits " + std::to_string(t.bits),
          "must be int32 with CUDA tensors (.int())");
@@ -61,7 +61,7 @@ nb::object gather_cuda(const array& src, nb::handle idx_h, nb::handle out_h) {
   if (!out_h.is_none()) {
     out = nb::cast<out_array>(out_h);
     o = dtype_of(array(*out), "gather.out", /*allow_cuda=*/true);
-    cuda_run::check_device(array(*out), src, "gather.out", "gather.src");  // any of the three dtypes, like on the CPU
+    check_device(array(*out), src, "gather.out", "gather.src");  // any of the three dtypes, like on the CPU
     check_rank(array(*out), src.ndim(), "gather.out", single ? "[k, d]" : "[batch, k, d]");
   }
   const int device = src.device_id();

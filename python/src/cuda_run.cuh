@@ -89,12 +89,6 @@ tokensel::tensor_view<const T, R + 1> batched(const array& a, const std::string&
 
 /// Another input of a call whose main input `like` is a CUDA tensor: on the same device, with
 /// like's dtype d (the checks the CPU path does, plus the device).
-inline void check_device(const array& a, const array& like, const std::string& name, const std::string& ref) {
-  if (!is_cuda_device(a.device_type()) || a.device_id() != like.device_id()) {
-    fail(errc::unsupported, name + ".device", is_cuda_device(a.device_type()) ? "cuda:" + std::to_string(a.device_id()) : "cpu",
-         "must be on the device of " + ref + " (cuda:" + std::to_string(like.device_id()) + ")");
-  }
-}
 inline void check_companion(const array& a, const array& like, dt d, const std::string& name, const std::string& ref) {
   check_device(a, like, name, ref);
   check_same(d, dtype_of(a, name, /*allow_cuda=*/true), name, ref);

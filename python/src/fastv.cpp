@@ -29,6 +29,7 @@ nb::object select(nb::handle attention, std::pair<index_t, index_t> visual_in, s
       check_rank(arr, 3, name, "[heads, q, L]");
       return index_and_result(fastv_select_cuda(arr, visual, cfg, true, name.substr(std::strlen("fastv.attention"))));
     }
+    if (const py_qk* q = cuda_qk(h)) return index_and_result(fastv_select_cuda_qk(*q, visual, cfg, true));  // Q/K on the device
 #endif
     const attention_arg a = attention_of(h, name);
     return with_source(a, name, [&](const auto& src) {
@@ -115,7 +116,8 @@ void bind_fastv(nb::module_& parent) {
         nb::arg("keep").none() = nb::none(), nb::arg("threads") = 0, nb::arg("return_result") = false,
         "attention of layer K-1: [heads, q, L] (q = L, or 1: the last query row), a qk_source (set causal), a "
         "[batch, heads, q, L] batch or a list; visual = (start, count) among the L keys. Returns ascending indices into "
-        "the visual span (int32).");
+        "the visual span (int32). CUDA tensors (or a qk_source of them) run on the device when built_with_cuda() and "
+        "return CUDA int32 tensors.");
   m.def("select_scores", &select_scores, nb::arg("scores"), nb::arg("config") = nb::none(), nb::kw_only(), nb::arg("keep").none() = nb::none(),
         "From precomputed head-reduced scores of the visual tokens [n]: the keep_count(n) highest, ascending.");
 }

@@ -31,6 +31,9 @@ nb::object select(nb::handle attention, std::optional<fo::config> cfg_in, nb::ha
       check_rank(arr, 3, name, "[heads, N, N]");
       return index_and_result(fopru_select_cuda(arr, cfg_for(static_cast<index_t>(arr.shape(2))), true, name.substr(std::strlen("fopru.attention"))));
     }
+    if (const py_qk* q = cuda_qk(h)) {  // Q/K on the device (rank checked there)
+      return index_and_result(fopru_select_cuda_qk(*q, cfg_for(q->queries.ndim() == 3 ? static_cast<index_t>(q->queries.shape(1)) : 0), true));
+    }
 #endif
     const attention_arg a = attention_of(h, name);
     return with_source(a, name, [&](const auto& src) {
@@ -115,7 +118,8 @@ void bind_fopru(nb::module_& parent) {
         nb::arg("threads") = 0, nb::arg("return_result") = false,
         "attention: [heads, N, N] (CLS first when skip_cls), a qk_source, a [batch, heads, N, N] batch or a list of samples "
         "(ragged). Returns ascending patch indices (int32): 1-D, [batch, k], or a list. keep: a fraction or count "
-        "(with_budget applied to config). return_result: also return the statistics.");
+        "(with_budget applied to config). return_result: also return the statistics. CUDA tensors (or a qk_source of "
+        "them) run on the device when built_with_cuda() and return CUDA int32 tensors.");
 }
 
 }  // namespace tsp

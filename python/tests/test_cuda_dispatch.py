@@ -230,3 +230,48 @@ def test_gather_cuda_equals_cpu(dtype):
     bad[2] = 36
     with pytest.raises(ts.Error, match="index outside the rows of the source"):
         ts.gather(src[0].cuda(), bad)
+
+
+def qk_with_margin(rng, heads, nq, nk, d, score, k, rounded):
+    """Random Q/K, rounded to the test's dtype (the values the kernels read), whose exact scores
+    (score(probabilities), float64) have a relative gap above 1e-3 at the top-k cut, so the device
+    Q/K path (sums within ~1e-5 of the CPU's) must select what the CPU selects. Also returns the
+    exact top-k (ascending)."""
+    for _ in range(200):
+        q = rounded(rng.standard_normal((heads, nq, d)).astype(np.float32))
+        kk = rounded(rng.standard_normal((heads, nk, d)).astype(np.float32))
+        logits = np.einsum("hqd,hkd->hqk", q.astype(np.float64), kk.astype(np.float64)) / np.sqrt(d)
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        s = np.sort(score(p / p.sum(-1, keepdims=True)))[::-1]
+        if (s[k - 1] - s[k]) > 1e-3 * abs(s[k - 1]):
+            return q, kk, np.sort(np.argsort(-score(p / p.sum(-1, keepdims=True)), kind="stable")[:k])
+    raise AssertionError("no input with a margin at the cut")
+
+
+def fopru_score(p):
+    m = p.mean(0)[1:, 1:]  # head mean, patch submatrix
+    s1, s2 = m.mean(1), m.mean(0)
+    if abs(s1.var() - s2.var()) <= 1e-3 * max(s1.var(), s2.var()):
+        return np.zeros_like(s1)  # no margin in the axis decision: try another input
+    return s1 if s1.var() > s2.var() else s2
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_qk_source_cuda_equals_cpu(dtype):
+    """FoPru and FastV from a qk_source of CUDA queries / keys (the device Q/K path, no [heads, N, N]
+    map) select what the CPU Q/K path selects on inputs whose top-k cut has a margin."""
+    torch = cuda_torch()
+    rng = np.random.default_rng(20)
+    t = lambda x: torch.from_numpy(x).to(getattr(torch, dtype))  # noqa: E731
+    rounded = lambda x: t(x).float().numpy()  # noqa: E731  (the values the kernels read)
+    q, k, top = qk_with_margin(rng, 2, 17, 17, 8, fopru_score, 8, rounded)
+    cpu = ts.fopru.select(ts.qk_source(t(q), t(k)), keep=0.5, return_result=True)
+    np.testing.assert_array_equal(cpu[0], top)  # the score above is FoPru's
+    same(ts.fopru.select(ts.qk_source(t(q).cuda(), t(k).cuda()), keep=0.5, return_result=True), cpu)
+    visual = (2, 24)
+    score = lambda p: p.mean(0)[-1, visual[0]:visual[0] + visual[1]]  # noqa: E731
+    q, k, top = qk_with_margin(rng, 2, 1, 30, 8, score, 12, rounded)
+    cfg = ts.fastv.config(ratio=0.5)
+    cpu = ts.fastv.select([ts.qk_source(t(q), t(k))], visual, cfg, return_result=True)
+    np.testing.assert_array_equal(cpu[0][0], top)  # the score above is FastV's
+    same(ts.fastv.select([ts.qk_source(t(q).cuda(), t(k).cuda())], visual, cfg, return_result=True), cpu)
