@@ -38,6 +38,7 @@
 #include "tokensel/detail/reduce.hpp"
 #include "tokensel/detail/scratch.hpp"
 #include "tokensel/detail/validate.hpp"
+#include "tokensel/detail/widen.hpp"
 #include "tokensel/methods/detail/cosine.hpp"
 #include "tokensel/methods/detail/feature_rules.hpp"
 #include "tokensel/select/top_k.hpp"
@@ -124,6 +125,15 @@ namespace detail {
 template <element K>
 float key_l1(const tensor_view<const K, 3>& keys, index_t t, float* row) {
   const index_t heads = keys.extent(0), dh = keys.extent(2);
+  // Contiguous key rows are widened in bulk (F16C for fp16) and checked in one pass; the element
+  // loop below then only runs to name a non-finite value. Same values, same canonical sum.
+  if (dh > 0 && keys.stride(2) == 1) {
+    for (index_t h = 0; h < heads; ++h) tokensel::detail::widen(&keys(h, t, 0), dh, row + h * dh);
+    if (tokensel::detail::all_finite(row, heads * dh)) {
+      for (index_t j = 0; j < heads * dh; ++j) row[j] = std::fabs(row[j]);
+      return tokensel::detail::canonical_sum(row, heads * dh);
+    }
+  }
   for (index_t h = 0; h < heads; ++h) {
     for (index_t c = 0; c < dh; ++c) {
       const float v = to_float(keys(h, t, c));

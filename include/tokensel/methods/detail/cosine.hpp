@@ -20,10 +20,25 @@
 #include "tokensel/detail/arith.hpp"
 #include "tokensel/detail/parallel.hpp"
 #include "tokensel/detail/reduce.hpp"
+#include "tokensel/detail/widen.hpp"
 #include "tokensel/methods/detail/feature_rules.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace detail {
+
+/// u[0, d) scaled to unit length (a zero row stays zero); a norm that overflows fp32 is an error
+/// naming row t.
+inline void normalise_row(float* u, index_t d, index_t t, std::string_view name) {
+  const float norm = detail::row_norm(detail::canonical_dot(u, u, d));
+  const norm_kind kind = detail::classify_norm(norm);
+  if (kind == norm_kind::scale) {
+    for (index_t c = 0; c < d; ++c) u[c] = detail::fdiv(u[c], norm);
+  } else if (kind == norm_kind::zero) {
+    for (index_t c = 0; c < d; ++c) u[c] = 0.0f;
+  } else {
+    detail::fail(errc::non_finite, std::string(name) + "[" + std::to_string(t) + ", :]", norm, "the row's norm overflows fp32");
+  }
+}
 
 /// unit[r * D, (r + 1) * D) = the unit vector of x(rows[r], :) (scaled by `weight` when it is not
 /// empty). rows may be null: then row r is x's row r. Non-finite inputs throw, naming `name`
@@ -37,6 +52,17 @@ void unit_feature_rows(const Policy& policy, const matrix_view<const X>& x, cons
   detail::parallel_for(policy, count, [&](index_t r) {
     const index_t t = rows ? static_cast<index_t>(rows[r]) : r;
     float* u = unit.data() + r * d;
+    // A contiguous row is widened in bulk (F16C for fp16: Eigen's scalar half -> float is a
+    // software conversion under GCC) and checked in one pass; the element loop below then only
+    // runs to name a non-finite value. The values are the same (the widening is exact).
+    if (d > 0 && x.inner_contiguous()) {
+      widen(&x(t, 0), d, u);
+      if (all_finite(u, d)) {
+        for (index_t c = 0; c < d; ++c) u[c] = detail::weighted_feature(u[c], weighted ? to_float(weight(c)) : 1.0f, weighted);
+        normalise_row(u, d, t, name);
+        return;
+      }
+    }
     for (index_t c = 0; c < d; ++c) {
       const float v = to_float(x(t, c));
       if (!std::isfinite(v)) {
@@ -45,16 +71,7 @@ void unit_feature_rows(const Policy& policy, const matrix_view<const X>& x, cons
       }
       u[c] = detail::weighted_feature(v, weighted ? to_float(weight(c)) : 1.0f, weighted);
     }
-    const float norm = detail::row_norm(detail::canonical_dot(u, u, d));
-    const norm_kind kind = detail::classify_norm(norm);
-    if (kind == norm_kind::scale) {
-      for (index_t c = 0; c < d; ++c) u[c] = detail::fdiv(u[c], norm);
-    } else if (kind == norm_kind::zero) {
-      for (index_t c = 0; c < d; ++c) u[c] = 0.0f;
-    } else {
-      detail::fail(errc::non_finite, std::string(name) + "[" + std::to_string(t) + ", :]", norm,
-                             "the row's norm overflows fp32");
-    }
+    normalise_row(u, d, t, name);
   });
 }
 
