@@ -1,5 +1,8 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdint>
+#include <numeric>
 #include <vector>
 
 #include "tokensel/core/batch.hpp"
@@ -19,6 +22,58 @@ TEST(TopK, TieBreaksToLowerIndex) {
   EXPECT_EQ(out[1], 2);
   ASSERT_EQ(bottom_k<float>(std::span<const float>(s), 3, out), 3);
   EXPECT_EQ((std::vector<token_index>(out.begin(), out.end())), (std::vector<token_index>{0, 1, 3}));
+}
+
+// top_k / bottom_k keep exactly the set (ascending order) and the sequence (ranked order) of a
+// stable sort by the rank rule (higher / lower score first, equal scores: lower index first,
+// -0 == +0), for several k, on continuous scores, heavy ties, signed zeros, negatives,
+// subnormals and strided views; fp16 scores select as their fp32 values.
+TEST(TopK, EqualsStableSortReference) {
+  std::uint32_t state = 7;
+  auto next = [&] { return state = state * 1664525u + 1013904223u; };
+  for (int trial = 0; trial < 300; ++trial) {
+    const auto n = static_cast<index_t>(1 + next() % 700);
+    std::vector<float> s(static_cast<std::size_t>(2 * n));
+    const int kind = trial % 4;
+    for (auto& v : s) {
+      const std::uint32_t r = next();
+      if (kind == 0) v = static_cast<float>(static_cast<std::int32_t>(r)) * 1e-9f;                      // continuous, signed
+      if (kind == 1) v = static_cast<float>(r % 5) - 2.0f;                                              // heavy ties
+      if (kind == 2) v = (r % 3 == 0) ? 0.0f : (r % 3 == 1 ? -0.0f : static_cast<float>(r % 7) * 1e-40f);  // zeros, subnormals
+      if (kind == 3) v = static_cast<float>(Eigen::half(static_cast<float>(r % 2048) / 2048.0f));      // fp16 grid
+    }
+    const vector_view<const float> view(s.data(), {n}, {2});  // every other value: a strided view
+    std::vector<float> x(static_cast<std::size_t>(n));
+    for (index_t i = 0; i < n; ++i) x[static_cast<std::size_t>(i)] = view(i) == 0.0f ? 0.0f : view(i);
+    for (const bool high : {true, false}) {
+      std::vector<token_index> order(static_cast<std::size_t>(n));
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(), [&](token_index a, token_index b) {
+        return high ? x[static_cast<std::size_t>(a)] > x[static_cast<std::size_t>(b)] : x[static_cast<std::size_t>(a)] < x[static_cast<std::size_t>(b)];
+      });
+      for (const index_t k : {index_t{1}, n / 3, n / 2, n - 1, n}) {
+        if (k < 1) continue;
+        std::vector<token_index> want(order.begin(), order.begin() + k), got(static_cast<std::size_t>(k)), ranked(got.size());
+        const auto call = [&](index_order o, std::vector<token_index>& out) {
+          return high ? top_k<float>(view, k, out, o) : bottom_k<float>(view, k, out, o);
+        };
+        ASSERT_EQ(call(index_order::ranked, ranked), k);
+        ASSERT_EQ(ranked, want) << "ranked, trial " << trial << " n " << n << " k " << k;
+        std::sort(want.begin(), want.end());
+        ASSERT_EQ(call(index_order::ascending, got), k);
+        ASSERT_EQ(got, want) << "ascending, trial " << trial << " n " << n << " k " << k << (high ? " top" : " bottom");
+      }
+    }
+    std::vector<Eigen::half> h(static_cast<std::size_t>(n));
+    for (index_t i = 0; i < n; ++i) h[static_cast<std::size_t>(i)] = Eigen::half(x[static_cast<std::size_t>(i)]);
+    std::vector<float> hf(h.size());
+    for (std::size_t i = 0; i < h.size(); ++i) hf[i] = static_cast<float>(h[i]);
+    const index_t k = (n + 1) / 2;
+    std::vector<token_index> a(static_cast<std::size_t>(k)), b(a.size());
+    ASSERT_EQ(top_k<Eigen::half>(std::span<const Eigen::half>(h), k, a), k);
+    ASSERT_EQ(top_k<float>(std::span<const float>(hf), k, b), k);
+    ASSERT_EQ(a, b) << "fp16, trial " << trial;
+  }
 }
 
 TEST(TopK, RejectsNaNAndBadK) {
