@@ -161,6 +161,7 @@ inline dt dtype_of(const array& a, const std::string& name, bool allow_cuda = fa
     case nb::dlpack::dtype_code::Bfloat: got = "bfloat"; break;
     case nb::dlpack::dtype_code::Complex: got = "complex"; break;
     case nb::dlpack::dtype_code::Bool: got = "bool"; break;
+    default: got = "dlpack code " + std::to_string(t.code) + " bits "; break;  // float8 / float6 ... kinds
   }
   got += std::to_string(t.bits);
   fail(errc::unsupported, name + ".dtype", got, "must be float32, float16 or bfloat16");

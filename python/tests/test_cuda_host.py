@@ -39,24 +39,26 @@ KDL_CUDA = 2
 
 class FakeCuda:
     """A float32 (or int32) DLPack tensor that says it is in CUDA memory (device cuda:0) but points
-    at host memory: only for refusals that happen before anything is read (never handed to a kernel)."""
+    at host memory: only for refusals that happen before anything is read (never handed to a kernel).
+    code / device: another DLPack type code or device type (the dtype test)."""
 
-    def __init__(self, *shape, dtype=np.float32):
+    def __init__(self, *shape, dtype=np.float32, code=None, device=KDL_CUDA):
         self.host = np.zeros(shape, dtype)
-        self.code = 0 if dtype == np.int32 else 2  # kDLInt, kDLFloat
+        self.code = code if code is not None else 0 if dtype == np.int32 else 2  # kDLInt, kDLFloat
+        self.device = device
         self.dims = (ctypes.c_int64 * len(shape))(*shape)
         self.name = b"dltensor"
         self.managed = []
 
     def __dlpack__(self, **kwargs):
         mt = DLManagedTensor()
-        mt.dl_tensor = DLTensor(self.host.ctypes.data, DLDevice(KDL_CUDA, 0), len(self.dims), DLDataType(self.code, 32, 1),
+        mt.dl_tensor = DLTensor(self.host.ctypes.data, DLDevice(self.device, 0), len(self.dims), DLDataType(self.code, 8 * self.host.itemsize, 1),
                                 self.dims, None, 0)
         self.managed.append(mt)  # alive as long as this object (no deleter)
         return _capsule_new(ctypes.addressof(mt), self.name, None)
 
     def __dlpack_device__(self):
-        return (KDL_CUDA, 0)
+        return (self.device, 0)
 
 
 def test_dispatch_table_matches_the_docs():
@@ -181,3 +183,11 @@ def test_cuda_companion_on_another_device(call, message):
     host = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
     with pytest.raises(ts.Error, match=message if ts.built_with_cuda() else "built without CUDA"):
         call(FakeCuda, host)
+
+
+def test_other_dlpack_dtypes_named_by_code():
+    """A host DLPack array of a kind the library does not read (float8 e4m3fn: DLPack code 10) is
+    refused by its code and bits."""
+    f8 = FakeCuda(16, 8, dtype=np.uint8, code=10, device=1)  # kDLCPU
+    with pytest.raises(ts.Error, match=r"divprune.features.dtype = dlpack code 10 bits 8: must be float32, float16 or bfloat16"):
+        ts.divprune.select(f8)
