@@ -172,7 +172,7 @@ __global__ void __launch_bounds__(block) unit_kernel(const table t, const args a
 
 /// Pivot q takes the quota tokens of the pool least similar to it (bottom-k rule over pool
 /// positions); they are appended to kept and the pool is compacted in order. Returns the new size.
-__device__ int take_for_pivot(const sample_desc& d, const args& a, int b, int q, int quota, int size, int*& pool, int*& spare,
+__device__ inline int take_for_pivot(const sample_desc& d, const args& a, int b, int q, int quota, int size, int*& pool, int*& spare,
                               int written) {
   const int tid = static_cast<int>(threadIdx.x), warp = tid >> 5;
   const float* unit = a.unit + b * a.unit_stride;

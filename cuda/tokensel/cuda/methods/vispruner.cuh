@@ -150,7 +150,7 @@ __global__ void __launch_bounds__(block) gram_kernel(const table t, const args a
 }
 
 /// One duplicate-removal round over list[0, size) into next; returns the new size.
-__device__ int one_round(const args& a, int b, int r0, int size, int diverse, const int* list, int* next) {
+__device__ inline int one_round(const args& a, int b, int r0, int size, int diverse, const int* list, int* next) {
   const int tid = static_cast<int>(threadIdx.x);
   const int na = (size + 1) / 2, nb = size / 2;
   const int dropped = static_cast<int>(tokensel::detail::vispruner_dropped(size, diverse, a.rounds_drop));
