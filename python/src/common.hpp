@@ -105,7 +105,8 @@ bool built_with_cuda();
 /// CUDA backend when the extension is built with it (cuda_dispatch.hpp declares one
 /// <method>_select_cuda each): one array per input (a sample, or a [batch, ...] batch), or a ragged
 /// list whose samples run one device call each; every input of a sample on one device. A qk_source
-/// runs on the device for FoPru and FastV; the others' and FitPrune's calibrator stay on the CPU.
+/// runs on the device for FoPru, FastV and VisPruner; the others' and FitPrune's calibrator stay on
+/// the CPU.
 /// gather moves CUDA rows by a CUDA selection.
 inline constexpr std::array<const char*, 11> cuda_methods{"fopru",    "freepruner", "fitprune", "fastv",     "prumerge", "visionzip",
                                                           "divprune", "dart",       "vispruner", "pool",     "gather"};
@@ -114,8 +115,8 @@ inline constexpr std::array<const char*, 11> cuda_methods{"fopru",    "freeprune
 inline std::string cuda_refusal(const std::string& name) {
   const std::string method = name.substr(0, name.find('.'));
   if (method == "qk_source") {
-    return "a qk_source runs on the device only as fopru.select's or fastv.select's sample with CUDA queries (keys and lse on their "
-           "device); elsewhere its queries, keys and lse must be CPU tensors (.cpu())";
+    return "a qk_source runs on the device only as fopru.select's, fastv.select's or vispruner.select's sample with CUDA queries "
+           "(keys and lse on their device); elsewhere its queries, keys and lse must be CPU tensors (.cpu())";
   }
   std::string list;
   bool listed = false;
@@ -256,8 +257,9 @@ inline void check_device(const array& a, const array& like, const std::string& n
 }
 
 /// Python-side Q/K source: keeps the arrays alive while the views point into them. Its arrays are
-/// host memory, or (a CUDA build) CUDA queries with the keys and lse on their device: FoPru and
-/// FastV read those on the device (cuda_qk.cu, cuda = true); every CPU path (cuda = false) refuses them.
+/// host memory, or (a CUDA build) CUDA queries with the keys and lse on their device: FoPru, FastV
+/// and VisPruner read those on the device (cuda_qk.cu, cuda = true); every CPU path (cuda = false)
+/// refuses them.
 struct py_qk {
   array queries, keys;
   std::optional<array> lse;

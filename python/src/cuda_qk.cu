@@ -1,5 +1,5 @@
-// tokensel Python extension: FoPru and FastV from a tokensel.qk_source whose queries and keys (and
-// lse) are CUDA tensors (cuda_dispatch.hpp; nvcc, TOKENSEL_PYTHON_WITH_CUDA=ON): the library's Q/K
+// tokensel Python extension: FoPru, FastV and VisPruner from a tokensel.qk_source whose queries and
+// keys (and lse) are CUDA tensors (cuda_dispatch.hpp; nvcc, TOKENSEL_PYTHON_WITH_CUDA=ON): the library's Q/K
 // path on the device (tiles of Q K^T, no [heads, N, N] map), one source per call. The device sums
 // agree with the CPU Q/K path to ~1e-5 relative (not bit for bit), so the indices are the CPU's
 // wherever the top-k cut has a margin above that.
@@ -7,6 +7,7 @@
 
 #include <tokensel/cuda/methods/fastv.cuh>
 #include <tokensel/cuda/methods/fopru.cuh>
+#include <tokensel/cuda/methods/vispruner.cuh>
 
 namespace tsp {
 
@@ -39,6 +40,43 @@ nb::object fastv_select_cuda_qk(const py_qk& q, const tokensel::token_range& vis
                            return_result, {},
                            [&](const tokensel::cuda_policy& p, const tokensel::selection_batch& out, std::span<fv::result> r, rows_view) {
                              fv::select(p, src, spans, cfg, out, r);
+                           });
+  });
+}
+
+namespace {
+
+/// VisPruner's device Q/K path takes a dense batch: the one source as a batch of one (stride 0).
+template <class T, std::size_t R>
+tokensel::tensor_view<const T, R + 1> as_batch(const tokensel::tensor_view<const T, R>& v) {
+  std::array<index_t, R + 1> ext{1}, str{0};
+  for (std::size_t k = 0; k < R; ++k) {
+    ext[k + 1] = v.extent(k);
+    str[k + 1] = v.stride(k);
+  }
+  return tokensel::tensor_view<const T, R + 1>(v.data(), ext, str, "qk_source");
+}
+
+}  // namespace
+
+nb::object vispruner_select_cuda_qk(const py_qk& q, const array& features, const tokensel::vispruner::config& base, const opt_budget& keep,
+                                    bool return_result, const std::string& where) {
+  namespace vp = tokensel::vispruner;
+  const dt t = q.dtype(/*cuda=*/true);
+  cuda_run::check_companion(features, q.queries, t, "vispruner.features" + where, "qk_source.queries");
+  check_rank(features, 2, "vispruner.features" + where, "[N - 1, D]");
+  return dispatch(t, [&](auto tag) {
+    using T = decltype(tag);
+    const tokensel::qk_source<T> one = q.template source<T>(/*cuda=*/true);
+    tokensel::qk_batch<T> src{.queries = as_batch(one.queries), .keys = as_batch(one.keys), .scale = one.scale, .causal = one.causal,
+                              .causal_offset = one.causal_offset};
+    if (one.lse.data() != nullptr) src.lse = as_batch(one.lse);
+    const auto f = cuda_run::batched<T, 2>(features, "vispruner.features" + where, "[N - 1, D]");
+    const index_t big_n = one.key_count(), n = big_n > 0 ? big_n - 1 : 0;
+    const vp::config cfg = keep ? vp::with_budget(*keep, n, base) : base;
+    return run<vp::result>(q.queries, 1, vp::keep_count(n, cfg), vp::workspace_size(src, f, cfg), /*single=*/true, return_result, {},
+                           [&](const tokensel::cuda_policy& p, const tokensel::selection_batch& out, std::span<vp::result> r, rows_view) {
+                             vp::select(p, src, f, cfg, out, r);
                            });
   });
 }

@@ -17,6 +17,9 @@ std::pair<nb::object, nb::object> one(nb::handle attention, nb::handle features,
     check_rank(arr, 3, "vispruner.attention" + where, "[heads, N, N]");
     return index_and_result(vispruner_select_cuda(arr, array_arg(features, "vispruner.features" + where), base, b, true, where));
   }
+  if (const py_qk* q = cuda_qk(attention)) {  // Q/K of the feature layer on the device
+    return index_and_result(vispruner_select_cuda_qk(*q, array_arg(features, "vispruner.features" + where), base, b, true, where));
+  }
 #endif
   const attention_arg a = attention_of(attention, "vispruner.attention" + where);
   const array f = array_arg(features, "vispruner.features" + where);

@@ -258,8 +258,8 @@ def fopru_score(p):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_qk_source_cuda_equals_cpu(dtype):
-    """FoPru and FastV from a qk_source of CUDA queries / keys (the device Q/K path, no [heads, N, N]
-    map) select what the CPU Q/K path selects on inputs whose top-k cut has a margin."""
+    """FoPru, FastV and VisPruner from a qk_source of CUDA queries / keys (the device Q/K path, no
+    [heads, N, N] map) select what the CPU Q/K path selects on inputs whose top-k cut has a margin."""
     torch = cuda_torch()
     rng = np.random.default_rng(20)
     t = lambda x: torch.from_numpy(x).to(getattr(torch, dtype))  # noqa: E731
@@ -275,3 +275,9 @@ def test_qk_source_cuda_equals_cpu(dtype):
     cpu = ts.fastv.select([ts.qk_source(t(q), t(k))], visual, cfg, return_result=True)
     np.testing.assert_array_equal(cpu[0][0], top)  # the score above is FastV's
     same(ts.fastv.select([ts.qk_source(t(q).cuda(), t(k).cuda())], visual, cfg, return_result=True), cpu)
+    # VisPruner: the important patches by the CLS row (the margin), the others from the features (exact).
+    q, k, top = qk_with_margin(rng, 2, 17, 17, 8, lambda p: p.mean(0)[0, 1:], ts.vispruner.important_count(8), rounded)
+    feats = t(rng.standard_normal((16, 4)).astype(np.float32))
+    cpu = ts.vispruner.select(ts.qk_source(t(q), t(k)), feats, keep=8, return_result=True)
+    assert set(top.tolist()) <= set(cpu[0].tolist())
+    same(ts.vispruner.select(ts.qk_source(t(q).cuda(), t(k).cuda()), feats.cuda(), keep=8, return_result=True), cpu)
