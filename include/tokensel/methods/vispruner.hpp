@@ -208,13 +208,7 @@ result select(const Policy& policy, const Source& attention, const matrix_view<c
   auto unit = scratch.take<float>(static_cast<std::size_t>(r0 * d));
   tokensel::detail::unit_feature_rows(policy, features, rest, r0, unit, "vispruner.features");
   auto gram = scratch.take<float>(static_cast<std::size_t>(r0 * r0));
-  tokensel::detail::parallel_for(policy, r0, [&](index_t i) {
-    for (index_t j = i; j < r0; ++j) {
-      const float c = tokensel::detail::unit_cosine(unit.data() + i * d, unit.data() + j * d, d);
-      gram[static_cast<std::size_t>(i * r0 + j)] = c;
-      gram[static_cast<std::size_t>(j * r0 + i)] = c;
-    }
-  });
+  tokensel::detail::cosine_table(policy, unit.data(), r0, d, gram);
 
   // 3. Duplicate removal over positions into `rest` (list: current order).
   auto list = scratch.take<index_t>(static_cast<std::size_t>(r0));

@@ -5,9 +5,11 @@
 // being sqrt of the canonical fp32 dot of x with itself (detail/reduce.hpp) and each element
 // divided by it (one rounded division, as the CUDA backend's fdiv). A zero row stays zero, so its
 // cosine with every row is 0 (the official codes would divide by zero). The cosine of two rows
-// is the canonical dot of their unit rows: symmetric bit for bit (products commute).
+// is the canonical dot of their unit rows: symmetric bit for bit (products commute), so a table of
+// all of them (cosine_table) computes each pair once.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <span>
 #include <string>
@@ -77,6 +79,40 @@ void unit_feature_rows(const Policy& policy, const matrix_view<const X>& x, cons
 
 /// Cosine of unit rows a and b (length d).
 inline float unit_cosine(const float* a, const float* b, index_t d) noexcept { return detail::canonical_dot(a, b, d); }
+
+/// table[i * n + j] = unit_cosine(row i, row j) for all i, j < n of the unit rows [n, d]: the same
+/// bits (canonical_dot_tile), each pair computed once and mirrored (a cosine is symmetric bit for
+/// bit: its products commute). A task is one block of dot_tile_rows rows against the columns from
+/// its first row on; the last (lightest) block runs first, so that OpenMP's guided schedule hands
+/// out the heavy first rows in small pieces. Each cell has one writer: the block of min(i, j).
+template <class Policy>
+void cosine_table(const Policy& policy, const float* unit, index_t n, index_t d, std::span<float> table) {
+  constexpr index_t R = detail::dot_tile_rows, C = detail::dot_tile_cols;
+  static_assert(C >= R, "the first column tile of a block must cover the block's own rows");
+  const index_t blocks = (n + R - 1) / R;
+  // The multiply-adds, n^2 / 2 x d, stand for the bytes: compute-bound work.
+  detail::parallel_for(policy, blocks, detail::bytes_of<float>(n * (n / 2) * d), [&](index_t task) {
+    const index_t i0 = (blocks - 1 - task) * R;
+    const auto nr = static_cast<int>(std::min(R, n - i0));
+    const float* rows[R];
+    for (int r = 0; r < nr; ++r) rows[r] = unit + (i0 + r) * d;
+    float tile[R * C];
+    for (index_t j0 = i0; j0 < n; j0 += C) {
+      const auto nc = static_cast<int>(std::min(C, n - j0));
+      const float* cols[C];
+      for (int c = 0; c < nc; ++c) cols[c] = unit + (j0 + c) * d;
+      detail::canonical_dot_tile(rows, nr, cols, nc, d, tile, C);
+      for (int r = 0; r < nr; ++r) {
+        for (int c = 0; c < nc; ++c) {
+          const index_t i = i0 + r, j = j0 + c;
+          if (j < i) continue;  // the diagonal tile's lower half: the pair (j, i) holds it
+          table[static_cast<std::size_t>(i * n + j)] = tile[r * C + c];
+          table[static_cast<std::size_t>(j * n + i)] = tile[r * C + c];
+        }
+      }
+    }
+  });
+}
 
 /// Checks a channel weight: empty, or d finite values.
 template <element W>
