@@ -105,9 +105,8 @@ bool built_with_cuda();
 /// CUDA backend when the extension is built with it (cuda_dispatch.hpp declares one
 /// <method>_select_cuda each): one array per input (a sample, or a [batch, ...] batch), or a ragged
 /// list whose samples run one device call each; every input of a sample on one device. A qk_source
-/// runs on the device for FoPru, FastV and VisPruner; the others' and FitPrune's calibrator stay on
-/// the CPU.
-/// gather moves CUDA rows by a CUDA selection.
+/// runs on the device for FoPru, FastV, VisPruner and VisionZip; freePruner's and FitPrune's
+/// qk_source and FitPrune's calibrator stay on the CPU. gather moves CUDA rows by a CUDA selection.
 inline constexpr std::array<const char*, 11> cuda_methods{"fopru",    "freepruner", "fitprune", "fastv",     "prumerge", "visionzip",
                                                           "divprune", "dart",       "vispruner", "pool",     "gather"};
 
@@ -115,7 +114,7 @@ inline constexpr std::array<const char*, 11> cuda_methods{"fopru",    "freeprune
 inline std::string cuda_refusal(const std::string& name) {
   const std::string method = name.substr(0, name.find('.'));
   if (method == "qk_source") {
-    return "a qk_source runs on the device only as fopru.select's, fastv.select's or vispruner.select's sample with CUDA queries "
+    return "a qk_source runs on the device only as fopru, fastv, vispruner or visionzip select's sample with CUDA queries "
            "(keys and lse on their device); elsewhere its queries, keys and lse must be CPU tensors (.cpu())";
   }
   std::string list;

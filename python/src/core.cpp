@@ -202,7 +202,7 @@ void bind_core(nb::module_& m) {
   m.def("built_with_cuda", &built_with_cuda, "Whether this extension dispatches CUDA tensors to the CUDA backend.");
   m.def("cuda_methods", [] { return std::vector<std::string>(cuda_methods.begin(), cuda_methods.end()); },
         "The methods (and gather) that run CUDA tensors on the CUDA backend when built_with_cuda(): one array per input "
-        "(a sample or a [batch, ...] batch) or a ragged list of samples. A qk_source of CUDA tensors runs for fopru, fastv and vispruner; "
+        "(a sample or a [batch, ...] batch) or a ragged list of samples. A qk_source of CUDA tensors runs for fopru, fastv, vispruner and visionzip; "
         "the other methods' qk_source and FitPrune's calibrator raise for CUDA tensors.");
   m.def("threading_available", &tokensel::threading_available, "Whether threads > 1 really run in parallel (OpenMP).");
 }

@@ -7,8 +7,8 @@
 // recorded, e.g. NaN, as tokensel.Error) and returns CUDA tensors (int32 indices; float32 rows for
 // VisionZip, PruMerge's merge and pooling). The shared pieces are cuda_run.cuh; each
 // <method>_select_cuda is a few lines of views. A ragged list's samples run one device call each
-// (where: "[i]", the sample's place in the list, for the messages). FoPru, FastV and VisPruner also
-// read a qk_source of CUDA tensors on the device. The other methods' qk_source and FitPrune's calibrator
+// (where: "[i]", the sample's place in the list, for the messages). FoPru, FastV, VisPruner and
+// VisionZip also read a qk_source of CUDA tensors on the device. The other methods' qk_source and FitPrune's calibrator
 // refuse CUDA tensors by name (common.hpp: cuda_refusal).
 #pragma once
 
@@ -43,8 +43,8 @@ inline std::pair<nb::object, nb::object> index_and_result(const nb::object& t) {
   return {pair[0], pair[1]};
 }
 
-/// h when it is a qk_source whose queries are a CUDA tensor (FoPru, FastV and VisPruner read it
-/// on the device), else null.
+/// h when it is a qk_source whose queries are a CUDA tensor (FoPru, FastV, VisPruner and VisionZip
+/// read it on the device), else null.
 inline const py_qk* cuda_qk(nb::handle h) {
   if (!nb::isinstance<py_qk>(h)) return nullptr;
   const py_qk* q = nb::inst_ptr<py_qk>(h);
@@ -92,6 +92,10 @@ nb::object fastv_select_cuda_qk(const py_qk& q, const tokensel::token_range& vis
 /// VisPruner of one qk_source of CUDA tensors (the feature layer's) and CUDA features [N - 1, D].
 nb::object vispruner_select_cuda_qk(const py_qk& q, const array& features, const tokensel::vispruner::config& base, const opt_budget& keep,
                                     bool return_result, const std::string& where);
+/// VisionZip of one qk_source of CUDA tensors with CUDA keys [heads, N, head_dim] (None: contextual
+/// = 0) and hidden [N, D]: (indices, float32 rows[, result]).
+nb::object visionzip_select_cuda_qk(const py_qk& q, nb::handle keys, const array& hidden, const tokensel::visionzip::config& base,
+                                    const opt_budget& keep, bool return_result, const std::string& where);
 /// gather of CUDA rows src [n, d] (or [batch, n, d]) named by CUDA int32 indices [k] (or [batch, k]):
 /// float32 rows [k, d] on the device, or written into out (a CUDA f32/f16/bf16 tensor), returned.
 nb::object gather_cuda(const array& src, nb::handle indices, nb::handle out);

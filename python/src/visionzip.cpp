@@ -21,6 +21,9 @@ nb::object one(const inputs& in, const vz::config& base, const std::optional<tok
     check_rank(arr, 3, "visionzip.attention" + where, "[heads, N, N]");
     return visionzip_select_cuda(arr, in.keys, array_arg(in.hidden, "visionzip.hidden" + where), base, b, return_result, where);
   }
+  if (const py_qk* q = cuda_qk(in.attention)) {  // Q/K of the feature layer on the device
+    return visionzip_select_cuda_qk(*q, in.keys, array_arg(in.hidden, "visionzip.hidden" + where), base, b, return_result, where);
+  }
 #endif
   const attention_arg a = attention_of(in.attention, "visionzip.attention" + where);
   array hidden = nb::cast<array>(in.hidden);

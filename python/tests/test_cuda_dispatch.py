@@ -258,7 +258,7 @@ def fopru_score(p):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_qk_source_cuda_equals_cpu(dtype):
-    """FoPru, FastV and VisPruner from a qk_source of CUDA queries / keys (the device Q/K path, no
+    """FoPru, FastV, VisPruner and VisionZip from a qk_source of CUDA queries / keys (the device Q/K path, no
     [heads, N, N] map) select what the CPU Q/K path selects on inputs whose top-k cut has a margin."""
     torch = cuda_torch()
     rng = np.random.default_rng(20)
@@ -281,3 +281,10 @@ def test_qk_source_cuda_equals_cpu(dtype):
     cpu = ts.vispruner.select(ts.qk_source(t(q), t(k)), feats, keep=8, return_result=True)
     assert set(top.tolist()) <= set(cpu[0].tolist())
     same(ts.vispruner.select(ts.qk_source(t(q).cuda(), t(k).cuda()), feats.cuda(), keep=8, return_result=True), cpu)
+    # VisionZip: the dominant patches by the CLS row (the margin), the contextual ones from keys (exact).
+    zc = ts.visionzip.config(dominant=5, contextual=2)
+    q, k, top = qk_with_margin(rng, 2, 17, 17, 8, lambda p: p.sum(0)[0, 1:], 4, rounded)  # CLS is the 5th dominant token
+    hidden = t(rng.standard_normal((17, 6)).astype(np.float32))
+    cpu = ts.visionzip.select(ts.qk_source(t(q), t(k)), t(k), hidden, zc, return_result=True)
+    assert set((top + 1).tolist()) <= set(cpu[0].tolist())  # token indices (CLS = 0)
+    same(ts.visionzip.select(ts.qk_source(t(q).cuda(), t(k).cuda()), t(k).cuda(), hidden.cuda(), zc, return_result=True), cpu)

@@ -104,7 +104,7 @@ def test_cuda_tensor_refused_by_name(case):
     if not ts.built_with_cuda():
         assert "built without CUDA" in msg and "TOKENSEL_PYTHON_WITH_CUDA=ON" in msg
     elif method == "qk_source":
-        assert "a qk_source runs on the device only as fopru.select's, fastv.select's or vispruner.select's sample" in msg
+        assert "a qk_source runs on the device only as fopru, fastv, vispruner or visionzip select's sample" in msg
     elif method in DISPATCHING:
         assert f"{method} reads CUDA tensors only when the sample's main input is one too" in msg
     else:
@@ -134,10 +134,11 @@ def test_cuda_tensor_refused_by_name(case):
     lambda c: ts.vispruner.select([c(2, 17, 17)], [c(16, 8)]),
     lambda c: ts.visionzip.select([c(2, 17, 17)], None, [c(17, 8)], ts.visionzip.config(dominant=4, contextual=0)),
     lambda c: ts.dart.select([c(2, 30, 4)], [c(30, 8)], (1, 20)),
-    # a qk_source of CUDA tensors: FoPru, FastV and VisPruner on the device
+    # a qk_source of CUDA tensors: FoPru, FastV, VisPruner and VisionZip on the device
     lambda c: ts.fopru.select(ts.qk_source(c(2, 17, 8), c(2, 17, 8))),
     lambda c: ts.fastv.select([ts.qk_source(c(2, 1, 8), c(2, 30, 8))], (1, 20)),
     lambda c: ts.vispruner.select(ts.qk_source(c(2, 17, 8), c(2, 17, 8)), c(16, 4), keep=8),
+    lambda c: ts.visionzip.select(ts.qk_source(c(2, 17, 8), c(2, 17, 8)), None, c(17, 4), ts.visionzip.config(dominant=4, contextual=0)),
 ])
 def test_dispatching_methods_without_cuda_build(call):
     """A CUDA build would hand these to the device (the GPU tests cover that); a CPU build refuses."""
@@ -170,6 +171,8 @@ def test_dispatching_methods_without_cuda_build(call):
     (lambda c, h: ts.fastv.select(ts.qk_source(c(2, 1, 8), c(2, 30, 8), lse=h(2, 1)), (1, 20)),
      r"qk_source.lse.device = cpu: must be on the device of qk_source.queries \(cuda:0\)"),
     (lambda c, h: ts.fopru.select(ts.qk_source(c(17, 8), c(17, 8))), r"qk_source.queries.ndim = 2: must be 3"),
+    (lambda c, h: ts.visionzip.select(ts.qk_source(c(2, 17, 8), c(2, 17, 8)), h(2, 17, 8), c(17, 4)),
+     r"visionzip.keys.device = cpu: must be on the device of qk_source.queries \(cuda:0\)"),
     (lambda c, h: ts.vispruner.select(ts.qk_source(c(2, 17, 8), c(2, 17, 8)), h(16, 4)),
      r"vispruner.features.device = cpu: must be on the device of qk_source.queries \(cuda:0\)"),
     (lambda c, h: ts.fastv.select_scores(c(16), keep=4), r"fastv.scores = a CUDA tensor: fastv.select_scores runs on the CPU only"),
