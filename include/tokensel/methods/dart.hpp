@@ -253,16 +253,20 @@ result select(const Policy& policy, const tensor_view<const K, 3>& keys, const m
   auto pool = scratch.take<token_index>(static_cast<std::size_t>(n));
   std::sort(out.begin(), out.begin() + pi);
   index_t pool_size = complement(std::span<const token_index>(out.data(), static_cast<std::size_t>(pi)), n, pool);
+  // All pivots' cosines to the visual tokens in one pass (the pool only shrinks; the same dots).
+  auto pivot_rows = scratch.take<token_index>(static_cast<std::size_t>(pivots));
+  for (index_t q = 0; q < pivots; ++q)
+    pivot_rows[static_cast<std::size_t>(q)] = static_cast<token_index>(q < pi ? pivot[static_cast<std::size_t>(q)] - visual.begin : n + q - pi);
+  auto pivot_cosine = scratch.take<float>(static_cast<std::size_t>(pivots * n));
+  tokensel::detail::cosine_rows(policy, unit.data(), d, n, pivot_rows, pivot_cosine);
   auto sim = scratch.take<float>(static_cast<std::size_t>(n));
   auto taken = scratch.take<token_index>(static_cast<std::size_t>(extra / pivots + 1));
   index_t written = pi;
   for (index_t q = 0; q < pivots; ++q) {  // pivots in ascending sequence position
     const index_t quota = tokensel::detail::dart_quota(q, extra, pivots);
     if (quota == 0) continue;
-    const float* p = unit.data() + (q < pi ? (pivot[static_cast<std::size_t>(q)] - visual.begin) : (n + q - pi)) * d;
-    tokensel::detail::parallel_for(policy, pool_size, [&](index_t c) {
-      sim[static_cast<std::size_t>(c)] = tokensel::detail::unit_cosine(p, unit.data() + pool[static_cast<std::size_t>(c)] * d, d);
-    });
+    const float* row = pivot_cosine.data() + q * n;
+    for (index_t c = 0; c < pool_size; ++c) sim[static_cast<std::size_t>(c)] = row[pool[static_cast<std::size_t>(c)]];
     bottom_k<float>(as_view(std::span<const float>(sim.data(), static_cast<std::size_t>(pool_size)), "dart.similarity"), quota,
                     taken.first(static_cast<std::size_t>(quota)), index_order::ascending);
     pool_size = detail::move_taken(taken.first(static_cast<std::size_t>(quota)), pool, pool_size, out, written);

@@ -31,6 +31,7 @@
 #include "tokensel/detail/scratch.hpp"
 #include "tokensel/detail/validate.hpp"
 #include "tokensel/detail/widen.hpp"
+#include "tokensel/methods/detail/cosine.hpp"
 #include "tokensel/core/element.hpp"
 #include "tokensel/stats/head_reduction.hpp"
 #include "tokensel/stats/iqr_outliers.hpp"
@@ -284,33 +285,6 @@ inline void choose_tokens(std::span<const float> attn, const config& cfg, std::s
   }
 }
 
-/// Cosines of every kept token to every patch, cosine[count, n]: register-blocked tiles of
-/// canonical dot products (tokensel::detail::canonical_dot_tile, the same bits as one
-/// canonical_dot per pair) over blocks of patch keys that stay in cache across the kept tokens.
-template <class Policy>
-void kept_cosines(const Policy& policy, const float* unit_keys, index_t dim, index_t n,
-                  std::span<const token_index> order, std::span<float> cosine) {
-  constexpr index_t R = tokensel::detail::dot_tile_rows, C = tokensel::detail::dot_tile_cols;
-  constexpr index_t block = 8 * C;  // patch keys per task: 8 tiles wide
-  const auto count = static_cast<index_t>(order.size());
-  // The multiply-adds, count x n x D, stand for the bytes: compute-bound work.
-  const std::size_t work = tokensel::detail::bytes_of<float>(count * n * dim);
-  tokensel::detail::parallel_for(policy, (n + block - 1) / block, work, [&](index_t blk) {
-    const index_t j1 = std::min(n, (blk + 1) * block);
-    for (index_t r0 = 0; r0 < count; r0 += R) {
-      const float* rows[R];
-      const auto nr = static_cast<int>(std::min(R, count - r0));
-      for (int r = 0; r < nr; ++r) rows[r] = unit_keys + order[r0 + r] * dim;
-      for (index_t j = blk * block; j < j1; j += C) {
-        const float* cols[C];
-        const auto nc = static_cast<int>(std::min(C, j1 - j));
-        for (int c = 0; c < nc; ++c) cols[c] = unit_keys + (j + c) * dim;
-        tokensel::detail::canonical_dot_tile(rows, nr, cols, nc, dim, cosine.data() + r0 * n + j, n);
-      }
-    }
-  });
-}
-
 /// The m patches j != i with the highest key[j] (ties: lower index), in ascending index order,
 /// into out[0, m), 0 < m <= n - 1. One pass keeping the best m so far sorted by rank (their keys
 /// in best[0, m)): a patch enters only when it beats the m-th, so the pass costs about n compares
@@ -407,7 +381,7 @@ void write_rows(const Policy& policy, std::span<const float> attn, const float* 
   }
   const index_t m = res.neighbours;
   auto cosine = scratch.take<float>(static_cast<std::size_t>(m > 0 ? res.count * n : 0));
-  if (m > 0) kept_cosines(policy, unit_keys, dim, n, chosen, cosine);
+  if (m > 0) tokensel::detail::cosine_rows(policy, unit_keys, dim, n, chosen, cosine);
   merge_neighbours(policy, attn, features, chosen, cosine, m, merged);
   if (res.extra_token) extra_row(attn, features, kept, res.count, merged, scratch);
 }

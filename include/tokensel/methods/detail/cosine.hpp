@@ -80,6 +80,34 @@ void unit_feature_rows(const Policy& policy, const matrix_view<const X>& x, cons
 /// Cosine of unit rows a and b (length d).
 inline float unit_cosine(const float* a, const float* b, index_t d) noexcept { return detail::canonical_dot(a, b, d); }
 
+/// cosine[r * n + j] = unit_cosine(row rows[r], row j) for r < rows.size(), j < n, of the unit
+/// rows `unit` (width d; rows[r] may index past n): register-blocked tiles of canonical dots (the
+/// same bits as one dot per pair) over blocks of columns that stay in cache across the rows, so
+/// the columns are read once, not once per row.
+template <class Policy>
+void cosine_rows(const Policy& policy, const float* unit, index_t d, index_t n, std::span<const token_index> rows,
+                 std::span<float> cosine) {
+  constexpr index_t R = detail::dot_tile_rows, C = detail::dot_tile_cols;
+  constexpr index_t block = 8 * C;  // columns per task: 8 tiles wide
+  const auto count = static_cast<index_t>(rows.size());
+  // The multiply-adds, count x n x d, stand for the bytes: compute-bound work.
+  const std::size_t work = detail::bytes_of<float>(count * n * d);
+  detail::parallel_for(policy, (n + block - 1) / block, work, [&](index_t blk) {
+    const index_t j1 = std::min(n, (blk + 1) * block);
+    for (index_t r0 = 0; r0 < count; r0 += R) {
+      const float* a[R];
+      const auto nr = static_cast<int>(std::min(R, count - r0));
+      for (int r = 0; r < nr; ++r) a[r] = unit + static_cast<index_t>(rows[static_cast<std::size_t>(r0 + r)]) * d;
+      for (index_t j = blk * block; j < j1; j += C) {
+        const float* b[C];
+        const auto nc = static_cast<int>(std::min(C, j1 - j));
+        for (int c = 0; c < nc; ++c) b[c] = unit + (j + c) * d;
+        detail::canonical_dot_tile(a, nr, b, nc, d, cosine.data() + r0 * n + j, n);
+      }
+    }
+  });
+}
+
 /// table[i * n + j] = unit_cosine(row i, row j) for all i, j < n of the unit rows [n, d]: the same
 /// bits (canonical_dot_tile), each pair computed once and mirrored (a cosine is symmetric bit for
 /// bit: its products commute). A task is one block of dot_tile_rows rows against the columns from
