@@ -29,13 +29,16 @@ END = "<!-- END GENERATED -->"
 
 # Rows whose floor is not the binding limit, and why (the measured figure is printed beside).
 NOTES = {
-    "prumerge/merge": "compute: the 32-NN cosine search is Kc x n x D multiply-adds, a byte floor cannot bind; no FLOP floor measured yet",
-    "prumerge/plus_merge": "compute: the 32-NN cosine search over Kc + grid tokens (Kc x n x D multiply-adds); no FLOP floor measured yet",
+    "prumerge/merge": "compute: its floor is the FLOP floor (bench_prumerge's flops_merge: the Kc x n x D similarity and the neighbour "
+                      "sums at this core's peak rate of separate vector multiplies and adds, from registers, since FMA is forbidden); "
+                      "the key loads and the 32-nearest selection per kept token are not in it",
+    "prumerge/plus_merge": "compute: its floor is the FLOP floor (flops_plus_merge: the same for Kc + grid tokens); the key loads and "
+                           "the 32-nearest selection per kept token are not in it",
     "qk/": "floor = one attention forward (bench_qk), not a byte pass",
     "pool/": "it also writes the pooled rows (a quarter of its input; with write-allocate a store reads the line "
              "first, so 1.5x the floor's traffic is moved in all)",
-    "divprune/": "compute: the n x n cosine table is n^2 D / 2 multiply-adds (0.96 G at n 576, D 4096), each dot in the "
-                 "canonical fixed order (bit-identical CPU/CUDA), not a BLAS GEMM",
+    "divprune/": "compute: the n x n cosine table is n^2 D / 2 multiply-adds (0.68 G at n 576, D 4096), each dot in the "
+                 "canonical fixed order without FMA (bit-identical CPU/CUDA), not a BLAS GEMM",
     "vispruner/": "compute: the R0 x R0 cosine table of the remaining patches (R0^2 D / 2 multiply-adds, canonical dots)",
     "dart/": "compute: key L1 norms and pivot x visual cosines over D = 4096 (canonical dots)",
 }
