@@ -97,12 +97,8 @@ nb::object visionzip_select_cuda(const array& attention, nb::handle keys, const 
   const bool single = attention.ndim() == 3;
   check_companion(hidden, attention, t, "visionzip.hidden" + where, "the attention");
   check_rank(hidden, single ? 2 : 3, "visionzip.hidden" + where, single ? "[N, D]" : "[batch, N, D]");
-  std::optional<array> karr;
-  if (!keys.is_none()) {
-    karr = array_arg(keys, "visionzip.keys" + where);
-    check_companion(*karr, attention, t, "visionzip.keys" + where, "the attention");
-    check_rank(*karr, single ? 3 : 4, "visionzip.keys" + where, single ? "[heads, N, head_dim]" : "[batch, heads, N, head_dim]");
-  }
+  const std::optional<array> karr = cuda_run::optional_companion(keys, attention, t, "visionzip.keys" + where, "the attention",
+                                                                 single ? 3 : 4, single ? "[heads, N, head_dim]" : "[batch, heads, N, head_dim]");
   return dispatch(t, [&](auto tag) {
     using T = decltype(tag);
     const auto a = batched<T, 3>(attention, "visionzip.attention" + where, "[heads, N, N] or [batch, heads, N, N]");

@@ -48,12 +48,8 @@ nb::object prumerge_select_cuda(const array& queries, const array& keys, nb::han
   check_companion(keys, queries, t, "prumerge.keys" + where, "prumerge.queries");
   const bool single = queries.ndim() == 2;
   check_rank(keys, single ? 2 : 3, "prumerge.keys" + where, single ? "[n+1, D]" : "[batch, n+1, D]");
-  std::optional<array> f;
-  if (!features.is_none()) {
-    f = array_arg(features, "prumerge.features" + where);
-    check_companion(*f, queries, t, "prumerge.features" + where, "prumerge.queries");
-    check_rank(*f, single ? 2 : 3, "prumerge.features" + where, single ? "[n, d]" : "[batch, n, d]");
-  }
+  const std::optional<array> f = cuda_run::optional_companion(features, queries, t, "prumerge.features" + where, "prumerge.queries",
+                                                              single ? 2 : 3, single ? "[n, d]" : "[batch, n, d]");
   return dispatch(t, [&](auto tag) {
     using T = decltype(tag);
     const auto qv = batched<T, 2>(queries, "prumerge.queries", "[n+1 or 1, D] or [batch, n+1 or 1, D]");

@@ -96,12 +96,8 @@ nb::object visionzip_select_cuda_qk(const py_qk& q, nb::handle keys, const array
   const dt t = q.dtype(/*cuda=*/true);
   cuda_run::check_companion(hidden, q.queries, t, "visionzip.hidden" + where, "qk_source.queries");
   check_rank(hidden, 2, "visionzip.hidden" + where, "[N, D]");
-  std::optional<array> karr;
-  if (!keys.is_none()) {
-    karr = array_arg(keys, "visionzip.keys" + where);
-    cuda_run::check_companion(*karr, q.queries, t, "visionzip.keys" + where, "qk_source.queries");
-    check_rank(*karr, 3, "visionzip.keys" + where, "[heads, N, head_dim]");
-  }
+  const std::optional<array> karr =
+      cuda_run::optional_companion(keys, q.queries, t, "visionzip.keys" + where, "qk_source.queries", 3, "[heads, N, head_dim]");
   return dispatch(t, [&](auto tag) {
     using T = decltype(tag);
     const tokensel::qk_source<T> one = q.template source<T>(/*cuda=*/true);

@@ -11,6 +11,7 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <utility>
@@ -92,6 +93,16 @@ tokensel::tensor_view<const T, R + 1> batched(const array& a, const std::string&
 inline void check_companion(const array& a, const array& like, dt d, const std::string& name, const std::string& ref) {
   check_device(a, like, name, ref);
   check_same(d, dtype_of(a, name, /*allow_cuda=*/true), name, ref);
+}
+
+/// An optional companion (None: none): read, checked as above, and of rank `rank`.
+inline std::optional<array> optional_companion(nb::handle h, const array& like, dt d, const std::string& name, const std::string& ref,
+                                               std::size_t rank, const char* shape) {
+  if (h.is_none()) return std::nullopt;
+  array a = array_arg(h, name);
+  check_companion(a, like, d, name, ref);
+  check_rank(a, rank, name, shape);
+  return a;
 }
 
 /// What a dispatch asks for besides the indices [batch, k]. row_width > 0: float32 rows
