@@ -95,10 +95,8 @@ def main():
     ap.add_argument("--tool", required=True, help="tokensel-llamacpp linked with the unpatched llava graph")
     ap.add_argument("--llava", required=True)
     a = ap.parse_args()
-    for exe in (a.tool, a.llava):
-        if not os.access(exe, os.X_OK):
-            print(f"FAIL {exe} is not built (cmake --build BUILD --target {os.path.basename(exe)})")
-            return 1
+    if not base.programs_built(a.tool, a.llava):
+        return 1
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         hf = base.rounded_checkpoint(tmp, cls_last=True)

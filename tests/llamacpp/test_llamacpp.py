@@ -103,6 +103,15 @@ def check(ok, what):
         print("FAIL", what)
 
 
+def programs_built(*exes):
+    """True when every program exists; else one FAIL line naming the target to build."""
+    for exe in exes:
+        if not os.access(exe, os.X_OK):
+            print(f"FAIL {exe} is not built (cmake --build BUILD --target {os.path.basename(exe)})")
+            return False
+    return True
+
+
 def run_json(cmd):
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:

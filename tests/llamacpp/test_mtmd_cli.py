@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 
+import test_llamacpp as base
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATA = os.path.join(ROOT, "tests", "data")
 # the tiny checkpoint's GGUFs: fp32 (llava-tiny-fp32) and bf16 (llava-tiny-bf16; f16 mmproj)
@@ -82,10 +84,8 @@ def main():
     ap.add_argument("--tool", required=True)
     ap.add_argument("--mtmd-cli", required=True)
     a = ap.parse_args()
-    for exe in (a.tool, a.mtmd_cli):
-        if not os.access(exe, os.X_OK):
-            print(f"FAIL {exe} is not built (cmake --build BUILD --target {os.path.basename(exe)})")
-            return 1
+    if not base.programs_built(a.tool, a.mtmd_cli):
+        return 1
     t0, failures = time.monotonic(), 0
     for gguf in MODELS:
         for image in IMAGES:
