@@ -77,10 +77,7 @@ void unit_feature_rows(const Policy& policy, const matrix_view<const X>& x, cons
   });
 }
 
-/// Cosine of unit rows a and b (length d).
-inline float unit_cosine(const float* a, const float* b, index_t d) noexcept { return detail::canonical_dot(a, b, d); }
-
-/// cosine[r * n + j] = unit_cosine(row rows[r], row j) for r < rows.size(), j < n, of the unit
+/// cosine[r * n + j] = canonical_dot(row rows[r], row j) for r < rows.size(), j < n, of the unit
 /// rows `unit` (width d; rows[r] may index past n): register-blocked tiles of canonical dots (the
 /// same bits as one dot per pair) over blocks of columns that stay in cache across the rows, so
 /// the columns are read once, not once per row.
@@ -108,7 +105,7 @@ void cosine_rows(const Policy& policy, const float* unit, index_t d, index_t n, 
   });
 }
 
-/// table[i * n + j] = unit_cosine(row i, row j) for all i, j < n of the unit rows [n, d]: the same
+/// table[i * n + j] = canonical_dot(row i, row j) for all i, j < n of the unit rows [n, d]: the same
 /// bits (canonical_dot_tile), each pair computed once and mirrored (a cosine is symmetric bit for
 /// bit: its products commute). A task is one block of dot_tile_rows rows against the columns from
 /// its first row on; the last (lightest) block runs first, so that OpenMP's guided schedule hands
