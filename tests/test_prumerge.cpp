@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -532,6 +533,40 @@ TEST(PruMergeProperties, HalfAndBfloat16InputsSelectTheSame) {
   };
   check(Eigen::half{});
   check(Eigen::bfloat16{});
+}
+
+TEST(PruMergeProperties, WidenedSelectionPathMatchesFp32Bits) {
+  // Selection only reads fp16 / bf16 keys widened in registers, several rows at a time; the CLS
+  // attention must equal the fp32 run on the same values bit for bit: D = 77 leaves a tail after
+  // two 32-lane steps, 11 rows end in a partial block, and D = 1024 is LLaVA's width.
+  for (const auto [rows, dim] : {std::pair<index_t, index_t>{11, 77}, {9, 1024}, {6, 20}}) {
+    std::mt19937 rng(static_cast<unsigned>(rows * 1000 + dim));
+    std::normal_distribution<float> g(0.0f, 1.0f);
+    std::vector<float> q(dim), k(rows * dim);
+    for (float& v : q) v = g(rng);
+    for (float& v : k) v = 3.0f * g(rng);
+    auto check = [&]<class T>(T) {
+      std::vector<T> qt, kt;
+      std::vector<float> q32, k32;
+      for (float v : q) { qt.push_back(T(v)); q32.push_back(static_cast<float>(qt.back())); }
+      for (float v : k) { kt.push_back(T(v)); k32.push_back(static_cast<float>(kt.back())); }
+      const index_t n = rows - 1;
+      std::vector<float> a16(n), a32(n);
+      pm::cls_attention(seq, cmat(qt, 1, dim), cmat(kt, rows, dim), 0.0, vector_view<float>(a16.data(), {n}));
+      pm::cls_attention(seq, cmat(q32, 1, dim), cmat(k32, rows, dim), 0.0, vector_view<float>(a32.data(), {n}));
+      for (index_t j = 0; j < n; ++j) {
+        EXPECT_EQ(std::bit_cast<std::uint32_t>(a16[j]), std::bit_cast<std::uint32_t>(a32[j])) << "rows " << rows << " D " << dim << " j " << j;
+      }
+      std::vector<token_index> i16(n), i32(n);
+      const pm::config cfg{.mode = pm::mode::parity, .plus = true};
+      const pm::result r16 = pm::select(seq, cmat(qt, 1, dim), cmat(kt, rows, dim), cfg, i16);
+      const pm::result r32 = pm::select(seq, cmat(q32, 1, dim), cmat(k32, rows, dim), cfg, i32);
+      EXPECT_EQ(r16.count, r32.count);
+      EXPECT_EQ(i16, i32);
+    };
+    check(Eigen::half{});
+    check(Eigen::bfloat16{});
+  }
 }
 
 TEST(PruMergeProperties, QkPathEqualsAttentionPath) {

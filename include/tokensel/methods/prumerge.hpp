@@ -15,6 +15,8 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <span>
 #include <string>
@@ -176,33 +178,125 @@ inline float softmax_scale(const config& cfg, index_t dim) {
   return static_cast<float>(cfg.scale > 0.0 ? cfg.scale : 1.0 / std::sqrt(static_cast<double>(dim)));
 }
 
-/// canonical_dot(q, float(k)) for a contiguous fp16 / bf16 row k, widened in registers (no fp32
-/// copy of the row): each lane still adds its products i = l mod 32 in ascending order, then the
-/// lane tree, so the bits are canonical_dot's.
-template <class T>
-float canonical_dot_widened(const float* q, const T* k, index_t n, float* buffer) noexcept {
+/// out[r] = canonical_dot(q, float(k[r])) for rows <= widened_rows contiguous fp16 / bf16 rows,
+/// each widened in registers (no fp32 copy). One pass over i advances every lane vector of every
+/// row: a row's lane l still adds its products i = l mod 32 in ascending order from 0.0f, then the
+/// lane tree, so the bits are canonical_dot's; the one-row loop was bound by the latency of one
+/// add chain per lane vector. Only where widens_in_registers<T>.
 #if defined(__GNUC__)
-  if constexpr (tokensel::detail::register_blocked_heads<T>) {
-    constexpr int W = tokensel::detail::head_vector_width, L = tokensel::detail::canonical_lanes;
-    using vec = tokensel::detail::head_vector;
-    using unaligned = float __attribute__((vector_size(W * sizeof(float)), aligned(4), may_alias));
-    float lane[L];
-    const index_t full = n - n % L;
-    for (int g = 0; g < L; g += W) {
-      vec acc = vec{};
-      for (index_t i = g; i < full; i += L) {
-        vec widened;
-        tokensel::detail::load_f32(k + i, widened);
-        acc += *reinterpret_cast<const unaligned*>(q + i) * widened;
-      }
-      std::memcpy(lane + g, &acc, sizeof acc);
+template <class T>
+inline constexpr bool widens_in_registers = !std::is_same_v<std::remove_cv_t<T>, float> && tokensel::detail::register_blocked_heads<T>;
+/// Key rows per block: 8 accumulators (rows x 32 / width lane vectors) hide the add latency and
+/// leave registers for the loads (4 rows with AVX-512, 2 with 8-wide vectors).
+inline constexpr index_t widened_rows = tokensel::detail::head_vector_width / 4;
+#else
+template <class T>
+inline constexpr bool widens_in_registers = false;
+inline constexpr index_t widened_rows = 1;
+#endif
+
+#if defined(__GNUC__)
+/// bf16 rows as 32-bit words (little-endian): word m of a block holds elements 2m (low half) and
+/// 2m + 1 (high half), so `w << 16` and `w & 0xffff0000` widen the even and the odd elements with
+/// one integer op per vector each, against the query deinterleaved the same way (q_split).
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+inline constexpr bool bf16_split_widening = true;
+#else
+inline constexpr bool bf16_split_widening = false;
+#endif
+
+template <class T>
+inline constexpr bool split_widened = std::is_same_v<std::remove_cv_t<T>, Eigen::bfloat16> && bf16_split_widening;
+
+/// q_split[b + m] = q[b + 2m], q_split[b + W + m] = q[b + 2m + 1] over blocks b of 2W values in
+/// [0, full): the order in which the split bf16 loads deliver the key values.
+inline void split_query(const float* q, index_t full, float* q_split) noexcept {
+  constexpr int W = tokensel::detail::head_vector_width;
+  for (index_t b = 0; b < full; b += 2 * W) {
+    for (int m = 0; m < W; ++m) {
+      q_split[b + m] = q[b + 2 * m];
+      q_split[b + W + m] = q[b + 2 * m + 1];
     }
-    for (int l = 0; full + l < n; ++l) lane[l] += q[full + l] * to_float(k[full + l]);
-    return tokensel::detail::combine_lanes_unrolled(lane);
+  }
+}
+
+/// Lane vectors of one 32-value step of row k at i: fp16 widened by F16C; bf16 split into even and
+/// odd elements (vector 2h holds lanes 2hW + 2m, vector 2h + 1 lanes 2hW + 2m + 1).
+template <class T>
+inline void step_products(const float* q, const T* k, index_t i, tokensel::detail::head_vector* acc) noexcept {
+  constexpr int W = tokensel::detail::head_vector_width, G = tokensel::detail::canonical_lanes / W;
+  using vec = tokensel::detail::head_vector;
+  using unaligned = float __attribute__((vector_size(W * sizeof(float)), aligned(4), may_alias));
+  if constexpr (split_widened<T>) {
+    using words = std::uint32_t __attribute__((vector_size(W * 4), aligned(2), may_alias));
+TOKENSEL_UNROLL(4)
+    for (int h = 0; h < G / 2; ++h) {
+      const words w = *reinterpret_cast<const words*>(k + i + h * 2 * W);
+      const words even = w << 16, odd = w & 0xffff0000u;
+      vec e, o;
+      std::memcpy(&e, &even, sizeof e);
+      std::memcpy(&o, &odd, sizeof o);
+      acc[2 * h] += *reinterpret_cast<const unaligned*>(q + i + h * 2 * W) * e;
+      acc[2 * h + 1] += *reinterpret_cast<const unaligned*>(q + i + h * 2 * W + W) * o;
+    }
+  } else {
+TOKENSEL_UNROLL(4)
+    for (int g = 0; g < G; ++g) {
+      vec widened;
+      tokensel::detail::load_f32(k + i + g * W, widened);
+      acc[g] += *reinterpret_cast<const unaligned*>(q + i + g * W) * widened;
+    }
+  }
+}
+
+/// The 32 lane partials of one row from its lane vectors (step_products' layout).
+template <class T>
+inline void lanes_of(const tokensel::detail::head_vector* acc, float* lane) noexcept {
+  constexpr int W = tokensel::detail::head_vector_width, G = tokensel::detail::canonical_lanes / W;
+  if constexpr (split_widened<T>) {
+    for (int h = 0; h < G / 2; ++h) {
+      for (int m = 0; m < W; ++m) {
+        lane[h * 2 * W + 2 * m] = acc[2 * h][m];
+        lane[h * 2 * W + 2 * m + 1] = acc[2 * h + 1][m];
+      }
+    }
+  } else {
+    std::memcpy(lane, acc, sizeof(float) * tokensel::detail::canonical_lanes);
+  }
+}
+#endif
+
+/// out[r] = canonical_dot(q, float(k[r])) for rows <= widened_rows contiguous fp16 / bf16 rows,
+/// each widened in registers (no fp32 copy); q_step is q, or for bf16 split_query(q). One pass
+/// over i advances every lane vector of every row: a row's lane l still adds its products
+/// i = l mod 32 in ascending order from 0.0f, then the lane tree, so the bits are canonical_dot's
+/// (the one-row loop was bound by the latency of one add chain per lane vector).
+template <class T>
+void canonical_dots_widened(const float* q, const float* q_step, const T* const* k, int rows, index_t n,
+                            float* out) noexcept {
+#if defined(__GNUC__)
+  if constexpr (widens_in_registers<T>) {
+    constexpr int W = tokensel::detail::head_vector_width, L = tokensel::detail::canonical_lanes, G = L / W;
+    constexpr int R = static_cast<int>(widened_rows);
+    const T* row[R];
+    for (int r = 0; r < R; ++r) row[r] = k[r < rows ? r : 0];  // padding repeats row 0, never stored
+    tokensel::detail::head_vector acc[R][G];
+TOKENSEL_UNROLL(16)
+    for (int a = 0; a < R * G; ++a) acc[a / G][a % G] = tokensel::detail::head_vector{};
+    const index_t full = n - n % L;
+    for (index_t i = 0; i < full; i += L) {
+TOKENSEL_UNROLL(4)
+      for (int r = 0; r < R; ++r) step_products(q_step, row[r], i, acc[r]);
+    }
+    for (int r = 0; r < rows; ++r) {
+      float lane[L];
+      lanes_of<T>(acc[r], lane);
+      for (int l = 0; full + l < n; ++l) lane[l] += q[full + l] * to_float(row[r][full + l]);
+      out[r] = tokensel::detail::combine_lanes_unrolled(lane);
+    }
   }
 #endif
-  tokensel::detail::widen(k, n, buffer);
-  return canonical_dot(q, buffer, n);
+  (void)q, (void)q_step, (void)k, (void)rows, (void)n, (void)out;
 }
 
 /// x / max(|x|, 1e-12) of one row (torch's F.normalize), into unit.
@@ -223,15 +317,33 @@ void cls_logits(const Policy& policy, const tensor_view<const T, 2>& queries, co
   tokensel::detail::scratch_scope scratch;
   auto q = scratch.take<float>(static_cast<std::size_t>(dim));
   to_float_rows(queries, 0, 1, q.data(), "prumerge.queries");
-  tokensel::detail::parallel_for(policy, rows, tokensel::detail::bytes_of<T>(rows * dim), [&](index_t j) {
+  const std::size_t bytes = tokensel::detail::bytes_of<T>(rows * dim);
+  if constexpr (widens_in_registers<T>) {
+    if (unit == nullptr && keys.inner_contiguous() && dim > 0) {  // selection only: no fp32 row needed
+      const index_t blocks = (rows + widened_rows - 1) / widened_rows;
+      const float* q_step = q.data();
+#if defined(__GNUC__)
+      if constexpr (split_widened<T>) {
+        auto split = scratch.take<float>(static_cast<std::size_t>(dim));
+        split_query(q.data(), dim - dim % tokensel::detail::canonical_lanes, split.data());
+        q_step = split.data();
+      }
+#endif
+      tokensel::detail::parallel_for(policy, blocks, bytes, [&](index_t b) {
+        const index_t j0 = b * widened_rows, count = std::min(widened_rows, rows - j0);
+        const T* k[widened_rows];
+        for (index_t r = 0; r < widened_rows; ++r) k[r] = &keys(r < count ? j0 + r : j0, 0);
+        float dots[widened_rows];
+        canonical_dots_widened(q.data(), q_step, k, static_cast<int>(count), dim, dots);
+        for (index_t r = 0; r < count; ++r) e[j0 + r] = dots[r] * scale;
+      });
+      if (!tokensel::detail::all_finite(e.data(), rows)) locate_non_finite(keys, 0, rows, "prumerge.keys");
+      return;
+    }
+  }
+  tokensel::detail::parallel_for(policy, rows, bytes, [&](index_t j) {
     tokensel::detail::scratch_scope local;
     auto buffer = local.take<float>(static_cast<std::size_t>(dim));
-    if constexpr (!std::is_same_v<std::remove_cv_t<T>, float>) {
-      if (unit == nullptr && keys.inner_contiguous() && dim > 0) {  // selection only: no fp32 row needed
-        e[j] = canonical_dot_widened(q.data(), &keys(j, 0), dim, buffer.data()) * scale;
-        return;
-      }
-    }
     const float* k = tokensel::detail::row_f32(keys, j, buffer.data());
     e[j] = canonical_dot(q.data(), k, dim) * scale;
     if (unit != nullptr && j > 0) unit_row(k, dim, unit + (j - 1) * dim);
