@@ -19,6 +19,7 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <span>
 #include <string>
@@ -36,6 +37,7 @@
 #include "tokensel/core/error.hpp"
 #include "tokensel/core/policy.hpp"
 #include "tokensel/core/qk_source.hpp"
+#include "tokensel/stats/head_reduction.hpp"
 #include "tokensel/stats/qk_statistics.hpp"
 #include "tokensel/core/tensor_view.hpp"
 #include "tokensel/select/top_k.hpp"
@@ -224,6 +226,46 @@ void locate_non_finite_key(const tensor_view<const K, 3>& keys, index_t t) {
   }
 }
 
+#if defined(__GNUC__)
+/// u[c0, c0 + V W) = sum over heads of keys(h, t, c), the V vectors held in registers across the
+/// heads (widened there): each channel adds its heads in ascending order from 0.0f.
+template <int V, element K>
+void head_sum_block(const tensor_view<const K, 3>& keys, index_t t, index_t c0, float* u) noexcept {
+  constexpr int W = tokensel::detail::head_vector_width;
+  tokensel::detail::head_vector acc[V];
+TOKENSEL_UNROLL(4)
+  for (int v = 0; v < V; ++v) acc[v] = tokensel::detail::head_vector{};
+  for (index_t h = 0; h < keys.extent(0); ++h) {
+    const K* x = &keys(h, t, c0);
+TOKENSEL_UNROLL(4)
+    for (int v = 0; v < V; ++v) {
+      tokensel::detail::head_vector w;
+      tokensel::detail::load_f32(x + v * W, w);
+      acc[v] += w;
+    }
+  }
+  std::memcpy(u + c0, acc, sizeof acc);
+}
+#endif
+
+/// u[c] = sum over heads of keys(h, t, c), c in [0, dh), key rows contiguous: whole vectors in
+/// registers across the heads (u stored once, not loaded and stored per head), the rest per head
+/// in the same order.
+template <element K>
+void head_sum_row(const tensor_view<const K, 3>& keys, index_t t, float* u) noexcept {
+  const index_t dh = keys.extent(2);
+  index_t c0 = 0;
+#if defined(__GNUC__)
+  if constexpr (tokensel::detail::register_blocked_heads<K>) {
+    constexpr int W = tokensel::detail::head_vector_width;
+    for (; c0 + 4 * W <= dh; c0 += 4 * W) head_sum_block<4>(keys, t, c0, u);
+    for (; c0 + W <= dh; c0 += W) head_sum_block<1>(keys, t, c0, u);
+  }
+#endif
+  std::fill(u + c0, u + dh, 0.0f);
+  for (index_t h = 0; h < keys.extent(0) && c0 < dh; ++h) tokensel::detail::accumulate(&keys(h, t, c0), dh - c0, u + c0);
+}
+
 /// Head-mean keys of the remaining tokens, L2-normalised, into unit [rest.size(), d_head]. A zero
 /// key vector stays zero (its similarity to every target is 0) where the official code would
 /// divide by zero.
@@ -231,29 +273,30 @@ template <cpu_policy Policy, element K>
 void unit_keys(const Policy& policy, const tensor_view<const K, 3>& keys, std::span<const token_index> rest,
                std::span<float> unit) {
   const index_t kheads = keys.extent(0), dh = keys.extent(2);
-  // Heads outer over contiguous key rows (vectorised, fp16 / bf16 widened in registers); each
-  // channel still adds its heads in ascending order from 0.0f. Contiguous rows are checked once,
-  // on the sum (a NaN or Inf among the terms leaves the sum non-finite); a failed check is located
-  // in the scalar order (locate_non_finite_key), which also ignores a sum that only overflowed.
+  // Contiguous key rows are summed over the heads in registers (head_sum_row); each channel still
+  // adds its heads in ascending order from 0.0f. They are checked once, on the sum (a NaN or Inf
+  // among the terms leaves the sum non-finite); a failed check is located in the scalar order
+  // (locate_non_finite_key), which also ignores a sum that only overflowed.
   const auto count = static_cast<index_t>(rest.size());
   const bool contiguous = keys.stride(2) == 1 && dh > 0;
   tokensel::detail::parallel_for(policy, count, tokensel::detail::bytes_of<K>(count * kheads * dh), [&](index_t p) {
     float* u = unit.data() + p * dh;
     const index_t t = rest[static_cast<std::size_t>(p)];
-    tokensel::detail::scratch_scope local;
-    auto buffer = local.take<float>(static_cast<std::size_t>(dh));
-    std::fill(u, u + dh, 0.0f);
     bool finite = true;
-    for (index_t h = 0; h < kheads; ++h) {
-      if (contiguous) {
-        tokensel::detail::accumulate(&keys(h, t, 0), dh, u);
-        continue;
+    if (contiguous) {
+      head_sum_row(keys, t, u);
+      finite = tokensel::detail::all_finite(u, dh);
+    } else {
+      tokensel::detail::scratch_scope local;
+      auto buffer = local.take<float>(static_cast<std::size_t>(dh));
+      std::fill(u, u + dh, 0.0f);
+      for (index_t h = 0; h < kheads; ++h) {
+        const float* x = tokensel::detail::row_f32(keys[h], t, buffer.data());
+        finite = finite && tokensel::detail::all_finite(x, dh);
+        for (index_t c = 0; c < dh; ++c) u[c] += x[c];
       }
-      const float* x = tokensel::detail::row_f32(keys[h], t, buffer.data());
-      finite = finite && tokensel::detail::all_finite(x, dh);
-      for (index_t c = 0; c < dh; ++c) u[c] += x[c];
     }
-    if (!finite || (contiguous && !tokensel::detail::all_finite(u, dh))) locate_non_finite_key(keys, t);
+    if (!finite) locate_non_finite_key(keys, t);
     for (index_t c = 0; c < dh; ++c) u[c] = u[c] / static_cast<float>(kheads);
     const float norm = std::sqrt(tokensel::detail::canonical_dot(u, u, dh));
     if (norm > 0.0f) {
@@ -263,64 +306,107 @@ void unit_keys(const Policy& policy, const tensor_view<const K, 3>& keys, std::s
 }
 
 /// owner[p]: -1 for the targets (remaining positions t * step, t < contextual), else the target
-/// whose unit key is most similar (strict >: ties go to the first target).
+/// whose unit key is most similar (strict >: ties go to the first target). The similarities of a
+/// block of tokens to the targets come from register-blocked tiles (canonical_dot_tile: each
+/// pair's canonical_dot bits, each loaded vector used by several pairs).
 template <cpu_policy Policy>
 void assign_to_targets(const Policy& policy, std::span<const float> unit, index_t dh, index_t contextual, index_t step,
                        std::span<index_t> owner) {
+  constexpr int R = tokensel::detail::dot_tile_rows, C = tokensel::detail::dot_tile_cols;
   const auto count = static_cast<index_t>(owner.size());
-  tokensel::detail::parallel_for(policy, count, tokensel::detail::bytes_of<float>(count * dh * contextual), [&](index_t p) {
-    if (p % step == 0 && p / step < contextual) {
-      owner[static_cast<std::size_t>(p)] = -1;
-      return;
-    }
-    const float* u = unit.data() + p * dh;
-    index_t best = 0;
-    float best_sim = tokensel::detail::canonical_dot(u, unit.data(), dh);
-    for (index_t t = 1; t < contextual; ++t) {
-      const float sim = tokensel::detail::canonical_dot(u, unit.data() + t * step * dh, dh);
-      if (sim > best_sim) {
-        best_sim = sim;
-        best = t;
+  const index_t blocks = (count + R - 1) / R;
+  tokensel::detail::parallel_for(policy, blocks, tokensel::detail::bytes_of<float>(count * dh * contextual), [&](index_t b) {
+    const index_t p0 = b * R, rows = std::min<index_t>(R, count - p0);
+    const float* a[R];
+    for (index_t r = 0; r < rows; ++r) a[r] = unit.data() + (p0 + r) * dh;
+    float best_sim[R];
+    index_t best[R] = {};
+    for (index_t t0 = 0; t0 < contextual; t0 += C) {
+      const index_t cols = std::min<index_t>(C, contextual - t0);
+      const float* targets[C];
+      for (index_t c = 0; c < cols; ++c) targets[c] = unit.data() + (t0 + c) * step * dh;
+      float sim[R * C];
+      tokensel::detail::canonical_dot_tile(a, static_cast<int>(rows), targets, static_cast<int>(cols), dh, sim, C);
+      for (index_t r = 0; r < rows; ++r) {
+        for (index_t c = 0; c < cols; ++c) {
+          const float v = sim[r * C + c];
+          if (t0 + c == 0 || v > best_sim[r]) {  // target 0 starts the search
+            best_sim[r] = v;
+            best[r] = t0 + c;
+          }
+        }
       }
     }
-    owner[static_cast<std::size_t>(p)] = best;
+    for (index_t r = 0; r < rows; ++r) {
+      const index_t p = p0 + r;
+      owner[static_cast<std::size_t>(p)] = (p % step == 0 && p / step < contextual) ? -1 : best[r];
+    }
   });
 }
 
+/// acc[c] += float(x[c]), c in [0, d), x contiguous: full vectors widened in registers
+/// (load_f32), the rest by detail::accumulate; the same add per element either way.
+template <element H>
+void add_row(const H* x, index_t d, float* acc) noexcept {
+  index_t c = 0;
+#if defined(__GNUC__)
+  if constexpr (tokensel::detail::register_blocked_heads<H>) {
+    constexpr int W = tokensel::detail::head_vector_width;
+    using unaligned = float __attribute__((vector_size(W * sizeof(float)), aligned(4), may_alias));
+    for (; c + W <= d; c += W) {
+      tokensel::detail::head_vector w;
+      tokensel::detail::load_f32(x + c, w);
+      *reinterpret_cast<unaligned*>(acc + c) += w;
+    }
+  }
+#endif
+  if (c < d) tokensel::detail::accumulate(x + c, d - c, acc + c);
+}
+
 /// Output rows: the dominant rows, then for each target its row + the mean of its assigned rows
-/// (summed in ascending token order); out[dominant + t] = target t's sequence index.
+/// (summed in ascending token order); out[dominant + t] = target t's sequence index. The sums
+/// run in one ascending pass over the remaining rows per column chunk, each row added to its
+/// target's accumulator (contextual x chunk floats, L1-sized), so the hidden states stream in
+/// order instead of being scanned once per target; each target still adds its rows in ascending
+/// token order from 0.0f.
 template <cpu_policy Policy, element H, element O>
 void write_rows(const Policy& policy, const matrix_view<const H>& hidden, std::span<const token_index> rest,
                 std::span<const index_t> owner, index_t dominant, index_t contextual, index_t step,
-                std::span<token_index> out, const matrix_view<O>& features) {
+                std::span<token_index> out, const matrix_view<O>& features, tokensel::detail::scratch_scope& scratch) {
   const index_t d = hidden.extent(1), remaining = static_cast<index_t>(rest.size());
-  const std::size_t bytes = tokensel::detail::bytes_of<H>((dominant + remaining) * d);
-  tokensel::detail::parallel_for(policy, dominant + contextual, bytes, [&](index_t r) {
-    if (r < dominant) {
-      copy_row(hidden, out[r], features, r);
-      return;
+  tokensel::detail::parallel_for(policy, dominant, tokensel::detail::bytes_of<H>(dominant * d),
+                                 [&](index_t r) { copy_row(hidden, out[r], features, r); });
+  auto acc = scratch.take_zeroed<float>(static_cast<std::size_t>(contextual * d));
+  auto assigned = scratch.take_zeroed<index_t>(static_cast<std::size_t>(contextual));
+  for (index_t p = 0; p < remaining; ++p) {
+    if (owner[static_cast<std::size_t>(p)] >= 0) ++assigned[static_cast<std::size_t>(owner[static_cast<std::size_t>(p)])];
+  }
+  constexpr index_t chunk = 512;  // columns per pass: 10 targets' accumulators stay in L1
+  const index_t chunks = (d + chunk - 1) / chunk;
+  tokensel::detail::parallel_for(policy, chunks, tokensel::detail::bytes_of<H>(remaining * d), [&](index_t b) {
+    const index_t c0 = b * chunk, width = std::min(chunk, d - c0);
+    for (index_t p = 0; p < remaining; ++p) {
+      const index_t t = owner[static_cast<std::size_t>(p)];
+      if (t < 0) continue;
+      float* a = acc.data() + t * d + c0;
+      const index_t token = rest[static_cast<std::size_t>(p)];
+      if (hidden.inner_contiguous()) {
+        add_row(&hidden(token, c0), width, a);  // widened in registers
+      } else {
+        for (index_t c = 0; c < width; ++c) a[c] += to_float(hidden(token, c0 + c));
+      }
     }
-    const index_t t = r - dominant, target = rest[static_cast<std::size_t>(t * step)];
+  });
+  tokensel::detail::parallel_for(policy, contextual, tokensel::detail::bytes_of<H>(contextual * d), [&](index_t t) {
+    const index_t r = dominant + t, target = rest[static_cast<std::size_t>(t * step)];
     out[r] = static_cast<token_index>(target);
     tokensel::detail::scratch_scope local;
-    auto acc = local.take_zeroed<float>(static_cast<std::size_t>(d));
     auto buffer = local.take<float>(static_cast<std::size_t>(d));
-    index_t assigned = 0;
-    for (index_t p = 0; p < remaining; ++p) {
-      if (owner[static_cast<std::size_t>(p)] != t) continue;
-      ++assigned;
-      const index_t token = rest[static_cast<std::size_t>(p)];
-      if (hidden.inner_contiguous() && d > 0) {
-        tokensel::detail::accumulate(&hidden(token, 0), d, acc.data());  // widened in registers
-        continue;
-      }
-      const float* x = tokensel::detail::row_f32(hidden, token, buffer.data());
-      for (index_t c = 0; c < d; ++c) acc[c] += x[c];
-    }
-    const float count = static_cast<float>(assigned > 0 ? assigned : 1);
+    float* a = acc.data() + t * d;
+    const float count = static_cast<float>(assigned[static_cast<std::size_t>(t)] > 0 ? assigned[static_cast<std::size_t>(t)] : 1);
     const float* x = tokensel::detail::row_f32(hidden, target, buffer.data());
-    for (index_t c = 0; c < d; ++c) acc[c] = x[c] + acc[c] / count;
-    tokensel::detail::store_row(features, r, acc.data());
+    for (index_t c = 0; c < d; ++c) a[c] = x[c] + a[c] / count;
+    tokensel::detail::store_row(features, r, a);
   });
 }
 
@@ -377,7 +463,7 @@ result select(const Policy& policy, const Source& attention, const tensor_view<c
   detail::assign_to_targets(policy, unit, dh, contextual, step, owner);
 
   // 4. Output rows: dominant rows, then target + mean(assigned).
-  detail::write_rows(policy, hidden, rest, owner, dominant, contextual, step, out, features);
+  detail::write_rows(policy, hidden, rest, owner, dominant, contextual, step, out, features, scratch);
   res.contextual = contextual;
   res.count = dominant + contextual;
   res.merged = remaining - contextual;
