@@ -357,6 +357,23 @@ float stream_sum(const T* x, index_t n) {
   return stream_sum_all(x + b, e - b);
 }
 
+/// Writes this thread's part of out[0, n) with the bits of v: the store stream of a method that
+/// writes a result (with write-allocate, each line is read before it is written).
+template <class T>
+void stream_fill(T* out, index_t n, float v) {
+  const auto [b, e] = part_range(n);
+  if constexpr (sizeof(T) == 2) {
+    const T x = static_cast<T>(v);
+    std::uint16_t bits;
+    std::memcpy(&bits, &x, sizeof bits);
+    auto* p = reinterpret_cast<std::uint16_t*>(out);
+    std::fill(p + b, p + e, bits);
+  } else {
+    std::fill(out + b, out + e, static_cast<T>(v));
+  }
+  benchmark::ClobberMemory();
+}
+
 /// The floor written the obvious portable way (scalar to_float for fp16), for reference.
 template <class T>
 float stream_sum_scalar(const T* x, index_t n) {
@@ -386,8 +403,11 @@ float stream_sum_rows(const T* base, index_t rows, index_t stride, index_t cols)
 /// bytes its floor streams per iteration and the name of that floor (empty for a floor itself).
 /// `items` = images, views or frames handled per iteration (items_per_second).
 /// A floor ("floor/...") also gets "<name>/2threads": the same pass split in halves over two
-/// benchmark threads at once (Google Benchmark's Threads(2), wall time per pass), i.e. the
-/// machine's 2-thread streaming speed on the same bytes, which bounds every threaded policy.
+/// benchmark threads at once (Google Benchmark's Threads(2)), i.e. the machine's 2-thread
+/// streaming speed on the same bytes, which bounds every threaded policy. Google Benchmark
+/// divides the wall time by the iterations of both threads, and an iteration here is half a
+/// pass, so the reported time is half the wall time of one pass: readers multiply it by the
+/// thread count (report_page.py's pass_time_2threads).
 template <class Body>
 benchmark::internal::Benchmark* add(const std::string& name, const std::string& floor, std::int64_t bytes,
                                     std::int64_t items, Body body) {
@@ -397,7 +417,7 @@ benchmark::internal::Benchmark* add(const std::string& name, const std::string& 
                                    this_part = {state.thread_index(), state.threads()};
                                    body(state);
                                    this_part = {};
-                                   state.SetBytesProcessed(state.iterations() * bytes);  // per thread: GB/s sums the two
+                                   state.SetBytesProcessed(state.iterations() * bytes / state.threads());  // this thread's half: GB/s sums the two
                                  })
         ->Threads(2)
         ->UseRealTime()

@@ -121,9 +121,45 @@ void register_flops_floor(const encoder_shape& s, const pm::config& cfg, const s
   const data_of d{s};
   add(flops_floor_name<T>(s, variant), "", d.merge_bytes<T>(), s.samples, [=](benchmark::State& state) {
     const std::int64_t muladds = merge_muladds<T>(s, cfg);
-    for (auto _ : state) benchmark::DoNotOptimize(muladd_peak(muladds));
+    const auto [begin, end] = part_range(muladds);  // a 2-thread twin splits the work like every floor
+    for (auto _ : state) benchmark::DoNotOptimize(muladd_peak(end - begin));
     state.counters["muladds"] = static_cast<double>(muladds);
   });
+}
+
+/// The bound a fp16 / bf16 selection cannot beat besides its read: the canonical dot of the CLS
+/// query with every key row (widened, separate multiplies and adds, the lane tree), the library's
+/// own register-blocked kernel, from 4 key rows that stay in L1 (no memory traffic). Named
+/// "bound/dots/..." so report_page.py prints it next to the PruMerge select rows.
+template <class T>
+void register_dots_bound(const encoder_shape& s) {
+  if constexpr (pm::detail::widens_in_registers<T>) {
+    add(std::string("bound/dots/") + dtype<T>() + "/" + s.name, "", 0, s.samples, [=](benchmark::State& state) {
+      constexpr index_t R = pm::detail::widened_rows;
+      const auto& q = gaussian<T>(kDim, 31);
+      const auto& k = gaussian<T>(R * kDim, 32);
+      std::vector<float> qf(static_cast<std::size_t>(kDim)), split(static_cast<std::size_t>(kDim));
+      for (index_t c = 0; c < kDim; ++c) qf[static_cast<std::size_t>(c)] = ts::to_float(q[static_cast<std::size_t>(c)]);
+      const float* q_step = qf.data();
+      if constexpr (pm::detail::split_widened<T>) {
+        pm::detail::split_query(qf.data(), kDim, split.data());
+        q_step = split.data();
+      }
+      const T* rows[R];
+      for (index_t r = 0; r < R; ++r) rows[r] = k.data() + r * kDim;
+      const index_t blocks = s.samples * ((s.tokens + R - 1) / R);
+      float dots[R];
+      for (auto _ : state) {
+        float acc = 0;
+        for (index_t b = 0; b < blocks; ++b) {
+          pm::detail::canonical_dots_widened(qf.data(), q_step, rows, static_cast<int>(R), kDim, dots);
+          acc += dots[0];
+          benchmark::ClobberMemory();
+        }
+        benchmark::DoNotOptimize(acc);
+      }
+    });
+  }
 }
 
 template <class T, class P>
@@ -166,6 +202,7 @@ void register_prumerge(const encoder_shape& s, const pm::config& cfg, const std:
 template <class T>
 void register_shape(const encoder_shape& s) {
   register_floors<T>(s);
+  register_dots_bound<T>(s);
   const pm::config select_only{.merge = false};
   const pm::config merge{};
   const pm::config plus{.plus = true};

@@ -35,8 +35,6 @@ NOTES = {
     "prumerge/plus_merge": "compute: its floor is the FLOP floor (flops_plus_merge: the same for Kc + grid tokens); the key loads and "
                            "the 32-nearest selection per kept token are not in it",
     "qk/": "floor = one attention forward (bench_qk), not a byte pass",
-    "pool/": "it also writes the pooled rows (a quarter of its input; with write-allocate a store reads the line "
-             "first, so 1.5x the floor's traffic is moved in all)",
     "divprune/": "compute: the n x n cosine table is n^2 D / 2 multiply-adds (0.68 G at n 576, D 4096), each dot in the "
                  "canonical fixed order without FMA (bit-identical CPU/CUDA), not a BLAS GEMM",
     "vispruner/": "compute: the R0 x R0 cosine table of the remaining patches (R0^2 D / 2 multiply-adds, canonical dots)",
@@ -65,14 +63,29 @@ def note_for(stem):
 
 
 def bound_text(cpp, stem, floor):
-    """FastV: its top-k alone (bench_fastv's bound/topk/<shape>) is a cost no read can hide; with
-    the floor it is the measured bound of the row."""
+    """The measured cost a row cannot hide behind its read. FastV: its top-k alone (bench_fastv's
+    bound/topk/<shape>). PruMerge select in fp16/bf16: the canonical dot of the CLS query with
+    every key row, widened in registers, separate multiplies and adds, from L1 (bench_prumerge's
+    bound/dots/<dtype>/<shape>): arithmetic, not bytes, so it overlaps the read."""
     m = re.match(r"fastv/[^/]+/[^/]+/([^/]+)$", stem)
     topk = cpp.get(f"bound/topk/{m.group(1)}", {}).get("us") if m else None
-    if not topk:
-        return ""
-    return (f"; bound: the top-k of the n scores alone takes {fmt_t(topk)} us ({topk / floor:.1f}x the floor), "
-            f"floor + top-k = {(floor + topk) / floor:.1f}x")
+    if topk:
+        return (f"; bound: the top-k of the n scores alone takes {fmt_t(topk)} us ({topk / floor:.1f}x the floor), "
+                f"floor + top-k = {(floor + topk) / floor:.1f}x")
+    m = re.match(r"prumerge/select/([^/]+)/([^/]+)$", stem)
+    dots = cpp.get(f"bound/dots/{m.group(1)}/{m.group(2)}", {}).get("us") if m else None
+    if dots:
+        return (f"; bound: the canonical query-key dots alone (widened, no FMA, from L1) take {fmt_t(dots)} us "
+                f"({dots / floor:.2f}x the floor)")
+    return ""
+
+
+def pass_time_2threads(cpp, floor_name):
+    """Wall time of one floor pass on two threads. Each thread of the `/2threads` twin streams
+    half the pass per iteration, and Google Benchmark divides the wall time by the iterations of
+    both threads: the reported time is half a pass, so one pass takes twice that."""
+    t = cpp.get(floor_name + "/2threads", {}).get("us") if floor_name else None
+    return 2 * t if t else None
 
 
 def floor_rows(cpp):
@@ -115,7 +128,7 @@ def floor_rows(cpp):
             counts["floor"][0] += ratio <= 1.5
             counts["floor"][1] += 1
         speed = seq["us"] / par["us"] if seq and par else None
-        floor2 = cpp.get(floor_name + "/2threads", {}).get("us") if floor_name else None
+        floor2 = pass_time_2threads(cpp, floor_name)
         stream2 = floor / floor2 if floor and floor2 else None
         if speed is None:
             t_par = ""
