@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -434,6 +435,59 @@ TEST(VisionZip, VectorPathsEqualScalarPathsBitForBit) {
   check(0.0f);
   check(Eigen::half{});
   check(Eigen::bfloat16{});
+}
+
+TEST(VisionZip, TargetAssignmentEqualsScalarCanonicalDots) {
+  // assign_to_targets (16 tokens per vector of dots where AVX-512 is on, register tiles else)
+  // against the plain scan: canonical_dot per pair, strict > so ties keep the first target.
+  // 45 tokens end in a partial block; d_head 70 and 64 (with and without a tail); target 4
+  // duplicates target 1, so every token ties between them.
+  for (const index_t dh : {index_t{70}, index_t{64}}) {
+    constexpr index_t count = 45, contextual = 7, step = 6;
+    std::mt19937 gen(static_cast<unsigned>(dh));
+    std::normal_distribution<float> g(0.0f, 1.0f);
+    std::vector<float> unit(count * dh);
+    for (float& v : unit) v = g(gen);
+    std::copy_n(unit.begin() + 1 * step * dh, dh, unit.begin() + 4 * step * dh);
+    std::vector<index_t> owner(count, -7);
+    visionzip::detail::assign_to_targets(seq, std::span<const float>(unit), dh, contextual, step, std::span(owner));
+    for (index_t p = 0; p < count; ++p) {
+      index_t want = -1;
+      if (!(p % step == 0 && p / step < contextual)) {
+        float best = tokensel::detail::canonical_dot(&unit[p * dh], &unit[0], dh);
+        want = 0;
+        for (index_t t = 1; t < contextual; ++t) {
+          const float sim = tokensel::detail::canonical_dot(&unit[p * dh], &unit[t * step * dh], dh);
+          if (sim > best) best = sim, want = t;
+        }
+      }
+      EXPECT_EQ(owner[p], want) << "d_head " << dh << " token " << p;
+      EXPECT_NE(owner[p], 4);
+    }
+  }
+}
+
+TEST(VisionZip, VectorLaneTreesEqualCanonicalDotBits) {
+#if defined(__AVX512F__) && defined(__GNUC__)
+  // 16 dots finished together by shuffled tree steps: each must carry canonical_dot's bits.
+  for (const index_t n : {index_t{64}, index_t{70}, index_t{13}, index_t{97}}) {
+    std::mt19937 gen(static_cast<unsigned>(n) + 5);
+    std::normal_distribution<float> g(0.0f, 1.0f);
+    std::vector<float> a(16 * n), b(16 * n);
+    for (float& v : a) v = g(gen);
+    for (float& v : b) v = g(gen);
+    __m512 h[16];
+    for (index_t j = 0; j < 16; ++j) h[j] = visionzip::detail::half_lanes(&a[j * n], &b[j * n], n);
+    float dots[16];
+    _mm512_storeu_ps(dots, visionzip::detail::finish_lane_trees(h));
+    for (index_t j = 0; j < 16; ++j) {
+      const float want = tokensel::detail::canonical_dot(&a[j * n], &b[j * n], n);
+      EXPECT_EQ(std::bit_cast<std::uint32_t>(dots[j]), std::bit_cast<std::uint32_t>(want)) << "n " << n << " dot " << j;
+    }
+  }
+#else
+  GTEST_SKIP() << "AVX-512 lane trees are compiled only where the target has AVX-512 (-march=native builds)";
+#endif
 }
 
 TEST(VisionZip, HalfPrecisionInputsSameSelection) {

@@ -24,6 +24,10 @@
 #include <span>
 #include <string>
 
+#if defined(__AVX512F__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
 #include "tokensel/core/attention_source.hpp"
 #include "tokensel/core/batch.hpp"
 #include "tokensel/core/budget.hpp"
@@ -279,6 +283,9 @@ void unit_keys(const Policy& policy, const tensor_view<const K, 3>& keys, std::s
   // (locate_non_finite_key), which also ignores a sum that only overflowed.
   const auto count = static_cast<index_t>(rest.size());
   const bool contiguous = keys.stride(2) == 1 && dh > 0;
+  // 2^k heads, k <= 126: 1 / 2^k is exact in fp32.
+  const bool power_of_two = kheads > 0 && (kheads & (kheads - 1)) == 0 && kheads <= (index_t{1} << 62);
+  const float inverse_heads = power_of_two ? 1.0f / static_cast<float>(kheads) : 0.0f;
   tokensel::detail::parallel_for(policy, count, tokensel::detail::bytes_of<K>(count * kheads * dh), [&](index_t p) {
     float* u = unit.data() + p * dh;
     const index_t t = rest[static_cast<std::size_t>(p)];
@@ -297,13 +304,75 @@ void unit_keys(const Policy& policy, const tensor_view<const K, 3>& keys, std::s
       }
     }
     if (!finite) locate_non_finite_key(keys, t);
-    for (index_t c = 0; c < dh; ++c) u[c] = u[c] / static_cast<float>(kheads);
+    if (power_of_two) {  // x / 2^k and x * 2^-k round the same exact value: the same bits, no divide
+      for (index_t c = 0; c < dh; ++c) u[c] = u[c] * inverse_heads;
+    } else {
+      for (index_t c = 0; c < dh; ++c) u[c] = u[c] / static_cast<float>(kheads);
+    }
     const float norm = std::sqrt(tokensel::detail::canonical_dot(u, u, dh));
     if (norm > 0.0f) {
       for (index_t c = 0; c < dh; ++c) u[c] = u[c] / norm;
     }
   });
 }
+
+#if defined(__AVX512F__) && defined(__GNUC__)
+/// Lanes l and l + 16 of canonical_dot(a, b, n) added (the lane tree's first step), as one vector:
+/// lane l adds its products i = l mod 32 in ascending order from 0.0f. The last step loads zeros
+/// past n (masked): a +0 or -0 product leaves a lane unchanged, as a lane is never -0 (it starts at
+/// +0, and x + y is -0 only when both are).
+inline __m512 half_lanes(const float* a, const float* b, index_t n) noexcept {
+  __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
+  for (index_t i = 0; i < n; i += 32) {
+    const index_t left = n - i;
+    const __mmask16 m0 = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
+    const __mmask16 m1 = left >= 32 ? __mmask16(0xffff) : left <= 16 ? __mmask16(0) : __mmask16((1u << (left - 16)) - 1);
+    lo = _mm512_add_ps(lo, _mm512_mul_ps(_mm512_maskz_loadu_ps(m0, a + i), _mm512_maskz_loadu_ps(m0, b + i)));
+    hi = _mm512_add_ps(hi, _mm512_mul_ps(_mm512_maskz_loadu_ps(m1, a + i + 16), _mm512_maskz_loadu_ps(m1, b + i + 16)));
+  }
+  return _mm512_add_ps(lo, hi);
+}
+
+/// The rest of the lane tree (l += l + 8, 4, 2, 1) of 16 half_lanes vectors at once: pairs of
+/// vectors are shuffled so that one add does one tree step of both (each add keeps the tree's
+/// operands and order). Returns the 16 canonical dots in input order.
+inline __m512 finish_lane_trees(const __m512* h) noexcept {
+  __m512 s[8], t[4], u[2];
+  for (int k = 0; k < 8; ++k) {  // 128-bit quarters 0, 1 of s[k]: h[2k]; 2, 3: h[2k + 1]
+    s[k] = _mm512_add_ps(_mm512_shuffle_f32x4(h[2 * k], h[2 * k + 1], 0x44), _mm512_shuffle_f32x4(h[2 * k], h[2 * k + 1], 0xee));
+  }
+  for (int k = 0; k < 4; ++k) {  // quarter j of t[k]: h[4k + j]
+    t[k] = _mm512_add_ps(_mm512_shuffle_f32x4(s[2 * k], s[2 * k + 1], 0x88), _mm512_shuffle_f32x4(s[2 * k], s[2 * k + 1], 0xdd));
+  }
+  for (int k = 0; k < 2; ++k) {  // quarter j of u[k]: h[8k + j] (2 values), h[8k + 4 + j] (2 values)
+    u[k] = _mm512_add_ps(_mm512_shuffle_ps(t[2 * k], t[2 * k + 1], 0x44), _mm512_shuffle_ps(t[2 * k], t[2 * k + 1], 0xee));
+  }
+  const __m512 v = _mm512_add_ps(_mm512_shuffle_ps(u[0], u[1], 0x88), _mm512_shuffle_ps(u[0], u[1], 0xdd));
+  // Element 4j + s of v is the dot of h[4s + j]: back to input order.
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  return _mm512_permutexvar_ps(order, v);
+}
+
+/// best[j] = the first target of highest similarity to token p0 + j, j < 16 (tokens past count
+/// repeat p0; their results are not used): 16 tokens per vector of dots, strict > as the scalar scan.
+inline void best_targets16(const float* unit, index_t dh, index_t p0, index_t count, index_t contextual, index_t step,
+                           std::int32_t* best) noexcept {
+  const float* u[16];
+  for (index_t j = 0; j < 16; ++j) u[j] = unit + (p0 + j < count ? p0 + j : p0) * dh;
+  __m512 best_sim = _mm512_setzero_ps();
+  __m512i best_t = _mm512_setzero_si512();
+  for (index_t t = 0; t < contextual; ++t) {
+    const float* g = unit + t * step * dh;
+    __m512 h[16];
+    for (int j = 0; j < 16; ++j) h[j] = half_lanes(u[j], g, dh);
+    const __m512 sim = finish_lane_trees(h);
+    const __mmask16 better = t == 0 ? __mmask16(0xffff) : _mm512_cmp_ps_mask(sim, best_sim, _CMP_GT_OQ);
+    best_sim = _mm512_mask_mov_ps(best_sim, better, sim);
+    best_t = _mm512_mask_mov_epi32(best_t, better, _mm512_set1_epi32(static_cast<std::int32_t>(t)));
+  }
+  _mm512_storeu_si512(best, best_t);
+}
+#endif
 
 /// owner[p]: -1 for the targets (remaining positions t * step, t < contextual), else the target
 /// whose unit key is most similar (strict >: ties go to the first target). The similarities of a
@@ -312,8 +381,20 @@ void unit_keys(const Policy& policy, const tensor_view<const K, 3>& keys, std::s
 template <cpu_policy Policy>
 void assign_to_targets(const Policy& policy, std::span<const float> unit, index_t dh, index_t contextual, index_t step,
                        std::span<index_t> owner) {
-  constexpr int R = tokensel::detail::dot_tile_rows, C = tokensel::detail::dot_tile_cols;
   const auto count = static_cast<index_t>(owner.size());
+#if defined(__AVX512F__) && defined(__GNUC__)
+  if (contextual <= std::numeric_limits<std::int32_t>::max()) {
+    tokensel::detail::parallel_for(policy, (count + 15) / 16, tokensel::detail::bytes_of<float>(count * dh * contextual), [&](index_t b) {
+      std::int32_t best[16];
+      best_targets16(unit.data(), dh, b * 16, count, contextual, step, best);
+      for (index_t p = b * 16; p < std::min(count, b * 16 + 16); ++p) {
+        owner[static_cast<std::size_t>(p)] = (p % step == 0 && p / step < contextual) ? -1 : best[p - b * 16];
+      }
+    });
+    return;
+  }
+#endif
+  constexpr int R = tokensel::detail::dot_tile_rows, C = tokensel::detail::dot_tile_cols;
   const index_t blocks = (count + R - 1) / R;
   tokensel::detail::parallel_for(policy, blocks, tokensel::detail::bytes_of<float>(count * dh * contextual), [&](index_t b) {
     const index_t p0 = b * R, rows = std::min<index_t>(R, count - p0);
