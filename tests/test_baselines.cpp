@@ -6,6 +6,7 @@
 #include <limits>
 #include <set>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "tokensel/methods/baselines.hpp"
@@ -232,16 +233,20 @@ TEST(Baselines, PoolPinned) {
 
 // Every pooled value is (window sum, row-major from 0.0f) / count, bit for bit, whether the count
 // is a power of two (the library multiplies by its exact reciprocal) or not (it divides): values
-// over a wide exponent range, subnormal quotients included, fp32 / fp16 / bf16 outputs.
-TEST(Baselines, PoolIsWindowSumOverCountBitForBit) {
+// over a wide exponent range, subnormal quotients included, fp32 / fp16 / bf16 inputs and outputs.
+// d = 147 runs the register-blocked chunks (64 or 32 channels) and the channel tail; channel 5 is
+// -0.0 everywhere, whose window sum from 0.0f is +0.0 (a sum started from the first token is not).
+template <class T>
+void expect_pool_is_window_sum_over_count() {
   const token_grid grid{5, 7};  // window 2: counts 4, 2 and 1; window 3: 9, 6, 3, 4, 2
-  const index_t n = grid.size(), d = 19;
-  std::vector<float> f(static_cast<std::size_t>(n * d));
+  const index_t n = grid.size(), d = 147;
+  std::vector<T> f(static_cast<std::size_t>(n * d));
   std::uint32_t state = 12345;
-  for (auto& v : f) {
+  for (std::size_t i = 0; i < f.size(); ++i) {
     state = state * 1664525u + 1013904223u;
-    const int e = static_cast<int>(state >> 24) - 150;  // 2^-150 .. 2^105: finite sums
-    v = std::ldexp(static_cast<float>(state & 0xffff) / 65536.0f + 0.5f, e) * ((state >> 23) & 1 ? -1.0f : 1.0f);
+    const int e = static_cast<int>(state >> 24) - (std::is_same_v<T, float> ? 150 : 40);  // finite sums
+    const float v = std::ldexp(static_cast<float>(state & 0xffff) / 65536.0f + 0.5f, e) * ((state >> 23) & 1 ? -1.0f : 1.0f);
+    f[i] = static_cast<T>(i % static_cast<std::size_t>(d) == 5 ? -0.0f : v);
   }
   for (const index_t w : {index_t{2}, index_t{3}}) {
     const bl::pool::config cfg{.window = w};
@@ -249,7 +254,7 @@ TEST(Baselines, PoolIsWindowSumOverCountBitForBit) {
     std::vector<float> out(static_cast<std::size_t>(k * d));
     std::vector<Eigen::half> oh(out.size());
     std::vector<Eigen::bfloat16> ob(out.size());
-    const matrix_view<const float> in(f.data(), {n, d});
+    const matrix_view<const T> in(f.data(), {n, d});
     (void)bl::pool::apply(seq, in, grid, cfg, matrix_view<float>(out.data(), {k, d}));
     (void)bl::pool::apply(seq, in, grid, cfg, matrix_view<Eigen::half>(oh.data(), {k, d}));
     (void)bl::pool::apply(seq, in, grid, cfg, matrix_view<Eigen::bfloat16>(ob.data(), {k, d}));
@@ -260,7 +265,9 @@ TEST(Baselines, PoolIsWindowSumOverCountBitForBit) {
         float sum = 0.0f;
         index_t count = 0;
         for (index_t r = r0; r < std::min(r0 + w, grid.rows); ++r) {
-          for (index_t q = c0; q < std::min(c0 + w, grid.cols); ++q, ++count) sum += f[static_cast<std::size_t>((r * grid.cols + q) * d + c)];
+          for (index_t q = c0; q < std::min(c0 + w, grid.cols); ++q, ++count) {
+            sum += static_cast<float>(f[static_cast<std::size_t>((r * grid.cols + q) * d + c)]);
+          }
         }
         const float want = sum / static_cast<float>(count);
         const auto at = static_cast<std::size_t>(o * d + c);
@@ -273,6 +280,12 @@ TEST(Baselines, PoolIsWindowSumOverCountBitForBit) {
       }
     }
   }
+}
+
+TEST(Baselines, PoolIsWindowSumOverCountBitForBit) {
+  expect_pool_is_window_sum_over_count<float>();
+  expect_pool_is_window_sum_over_count<Eigen::half>();
+  expect_pool_is_window_sum_over_count<Eigen::bfloat16>();
 }
 
 TEST(Baselines, PoolCountsAndBadInputs) {
