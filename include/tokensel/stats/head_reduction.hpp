@@ -17,6 +17,10 @@
 #include "tokensel/core/policy.hpp"
 #include "tokensel/core/tensor_view.hpp"
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 TOKENSEL_BEGIN_NAMESPACE
 
 /// How heads are combined: mean (sum / heads), sum, or elementwise max.
@@ -70,10 +74,21 @@ inline void load_f32(const T* p, head_vector& out) noexcept {
     using unaligned = float __attribute__((vector_size(W * sizeof(float)), aligned(4), may_alias));
     out = *reinterpret_cast<const unaligned*>(p);
   } else if constexpr (std::is_same_v<U, Eigen::bfloat16>) {
+    // bf16 is the upper half of an fp32: zero-extend and shift. Written out because GCC 12 lowers
+    // the generic convert of a 16 x u16 vector as two 8-wide extends and an insert (a fifth of a
+    // bf16 pooling call).
+#if defined(__AVX512F__)
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    out = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+#elif defined(__AVX2__)
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    out = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+#else
     using u16 = std::uint16_t __attribute__((vector_size(W * 2), aligned(2), may_alias));
     using u32 = std::uint32_t __attribute__((vector_size(W * 4)));
     const u32 w = __builtin_convertvector(*reinterpret_cast<const u16*>(p), u32) << 16;
     std::memcpy(&out, &w, sizeof out);
+#endif
   } else {
 #if defined(__F16C__) && defined(__AVX__)
 #if defined(__AVX512F__)
