@@ -171,3 +171,32 @@ TEST(DivPrune, BatchedMatchesSingle) {
   EXPECT_EQ(std::vector<token_index>(ridx.begin(), ridx.begin() + 5), (std::vector<token_index>{4, 13, 15, 22, 23}));
   EXPECT_EQ(rcounts, (std::vector<token_index>{5, 5, 0}));
 }
+
+// The cosine table (methods/detail/cosine.hpp) holds canonical_dot(row i, row j) for every pair,
+// bit for bit, in both triangles: several row bands (8 tiles each) and partial row / column
+// tiles, d with a lane tail; the table starts as NaN so a cell no band writes fails.
+TEST(DivPrune, CosineTableIsCanonicalDotOfEveryPair) {
+  const index_t n = 101, d = 70;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> g;
+  std::vector<float> unit(static_cast<std::size_t>(n * d));
+  for (auto& v : unit) v = g(rng);
+  for (const bool threaded : {false, true}) {
+    std::vector<float> table(static_cast<std::size_t>(n * n), std::numeric_limits<float>::quiet_NaN());
+    if (threaded) {
+      detail::cosine_table(threaded_policy{2}, unit.data(), n, d, std::span(table));
+    } else {
+      detail::cosine_table(seq, unit.data(), n, d, std::span(table));
+    }
+    for (index_t i = 0; i < n; ++i) {
+      for (index_t j = 0; j < n; ++j) {
+        const float want = detail::canonical_dot(unit.data() + i * d, unit.data() + j * d, d);
+        const float got = table[static_cast<std::size_t>(i * n + j)];
+        std::uint32_t a, b;
+        std::memcpy(&a, &got, 4);
+        std::memcpy(&b, &want, 4);
+        ASSERT_EQ(a, b) << "cell (" << i << ", " << j << ")" << (threaded ? " threaded" : "");
+      }
+    }
+  }
+}
