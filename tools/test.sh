@@ -8,6 +8,9 @@
 #      and the runtime it is compared with, llama.cpp's own llama-mtmd-cli (+ its common library) and
 #      the example on the unpatched CLS-last graph, run the ctest label llamacpp (ccache keeps
 #      rebuilds short)
+#   native: the CPU test suite again, compiled with -march=native (no CUDA, examples, benchmarks):
+#      the F16C / AVX2 / AVX-512 paths that the benchmarks and docs/benchmarks.md measure are
+#      compiled only there (the main build targets baseline x86-64), and must keep the same bits
 #   bundle: tools/gpu-bundle.sh packs the main build's CUDA binaries (no recompiling) and checks
 #      the size limit, then runs the bundle's gpu-check.sh here (no GPU: every step must skip
 #      with its reason and the summary table must still come out)
@@ -16,7 +19,7 @@
 #   2. conan create (offline profile) with its test_package
 #   3. libFuzzer targets, FUZZ_SECONDS (default 20) each from the committed seed corpora
 #   4. AddressSanitizer + UndefinedBehaviorSanitizer build + ctest (last: its summary closes the log)
-# TOKENSEL_STAGES (default "main llamacpp bundle python conan fuzz sanitize") picks stages; missing packages are
+# TOKENSEL_STAGES (default "main native llamacpp bundle python conan fuzz sanitize") picks stages; missing packages are
 # installed first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +27,7 @@ bash tools/install-deps.sh
 # ccache (used by every build when installed) keys on paths relative to the checkout, so a fresh
 # clone anywhere, and the llamacpp stage's second build directory, reuse earlier compilations.
 export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$PWD} CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-1}
-stages=" ${TOKENSEL_STAGES:-main llamacpp bundle python conan fuzz sanitize} "
+stages=" ${TOKENSEL_STAGES:-main native llamacpp bundle python conan fuzz sanitize} "
 jobs=${TOKENSEL_JOBS:-$(nproc)}
 export TOKENSEL_JOBS=$jobs
 timing=""
@@ -47,6 +50,13 @@ main_stage() {
     python3 -m pip install --quiet --break-system-packages lizard
   python3 tools/function_lengths.py --check include cuda examples/llava/src examples/cli
 }
+native_stage() {
+  local build=${TOKENSEL_NATIVE_BUILD_DIR:-build-native}
+  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS=-march=native -DTOKENSEL_WITH_CUDA=OFF \
+    -DTOKENSEL_BUILD_EXAMPLES=OFF -DTOKENSEL_BUILD_BENCHMARKS=OFF -DTOKENSEL_BUILD_LLAVA=OFF
+  cmake --build "$build" -j "$jobs"
+  ctest --test-dir "$build" --output-on-failure -j "$jobs"
+}
 llamacpp_stage() {
   local build=${TOKENSEL_LLAMACPP_BUILD_DIR:-build-llamacpp}
   cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTOKENSEL_BUILD_LLAMACPP=ON \
@@ -65,6 +75,7 @@ bundle_stage() {
   rm -rf "$out"
 }
 case $stages in *" main "*) stage main main_stage ;; esac
+case $stages in *" native "*) stage native native_stage ;; esac
 case $stages in *" llamacpp "*) stage llamacpp llamacpp_stage ;; esac
 case $stages in *" bundle "*) stage bundle bundle_stage ;; esac
 case $stages in *" python "*) stage python bash tools/python-test.sh ;; esac
