@@ -271,9 +271,11 @@ inline void lanes_of(const tokensel::detail::head_vector* acc, float* lane) noex
 /// over i advances every lane vector of every row: a row's lane l still adds its products
 /// i = l mod 32 in ascending order from 0.0f, then the lane tree, so the bits are canonical_dot's
 /// (the one-row loop was bound by the latency of one add chain per lane vector).
+/// next: the next block's rows (nullptr: none), prefetched at the offset being read, so that the
+/// next block's loads overlap this block's arithmetic instead of following it.
 template <class T>
 void canonical_dots_widened(const float* q, const float* q_step, const T* const* k, int rows, index_t n,
-                            float* out) noexcept {
+                            float* out, const T* const* next = nullptr) noexcept {
 #if defined(__GNUC__)
   if constexpr (widens_in_registers<T>) {
     constexpr int W = tokensel::detail::head_vector_width, L = tokensel::detail::canonical_lanes, G = L / W;
@@ -285,6 +287,10 @@ TOKENSEL_UNROLL(16)
     for (int a = 0; a < R * G; ++a) acc[a / G][a % G] = tokensel::detail::head_vector{};
     const index_t full = n - n % L;
     for (index_t i = 0; i < full; i += L) {
+      if (next != nullptr) {  // 32 values of 2 bytes: one cache line per row and step
+TOKENSEL_UNROLL(4)
+        for (int r = 0; r < R; ++r) __builtin_prefetch(next[r] + i);
+      }
 TOKENSEL_UNROLL(4)
       for (int r = 0; r < R; ++r) step_products(q_step, row[r], i, acc[r]);
     }
@@ -296,7 +302,7 @@ TOKENSEL_UNROLL(4)
     }
   }
 #endif
-  (void)q, (void)q_step, (void)k, (void)rows, (void)n, (void)out;
+  (void)q, (void)q_step, (void)k, (void)rows, (void)n, (void)out, (void)next;
 }
 
 /// x / max(|x|, 1e-12) of one row (torch's F.normalize), into unit.
@@ -332,9 +338,13 @@ void cls_logits(const Policy& policy, const tensor_view<const T, 2>& queries, co
       tokensel::detail::parallel_for(policy, blocks, bytes, [&](index_t b) {
         const index_t j0 = b * widened_rows, count = std::min(widened_rows, rows - j0);
         const T* k[widened_rows];
-        for (index_t r = 0; r < widened_rows; ++r) k[r] = &keys(r < count ? j0 + r : j0, 0);
+        const T* next[widened_rows];
+        for (index_t r = 0; r < widened_rows; ++r) {
+          k[r] = &keys(r < count ? j0 + r : j0, 0);
+          next[r] = &keys(std::min(j0 + widened_rows + r, rows - 1), 0);  // the last block refetches its own rows
+        }
         float dots[widened_rows];
-        canonical_dots_widened(q.data(), q_step, k, static_cast<int>(count), dim, dots);
+        canonical_dots_widened(q.data(), q_step, k, static_cast<int>(count), dim, dots, next);
         for (index_t r = 0; r < count; ++r) e[j0 + r] = dots[r] * scale;
       });
       if (!tokensel::detail::all_finite(e.data(), rows)) locate_non_finite(keys, 0, rows, "prumerge.keys");
