@@ -230,6 +230,16 @@ void locate_non_finite_key(const tensor_view<const K, 3>& keys, index_t t) {
   }
 }
 
+/// Asks for the cache lines of bytes [p, p + bytes) ahead of their use (no effect on results).
+inline void prefetch_bytes(const void* p, std::size_t bytes) noexcept {
+#if defined(__GNUC__)
+  const char* c = static_cast<const char*>(p);
+  for (std::size_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o);
+#else
+  (void)p, (void)bytes;
+#endif
+}
+
 #if defined(__GNUC__)
 /// u[c0, c0 + V W) = sum over heads of keys(h, t, c), the V vectors held in registers across the
 /// heads (widened there): each channel adds its heads in ascending order from 0.0f.
@@ -291,6 +301,10 @@ void unit_keys(const Policy& policy, const tensor_view<const K, 3>& keys, std::s
     const index_t t = rest[static_cast<std::size_t>(p)];
     bool finite = true;
     if (contiguous) {
+      if (p + 1 < count) {  // the next token's key rows load while this one is summed
+        const index_t next = rest[static_cast<std::size_t>(p + 1)];
+        for (index_t h = 0; h < kheads; ++h) prefetch_bytes(&keys(h, next, 0), static_cast<std::size_t>(dh) * sizeof(K));
+      }
       head_sum_row(keys, t, u);
       finite = tokensel::detail::all_finite(u, dh);
     } else {
@@ -472,6 +486,7 @@ void write_rows(const Policy& policy, const matrix_view<const H>& hidden, std::s
       float* a = acc.data() + t * d + c0;
       const index_t token = rest[static_cast<std::size_t>(p)];
       if (hidden.inner_contiguous()) {
+        if (p + 1 < remaining) prefetch_bytes(&hidden(rest[static_cast<std::size_t>(p + 1)], c0), static_cast<std::size_t>(width) * sizeof(H));
         add_row(&hidden(token, c0), width, a);  // widened in registers
       } else {
         for (index_t c = 0; c < width; ++c) a[c] += to_float(hidden(token, c0 + c));
