@@ -242,15 +242,17 @@ inline void prefetch_bytes(const void* p, std::size_t bytes) noexcept {
 
 #if defined(__GNUC__)
 /// u[c0, c0 + V W) = sum over heads of keys(h, t, c), the V vectors held in registers across the
-/// heads (widened there): each channel adds its heads in ascending order from 0.0f.
+/// heads (widened there): each channel adds its heads in ascending order from 0.0f. The same
+/// columns of token `next` are prefetched head by head (next < 0: none).
 template <int V, element K>
-void head_sum_block(const tensor_view<const K, 3>& keys, index_t t, index_t c0, float* u) noexcept {
+void head_sum_block(const tensor_view<const K, 3>& keys, index_t t, index_t c0, float* u, index_t next) noexcept {
   constexpr int W = tokensel::detail::head_vector_width;
   tokensel::detail::head_vector acc[V];
 TOKENSEL_UNROLL(4)
   for (int v = 0; v < V; ++v) acc[v] = tokensel::detail::head_vector{};
   for (index_t h = 0; h < keys.extent(0); ++h) {
     const K* x = &keys(h, t, c0);
+    if (next >= 0) prefetch_bytes(&keys(h, next, c0), sizeof(K) * V * W);
 TOKENSEL_UNROLL(4)
     for (int v = 0; v < V; ++v) {
       tokensel::detail::head_vector w;
@@ -266,14 +268,14 @@ TOKENSEL_UNROLL(4)
 /// registers across the heads (u stored once, not loaded and stored per head), the rest per head
 /// in the same order.
 template <element K>
-void head_sum_row(const tensor_view<const K, 3>& keys, index_t t, float* u) noexcept {
+void head_sum_row(const tensor_view<const K, 3>& keys, index_t t, float* u, index_t next) noexcept {
   const index_t dh = keys.extent(2);
   index_t c0 = 0;
 #if defined(__GNUC__)
   if constexpr (tokensel::detail::register_blocked_heads<K>) {
     constexpr int W = tokensel::detail::head_vector_width;
-    for (; c0 + 4 * W <= dh; c0 += 4 * W) head_sum_block<4>(keys, t, c0, u);
-    for (; c0 + W <= dh; c0 += W) head_sum_block<1>(keys, t, c0, u);
+    for (; c0 + 4 * W <= dh; c0 += 4 * W) head_sum_block<4>(keys, t, c0, u, next);
+    for (; c0 + W <= dh; c0 += W) head_sum_block<1>(keys, t, c0, u, next);
   }
 #endif
   std::fill(u + c0, u + dh, 0.0f);
@@ -301,11 +303,8 @@ void unit_keys(const Policy& policy, const tensor_view<const K, 3>& keys, std::s
     const index_t t = rest[static_cast<std::size_t>(p)];
     bool finite = true;
     if (contiguous) {
-      if (p + 1 < count) {  // the next token's key rows load while this one is summed
-        const index_t next = rest[static_cast<std::size_t>(p + 1)];
-        for (index_t h = 0; h < kheads; ++h) prefetch_bytes(&keys(h, next, 0), static_cast<std::size_t>(dh) * sizeof(K));
-      }
-      head_sum_row(keys, t, u);
+      // The next token's key rows load while this one is summed.
+      head_sum_row(keys, t, u, p + 1 < count ? index_t{rest[static_cast<std::size_t>(p + 1)]} : index_t{-1});
       finite = tokensel::detail::all_finite(u, dh);
     } else {
       tokensel::detail::scratch_scope local;
@@ -440,15 +439,18 @@ void assign_to_targets(const Policy& policy, std::span<const float> unit, index_
 }
 
 /// acc[c] += float(x[c]), c in [0, d), x contiguous: full vectors widened in registers
-/// (load_f32), the rest by detail::accumulate; the same add per element either way.
+/// (load_f32), the rest by detail::accumulate; the same add per element either way. The same
+/// columns of the row at next (nullptr: none) are prefetched a cache line at a time as it goes.
 template <element H>
-void add_row(const H* x, index_t d, float* acc) noexcept {
+void add_row(const H* x, index_t d, float* acc, const H* next) noexcept {
   index_t c = 0;
 #if defined(__GNUC__)
   if constexpr (tokensel::detail::register_blocked_heads<H>) {
     constexpr int W = tokensel::detail::head_vector_width;
+    constexpr index_t line = 64 / sizeof(H);  // values per cache line
     using unaligned = float __attribute__((vector_size(W * sizeof(float)), aligned(4), may_alias));
     for (; c + W <= d; c += W) {
+      if (next != nullptr && c % line == 0) __builtin_prefetch(next + c);
       tokensel::detail::head_vector w;
       tokensel::detail::load_f32(x + c, w);
       *reinterpret_cast<unaligned*>(acc + c) += w;
@@ -486,8 +488,8 @@ void write_rows(const Policy& policy, const matrix_view<const H>& hidden, std::s
       float* a = acc.data() + t * d + c0;
       const index_t token = rest[static_cast<std::size_t>(p)];
       if (hidden.inner_contiguous()) {
-        if (p + 1 < remaining) prefetch_bytes(&hidden(rest[static_cast<std::size_t>(p + 1)], c0), static_cast<std::size_t>(width) * sizeof(H));
-        add_row(&hidden(token, c0), width, a);  // widened in registers
+        const H* next = p + 1 < remaining ? &hidden(rest[static_cast<std::size_t>(p + 1)], c0) : nullptr;
+        add_row(&hidden(token, c0), width, a, next);  // widened in registers, the next row prefetched
       } else {
         for (index_t c = 0; c < width; ++c) a[c] += to_float(hidden(token, c0 + c));
       }
