@@ -570,3 +570,58 @@ TEST(VisionZip, BatchedMatchesSingle) {
                     feature_view<const float>(nullptr, {0, 20, 4}), cfg,
                     selection_batch{tensor_view<token_index, 2>(nullptr, {0, 8}), {}}, feature_view<float>(nullptr, {0, 8, 4}));
 }
+
+// The contextual sums bit for bit, against a plain transcription: equal keys make every
+// similarity tie, so every non-target remaining token joins the first target (ties: the first
+// target); its row is x[target] + (the assigned rows summed in ascending token order from 0.0f)
+// / count, and every other target's row is x[target] + 0 / 1. Hidden values span 2^-40 .. 2^40,
+// so any other summation order changes bits; D = 600 covers a 512-column chunk and its tail.
+TEST(VisionZip, ContextualSumsAscendingBitForBit) {
+  constexpr index_t n = 90, heads = 2, dh = 8, d = 600, dominant = 14, contextual = 6, k = dominant + contextual;
+  const random_sample s(n, heads, dh, d, 29);
+  const visionzip::config cfg{.dominant = dominant, .contextual = contextual};
+  const std::vector<float> keys(static_cast<std::size_t>(heads * n * dh), 1.0f);
+  auto check = [&]<class T>(T) {
+    std::vector<T> x(static_cast<std::size_t>(n * d));
+    std::uint32_t state = 99;
+    for (auto& v : x) {
+      state = state * 1664525u + 1013904223u;
+      const float m = std::ldexp(static_cast<float>(state & 0xffff) / 65536.0f + 0.5f, static_cast<int>(state >> 25) - 40);
+      v = T((state >> 24) & 1 ? -m : m);
+    }
+    std::vector<token_index> idx(k);
+    std::vector<float> rows(static_cast<std::size_t>(k * d));
+    (void)visionzip::select(seq, head_attention_view<const float>(s.attention.data(), {heads, n, n}),
+                            tensor_view<const float, 3>(keys.data(), {heads, n, dh}), matrix_view<const T>(x.data(), {n, d}),
+                            cfg, std::span(idx), matrix_view<float>(rows.data(), {k, d}));
+    std::vector<token_index> rest;
+    for (index_t t = 0; t < n; ++t) {
+      if (std::find(idx.begin(), idx.begin() + dominant, static_cast<token_index>(t)) == idx.begin() + dominant) rest.push_back(t);
+    }
+    const auto remaining = static_cast<index_t>(rest.size());
+    const index_t step = std::max<index_t>(1, remaining / contextual);
+    for (index_t t = 0; t < contextual; ++t) {
+      const index_t target = rest[static_cast<std::size_t>(t * step)];
+      ASSERT_EQ(idx[static_cast<std::size_t>(dominant + t)], target);
+      for (index_t c = 0; c < d; ++c) {
+        float sum = 0.0f;
+        float count = 1.0f;
+        if (t == 0) {
+          index_t assigned = 0;
+          for (index_t p = 0; p < remaining; ++p) {
+            if (p % step == 0 && p / step < contextual) continue;  // a target
+            sum += static_cast<float>(x[static_cast<std::size_t>(rest[static_cast<std::size_t>(p)] * d + c)]);
+            ++assigned;
+          }
+          count = static_cast<float>(assigned);
+        }
+        const float want = static_cast<float>(x[static_cast<std::size_t>(target * d + c)]) + sum / count;
+        ASSERT_EQ(std::bit_cast<std::uint32_t>(rows[static_cast<std::size_t>((dominant + t) * d + c)]), std::bit_cast<std::uint32_t>(want))
+            << "target " << t << " column " << c;
+      }
+    }
+  };
+  check(0.0f);
+  check(Eigen::half{});
+  check(Eigen::bfloat16{});
+}
