@@ -141,5 +141,18 @@ TOKENSEL_UNROLL(8)
   }
 }
 
+/// x[0, n) /= count, count >= 1. A power-of-two count multiplies by its reciprocal instead: x / 2^k
+/// and x * 2^-k round the same exact value (2^-k is exact in fp32 for any index_t count), so the
+/// bits are the divide's and the divides are gone (they were a third of a 2 x 2 pooling call).
+inline void divide_by_count(float* x, index_t n, index_t count) noexcept {
+  const auto cnt = static_cast<float>(count);
+  if (count > 0 && (count & (count - 1)) == 0) {
+    const float inv = 1.0f / cnt;
+    for (index_t c = 0; c < n; ++c) x[c] = x[c] * inv;
+  } else {
+    for (index_t c = 0; c < n; ++c) x[c] = x[c] / cnt;
+  }
+}
+
 }  // namespace detail
 TOKENSEL_END_NAMESPACE

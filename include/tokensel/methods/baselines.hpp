@@ -22,6 +22,7 @@
 #include "tokensel/core/config.hpp"
 #include "tokensel/detail/arith.hpp"
 #include "tokensel/detail/parallel.hpp"
+#include "tokensel/detail/reduce.hpp"
 #include "tokensel/detail/scratch.hpp"
 #include "tokensel/detail/validate.hpp"
 #include "tokensel/detail/widen.hpp"
@@ -127,20 +128,6 @@ inline index_t uniform_rows_used(index_t k, index_t rows, index_t cols) {
   return kr < lo ? lo : (kr > hi ? hi : kr);
 }
 
-/// x[0, d) /= count. x / 2^m and x * 2^-m round the same exact quotient, so a power-of-two count
-/// multiplies (the same bits; a multiply costs a fraction of a divide, and the divides were a
-/// third of a 2 x 2 pooling call).
-inline void scale_by_inverse_count(float* x, index_t d, index_t count) noexcept {
-  const auto cnt = static_cast<float>(count);
-  if ((count & (count - 1)) == 0) {
-    const float inv = 1.0f / cnt;
-    for (index_t c = 0; c < d; ++c) x[c] = x[c] * inv;
-  } else {
-    for (index_t c = 0; c < d; ++c) x[c] = x[c] / cnt;
-  }
-}
-
-
 /// One pooling window: rows [r0, r1) x cols [c0, c1) of the grid.
 struct pool_window {
   index_t r0, r1, c0, c1;
@@ -150,17 +137,13 @@ struct pool_window {
 #if defined(__GNUC__)
 /// Channels [0, full) of one pooled token, full a multiple of 4 vectors: each chunk of 4 vectors
 /// stays in registers while the window's tokens are added into it (row-major, from 0.0f: the
-/// same adds as the row loop), then is scaled by the count and stored into mean. One pass over
-/// the window's rows, no fp32 row accumulated in memory.
+/// same adds as the row loop), then is stored into sum. One pass over the window's rows, no fp32
+/// row accumulated in memory.
 template <element T>
 void pool_window_chunks(const matrix_view<const T>& features, const token_grid& grid, const pool_window& win,
-                        float* mean, index_t full) noexcept {
+                        float* sum, index_t full) noexcept {
   using tokensel::detail::head_vector;
   constexpr int V = 4, W = tokensel::detail::head_vector_width;
-  const index_t count = win.count();
-  const bool power_of_two = (count & (count - 1)) == 0;
-  const auto cnt = static_cast<float>(count);
-  const float inv = 1.0f / cnt;
   for (index_t j0 = 0; j0 < full; j0 += V * W) {
     head_vector acc[V];
 TOKENSEL_UNROLL(4)
@@ -182,16 +165,13 @@ TOKENSEL_UNROLL(4)
       }
     }
 TOKENSEL_UNROLL(4)
-    for (int v = 0; v < V; ++v) {
-      acc[v] = power_of_two ? acc[v] * inv : acc[v] / cnt;
-      std::memcpy(mean + j0 + v * W, &acc[v], sizeof(head_vector));
-    }
+    for (int v = 0; v < V; ++v) std::memcpy(sum + j0 + v * W, &acc[v], sizeof(head_vector));
   }
 }
 #endif
 
 /// out row o = the mean of the window's feature rows: each channel sums the window's tokens
-/// row-major from 0.0f in fp32, then divides by the count (see scale_by_inverse_count).
+/// row-major from 0.0f in fp32, then divides by the count (detail::divide_by_count).
 /// Register-blocked where rows are contiguous; otherwise whole rows into an fp32 scratch row.
 template <element T, class Out>
 void pool_one(const matrix_view<const T>& features, const token_grid& grid, const pool_window& win, const Out& out,
@@ -222,8 +202,8 @@ void pool_one(const matrix_view<const T>& features, const token_grid& grid, cons
         }
       }
     }
-    scale_by_inverse_count(acc, d - done, win.count());
   }
+  tokensel::detail::divide_by_count(mean.data(), d, win.count());
   tokensel::detail::store_row(out, o, mean.data());
 }
 }  // namespace detail

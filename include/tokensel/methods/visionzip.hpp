@@ -295,9 +295,6 @@ void unit_keys(const Policy& policy, const tensor_view<const K, 3>& keys, std::s
   // (locate_non_finite_key), which also ignores a sum that only overflowed.
   const auto count = static_cast<index_t>(rest.size());
   const bool contiguous = keys.stride(2) == 1 && dh > 0;
-  // 2^k heads, k <= 126: 1 / 2^k is exact in fp32.
-  const bool power_of_two = kheads > 0 && (kheads & (kheads - 1)) == 0 && kheads <= (index_t{1} << 62);
-  const float inverse_heads = power_of_two ? 1.0f / static_cast<float>(kheads) : 0.0f;
   tokensel::detail::parallel_for(policy, count, tokensel::detail::bytes_of<K>(count * kheads * dh), [&](index_t p) {
     float* u = unit.data() + p * dh;
     const index_t t = rest[static_cast<std::size_t>(p)];
@@ -317,11 +314,7 @@ void unit_keys(const Policy& policy, const tensor_view<const K, 3>& keys, std::s
       }
     }
     if (!finite) locate_non_finite_key(keys, t);
-    if (power_of_two) {  // x / 2^k and x * 2^-k round the same exact value: the same bits, no divide
-      for (index_t c = 0; c < dh; ++c) u[c] = u[c] * inverse_heads;
-    } else {
-      for (index_t c = 0; c < dh; ++c) u[c] = u[c] / static_cast<float>(kheads);
-    }
+    tokensel::detail::divide_by_count(u, dh, kheads);
     const float norm = std::sqrt(tokensel::detail::canonical_dot(u, u, dh));
     if (norm > 0.0f) {
       for (index_t c = 0; c < dh; ++c) u[c] = u[c] / norm;
