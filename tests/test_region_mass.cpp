@@ -223,3 +223,38 @@ TEST(SequenceKeep, ExpandsKeptVisualTokens) {
   std::vector<token_index> tiny(3);
   EXPECT_THROW(sequence_keep(9, {2, 5}, kept, tiny), error);
 }
+
+// Large enough for the threaded pipeline (several chunks of rows in flight): the same bits as the
+// sequential pass, and a non-finite value reported at the first bad row, as the sequential loop
+// meets it, wherever the threads are.
+TEST(RegionMass, ThreadedEqualsSequentialAndReportsTheFirstBadRow) {
+  const index_t heads = 4, L = 240;
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  std::vector<float> a(static_cast<std::size_t>(heads * L * L));
+  for (auto& v : a) v = u(rng);
+  head_attention_view<float> view(a.data(), {heads, L, L});
+  const token_range visual{20, 180};
+  for (auto op : {head_reduction::mean, head_reduction::max}) {
+    std::vector<float> c1(180), s1(180), c2(180), s2(180);
+    const auto r1 = region_mass(seq, view, visual, op, {c1, s1});
+    for (int threads = 2; threads <= 4; ++threads) {
+      const auto r2 = region_mass(threaded_policy{.threads = threads}, view, visual, op, {c2, s2});
+      EXPECT_EQ(r1.self_mass, r2.self_mass);
+      EXPECT_EQ(r1.cross_mass, r2.cross_mass);
+      EXPECT_EQ(c1, c2);
+      EXPECT_EQ(s1, s2);
+    }
+  }
+  a[static_cast<std::size_t>((2 * L + 215) * L + 40)] = std::numeric_limits<float>::quiet_NaN();  // head 2, row 215
+  a[static_cast<std::size_t>((1 * L + 90) * L + 33)] = std::numeric_limits<float>::infinity();    // head 1, row 90
+  for (int threads = 1; threads <= 4; ++threads) {
+    try {
+      (void)region_mass(threaded_policy{.threads = threads}, view, visual, head_reduction::mean);
+      FAIL() << "no throw";
+    } catch (const error& e) {
+      EXPECT_EQ(e.code(), errc::non_finite);
+      EXPECT_NE(std::string(e.what()).find("region_mass.attention[90, 33]"), std::string::npos) << e.what();
+    }
+  }
+}

@@ -1,9 +1,11 @@
 // tokensel internals: the data-parallel loop behind threaded_policy.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <exception>
 #include <mutex>
+#include <thread>
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -11,6 +13,7 @@
 
 #include "tokensel/core/config.hpp"
 #include "tokensel/core/policy.hpp"
+#include "tokensel/detail/scratch.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace detail {
@@ -80,6 +83,91 @@ void parallel_for(const threaded_policy& policy, index_t n, std::size_t bytes, B
     return;
   }
   parallel_for(policy, n, body);
+}
+
+/// A pipeline over n chunks whose results must be combined in ascending order (column sums that
+/// keep the sequential summation order, so the bits of the sequential pass). produce(c, slot)
+/// computes chunk c into the buffer slot `slot` = c % window; consume(c, slot) folds it in.
+/// Sequentially: produce(0), consume(0), produce(1), consume(1), ... Threaded: chunks are claimed
+/// one at a time in ascending order by whichever thread is free (a descheduled thread holds back
+/// one chunk, not a fixed share), and the thread that finishes the chunk next in line consumes it
+/// and every finished chunk after it, one consumer at a time, while the others keep producing; a
+/// chunk is consumed right after its production, mostly by the thread whose cache holds it. At
+/// most `window` chunks are produced but not yet consumed: a producer whose slot is still unread
+/// yields until it is. When produce or consume throws, no later chunk starts and the exception of
+/// the lowest chunk is rethrown (chunks are claimed in ascending order, so a later claim cannot
+/// fail lower).
+template <class Produce, class Consume>
+void parallel_ordered_chunks(const sequential_policy&, index_t n, index_t window, std::size_t, Produce&& produce,
+                             Consume&& consume) {
+  for (index_t c = 0; c < n; ++c) {
+    produce(c, c % window);
+    consume(c, c % window);
+  }
+}
+
+template <class Produce, class Consume>
+void parallel_ordered_chunks(const threaded_policy& policy, index_t n, index_t window, std::size_t bytes,
+                             Produce&& produce, Consume&& consume) {
+#if defined(_OPENMP)
+  const int threads = policy.threads > 0 ? policy.threads : omp_get_max_threads();
+  if (n > 1 && threads > 1 && window > 1 && bytes >= parallel_min_bytes && !omp_in_parallel()) {
+    // The hand-offs are a few atomics per chunk, no lock. The done flags, `draining` and the
+    // re-check after releasing it form a Dekker pair (sequentially consistent): a flag set while
+    // another thread drains is either seen by that drainer or makes its setter the next drainer.
+    scratch_scope scratch;  // the calling thread's arena: a repeated call allocates nothing
+    auto done = scratch.take_zeroed<unsigned char>(static_cast<std::size_t>(n));
+    std::atomic<index_t> next_claim{0}, next_consume{0};
+    std::atomic<bool> draining{false}, failed{false};
+    std::mutex error_mutex;
+    std::exception_ptr first_error;
+    index_t first_index = n;
+    auto record = [&](index_t c) {  // from a catch block
+      std::lock_guard<std::mutex> lock(error_mutex);
+      failed.store(true);
+      if (c < first_index) {
+        first_index = c;
+        first_error = std::current_exception();
+      }
+    };
+    auto flag = [&](index_t k) { return std::atomic_ref<unsigned char>(done[static_cast<std::size_t>(k)]); };
+    auto ready = [&](index_t k) { return k < n && flag(k).load() != 0; };
+    auto drain = [&] {
+      while (!draining.exchange(true)) {
+        index_t k = next_consume.load(std::memory_order_relaxed);
+        for (; ready(k) && !failed.load(std::memory_order_relaxed); next_consume.store(++k, std::memory_order_release)) {
+          try {
+            consume(k, k % window);
+          } catch (...) {
+            record(k);
+            break;
+          }
+        }
+        draining.store(false);
+        if (!ready(k) || failed.load()) return;
+      }
+    };
+#pragma omp parallel num_threads(threads)
+    for (index_t c; !failed.load(std::memory_order_relaxed) && (c = next_claim.fetch_add(1)) < n;) {
+      while (c - next_consume.load(std::memory_order_acquire) >= window && !failed.load()) std::this_thread::yield();
+      if (failed.load()) break;
+      try {
+        produce(c, c % window);
+      } catch (...) {
+        record(c);
+        break;
+      }
+      flag(c).store(1);
+      drain();
+    }
+    if (first_error) std::rethrow_exception(first_error);
+    return;
+  }
+#else
+  (void)policy;
+  (void)bytes;
+#endif
+  parallel_ordered_chunks(sequential_policy{}, n, window, bytes, produce, consume);
 }
 
 /// Bytes of count values of T (0 for count <= 0), for the threshold above.

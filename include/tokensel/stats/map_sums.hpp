@@ -8,9 +8,8 @@
 #include <string>
 
 #include "tokensel/core/config.hpp"
-#include "tokensel/detail/parallel.hpp"
+#include "tokensel/detail/ordered_rows.hpp"
 #include "tokensel/detail/reduce.hpp"
-#include "tokensel/detail/scratch.hpp"
 #include "tokensel/detail/validate.hpp"
 #include "tokensel/core/element.hpp"
 #include "tokensel/stats/head_reduction.hpp"
@@ -38,8 +37,8 @@ inline void check_span(std::span<float> s, index_t n, std::string_view name) {
 /// Computes the requested sums of M = reduce_heads(attention, op) for attention [heads, q, k]
 /// (restrict it first with restrict_tokens for the patch submatrix). Results are bit-identical
 /// under every policy: the sequential path fuses everything into one streaming pass; the
-/// threaded path stores M in scratch, then sums columns in column blocks with the same
-/// ascending-row order.
+/// threaded path reduces chunks of rows in parallel and adds their columns in ascending row
+/// order as the chunks finish.
 template <cpu_policy Policy, element T>
 void map_sums(const Policy& policy, const head_attention_view<T>& attention, head_reduction op,
               const map_sums_out& out) {
@@ -54,42 +53,19 @@ void map_sums(const Policy& policy, const head_attention_view<T>& attention, hea
     return;
   }
 
-  auto finish_row = [&](index_t i, const float* row) {
-    if (!out.row_sums.empty()) out.row_sums[i] = detail::canonical_sum(row, cols);
-    if (!out.diagonal.empty() && i < cols) out.diagonal[i] = row[i];
-  };
-
-  detail::scratch_scope scratch;
-  const bool threaded = std::is_same_v<Policy, threaded_policy> && threading_available() && rows > 1;
-  if (!threaded) {
-    auto row = scratch.take<float>(static_cast<std::size_t>(cols));
-    float* col = out.column_sums.data();
-    for (index_t i = 0; i < rows; ++i) {
-      detail::reduce_heads_row(attention, i, op, row.data());
-      finish_row(i, row.data());
-      if (col != nullptr) {
-        for (index_t j = 0; j < cols; ++j) col[j] += row[j];
-      }
-    }
-    return;
-  }
-  auto map = scratch.take<float>(static_cast<std::size_t>(rows * cols));
-  const std::size_t bytes = detail::bytes_of<T>(attention.extent(0) * rows * cols);
-  detail::parallel_for(policy, rows, bytes, [&](index_t i) {
-    float* row = map.data() + i * cols;
-    detail::reduce_heads_row(attention, i, op, row);
-    finish_row(i, row);
-  });
-  if (out.column_sums.empty()) return;
-  constexpr index_t block = 64;
-  detail::parallel_for(policy, (cols + block - 1) / block, detail::bytes_of<float>(rows * cols), [&](index_t b) {
-    const index_t j0 = b * block, j1 = std::min(cols, j0 + block);
-    float* col = out.column_sums.data();
-    for (index_t i = 0; i < rows; ++i) {
-      const float* row = map.data() + i * cols;
-      for (index_t j = j0; j < j1; ++j) col[j] += row[j];
-    }
-  });
+  float* col = out.column_sums.empty() ? nullptr : out.column_sums.data();
+  detail::compute_rows_fold_in_order(
+      policy, rows, cols, detail::bytes_of<T>(heads * cols),
+      [&](index_t i, float* row) {
+        detail::reduce_heads_row(attention, i, op, row);
+        if (!out.row_sums.empty()) out.row_sums[i] = detail::canonical_sum(row, cols);
+        if (!out.diagonal.empty() && i < cols) out.diagonal[i] = row[i];
+      },
+      [&](index_t, const float* row) {
+        if (col != nullptr) {
+          for (index_t j = 0; j < cols; ++j) col[j] += row[j];
+        }
+      });
 }
 
 TOKENSEL_END_NAMESPACE

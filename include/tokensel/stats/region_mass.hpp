@@ -28,6 +28,7 @@
 
 #include "tokensel/core/attention_source.hpp"
 #include "tokensel/core/config.hpp"
+#include "tokensel/detail/ordered_rows.hpp"
 #include "tokensel/detail/parallel.hpp"
 #include "tokensel/detail/reduce.hpp"
 #include "tokensel/detail/scratch.hpp"
@@ -121,40 +122,18 @@ region_mass_result region_mass(const Policy& policy, const head_attention_view<T
   auto self_acc = scratch.take_zeroed<float>(static_cast<std::size_t>(n));
   auto cross_acc = scratch.take_zeroed<float>(static_cast<std::size_t>(n));
 
-  const bool threaded = std::is_same_v<Policy, threaded_policy> && threading_available() && rows > 1;
-  if (!threaded) {
-    // One streaming pass: reduce a row, total it, add it to its column accumulator.
-    auto row = scratch.take<float>(static_cast<std::size_t>(n));
-    for (index_t r = 0; r < rows; ++r) {
-      detail::reduced_visual_row(columns, s0 + r, s0, op, row.data(), "region_mass");
-      totals[r] = detail::canonical_sum(row.data(), n);
-      float* acc = r < n ? self_acc.data() : cross_acc.data();
-      for (index_t j = 0; j < n; ++j) acc[j] += row[j];
-    }
-  } else {
-    // Tiles of rows: the tile's rows are reduced and totalled in parallel over rows into a
-    // buffer, then added to the column sums in parallel over column blocks, each block walking
-    // the tile's rows in ascending order after the previous tiles' (the sequential order, same
-    // bits). Every value is read once, as on the sequential path.
-    constexpr index_t tile = 64, block = 64;
-    auto buffer = scratch.take<float>(static_cast<std::size_t>(std::min(tile, rows) * n));
-    for (index_t t0 = 0; t0 < rows; t0 += tile) {
-      const index_t count = std::min(tile, rows - t0);
-      detail::parallel_for(policy, count, detail::bytes_of<T>(heads * count * n), [&](index_t r) {
-        float* row = buffer.data() + r * n;
-        detail::reduced_visual_row(columns, s0 + t0 + r, s0, op, row, "region_mass");
-        totals[t0 + r] = detail::canonical_sum(row, n);
+  // One streaming pass (threaded: chunks of rows in parallel): reduce a row, total it, add it to
+  // its column accumulator in ascending row order (the same bits under every policy).
+  detail::compute_rows_fold_in_order(
+      policy, rows, n, detail::bytes_of<T>(heads * n),
+      [&](index_t r, float* row) {
+        detail::reduced_visual_row(columns, s0 + r, s0, op, row, "region_mass");
+        totals[r] = detail::canonical_sum(row, n);
+      },
+      [&](index_t r, const float* row) {
+        float* acc = r < n ? self_acc.data() : cross_acc.data();
+        for (index_t j = 0; j < n; ++j) acc[j] += row[j];
       });
-      detail::parallel_for(policy, (n + block - 1) / block, detail::bytes_of<float>(count * n), [&](index_t b) {
-        const index_t j0 = b * block, j1 = std::min(n, j0 + block);
-        for (index_t r = 0; r < count; ++r) {
-          float* acc = t0 + r < n ? self_acc.data() : cross_acc.data();
-          const float* row = buffer.data() + r * n;
-          for (index_t j = j0; j < j1; ++j) acc[j] += row[j];
-        }
-      });
-    }
-  }
 
   const auto nf = static_cast<float>(n);
   if (!out.self.empty()) {
