@@ -471,9 +471,15 @@ void write_rows(const Policy& policy, const matrix_view<const H>& hidden, std::s
   for (index_t p = 0; p < remaining; ++p) {
     if (owner[static_cast<std::size_t>(p)] >= 0) ++assigned[static_cast<std::size_t>(owner[static_cast<std::size_t>(p)])];
   }
-  constexpr index_t chunk = 512;  // columns per pass: 10 targets' accumulators stay in L1
+  // Columns per pass: whole rows on one thread (the hidden rows stream once, in order; at
+  // D = 1024 the 10 accumulators fill 40 kB: 5-8 % faster at f16 than two 512-column passes),
+  // halves of 512 columns when two threads share the rows.
+  const std::size_t bytes = tokensel::detail::bytes_of<H>(remaining * d);
+  const bool threaded = std::is_same_v<Policy, threaded_policy> && threading_available() &&
+                        bytes >= tokensel::detail::parallel_min_bytes;
+  const index_t chunk = threaded ? std::min<index_t>(d, 512) : std::max<index_t>(d, 1);
   const index_t chunks = (d + chunk - 1) / chunk;
-  tokensel::detail::parallel_for(policy, chunks, tokensel::detail::bytes_of<H>(remaining * d), [&](index_t b) {
+  tokensel::detail::parallel_for(policy, chunks, bytes, [&](index_t b) {
     const index_t c0 = b * chunk, width = std::min(chunk, d - c0);
     for (index_t p = 0; p < remaining; ++p) {
       const index_t t = owner[static_cast<std::size_t>(p)];
