@@ -31,15 +31,19 @@ void register_shape(const llm_shape& s) {
     const auto& a = llm_last_rows<T>(s, 1);
     for (auto _ : state) benchmark::DoNotOptimize(stream_sum_rows(a.data() + s.prefix, s.heads, s.tokens(), s.visual));
   });
-  add(std::string("fastv/K2_R0.5/") + dtype<T>() + "/" + s.name + "/seq", floor_name<T>(s), bytes<T>(s), 1,
-      [=](benchmark::State& state) {
-        const auto& a = llm_last_rows<T>(s, 1);
-        const ts::fastv::config cfg{};
-        const ts::head_attention_view<T> view(a.data(), {s.heads, 1, s.tokens()});
-        const auto visual = ts::token_range::visual_span(s.prefix, s.visual);
-        std::vector<token_index> out(static_cast<std::size_t>(ts::fastv::keep_count(s.visual, cfg)));
-        for (auto _ : state) benchmark::DoNotOptimize(ts::fastv::select(ts::seq, view, visual, cfg, std::span<token_index>(out)));
-      });
+  // par: the policy's threads (below parallel_min_bytes it stays on the calling thread, which
+  // these rows check: never slower than seq on small work).
+  auto run = [=](benchmark::State& state, auto policy) {
+    const auto& a = llm_last_rows<T>(s, 1);
+    const ts::fastv::config cfg{};
+    const ts::head_attention_view<T> view(a.data(), {s.heads, 1, s.tokens()});
+    const auto visual = ts::token_range::visual_span(s.prefix, s.visual);
+    std::vector<token_index> out(static_cast<std::size_t>(ts::fastv::keep_count(s.visual, cfg)));
+    for (auto _ : state) benchmark::DoNotOptimize(ts::fastv::select(policy, view, visual, cfg, std::span<token_index>(out)));
+  };
+  const std::string name = std::string("fastv/K2_R0.5/") + dtype<T>() + "/" + s.name;
+  add(name + "/seq", floor_name<T>(s), bytes<T>(s), 1, [=](benchmark::State& state) { run(state, ts::seq); });
+  add(name + "/par", floor_name<T>(s), bytes<T>(s), 1, [=](benchmark::State& state) { run(state, ts::par); });
 }
 
 /// The bound a FastV call cannot beat besides its read: the top-k alone (k = n / 2, ascending

@@ -592,6 +592,17 @@ def markdown(rows, threads_list):
     return "\n".join(lines) + "\n"
 
 
+# Methods whose time is arithmetic, not bytes (no byte floor): why PyTorch keeps up with them.
+COMPUTE_BOUND = {
+    m: f"compute-bound ({what}): PyTorch runs it as BLAS matrix products with FMA; tokensel "
+       "computes every dot in the canonical order without FMA, the order that makes CPU and CUDA "
+       "bit-identical, so this row trades speed for exactness by design"
+    for m, what in (("divprune/keep144", "the n x n cosine table, n^2 D / 2 multiply-adds"),
+                    ("vispruner/keep64", "the cosine table of the remaining patches"),
+                    ("dart/keep144", "pivot x token cosines over D = 4096"))
+}
+
+
 def goal_text(r):
     """'met', or the measured shortfall; when PyTorch eager itself runs within 10x of the floor
     (one read of the input), 10x is out of reach and the row says so with that bound."""
@@ -603,6 +614,8 @@ def goal_text(r):
     text = f"no: {1 / g:.1f}x faster" if g < 1 else f"no: {g:.1f}x slower"
     if r.get("cpp_ratio") is None:
         text += " (through Python: no C++ benchmark of this row)"
+    if r["method"] in COMPUTE_BOUND and not r.get("floor_us"):
+        text += "; " + COMPUTE_BOUND[r["method"]]
     if r.get("floor_us"):
         bound = r["torch_s"] / (r["floor_us"] * 1e-6)
         if bound < 10:
