@@ -166,11 +166,13 @@ def floor_rows(cpp):
 
 
 def machine(bench_dir, build):
-    info = {}
+    info = {"incidents": []}
     path = os.path.join(bench_dir, "machine.txt")
     if os.path.exists(path):
         for line in open(path):
             k, _, v = line.partition(":")
+            if k.strip() in ("rerun", "failed"):  # run_all.sh: an executable that crashed
+                info["incidents"].append(line.strip())
             info.setdefault(k.strip(), v.strip())
     loads = [float(x) for x in re.findall(r"load average: ([0-9.]+)", open(path).read())] if os.path.exists(path) else []
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -209,6 +211,8 @@ def main():
     out.append(f"- Command: `{args.command}` (generated this block; see the top of this page).")
     out.append(f"- Benchmarks run from {info.get('date', '?')}; flags `{info.get('flags', '')}`.")
     out.append(f"- CPU: {info.get('cpu', '?')}. Library commit `{commit}`. Compiler: {compiler or '?'}, Release, -march=native.")
+    for incident in info["incidents"]:
+        out.append(f"- Executable crash during the run ({incident}).")
     if loads:
         # Only the start load tells of other processes: the end load includes the benchmarks' own
         # two-thread (par, /2threads) runs, which alone hold it near the core count.
