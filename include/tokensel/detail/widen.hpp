@@ -8,7 +8,7 @@
 #include <cstring>
 #include <type_traits>
 
-#if defined(__F16C__) && defined(__AVX__)
+#if defined(__AVX2__) || (defined(__F16C__) && defined(__AVX__))
 #include <immintrin.h>
 #endif
 
@@ -93,31 +93,87 @@ inline bool all_finite(const float* x, index_t n) noexcept {
   return bad == 0;
 }
 
-/// acc[j] += float(src[j]) for j in [0, n), src contiguous: fp16 widened 8 at a time in
-/// registers (F16C) where the target has it, bf16 by a shift, fp32 as is; the same adds as the
-/// element-wise loop, in the same order per element.
+#if defined(__GNUC__) && (!defined(__F16C__) || !defined(__AVX__))
+/// Whether T widens a vector at a time in registers (load_f32): where fp16 cannot (no F16C),
+/// fp16 rows keep the block-widening path (widen into a buffer).
+template <class T>
+inline constexpr bool widens_in_registers = !std::is_same_v<std::remove_cv_t<T>, Eigen::half>;
+#elif defined(__GNUC__)
+template <class T>
+inline constexpr bool widens_in_registers = true;
+#else
+template <class T>
+inline constexpr bool widens_in_registers = false;
+#endif
+
+#if defined(__GNUC__)
+#if defined(__AVX512F__)
+inline constexpr int f32_vector_width = 16;
+#else
+inline constexpr int f32_vector_width = 8;
+#endif
+using f32_vector = float __attribute__((vector_size(f32_vector_width * sizeof(float))));
+
+/// f32_vector_width values of a contiguous row as fp32 (exact widening), into out: an out
+/// parameter, not a return value, because returning a 32-byte vector from a function compiled
+/// without AVX draws GCC's ABI note (-Wpsabi) in every consumer's portable build.
 template <element T>
-inline void accumulate(const T* src, index_t n, float* acc) noexcept {
+inline void load_f32(const T* p, f32_vector& out) noexcept {
   using U = std::remove_cv_t<T>;
-  index_t j = 0;
+  constexpr int W = f32_vector_width;
+  if constexpr (std::is_same_v<U, float>) {
+    using unaligned = float __attribute__((vector_size(W * sizeof(float)), aligned(4), may_alias));
+    out = *reinterpret_cast<const unaligned*>(p);
+  } else if constexpr (std::is_same_v<U, Eigen::bfloat16>) {
+    // bf16 is the upper half of an fp32: zero-extend and shift. Written out because GCC 12 lowers
+    // the generic convert of a 16 x u16 vector as two 8-wide extends and an insert (a fifth of a
+    // bf16 pooling call).
+#if defined(__AVX512F__)
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    out = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+#elif defined(__AVX2__)
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    out = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+#else
+    using u16 = std::uint16_t __attribute__((vector_size(W * 2), aligned(2), may_alias));
+    using u32 = std::uint32_t __attribute__((vector_size(W * 4)));
+    const u32 w = __builtin_convertvector(*reinterpret_cast<const u16*>(p), u32) << 16;
+    std::memcpy(&out, &w, sizeof out);
+#endif
+  } else {
 #if defined(__F16C__) && defined(__AVX__)
-  if constexpr (std::is_same_v<U, Eigen::half>) {
-    for (; j + 8 <= n; j += 8) {
-      const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + j)));
-      _mm256_storeu_ps(acc + j, _mm256_add_ps(_mm256_loadu_ps(acc + j), x));
+#if defined(__AVX512F__)
+    out = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+#else
+    out = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+#endif
+#else
+    for (int l = 0; l < W; ++l) out[l] = to_float(p[l]);
+#endif
+  }
+}
+#endif  // __GNUC__
+
+/// acc[j] += float(src[j]) for j in [0, n), src contiguous: a vector at a time where T widens in
+/// registers (load_f32), the rest element-wise; the same add per element either way. The same
+/// columns of the row at `next` (nullptr: none) are prefetched a cache line at a time, for callers
+/// that add rows in an order the hardware prefetchers cannot guess.
+template <element T>
+inline void accumulate(const T* src, index_t n, float* acc, const T* next = nullptr) noexcept {
+  index_t j = 0;
+#if defined(__GNUC__)
+  if constexpr (widens_in_registers<T>) {
+    constexpr int W = f32_vector_width;
+    constexpr index_t line = 64 / sizeof(T);  // values per cache line
+    using unaligned = float __attribute__((vector_size(W * sizeof(float)), aligned(4), may_alias));
+    for (; j + W <= n; j += W) {
+      if (next != nullptr && j % line == 0) __builtin_prefetch(next + j);
+      f32_vector x;
+      load_f32(src + j, x);
+      *reinterpret_cast<unaligned*>(acc + j) += x;
     }
   }
 #endif
-  if constexpr (std::is_same_v<U, Eigen::bfloat16>) {
-    for (; j < n; ++j) {
-      std::uint16_t b;
-      std::memcpy(&b, src + j, sizeof b);
-      const std::uint32_t w = static_cast<std::uint32_t>(b) << 16;
-      float x;
-      std::memcpy(&x, &w, sizeof x);
-      acc[j] += x;
-    }
-  }
   for (; j < n; ++j) acc[j] += to_float(src[j]);
 }
 

@@ -142,12 +142,12 @@ struct pool_window {
 template <element T>
 void pool_window_chunks(const matrix_view<const T>& features, const token_grid& grid, const pool_window& win,
                         float* sum, index_t full) noexcept {
-  using tokensel::detail::head_vector;
-  constexpr int V = 4, W = tokensel::detail::head_vector_width;
+  using tokensel::detail::f32_vector;
+  constexpr int V = 4, W = tokensel::detail::f32_vector_width;
   for (index_t j0 = 0; j0 < full; j0 += V * W) {
-    head_vector acc[V];
+    f32_vector acc[V];
 TOKENSEL_UNROLL(4)
-    for (int v = 0; v < V; ++v) acc[v] = head_vector{} + 0.0f;
+    for (int v = 0; v < V; ++v) acc[v] = f32_vector{} + 0.0f;
     for (index_t r = win.r0; r < win.r1; ++r) {
       for (index_t q = win.c0; q < win.c1; ++q) {
         const T* x = &features(grid.at(r, q), j0);
@@ -158,14 +158,14 @@ TOKENSEL_UNROLL(4)
           // hardware prefetcher starts late (f16 llava15: 58 -> 39 us).
           // (Integer arithmetic: the address may lie past the buffer, a prefetch never faults.)
           __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(x + v * W) + 512));
-          head_vector xv;
+          f32_vector xv;
           tokensel::detail::load_f32(x + v * W, xv);
           acc[v] += xv;
         }
       }
     }
 TOKENSEL_UNROLL(4)
-    for (int v = 0; v < V; ++v) std::memcpy(sum + j0 + v * W, &acc[v], sizeof(head_vector));
+    for (int v = 0; v < V; ++v) std::memcpy(sum + j0 + v * W, &acc[v], sizeof(f32_vector));
   }
 }
 #endif
@@ -181,8 +181,8 @@ void pool_one(const matrix_view<const T>& features, const token_grid& grid, cons
   auto mean = scratch.take<float>(static_cast<std::size_t>(d));
   index_t done = 0;
 #if defined(__GNUC__)
-  if constexpr (tokensel::detail::register_blocked_heads<T>) {
-    constexpr index_t chunk = 4 * tokensel::detail::head_vector_width;
+  if constexpr (tokensel::detail::widens_in_registers<T>) {
+    constexpr index_t chunk = 4 * tokensel::detail::f32_vector_width;
     if (features.inner_contiguous() && d >= chunk) {
       done = d - d % chunk;
       pool_window_chunks(features, grid, win, mean.data(), done);

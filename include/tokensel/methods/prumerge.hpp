@@ -186,10 +186,10 @@ inline float softmax_scale(const config& cfg, index_t dim) {
 /// add chain per lane vector. Only where widens_in_registers<T>.
 #if defined(__GNUC__)
 template <class T>
-inline constexpr bool widens_in_registers = !std::is_same_v<std::remove_cv_t<T>, float> && tokensel::detail::register_blocked_heads<T>;
+inline constexpr bool widens_in_registers = !std::is_same_v<std::remove_cv_t<T>, float> && tokensel::detail::widens_in_registers<T>;
 /// Key rows per block: 8 accumulators (rows x 32 / width lane vectors) hide the add latency and
 /// leave registers for the loads (4 rows with AVX-512, 2 with 8-wide vectors).
-inline constexpr index_t widened_rows = tokensel::detail::head_vector_width / 4;
+inline constexpr index_t widened_rows = tokensel::detail::f32_vector_width / 4;
 #else
 template <class T>
 inline constexpr bool widens_in_registers = false;
@@ -212,7 +212,7 @@ inline constexpr bool split_widened = std::is_same_v<std::remove_cv_t<T>, Eigen:
 /// q_split[b + m] = q[b + 2m], q_split[b + W + m] = q[b + 2m + 1] over blocks b of 2W values in
 /// [0, full): the order in which the split bf16 loads deliver the key values.
 inline void split_query(const float* q, index_t full, float* q_split) noexcept {
-  constexpr int W = tokensel::detail::head_vector_width;
+  constexpr int W = tokensel::detail::f32_vector_width;
   for (index_t b = 0; b < full; b += 2 * W) {
     for (int m = 0; m < W; ++m) {
       q_split[b + m] = q[b + 2 * m];
@@ -224,9 +224,9 @@ inline void split_query(const float* q, index_t full, float* q_split) noexcept {
 /// Lane vectors of one 32-value step of row k at i: fp16 widened by F16C; bf16 split into even and
 /// odd elements (vector 2h holds lanes 2hW + 2m, vector 2h + 1 lanes 2hW + 2m + 1).
 template <class T>
-inline void step_products(const float* q, const T* k, index_t i, tokensel::detail::head_vector* acc) noexcept {
-  constexpr int W = tokensel::detail::head_vector_width, G = tokensel::detail::canonical_lanes / W;
-  using vec = tokensel::detail::head_vector;
+inline void step_products(const float* q, const T* k, index_t i, tokensel::detail::f32_vector* acc) noexcept {
+  constexpr int W = tokensel::detail::f32_vector_width, G = tokensel::detail::canonical_lanes / W;
+  using vec = tokensel::detail::f32_vector;
   using unaligned = float __attribute__((vector_size(W * sizeof(float)), aligned(4), may_alias));
   if constexpr (split_widened<T>) {
     using words = std::uint32_t __attribute__((vector_size(W * 4), aligned(2), may_alias));
@@ -252,8 +252,8 @@ TOKENSEL_UNROLL(4)
 
 /// The 32 lane partials of one row from its lane vectors (step_products' layout).
 template <class T>
-inline void lanes_of(const tokensel::detail::head_vector* acc, float* lane) noexcept {
-  constexpr int W = tokensel::detail::head_vector_width, G = tokensel::detail::canonical_lanes / W;
+inline void lanes_of(const tokensel::detail::f32_vector* acc, float* lane) noexcept {
+  constexpr int W = tokensel::detail::f32_vector_width, G = tokensel::detail::canonical_lanes / W;
   if constexpr (split_widened<T>) {
     for (int h = 0; h < G / 2; ++h) {
       for (int m = 0; m < W; ++m) {
@@ -279,13 +279,13 @@ void canonical_dots_widened(const float* q, const float* q_step, const T* const*
                             float* out, const T* const* next = nullptr) noexcept {
 #if defined(__GNUC__)
   if constexpr (widens_in_registers<T>) {
-    constexpr int W = tokensel::detail::head_vector_width, L = tokensel::detail::canonical_lanes, G = L / W;
+    constexpr int W = tokensel::detail::f32_vector_width, L = tokensel::detail::canonical_lanes, G = L / W;
     constexpr int R = static_cast<int>(widened_rows);
     const T* row[R];
     for (int r = 0; r < R; ++r) row[r] = k[r < rows ? r : 0];  // padding repeats row 0, never stored
-    tokensel::detail::head_vector acc[R][G];
+    tokensel::detail::f32_vector acc[R][G];
 TOKENSEL_UNROLL(16)
-    for (int a = 0; a < R * G; ++a) acc[a / G][a % G] = tokensel::detail::head_vector{};
+    for (int a = 0; a < R * G; ++a) acc[a / G][a % G] = tokensel::detail::f32_vector{};
     const index_t full = n - n % L;
     for (index_t i = 0; i < full; i += L) {
       if (next != nullptr) {  // 32 values of 2 bytes: one cache line per row and step

@@ -246,16 +246,16 @@ inline void prefetch_bytes(const void* p, std::size_t bytes) noexcept {
 /// columns of token `next` are prefetched head by head (next < 0: none).
 template <int V, element K>
 void head_sum_block(const tensor_view<const K, 3>& keys, index_t t, index_t c0, float* u, index_t next) noexcept {
-  constexpr int W = tokensel::detail::head_vector_width;
-  tokensel::detail::head_vector acc[V];
+  constexpr int W = tokensel::detail::f32_vector_width;
+  tokensel::detail::f32_vector acc[V];
 TOKENSEL_UNROLL(4)
-  for (int v = 0; v < V; ++v) acc[v] = tokensel::detail::head_vector{};
+  for (int v = 0; v < V; ++v) acc[v] = tokensel::detail::f32_vector{};
   for (index_t h = 0; h < keys.extent(0); ++h) {
     const K* x = &keys(h, t, c0);
     if (next >= 0) prefetch_bytes(&keys(h, next, c0), sizeof(K) * V * W);
 TOKENSEL_UNROLL(4)
     for (int v = 0; v < V; ++v) {
-      tokensel::detail::head_vector w;
+      tokensel::detail::f32_vector w;
       tokensel::detail::load_f32(x + v * W, w);
       acc[v] += w;
     }
@@ -272,8 +272,8 @@ void head_sum_row(const tensor_view<const K, 3>& keys, index_t t, float* u, inde
   const index_t dh = keys.extent(2);
   index_t c0 = 0;
 #if defined(__GNUC__)
-  if constexpr (tokensel::detail::register_blocked_heads<K>) {
-    constexpr int W = tokensel::detail::head_vector_width;
+  if constexpr (tokensel::detail::widens_in_registers<K>) {
+    constexpr int W = tokensel::detail::f32_vector_width;
     for (; c0 + 4 * W <= dh; c0 += 4 * W) head_sum_block<4>(keys, t, c0, u, next);
     for (; c0 + W <= dh; c0 += W) head_sum_block<1>(keys, t, c0, u, next);
   }
@@ -431,28 +431,6 @@ void assign_to_targets(const Policy& policy, std::span<const float> unit, index_
   });
 }
 
-/// acc[c] += float(x[c]), c in [0, d), x contiguous: full vectors widened in registers
-/// (load_f32), the rest by detail::accumulate; the same add per element either way. The same
-/// columns of the row at next (nullptr: none) are prefetched a cache line at a time as it goes.
-template <element H>
-void add_row(const H* x, index_t d, float* acc, const H* next) noexcept {
-  index_t c = 0;
-#if defined(__GNUC__)
-  if constexpr (tokensel::detail::register_blocked_heads<H>) {
-    constexpr int W = tokensel::detail::head_vector_width;
-    constexpr index_t line = 64 / sizeof(H);  // values per cache line
-    using unaligned = float __attribute__((vector_size(W * sizeof(float)), aligned(4), may_alias));
-    for (; c + W <= d; c += W) {
-      if (next != nullptr && c % line == 0) __builtin_prefetch(next + c);
-      tokensel::detail::head_vector w;
-      tokensel::detail::load_f32(x + c, w);
-      *reinterpret_cast<unaligned*>(acc + c) += w;
-    }
-  }
-#endif
-  if (c < d) tokensel::detail::accumulate(x + c, d - c, acc + c);
-}
-
 /// Output rows: the dominant rows, then for each target its row + the mean of its assigned rows
 /// (summed in ascending token order); out[dominant + t] = target t's sequence index. The sums
 /// run in one ascending pass over the remaining rows per column chunk, each row added to its
@@ -488,7 +466,7 @@ void write_rows(const Policy& policy, const matrix_view<const H>& hidden, std::s
       const index_t token = rest[static_cast<std::size_t>(p)];
       if (hidden.inner_contiguous()) {
         const H* next = p + 1 < remaining ? &hidden(rest[static_cast<std::size_t>(p + 1)], c0) : nullptr;
-        add_row(&hidden(token, c0), width, a, next);  // widened in registers, the next row prefetched
+        tokensel::detail::accumulate(&hidden(token, c0), width, a, next);  // the next row prefetched
       } else {
         for (index_t c = 0; c < width; ++c) a[c] += to_float(hidden(token, c0 + c));
       }

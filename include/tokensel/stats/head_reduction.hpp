@@ -17,10 +17,6 @@
 #include "tokensel/core/policy.hpp"
 #include "tokensel/core/tensor_view.hpp"
 
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
-
 TOKENSEL_BEGIN_NAMESPACE
 
 /// How heads are combined: mean (sum / heads), sum, or elementwise max.
@@ -43,84 +39,26 @@ inline void check_heads_present(index_t heads, index_t rows, index_t cols) {
 
 namespace detail {
 
-#if defined(__GNUC__) && (!defined(__F16C__) || !defined(__AVX__))
-/// Where fp16 cannot be widened a vector at a time, fp16 rows keep the block-widening path.
-template <class T>
-inline constexpr bool register_blocked_heads = !std::is_same_v<std::remove_cv_t<T>, Eigen::half>;
-#elif defined(__GNUC__)
-template <class T>
-inline constexpr bool register_blocked_heads = true;
-#else
-template <class T>
-inline constexpr bool register_blocked_heads = false;
-#endif
-
 #if defined(__GNUC__)
-#if defined(__AVX512F__)
-inline constexpr int head_vector_width = 16;
-#else
-inline constexpr int head_vector_width = 8;
-#endif
-using head_vector = float __attribute__((vector_size(head_vector_width * sizeof(float))));
-
-/// head_vector_width values of a contiguous row as fp32 (exact widening), into out: an out
-/// parameter, not a return value, because returning a 32-byte vector from a function compiled
-/// without AVX draws GCC's ABI note (-Wpsabi) in every consumer's portable build.
-template <element T>
-inline void load_f32(const T* p, head_vector& out) noexcept {
-  using U = std::remove_cv_t<T>;
-  constexpr int W = head_vector_width;
-  if constexpr (std::is_same_v<U, float>) {
-    using unaligned = float __attribute__((vector_size(W * sizeof(float)), aligned(4), may_alias));
-    out = *reinterpret_cast<const unaligned*>(p);
-  } else if constexpr (std::is_same_v<U, Eigen::bfloat16>) {
-    // bf16 is the upper half of an fp32: zero-extend and shift. Written out because GCC 12 lowers
-    // the generic convert of a 16 x u16 vector as two 8-wide extends and an insert (a fifth of a
-    // bf16 pooling call).
-#if defined(__AVX512F__)
-    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-    out = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-#elif defined(__AVX2__)
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    out = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-#else
-    using u16 = std::uint16_t __attribute__((vector_size(W * 2), aligned(2), may_alias));
-    using u32 = std::uint32_t __attribute__((vector_size(W * 4)));
-    const u32 w = __builtin_convertvector(*reinterpret_cast<const u16*>(p), u32) << 16;
-    std::memcpy(&out, &w, sizeof out);
-#endif
-  } else {
-#if defined(__F16C__) && defined(__AVX__)
-#if defined(__AVX512F__)
-    out = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-#else
-    out = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-#endif
-#else
-    for (int l = 0; l < W; ++l) out[l] = to_float(p[l]);
-#endif
-  }
-}
-
 /// Columns [0, full) of row i, full a multiple of 4 vectors: each chunk of 4 vectors stays in
 /// registers while the heads are combined into it (ascending heads, the same per-element
 /// operations as the row loop: x_0, then + x_h or max_nan, then / heads), then is stored once.
 template <element T>
 void reduce_heads_chunks(const head_attention_view<T>& attention, index_t i, head_reduction op, float* row,
                          index_t full) noexcept {
-  constexpr int V = 4, W = head_vector_width;
+  constexpr int V = 4, W = f32_vector_width;
   const index_t heads = attention.extent(0), hstride = attention.stride(0);
   const auto hf = static_cast<float>(heads);
   for (index_t j0 = 0; j0 < full; j0 += V * W) {
     const T* a = &attention(0, i, j0);
-    head_vector acc[V];
+    f32_vector acc[V];
 TOKENSEL_UNROLL(4)
     for (int v = 0; v < V; ++v) load_f32(a + v * W, acc[v]);
     for (index_t h = 1; h < heads; ++h) {
       const T* ah = a + h * hstride;
 TOKENSEL_UNROLL(4)
       for (int v = 0; v < V; ++v) {
-        head_vector x;
+        f32_vector x;
         load_f32(ah + v * W, x);
         if (op == head_reduction::max) {
           acc[v] = (x > acc[v] || x != x) ? x : acc[v];  // max_nan, lane by lane
@@ -132,7 +70,7 @@ TOKENSEL_UNROLL(4)
 TOKENSEL_UNROLL(4)
     for (int v = 0; v < V; ++v) {
       if (op == head_reduction::mean) acc[v] = acc[v] / hf;
-      std::memcpy(row + j0 + v * W, &acc[v], sizeof(head_vector));
+      std::memcpy(row + j0 + v * W, &acc[v], sizeof(f32_vector));
     }
   }
 }
@@ -145,8 +83,8 @@ void reduce_heads_row(const head_attention_view<T>& attention, index_t i, head_r
   const index_t heads = attention.extent(0), cols = attention.extent(2);
   const index_t astride = attention.stride(2);
 #if defined(__GNUC__)
-  if constexpr (register_blocked_heads<T>) {
-    constexpr index_t chunk = 4 * head_vector_width;
+  if constexpr (widens_in_registers<T>) {
+    constexpr index_t chunk = 4 * f32_vector_width;
     if (astride == 1 && heads > 0 && cols >= chunk) {
       const index_t full = cols - cols % chunk;
       reduce_heads_chunks(attention, i, op, row, full);
