@@ -3,9 +3,13 @@
 // below are pasted from its output and compared bit for bit.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -176,6 +180,36 @@ TEST(IqrOutliers, MaxCountBoundsEveryVector) {
     for (bool lower : {false, true}) {
       const iqr_config cfg{.lower_fence = lower};
       EXPECT_LE(iqr_fences(x, cfg).count, iqr_max_count(n, cfg)) << n;
+    }
+  }
+}
+
+// The quartiles come from selected order statistics (nth_element, then the least value above):
+// bit for bit the values of a full sort with numpy's linear interpolation, for every length
+// 1..200 (all floor/lerp position cases), with ties, signed zeros and a wide range of values.
+TEST(IqrOutliers, SelectedQuartilesEqualFullSortBitForBit) {
+  std::mt19937 rng(3);
+  std::uniform_int_distribution<int> small(-3, 3);
+  std::normal_distribution<float> wide(0.0f, 1e3f);
+  auto sorted_quantile = [](std::vector<double> v, double q) {
+    std::sort(v.begin(), v.end());
+    const auto p = tokensel::detail::quantile_at(static_cast<long long>(v.size()), q);
+    return tokensel::detail::quantile_value(p, v[static_cast<std::size_t>(p.lo)],
+                                            p.lerp ? v[static_cast<std::size_t>(p.lo + 1)] : v[static_cast<std::size_t>(p.lo)]);
+  };
+  for (int n = 1; n <= 200; ++n) {
+    for (int kind = 0; kind < 3; ++kind) {
+      std::vector<float> x(static_cast<std::size_t>(n));
+      for (auto& v : x) v = kind == 0 ? static_cast<float>(small(rng)) : kind == 1 ? wide(rng) : (small(rng) > 0 ? 0.0f : -0.0f);
+      std::vector<double> d(x.begin(), x.end());
+      for (auto& v : d) v += 0.0;  // zeros are reported as +0 (the sign of an equal zero is arbitrary)
+      const auto r = iqr_fences(std::span<const float>(x));
+      EXPECT_EQ(std::bit_cast<std::uint64_t>(r.q1), std::bit_cast<std::uint64_t>(sorted_quantile(d, 0.25))) << "n " << n << " kind " << kind;
+      EXPECT_EQ(std::bit_cast<std::uint64_t>(r.q3), std::bit_cast<std::uint64_t>(sorted_quantile(d, 0.75))) << "n " << n << " kind " << kind;
+      for (double q : {0.0, 0.1, 0.5, 0.9, 1.0}) {
+        EXPECT_EQ(std::bit_cast<std::uint64_t>(percentile_linear(std::span<const float>(x), q)),
+                  std::bit_cast<std::uint64_t>(sorted_quantile(d, q))) << "n " << n << " q " << q;
+      }
     }
   }
 }

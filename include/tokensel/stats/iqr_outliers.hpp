@@ -55,29 +55,37 @@ inline index_t iqr_max_count(index_t n, const iqr_config& cfg = {}) {
 
 namespace detail {
 
-// q in [0, 1] of an ascending array of n >= 1 values: position (n-1)q, lerp between its floor
-// neighbours, the last value at or beyond position n-1 (numpy's _quantile; detail/arith.hpp).
-inline double percentile_sorted(const double* sorted, index_t n, double q) noexcept {
-  const quantile_position p = quantile_at(n, q);
-  return quantile_value(p, sorted[p.lo], p.lerp ? sorted[p.lo + 1] : sorted[p.lo]);
-}
-
 inline void check_quantile(double q) {
   if (!(q >= 0.0 && q <= 1.0)) fail(errc::invalid_argument, "percentile.q", q, "must be in [0, 1]");
 }
 
-// Copies x to doubles (rejecting NaN/Inf by index) and sorts ascending.
+// Copies x to doubles, rejecting NaN/Inf by index (unordered: see quantile_in). -0 becomes +0
+// (v + 0.0): the two compare equal, so which one a sort or a selection puts at a position is
+// arbitrary; folded, every quantile has one sign of zero on every algorithm and backend.
 template <class T>
-std::span<double> sorted_copy(scratch_scope& scratch, const tensor_view<const T, 1>& x, std::string_view name) {
+std::span<double> finite_copy(scratch_scope& scratch, const tensor_view<const T, 1>& x, std::string_view name) {
   const index_t n = x.extent(0);
   auto s = scratch.take<double>(static_cast<std::size_t>(n));
   for (index_t i = 0; i < n; ++i) {
     const float v = to_float(x(i));
     if (!std::isfinite(v)) fail(errc::non_finite, at_index(name, i), v, "values must be finite");
-    s[static_cast<std::size_t>(i)] = static_cast<double>(v);
+    s[static_cast<std::size_t>(i)] = static_cast<double>(v) + 0.0;
   }
-  std::sort(s.begin(), s.end());
   return s;
+}
+
+// The q-quantile (numpy's linear method, detail/arith.hpp) of the values s[0, end) and, when its
+// position p.lo + 1 reaches end, `beyond` (the value at ascending position end). Only the order
+// statistics it interpolates are found (nth_element, then the least value above them), not a full
+// sort: the same two values, so the same bits, in O(end). Leaves s permuted with
+// s[0, p.lo) <= s[p.lo] <= s[p.lo + 1, end), so a lower quantile can then search s[0, p.lo) alone.
+inline double quantile_in(std::span<double> s, index_t end, const quantile_position& p, double beyond) noexcept {
+  const auto lo = static_cast<index_t>(p.lo);
+  std::nth_element(s.begin(), s.begin() + lo, s.begin() + end);
+  const double a = s[static_cast<std::size_t>(lo)];
+  if (!p.lerp) return quantile_value(p, a, a);
+  const double b = lo + 1 < end ? *std::min_element(s.begin() + lo + 1, s.begin() + end) : beyond;
+  return quantile_value(p, a, b);
 }
 
 inline bool is_iqr_outlier(double v, const iqr_result& r, const iqr_config& cfg) noexcept {
@@ -91,9 +99,15 @@ iqr_result iqr_fences_impl(const tensor_view<const T, 1>& x, const iqr_config& c
   const index_t n = x.extent(0);
   if (n == 0) return r;
   scratch_scope scratch;
-  const auto s = sorted_copy(scratch, x, name);
-  r.q1 = percentile_sorted(s.data(), n, 0.25);
-  r.q3 = percentile_sorted(s.data(), n, 0.75);
+  const auto s = finite_copy(scratch, x, name);
+  // Q3 first: it leaves the values below its position in s[0, p3.lo), where Q1's order statistics
+  // lie (p1.lo <= p3.lo; at p1.lo + 1 == p3.lo, Q1 interpolates towards Q3's own value).
+  const quantile_position p1 = quantile_at(n, 0.25), p3 = quantile_at(n, 0.75);
+  r.q3 = quantile_in(s, n, p3, 0.0);  // p3.lo + 1 < n whenever p3 interpolates
+  const auto lo3 = static_cast<index_t>(p3.lo);
+  r.q1 = p1.lo == p3.lo ? quantile_value(p1, s[static_cast<std::size_t>(lo3)],
+                                         p1.lerp ? *std::min_element(s.begin() + lo3 + 1, s.begin() + n) : s[static_cast<std::size_t>(lo3)])
+                        : quantile_in(s, lo3, p1, s[static_cast<std::size_t>(lo3)]);
   r.upper_fence = upper_fence(r.q1, r.q3, cfg.multiplier);
   r.lower_fence = lower_fence(r.q1, r.q3, cfg.multiplier);
   for (const double v : s) r.count += is_iqr_outlier(v, r, cfg) ? 1 : 0;
@@ -110,8 +124,8 @@ double percentile_linear(const tensor_view<const T, 1>& x, double q) {
   const index_t n = x.extent(0);
   if (n < 1) detail::fail(errc::invalid_argument, "percentile.x.extent(0)", n, "needs at least one value");
   detail::scratch_scope scratch;
-  const auto s = detail::sorted_copy(scratch, x, "percentile.x");
-  return detail::percentile_sorted(s.data(), n, q);
+  const auto s = detail::finite_copy(scratch, x, "percentile.x");
+  return detail::quantile_in(s, n, detail::quantile_at(n, q), 0.0);  // p.lo + 1 < n whenever p interpolates
 }
 
 /// Quartiles, fences and the outlier count of x (no indices written). n = 0 gives count 0.

@@ -6,9 +6,9 @@
 // therefore x_i for any i with less_i <= p < leq_i (all such i hold equal values; the lowest i
 // is taken). Counting is O(n^2 / threads) with the vector staged through shared memory in tiles,
 // exact, and needs no scratch memory; the interpolation and the fence use the CPU's double
-// arithmetic (arith.cuh). float comparisons order the values exactly as the CPU's sort of their
-// double copies (the widening is exact); -0 and +0 compare equal in both, so a quartile may differ
-// from the CPU's only in the sign of a zero, which no comparison sees.
+// arithmetic (arith.cuh). float comparisons order the values exactly as the CPU's selection over
+// their double copies (the widening is exact); -0 and +0 compare equal in both, so both fold a
+// -0 order statistic to +0 (v + 0.0) and agree on the sign of a zero quartile too.
 #pragma once
 
 #include <climits>
@@ -68,8 +68,10 @@ __device__ quartiles block_quartiles(const float* x, int n) {
     // Every position has an owner for finite x; the guard only keeps NaN input (rejected upstream)
     // from reading out of bounds.
     for (int k = 0; k < 4; ++k) owner[k] = owner[k] == INT_MAX ? 0 : owner[k];
-    result[0] = quantile_value(p1, static_cast<double>(x[owner[0]]), static_cast<double>(x[owner[1]]));
-    result[1] = quantile_value(p3, static_cast<double>(x[owner[2]]), static_cast<double>(x[owner[3]]));
+    double v[4];
+    for (int k = 0; k < 4; ++k) v[k] = static_cast<double>(x[owner[k]]) + 0.0;  // -0 -> +0, as on the CPU
+    result[0] = quantile_value(p1, v[0], v[1]);
+    result[1] = quantile_value(p3, v[2], v[3]);
   }
   __syncthreads();
   quartiles q;
