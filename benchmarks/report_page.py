@@ -9,7 +9,8 @@ comparison with its plot.
 Targets checked per row (issue 12), each with the measured figure when missed:
 - seq within 1.5x of its floor (one streaming pass over the bytes the method must read, measured
   in the same executable);
-- par at least 1.7x faster than seq when the input is >= 1 MB, never slower than seq below that;
+- par at least 1.7x faster than seq when the input is >= 1 MB, never slower than seq below that
+  (beyond twice the larger cv of the two rows: below parallel_min_bytes both run the same code);
   where two threads cannot stream the bytes 2x as fast as one (the floor's "/2threads" twin,
   measured in the same executable), par needs 85 % (1.7 of 2) of that measured speed-up instead;
 - f16 and bf16 not slower than f32 per element read (same benchmark, same shape: the f16 / bf16
@@ -142,7 +143,15 @@ def floor_rows(cpp):
                 t_par = ("met against the bound" if speed >= need else f"no: {speed:.2f}x (needs {need:.2f}x)") + (
                     f"; bound: 2-thread stream is {gbs2:.1f} GB/s = {stream2:.2f}x the 1-thread")
         else:
-            t_par = "met" if speed >= 1.0 else f"no: par {1 / speed:.2f}x slower than seq (< 1 MB)"
+            # Where par stays on the calling thread (below parallel_min_bytes) both rows run the same
+            # code: a difference inside twice the larger run-to-run spread (cv) is not "slower".
+            noise = 2 * max(seq.get("cv") or 0.0, par.get("cv") or 0.0)
+            if speed >= 1.0:
+                t_par = "met"
+            elif 1 / speed - 1 <= noise:
+                t_par = f"met within the noise (par {1 / speed:.3f}x seq; 2 x cv = {100 * noise:.1f} %)"
+            else:
+                t_par = f"no: par {1 / speed:.2f}x slower than seq (< 1 MB)"
         if speed is not None:
             counts["par"][0] += t_par.startswith("met")
             counts["par"][1] += 1
