@@ -133,7 +133,7 @@ void register_flops_floor(const encoder_shape& s, const pm::config& cfg, const s
 /// "bound/dots/..." so report_page.py prints it next to the PruMerge select rows.
 template <class T>
 void register_dots_bound(const encoder_shape& s) {
-  if constexpr (pm::detail::widens_in_registers<T>) {
+  if constexpr (pm::detail::widened_dots<T>) {
     add(std::string("bound/dots/") + dtype<T>() + "/" + s.name, "", 0, s.samples, [=](benchmark::State& state) {
       constexpr index_t R = pm::detail::widened_rows;
       const auto& q = gaussian<T>(kDim, 31);

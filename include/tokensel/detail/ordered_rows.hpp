@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cstddef>
-#include <type_traits>
 
 #include "tokensel/core/config.hpp"
 #include "tokensel/core/policy.hpp"
@@ -40,9 +39,7 @@ void compute_rows_fold_in_order(const Policy& policy, index_t rows, index_t cols
                                 Compute&& compute, Fold&& fold) {
   scratch_scope scratch;
   const std::size_t bytes = input_bytes_per_row * static_cast<std::size_t>(std::max<index_t>(rows, 0));
-  const bool threaded = std::is_same_v<Policy, threaded_policy> && threading_available() && rows > 1 &&
-                        bytes >= parallel_min_bytes;
-  if (!threaded) {
+  if (rows <= 1 || !runs_threaded(policy, bytes)) {
     auto row = scratch.take<float>(static_cast<std::size_t>(cols));
     for (index_t i = 0; i < rows; ++i) {
       compute(i, row.data());

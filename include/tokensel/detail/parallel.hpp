@@ -6,6 +6,7 @@
 #include <exception>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -68,6 +69,13 @@ void parallel_for(const threaded_policy& policy, index_t n, Body&& body) {
 /// MiBs with passive ones; 256 KiB keeps small calls (a FastV row, one 576-token score vector, a
 /// pooled 24 x 24 grid of small features) on one thread and threads every map-sized call.
 inline constexpr std::size_t parallel_min_bytes = std::size_t{256} << 10;
+
+/// Whether Policy runs work of about `bytes` on several threads (parallel_for below): for callers
+/// that size their buffers or split their work for the threaded path.
+template <class Policy>
+constexpr bool runs_threaded(const Policy&, std::size_t bytes) noexcept {
+  return std::is_same_v<Policy, threaded_policy> && threading_available() && bytes >= parallel_min_bytes;
+}
 
 /// parallel_for over work that reads about `bytes` in total: on the calling thread below
 /// parallel_min_bytes, else as parallel_for (the same iterations, so the same results).

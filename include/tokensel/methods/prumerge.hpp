@@ -183,16 +183,17 @@ inline float softmax_scale(const config& cfg, index_t dim) {
 /// each widened in registers (no fp32 copy). One pass over i advances every lane vector of every
 /// row: a row's lane l still adds its products i = l mod 32 in ascending order from 0.0f, then the
 /// lane tree, so the bits are canonical_dot's; the one-row loop was bound by the latency of one
-/// add chain per lane vector. Only where widens_in_registers<T>.
+/// add chain per lane vector. Only where widened_dots<T>.
 #if defined(__GNUC__)
 template <class T>
-inline constexpr bool widens_in_registers = !std::is_same_v<std::remove_cv_t<T>, float> && tokensel::detail::widens_in_registers<T>;
+/// fp16 / bf16 keys whose dots run widened in registers (fp32 keys need no widening).
+inline constexpr bool widened_dots = !std::is_same_v<std::remove_cv_t<T>, float> && tokensel::detail::widens_in_registers<T>;
 /// Key rows per block: 8 accumulators (rows x 32 / width lane vectors) hide the add latency and
 /// leave registers for the loads (4 rows with AVX-512, 2 with 8-wide vectors).
 inline constexpr index_t widened_rows = tokensel::detail::f32_vector_width / 4;
 #else
 template <class T>
-inline constexpr bool widens_in_registers = false;
+inline constexpr bool widened_dots = false;
 inline constexpr index_t widened_rows = 1;
 #endif
 
@@ -278,7 +279,7 @@ template <class T>
 void canonical_dots_widened(const float* q, const float* q_step, const T* const* k, int rows, index_t n,
                             float* out, const T* const* next = nullptr) noexcept {
 #if defined(__GNUC__)
-  if constexpr (widens_in_registers<T>) {
+  if constexpr (widened_dots<T>) {
     constexpr int W = tokensel::detail::f32_vector_width, L = tokensel::detail::canonical_lanes, G = L / W;
     constexpr int R = static_cast<int>(widened_rows);
     const T* row[R];
@@ -325,7 +326,7 @@ void cls_logits(const Policy& policy, const tensor_view<const T, 2>& queries, co
   auto q = scratch.take<float>(static_cast<std::size_t>(dim));
   to_float_rows(queries, 0, 1, q.data(), "prumerge.queries");
   const std::size_t bytes = tokensel::detail::bytes_of<T>(rows * dim);
-  if constexpr (widens_in_registers<T>) {
+  if constexpr (widened_dots<T>) {
     if (unit == nullptr && keys.inner_contiguous() && dim > 0) {  // selection only: no fp32 row needed
       const index_t blocks = (rows + widened_rows - 1) / widened_rows;
       const float* q_step = q.data();

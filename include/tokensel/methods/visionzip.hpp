@@ -453,9 +453,7 @@ void write_rows(const Policy& policy, const matrix_view<const H>& hidden, std::s
   // D = 1024 the 10 accumulators fill 40 kB: 5-8 % faster at f16 than two 512-column passes),
   // halves of 512 columns when two threads share the rows.
   const std::size_t bytes = tokensel::detail::bytes_of<H>(remaining * d);
-  const bool threaded = std::is_same_v<Policy, threaded_policy> && threading_available() &&
-                        bytes >= tokensel::detail::parallel_min_bytes;
-  const index_t chunk = threaded ? std::min<index_t>(d, 512) : std::max<index_t>(d, 1);
+  const index_t chunk = tokensel::detail::runs_threaded(policy, bytes) ? std::min<index_t>(d, 512) : std::max<index_t>(d, 1);
   const index_t chunks = (d + chunk - 1) / chunk;
   tokensel::detail::parallel_for(policy, chunks, bytes, [&](index_t b) {
     const index_t c0 = b * chunk, width = std::min(chunk, d - c0);

@@ -101,13 +101,12 @@ iqr_result iqr_fences_impl(const tensor_view<const T, 1>& x, const iqr_config& c
   scratch_scope scratch;
   const auto s = finite_copy(scratch, x, name);
   // Q3 first: it leaves the values below its position in s[0, p3.lo), where Q1's order statistics
-  // lie (p1.lo <= p3.lo; at p1.lo + 1 == p3.lo, Q1 interpolates towards Q3's own value).
+  // lie when p1.lo < p3.lo (at p1.lo + 1 == p3.lo, Q1 interpolates towards Q3's own value); the
+  // positions coincide only for n <= 2, and Q1 then searches all of s again.
   const quantile_position p1 = quantile_at(n, 0.25), p3 = quantile_at(n, 0.75);
   r.q3 = quantile_in(s, n, p3, 0.0);  // p3.lo + 1 < n whenever p3 interpolates
-  const auto lo3 = static_cast<index_t>(p3.lo);
-  r.q1 = p1.lo == p3.lo ? quantile_value(p1, s[static_cast<std::size_t>(lo3)],
-                                         p1.lerp ? *std::min_element(s.begin() + lo3 + 1, s.begin() + n) : s[static_cast<std::size_t>(lo3)])
-                        : quantile_in(s, lo3, p1, s[static_cast<std::size_t>(lo3)]);
+  const auto end1 = static_cast<index_t>(p1.lo < p3.lo ? p3.lo : n);
+  r.q1 = quantile_in(s, end1, p1, end1 < n ? s[static_cast<std::size_t>(end1)] : 0.0);
   r.upper_fence = upper_fence(r.q1, r.q3, cfg.multiplier);
   r.lower_fence = lower_fence(r.q1, r.q3, cfg.multiplier);
   for (const double v : s) r.count += is_iqr_outlier(v, r, cfg) ? 1 : 0;
