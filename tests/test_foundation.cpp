@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <random>
 #include <numeric>
 #include <vector>
 
@@ -10,6 +12,7 @@
 #include "tokensel/stats/head_reduction.hpp"
 #include "tokensel/core/token_grid.hpp"
 #include "tokensel/core/token_range.hpp"
+#include "tokensel/detail/reduce.hpp"
 #include "tokensel/select/top_k.hpp"
 
 using namespace tokensel;
@@ -113,4 +116,48 @@ TEST(Views, SliceAndGrid) {
   EXPECT_THROW(m.slice(0, 2, 2), error);
   EXPECT_THROW((matrix_view<float>(nullptr, {3, 3})), error);
   EXPECT_NO_THROW((matrix_view<float>(nullptr, {0, 3})));
+}
+
+// canonical_dot_tile is the register-blocked form of canonical_dot (cosine tables, VisionZip,
+// PruMerge's neighbours): every pair of every partial tile, for lengths around the 32-lane step
+// (the zero-padded tail) and a large one, must give canonical_dot's bits; -0 products and
+// cancelling sums included, where a padded +0 would show if it changed a lane.
+TEST(CanonicalDot, TileEqualsOneDotPerPairBitForBit) {
+  constexpr int R = detail::dot_tile_rows, C = detail::dot_tile_cols;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const index_t max_n = 1100;
+  std::vector<float> rows(static_cast<std::size_t>((R + C) * max_n));
+  for (auto& v : rows) v = normal(rng) * 1e3f;
+  for (index_t i = 0; i < max_n; i += 7) rows[static_cast<std::size_t>(i)] = -0.0f;  // -0 products in row 0
+  for (index_t i = 0; i < max_n; ++i) rows[static_cast<std::size_t>(max_n + i)] = i % 2 == 0 ? 1.0f : -1.0f;
+  const std::vector<index_t> lengths{1, 2, 15, 16, 17, 31, 32, 33, 47, 63, 64, 65, 100, 1024, 1100};
+  int compared = 0;
+  for (index_t n : lengths) {
+    const float* a[R];
+    const float* b[C];
+    for (int r = 0; r < R; ++r) a[r] = rows.data() + r * max_n;
+    for (int c = 0; c < C; ++c) b[c] = rows.data() + (R + c) * max_n;
+    b[0] = rows.data() + max_n;  // row 1 against itself: every lane sums +1s; against row 0 they cancel
+    for (int nr = 1; nr <= R; ++nr) {
+      for (int nc = 1; nc <= C; ++nc) {
+        std::vector<float> out(static_cast<std::size_t>(R * (C + 1)), 12345.0f);
+        detail::canonical_dot_tile(a, nr, b, nc, n, out.data(), C + 1);
+        for (int r = 0; r < R; ++r) {
+          for (int c = 0; c <= C; ++c) {
+            const float got = out[static_cast<std::size_t>(r * (C + 1) + c)];
+            if (r >= nr || c >= nc) {
+              EXPECT_EQ(got, 12345.0f) << "wrote outside the tile at (" << r << ", " << c << ")";
+              continue;
+            }
+            const float want = detail::canonical_dot(a[r], b[c], n);
+            EXPECT_EQ(0, std::memcmp(&got, &want, sizeof(float)))
+                << "n " << n << " tile " << nr << " x " << nc << " pair (" << r << ", " << c << "): " << got << " vs " << want;
+            ++compared;
+          }
+        }
+      }
+    }
+  }
+  EXPECT_EQ(compared, static_cast<int>(lengths.size()) * (R * (R + 1) / 2) * (C * (C + 1) / 2));
 }

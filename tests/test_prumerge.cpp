@@ -392,6 +392,38 @@ TEST(PruMergeMerge, CosineTiesGoToTheLowerIndexAndSelfIsExcluded) {
   EXPECT_EQ(m[1], (2.0f / 64) * (1 + 2 + 4 + 16 + 32));  // extra row
 }
 
+// The neighbour search keys only the patches at or above a block-maxima threshold: against a full
+// sort by the rule (higher cosine, then lower index; self excluded), with coarse values (many
+// ties, -0 next to +0), m from 1 to n - 1 (blocks of one patch and more, a short last row of
+// blocks), self in the first, a middle and the last row.
+TEST(PruMergeMerge, NearestNeighboursEqualFullSortReference) {
+  std::mt19937 rng(11);
+  for (index_t n : {2, 3, 7, 64, 577}) {
+    std::vector<float> cosine(static_cast<std::size_t>(n));
+    std::vector<std::uint64_t> keys(static_cast<std::size_t>(n));
+    std::vector<float> maxima(static_cast<std::size_t>(n));
+    std::vector<token_index> got(static_cast<std::size_t>(n)), want;
+    for (int trial = 0; trial < 6; ++trial) {
+      std::uniform_int_distribution<int> level(-4, trial % 2 == 0 ? 4 : 400);
+      for (auto& c : cosine) c = static_cast<float>(level(rng)) / 4.0f;
+      for (index_t j = 0; j < n; j += 5) cosine[static_cast<std::size_t>(j)] = j % 2 == 0 ? -0.0f : 0.0f;
+      for (index_t m = 1; m < n; m += (n > 100 ? 37 : 1)) {
+        for (index_t i : {index_t{0}, n / 2, n - 1}) {
+          want.clear();
+          for (index_t j = 0; j < n; ++j) {
+            if (j != i) want.push_back(static_cast<token_index>(j));
+          }
+          std::stable_sort(want.begin(), want.end(), [&](token_index a, token_index b) { return cosine[a] > cosine[b]; });
+          want.resize(static_cast<std::size_t>(m));
+          std::sort(want.begin(), want.end());
+          pm::detail::nearest_ascending(cosine.data(), n, i, m, got, keys, maxima);
+          ASSERT_EQ(std::vector<token_index>(got.begin(), got.begin() + m), want) << "n " << n << " m " << m << " i " << i;
+        }
+      }
+    }
+  }
+}
+
 TEST(PruMergeReference, PlainAndPlusMatchFloat64) {
   const ref_inputs in;
   for (bool plus : {false, true}) {

@@ -10,10 +10,12 @@
 
 #include <array>
 #include <cstring>
+#include <utility>
 
 #include "tokensel/core/config.hpp"
 #include "tokensel/core/element.hpp"
 #include "tokensel/detail/arith.hpp"
+#include "tokensel/detail/widen.hpp"
 
 TOKENSEL_BEGIN_NAMESPACE
 namespace detail {
@@ -75,11 +77,51 @@ inline constexpr int dot_tile_rows = 4, dot_tile_cols = 6;
 inline constexpr int dot_tile_rows = 3, dot_tile_cols = 4;
 #endif
 
+// The vector tile needs __builtin_shufflevector, which nvcc's front end does not parse: CUDA
+// translation units take the plain loops for host-side tiles. Both bodies compute the same bits,
+// so whichever definition the linker keeps in a mixed program gives the same results.
+#if defined(__GNUC__) && !defined(__CUDACC__)
+#define TOKENSEL_DETAIL_VECTOR_DOT_TILE 1
+#else
+#define TOKENSEL_DETAIL_VECTOR_DOT_TILE 0
+#endif
+
+#if TOKENSEL_DETAIL_VECTOR_DOT_TILE
+/// The lane tree of several dots at once, across vectors. A tree step at width w pairs two
+/// vectors that each hold W / (2w) dots of 2w tree lanes; the result holds twice the dots, w lanes
+/// each: output position p is dot p / w (the first vector's dots first), lane q = p % w, and gets
+/// lane q + lane q + w, the warp tree's add. `upper` picks the lane q + w operand.
+constexpr int lane_tree_source(int p, int w, bool upper) {
+  constexpr int W = f32_vector_width;
+  const int per_vector = W / (2 * w), dot = p / w;
+  return (dot < per_vector ? 0 : W) + (dot % per_vector) * 2 * w + p % w + (upper ? w : 0);
+}
+template <int w, std::size_t... P>
+inline void lane_tree_step(const f32_vector& x, const f32_vector& y, f32_vector& out, std::index_sequence<P...>) noexcept {
+  out = __builtin_shufflevector(x, y, lane_tree_source(static_cast<int>(P), w, false)...) +
+        __builtin_shufflevector(x, y, lane_tree_source(static_cast<int>(P), w, true)...);
+}
+/// v[k], k < W: tree lanes 0 .. W-1 of dot k (the whole-vector steps done). Leaves the W sums in
+/// v[0], dot k's in lane k, from the same adds as combine_lane_tree. (Vectors go by reference:
+/// without AVX a 32-byte vector returned by value changes the ABI.)
+template <int w = f32_vector_width / 2>
+inline void reduce_lane_trees(f32_vector* v, int count = f32_vector_width) noexcept {
+  if constexpr (w > 0) {
+    for (int k = 0; k < count / 2; ++k) {
+      lane_tree_step<w>(v[2 * k], v[2 * k + 1], v[k], std::make_index_sequence<f32_vector_width>{});
+    }
+    reduce_lane_trees<w / 2>(v, count / 2);
+  }
+}
+#endif
+
 /// out[r * out_stride + c] = canonical_dot(a[r], b[c], n) for r < rows <= dot_tile_rows and
 /// c < cols <= dot_tile_cols: the same bits, but each loaded vector feeds several dot products
 /// (a register-blocked product, which the one-pair loop cannot be: it does two loads per
 /// multiply-add). Lane l of every dot still adds its products i = l mod 32 in ascending order;
-/// only which lanes advance together changes, and lanes are independent until the tree.
+/// only which lanes advance together changes, and lanes are independent until the tree, which
+/// runs for W dots at a time across vectors (the one-dot tree through memory cost as much as
+/// 300 of the D multiply-adds per dot).
 inline void canonical_dot_tile(const float* const* a, int rows, const float* const* b, int cols, index_t n,
                                float* out, index_t out_stride) noexcept {
   constexpr int R = dot_tile_rows, C = dot_tile_cols, L = canonical_lanes;
@@ -87,43 +129,77 @@ inline void canonical_dot_tile(const float* const* a, int rows, const float* con
   const float* pb[C];
   for (int r = 0; r < R; ++r) pa[r] = a[r < rows ? r : 0];  // padding rows repeat row 0, never stored
   for (int c = 0; c < C; ++c) pb[c] = b[c < cols ? c : 0];
-  float lane[R][C][L];
   const index_t full = n - n % L;
-#if defined(__GNUC__)
-#if defined(__AVX512F__)
-  constexpr int W = 16;
-#else
-  constexpr int W = 8;
-#endif
-  using vec = float __attribute__((vector_size(W * sizeof(float))));
-  using vec_unaligned = float __attribute__((vector_size(W * sizeof(float)), aligned(4), may_alias));
+#if TOKENSEL_DETAIL_VECTOR_DOT_TILE
+  constexpr int W = f32_vector_width, V = L / W;  // V vectors per dot
+  using vec = f32_vector;
+  using vec_unaligned = f32_vector_unaligned;
+  // The last partial step reads zero-padded copies: a padded product is +0, and a lane plus +0 is
+  // the lane (a lane starts at +0 and so is never -0), so the padding adds nothing.
+  const bool tail = full < n;
+  alignas(64) float tail_a[R][L];
+  alignas(64) float tail_b[C][L];
+  if (tail) {
+    for (int r = 0; r < R; ++r) {
+      for (int l = 0; l < L; ++l) tail_a[r][l] = full + l < n ? pa[r][full + l] : 0.0f;
+    }
+    for (int c = 0; c < C; ++c) {
+      for (int l = 0; l < L; ++l) tail_b[c][l] = full + l < n ? pb[c][full + l] : 0.0f;
+    }
+  }
+  vec lanes[V][R * C];
   // The pragmas unroll the tile fully so that the accumulators live in registers.
-  for (int g = 0; g < L; g += W) {  // lanes g .. g + W - 1 of every dot
+  for (int g = 0; g < V; ++g) {  // lanes g W .. g W + W - 1 of every dot
     vec acc[R][C];
 TOKENSEL_UNROLL(8)
     for (int r = 0; r < R; ++r) {
 TOKENSEL_UNROLL(8)
       for (int c = 0; c < C; ++c) acc[r][c] = vec{};
     }
-    for (index_t i = g; i < full; i += L) {
+    const auto step = [&acc](const float* const* xa, const float* const* xb, index_t i) __attribute__((always_inline)) {
       vec va[R], vb[C];
 TOKENSEL_UNROLL(8)
-      for (int r = 0; r < R; ++r) va[r] = *reinterpret_cast<const vec_unaligned*>(pa[r] + i);
+      for (int r = 0; r < R; ++r) va[r] = *reinterpret_cast<const vec_unaligned*>(xa[r] + i);
 TOKENSEL_UNROLL(8)
-      for (int c = 0; c < C; ++c) vb[c] = *reinterpret_cast<const vec_unaligned*>(pb[c] + i);
+      for (int c = 0; c < C; ++c) vb[c] = *reinterpret_cast<const vec_unaligned*>(xb[c] + i);
 TOKENSEL_UNROLL(8)
       for (int r = 0; r < R; ++r) {
 TOKENSEL_UNROLL(8)
         for (int c = 0; c < C; ++c) acc[r][c] += va[r] * vb[c];
       }
+    };
+    for (index_t i = g * W; i < full; i += L) step(pa, pb, i);
+    if (tail) {
+      const float* ta[R];
+      const float* tb[C];
+      for (int r = 0; r < R; ++r) ta[r] = tail_a[r];
+      for (int c = 0; c < C; ++c) tb[c] = tail_b[c];
+      step(ta, tb, g * W);
     }
 TOKENSEL_UNROLL(8)
     for (int r = 0; r < R; ++r) {
 TOKENSEL_UNROLL(8)
-      for (int c = 0; c < C; ++c) std::memcpy(&lane[r][c][g], &acc[r][c], sizeof(vec));
+      for (int c = 0; c < C; ++c) lanes[g][r * C + c] = acc[r][c];
+    }
+  }
+  // The tree's whole-vector steps (widths 16 down to W): lane l += lane l + w.
+  for (int v = V / 2; v >= 1; v /= 2) {
+    for (int k = 0; k < v; ++k) {
+      for (int d = 0; d < R * C; ++d) lanes[k][d] += lanes[k + v][d];
+    }
+  }
+  for (int d0 = 0; d0 < R * C; d0 += W) {  // the rest of the tree, W dots at a time
+    vec group[W];
+    const int count = R * C - d0 < W ? R * C - d0 : W;
+    for (int k = 0; k < W; ++k) group[k] = k < count ? lanes[0][d0 + k] : vec{};
+    reduce_lane_trees(group);
+    for (int k = 0; k < count; ++k) {
+      const int r = (d0 + k) / C, c = (d0 + k) % C;
+      if (r < rows && c < cols) out[r * out_stride + c] = group[0][k];
     }
   }
 #else
+  float lane[R][C][L];
   for (int r = 0; r < R; ++r) {
     for (int c = 0; c < C; ++c) {
       for (int l = 0; l < L; ++l) lane[r][c][l] = 0.0f;
@@ -132,13 +208,13 @@ TOKENSEL_UNROLL(8)
       }
     }
   }
-#endif
   for (int r = 0; r < rows; ++r) {
     for (int c = 0; c < cols; ++c) {
       for (int l = 0; full + l < n; ++l) lane[r][c][l] += pa[r][full + l] * pb[c][full + l];
       out[r * out_stride + c] = combine_lanes_unrolled(lane[r][c]);
     }
   }
+#endif
 }
 
 /// x[0, n) /= count, count >= 1. A power-of-two count multiplies by its reciprocal instead: x / 2^k

@@ -113,6 +113,10 @@ inline constexpr int f32_vector_width = 16;
 inline constexpr int f32_vector_width = 8;
 #endif
 using f32_vector = float __attribute__((vector_size(f32_vector_width * sizeof(float))));
+/// f32_vector at any float's address (rows carry no vector alignment). A typedef, not a `using`:
+/// Clang ignores an alignment-lowering attribute on an alias declaration and would emit aligned
+/// loads (a crash on a row that does not start on a vector boundary).
+typedef float f32_vector_unaligned __attribute__((vector_size(f32_vector_width * sizeof(float)), aligned(4), may_alias));
 
 /// f32_vector_width values of a contiguous row as fp32 (exact widening), into out: an out
 /// parameter, not a return value, because returning a 32-byte vector from a function compiled
@@ -120,10 +124,9 @@ using f32_vector = float __attribute__((vector_size(f32_vector_width * sizeof(fl
 template <element T>
 inline void load_f32(const T* p, f32_vector& out) noexcept {
   using U = std::remove_cv_t<T>;
-  constexpr int W = f32_vector_width;
+  [[maybe_unused]] constexpr int W = f32_vector_width;  // the portable paths' width
   if constexpr (std::is_same_v<U, float>) {
-    using unaligned = float __attribute__((vector_size(W * sizeof(float)), aligned(4), may_alias));
-    out = *reinterpret_cast<const unaligned*>(p);
+    out = *reinterpret_cast<const f32_vector_unaligned*>(p);
   } else if constexpr (std::is_same_v<U, Eigen::bfloat16>) {
     // bf16 is the upper half of an fp32: zero-extend and shift. Written out because GCC 12 lowers
     // the generic convert of a 16 x u16 vector as two 8-wide extends and an insert (a fifth of a
@@ -135,7 +138,7 @@ inline void load_f32(const T* p, f32_vector& out) noexcept {
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
     out = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 #else
-    using u16 = std::uint16_t __attribute__((vector_size(W * 2), aligned(2), may_alias));
+    typedef std::uint16_t u16 __attribute__((vector_size(W * 2), aligned(2), may_alias));
     using u32 = std::uint32_t __attribute__((vector_size(W * 4)));
     const u32 w = __builtin_convertvector(*reinterpret_cast<const u16*>(p), u32) << 16;
     std::memcpy(&out, &w, sizeof out);
@@ -165,12 +168,11 @@ inline void accumulate(const T* src, index_t n, float* acc, const T* next = null
   if constexpr (widens_in_registers<T>) {
     constexpr int W = f32_vector_width;
     constexpr index_t line = 64 / sizeof(T);  // values per cache line
-    using unaligned = float __attribute__((vector_size(W * sizeof(float)), aligned(4), may_alias));
     for (; j + W <= n; j += W) {
       if (next != nullptr && j % line == 0) __builtin_prefetch(next + j);
       f32_vector x;
       load_f32(src + j, x);
-      *reinterpret_cast<unaligned*>(acc + j) += x;
+      *reinterpret_cast<f32_vector_unaligned*>(acc + j) += x;
     }
   }
 #endif

@@ -46,15 +46,16 @@ struct rank_low_first {
 /// One 64-bit key per (score, index) whose unsigned order is the Rank rule's (larger = ranks
 /// first): the score (negated for the bottom-k rule) mapped to an order-preserving unsigned,
 /// -0 folded onto +0 (they compare equal), above the complemented index (equal scores: the
-/// lower index ranks first). Scores are finite here.
+/// lower index ranks first). Scores are finite here. Branch-free, since a branch on the sign
+/// mispredicts on half of the scores: s + 0 folds -0 onto +0 and keeps every other value; a
+/// negative score's bits are all flipped, a non-negative one gets its sign bit set.
 template <class Rank>
 inline std::uint64_t rank_key(float score, index_t i) noexcept {
   constexpr bool high = std::is_same_v<Rank, rank_high_first>;
-  float s = high ? score : -score;
-  if (s == 0.0f) s = 0.0f;
+  const float s = (high ? score : -score) + 0.0f;
   std::uint32_t b;
   std::memcpy(&b, &s, sizeof b);
-  b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+  b ^= static_cast<std::uint32_t>(static_cast<std::int32_t>(b) >> 31) | 0x80000000u;
   return (static_cast<std::uint64_t>(b) << 32) | static_cast<std::uint32_t>(0xFFFFFFFFu - static_cast<std::uint32_t>(i));
 }
 
