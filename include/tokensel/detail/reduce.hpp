@@ -217,17 +217,26 @@ TOKENSEL_UNROLL(8)
 #endif
 }
 
-/// x[0, n) /= count, count >= 1. A power-of-two count multiplies by its reciprocal instead: x / 2^k
-/// and x * 2^-k round the same exact value (2^-k is exact in fp32 for any index_t count), so the
-/// bits are the divide's and the divides are gone (they were a third of a 2 x 2 pooling call).
+/// x / count, count >= 1, for a scalar or a vector of fp32. A power-of-two count multiplies by
+/// its reciprocal instead: x / 2^k and x * 2^-k round the same exact value (2^-k is exact in fp32
+/// for any index_t count), so the bits are the divide's and the divides are gone (they were a
+/// third of a 2 x 2 pooling call).
+class count_divisor {
+ public:
+  explicit count_divisor(index_t count) noexcept
+      : count_(static_cast<float>(count)), inverse_(1.0f / count_), power_of_two_(count > 0 && (count & (count - 1)) == 0) {}
+  template <class X>
+  X operator()(X x) const noexcept { return power_of_two_ ? x * inverse_ : x / count_; }
+
+ private:
+  float count_, inverse_;
+  bool power_of_two_;
+};
+
+/// x[0, n) /= count (count_divisor's rule), count >= 1.
 inline void divide_by_count(float* x, index_t n, index_t count) noexcept {
-  const auto cnt = static_cast<float>(count);
-  if (count > 0 && (count & (count - 1)) == 0) {
-    const float inv = 1.0f / cnt;
-    for (index_t c = 0; c < n; ++c) x[c] = x[c] * inv;
-  } else {
-    for (index_t c = 0; c < n; ++c) x[c] = x[c] / cnt;
-  }
+  const count_divisor divide(count);
+  for (index_t c = 0; c < n; ++c) x[c] = divide(x[c]);
 }
 
 }  // namespace detail

@@ -137,11 +137,12 @@ struct pool_window {
 #if defined(__GNUC__)
 /// Channels [0, full) of one pooled token, full a multiple of 4 vectors: each chunk of 4 vectors
 /// stays in registers while the window's tokens are added into it (row-major, from 0.0f: the
-/// same adds as the row loop), then is stored into sum. One pass over the window's rows, no fp32
-/// row accumulated in memory.
+/// same adds as the row loop), then is divided by the count and stored into mean. One pass over
+/// the window's rows, no fp32 row accumulated in memory.
 template <element T>
 void pool_window_chunks(const matrix_view<const T>& features, const token_grid& grid, const pool_window& win,
-                        float* sum, index_t full) noexcept {
+                        float* mean, index_t full) noexcept {
+  const tokensel::detail::count_divisor divide(win.count());
   using tokensel::detail::f32_vector;
   constexpr int V = 4, W = tokensel::detail::f32_vector_width;
   for (index_t j0 = 0; j0 < full; j0 += V * W) {
@@ -165,13 +166,16 @@ TOKENSEL_UNROLL(4)
       }
     }
 TOKENSEL_UNROLL(4)
-    for (int v = 0; v < V; ++v) std::memcpy(sum + j0 + v * W, &acc[v], sizeof(f32_vector));
+    for (int v = 0; v < V; ++v) {
+      const f32_vector m = divide(acc[v]);  // divided in registers: no second pass over the row
+      std::memcpy(mean + j0 + v * W, &m, sizeof(f32_vector));
+    }
   }
 }
 #endif
 
 /// out row o = the mean of the window's feature rows: each channel sums the window's tokens
-/// row-major from 0.0f in fp32, then divides by the count (detail::divide_by_count).
+/// row-major from 0.0f in fp32, then divides by the count (detail::count_divisor).
 /// Register-blocked where rows are contiguous; otherwise whole rows into an fp32 scratch row.
 template <element T, class Out>
 void pool_one(const matrix_view<const T>& features, const token_grid& grid, const pool_window& win, const Out& out,
@@ -203,7 +207,7 @@ void pool_one(const matrix_view<const T>& features, const token_grid& grid, cons
       }
     }
   }
-  tokensel::detail::divide_by_count(mean.data(), d, win.count());
+  tokensel::detail::divide_by_count(mean.data() + done, d - done, win.count());
   tokensel::detail::store_row(out, o, mean.data());
 }
 }  // namespace detail
