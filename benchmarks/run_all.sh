@@ -147,20 +147,33 @@ for exe in "${exes[@]}"; do
   [[ -x "$exe" && "$name" != *.* ]] || continue
   if [[ -n "$only" && ",$only," != *",$name,"* ]]; then continue; fi
   echo "== $name (load: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
-  # A crash (one bench_prumerge segfault in a long run, never reproduced) costs one rerun of that
-  # executable with the same flags, not its rows; machine.txt records it and the page prints it.
+  # A crash (a segfault of bench_prumerge or bench_fopru about once per long run, not reproduced in
+  # 50 short runs) costs one rerun of that executable with the same flags, not its rows;
+  # machine.txt records it and the page prints it. Each attempt runs in its own directory with core
+  # dumps on, so that a crash leaves a backtrace of every thread (gdb) in <out>/<name>.crash<N>.txt.
   for attempt in 1 2; do
     status=0
-    "$exe" --benchmark_out="$out/$name.json" --benchmark_out_format=json "$@" >&2 || status=$?
-    [[ $status -ne 0 ]] || break
+    cores="$out/cores/$name.$attempt"
+    rm -rf "$cores" && mkdir -p "$cores"
+    (ulimit -c unlimited 2>/dev/null || true; cd "$cores" &&
+      exec "$(realpath "$exe")" --benchmark_out="$(realpath "$out")/$name.json" --benchmark_out_format=json "$@") >&2 || status=$?
+    if [[ $status -eq 0 ]]; then rm -rf "$cores"; break; fi
+    core=$(ls -t "$cores"/core* 2>/dev/null | head -1 || true)
+    trace=""
+    if [[ -n $core ]] && command -v gdb >/dev/null; then
+      gdb -batch -ex "info threads" -ex "thread apply all bt 20" "$exe" "$core" >"$out/$name.crash$attempt.txt" 2>&1 || true
+      trace="; backtraces in $name.crash$attempt.txt"
+    fi
+    rm -rf "$cores"  # a core of the large-input benchmarks runs to gigabytes
     if [[ $attempt == 1 ]]; then
-      echo "rerun: $name exited with status $status at $(date -u +%H:%M:%SZ) and was run again with the same flags" |
+      echo "rerun: $name exited with status $status at $(date -u +%H:%M:%SZ) and was run again with the same flags$trace" |
         tee -a "$out/machine.txt" >&2
     else
-      echo "failed: $name exited with status $status twice; its table rows are missing or partial" |
+      echo "failed: $name exited with status $status twice; its table rows are missing or partial$trace" |
         tee -a "$out/machine.txt" >&2
     fi
   done
 done
+rm -rf "$out/cores"
 echo "uptime at end: $(uptime)" | tee -a "$out/machine.txt"
 summarise "$out" | tee "$out/summary.md"
