@@ -129,13 +129,14 @@ void register_flops_floor(const encoder_shape& s, const pm::config& cfg, const s
 
 /// The bound a fp16 / bf16 selection cannot beat besides its read: the canonical dot of the CLS
 /// query with every key row (widened, separate multiplies and adds, the lane tree), the library's
-/// own register-blocked kernel, from 4 key rows that stay in L1 (no memory traffic). Named
+/// own register-blocked kernel, on blocks of f32_vector_width key rows (one set of lane trees, 32 kB
+/// at fp16 with AVX-512) that stay in L1 (no memory traffic). Named
 /// "bound/dots/..." so report_page.py prints it next to the PruMerge select rows.
 template <class T>
 void register_dots_bound(const encoder_shape& s) {
   if constexpr (pm::detail::widened_dots<T>) {
     add(std::string("bound/dots/") + dtype<T>() + "/" + s.name, "", 0, s.samples, [=](benchmark::State& state) {
-      constexpr index_t R = pm::detail::widened_rows;
+      constexpr index_t R = ts::detail::f32_vector_width;
       const auto& q = gaussian<T>(kDim, 31);
       const auto& k = gaussian<T>(R * kDim, 32);
       std::vector<float> qf(static_cast<std::size_t>(kDim)), split(static_cast<std::size_t>(kDim));

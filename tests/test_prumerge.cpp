@@ -570,8 +570,9 @@ TEST(PruMergeProperties, HalfAndBfloat16InputsSelectTheSame) {
 TEST(PruMergeProperties, WidenedSelectionPathMatchesFp32Bits) {
   // Selection only reads fp16 / bf16 keys widened in registers, several rows at a time; the CLS
   // attention must equal the fp32 run on the same values bit for bit: D = 77 leaves a tail after
-  // two 32-lane steps, 11 rows end in a partial block, and D = 1024 is LLaVA's width.
-  for (const auto& [rows, dim] : {std::pair<index_t, index_t>{11, 77}, {9, 1024}, {6, 20}}) {
+  // two 32-lane steps, 11 rows end in a partial block, D = 1024 is LLaVA's width, and 37 rows of
+  // D = 96 take the lane trees of 16 rows at a time (two full sets, then 5 rows).
+  for (const auto& [rows, dim] : {std::pair<index_t, index_t>{11, 77}, {9, 1024}, {6, 20}, {37, 96}}) {
     std::mt19937 rng(static_cast<unsigned>(rows * 1000 + dim));
     std::normal_distribution<float> g(0.0f, 1.0f);
     std::vector<float> q(dim), k(rows * dim);

@@ -23,6 +23,7 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <utility>
 
 #include "tokensel/core/batch.hpp"
 #include "tokensel/core/budget.hpp"
@@ -251,6 +252,26 @@ TOKENSEL_UNROLL(4)
   }
 }
 
+#if TOKENSEL_DETAIL_VECTOR_DOT_TILE
+/// The even-lane vector e and the odd-lane vector o of 2W tree lanes: x = (e[0, W/2), o[0, W/2)),
+/// y = (e[W/2, W), o[W/2, W)), so that x + y is the tree step at width W (lane l + lane l + W).
+/// (Vectors by reference: without AVX a 32-byte vector returned by value changes the ABI.)
+template <std::size_t... P>
+inline void split_halves(const tokensel::detail::f32_vector& e, const tokensel::detail::f32_vector& o,
+                         tokensel::detail::f32_vector& x, tokensel::detail::f32_vector& y, std::index_sequence<P...>) noexcept {
+  constexpr int W = tokensel::detail::f32_vector_width, H = W / 2;
+  x = __builtin_shufflevector(e, o, (P < H ? P : W + P - H)...);
+  y = __builtin_shufflevector(e, o, (P < H ? H + P : W + P)...);
+}
+/// (t[0], t[W/2], t[1], t[W/2 + 1], ...): the lanes 2m (first half) and 2m + 1 (second half) back
+/// in natural order.
+template <std::size_t... P>
+inline void interleave_halves(const tokensel::detail::f32_vector& t, tokensel::detail::f32_vector& out, std::index_sequence<P...>) noexcept {
+  constexpr int H = tokensel::detail::f32_vector_width / 2;
+  out = __builtin_shufflevector(t, t, (P % 2 == 0 ? P / 2 : H + P / 2)...);
+}
+#endif
+
 /// The 32 lane partials of one row from its lane vectors (step_products' layout).
 template <class T>
 inline void lanes_of(const tokensel::detail::f32_vector* acc, float* lane) noexcept {
@@ -268,13 +289,41 @@ inline void lanes_of(const tokensel::detail::f32_vector* acc, float* lane) noexc
 }
 #endif
 
-/// out[r] = canonical_dot(q, float(k[r])) for rows <= widened_rows contiguous fp16 / bf16 rows,
-/// each widened in registers (no fp32 copy); q_step is q, or for bf16 split_query(q). One pass
-/// over i advances every lane vector of every row: a row's lane l still adds its products
-/// i = l mod 32 in ascending order from 0.0f, then the lane tree, so the bits are canonical_dot's
-/// (the one-row loop was bound by the latency of one add chain per lane vector).
-/// next: the next block's rows (nullptr: none), prefetched at the offset being read, so that the
-/// next block's loads overlap this block's arithmetic instead of following it.
+#if TOKENSEL_DETAIL_VECTOR_DOT_TILE
+/// Tree lanes 0 .. W-1 of one row (the whole-vector steps of the lane tree: lane l += lane l + w
+/// for w = 16 down to W) from step_products' accumulators, in natural lane order, into s.
+template <class T>
+inline void first_tree_steps(tokensel::detail::f32_vector* acc, tokensel::detail::f32_vector& s) noexcept {
+  constexpr int W = tokensel::detail::f32_vector_width, G = tokensel::detail::canonical_lanes / W;
+  if constexpr (split_widened<T>) {
+    // Vector pairs (2h, 2h + 1) hold the even and the odd lanes of 2W lanes: widths >= 2W add
+    // pairs; width W adds within each half of the pair, then the even and odd lanes interleave.
+    for (int v = G / 2; v >= 2; v /= 2) {
+      for (int k = 0; k < v; ++k) acc[k] += acc[k + v];
+    }
+    tokensel::detail::f32_vector x, y;
+    split_halves(acc[0], acc[1], x, y, std::make_index_sequence<W>{});
+    const tokensel::detail::f32_vector t = x + y;  // t[m] = lane 2m, t[W/2 + m] = lane 2m + 1
+    interleave_halves(t, s, std::make_index_sequence<W>{});
+  } else {
+    for (int v = G / 2; v >= 1; v /= 2) {
+      for (int k = 0; k < v; ++k) acc[k] += acc[k + v];
+    }
+    s = acc[0];
+  }
+}
+#endif
+
+/// out[r] = canonical_dot(q, float(k[r])) for rows <= f32_vector_width contiguous fp16 / bf16
+/// rows, each widened in registers (no fp32 copy); q_step is q, or for bf16 split_query(q). One
+/// pass over i advances every lane vector of widened_rows rows at a time: a row's lane l still adds
+/// its products i = l mod 32 in ascending order from 0.0f, then the lane tree, so the bits are
+/// canonical_dot's (the one-row loop was bound by the latency of one add chain per lane vector).
+/// The trees of all the rows then run together across vectors (reduce_lane_trees; one tree at a
+/// time through memory took as long as the 1024 multiply-adds of the row).
+/// next: f32_vector_width rows after these (nullptr: none). Each row is prefetched widened_rows
+/// rows before it is read (from k, then from next), so that its loads overlap the arithmetic of
+/// the rows before instead of following it.
 template <class T>
 void canonical_dots_widened(const float* q, const float* q_step, const T* const* k, int rows, index_t n,
                             float* out, const T* const* next = nullptr) noexcept {
@@ -282,26 +331,50 @@ void canonical_dots_widened(const float* q, const float* q_step, const T* const*
   if constexpr (widened_dots<T>) {
     constexpr int W = tokensel::detail::f32_vector_width, L = tokensel::detail::canonical_lanes, G = L / W;
     constexpr int R = static_cast<int>(widened_rows);
-    const T* row[R];
-    for (int r = 0; r < R; ++r) row[r] = k[r < rows ? r : 0];  // padding repeats row 0, never stored
-    tokensel::detail::f32_vector acc[R][G];
-TOKENSEL_UNROLL(16)
-    for (int a = 0; a < R * G; ++a) acc[a / G][a % G] = tokensel::detail::f32_vector{};
     const index_t full = n - n % L;
-    for (index_t i = 0; i < full; i += L) {
-      if (next != nullptr) {  // 32 values of 2 bytes: one cache line per row and step
-TOKENSEL_UNROLL(4)
-        for (int r = 0; r < R; ++r) __builtin_prefetch(next[r] + i);
+#if TOKENSEL_DETAIL_VECTOR_DOT_TILE
+    tokensel::detail::f32_vector trees[W];
+#endif
+    for (int r0 = 0; r0 < rows; r0 += R) {
+      const T* row[R];
+      for (int r = 0; r < R; ++r) row[r] = k[r0 + r < rows ? r0 + r : r0];  // padding repeats a row, never stored
+      // The rows widened_rows further on (in k, then in next) load while these are multiplied.
+      const T* ahead[R];
+      for (int r = 0; r < R; ++r) {
+        const int j = r0 + R + r;
+        ahead[r] = next == nullptr ? nullptr : j < rows ? k[j] : next[std::min(j - rows, W - 1)];
       }
+      tokensel::detail::f32_vector acc[R][G];
+TOKENSEL_UNROLL(16)
+      for (int a = 0; a < R * G; ++a) acc[a / G][a % G] = tokensel::detail::f32_vector{};
+      for (index_t i = 0; i < full; i += L) {
+        if (ahead[0] != nullptr) {  // 32 values of 2 bytes: one cache line per row and step
 TOKENSEL_UNROLL(4)
-      for (int r = 0; r < R; ++r) step_products(q_step, row[r], i, acc[r]);
+          for (int r = 0; r < R; ++r) __builtin_prefetch(ahead[r] + i);
+        }
+TOKENSEL_UNROLL(4)
+        for (int r = 0; r < R; ++r) step_products(q_step, row[r], i, acc[r]);
+      }
+      for (int r = 0; r < R && r0 + r < rows; ++r) {
+#if TOKENSEL_DETAIL_VECTOR_DOT_TILE
+        if (full == n) {
+          first_tree_steps<T>(acc[r], trees[r0 + r]);
+          continue;
+        }
+#endif
+        float lane[L];
+        lanes_of<T>(acc[r], lane);
+        for (int l = 0; full + l < n; ++l) lane[l] += q[full + l] * to_float(row[r][full + l]);
+        out[r0 + r] = tokensel::detail::combine_lanes_unrolled(lane);
+      }
     }
-    for (int r = 0; r < rows; ++r) {
-      float lane[L];
-      lanes_of<T>(acc[r], lane);
-      for (int l = 0; full + l < n; ++l) lane[l] += q[full + l] * to_float(row[r][full + l]);
-      out[r] = tokensel::detail::combine_lanes_unrolled(lane);
+#if TOKENSEL_DETAIL_VECTOR_DOT_TILE
+    if (full == n) {
+      for (int r = rows; r < W; ++r) trees[r] = tokensel::detail::f32_vector{};
+      tokensel::detail::reduce_lane_trees(trees);
+      for (int r = 0; r < rows; ++r) out[r] = trees[0][r];
     }
+#endif
   }
 #endif
   (void)q, (void)q_step, (void)k, (void)rows, (void)n, (void)out, (void)next;
@@ -328,7 +401,8 @@ void cls_logits(const Policy& policy, const tensor_view<const T, 2>& queries, co
   const std::size_t bytes = tokensel::detail::bytes_of<T>(rows * dim);
   if constexpr (widened_dots<T>) {
     if (unit == nullptr && keys.inner_contiguous() && dim > 0) {  // selection only: no fp32 row needed
-      const index_t blocks = (rows + widened_rows - 1) / widened_rows;
+      constexpr index_t block = tokensel::detail::f32_vector_width;  // the rows of one set of lane trees
+      const index_t blocks = (rows + block - 1) / block;
       const float* q_step = q.data();
 #if defined(__GNUC__)
       if constexpr (split_widened<T>) {
@@ -338,14 +412,14 @@ void cls_logits(const Policy& policy, const tensor_view<const T, 2>& queries, co
       }
 #endif
       tokensel::detail::parallel_for(policy, blocks, bytes, [&](index_t b) {
-        const index_t j0 = b * widened_rows, count = std::min(widened_rows, rows - j0);
-        const T* k[widened_rows];
-        const T* next[widened_rows];
-        for (index_t r = 0; r < widened_rows; ++r) {
-          k[r] = &keys(r < count ? j0 + r : j0, 0);
-          next[r] = &keys(std::min(j0 + widened_rows + r, rows - 1), 0);  // the last block refetches its own rows
+        const index_t j0 = b * block, count = std::min(block, rows - j0);
+        const T* k[block];
+        const T* next[block];
+        for (index_t r = 0; r < block; ++r) {
+          if (r < count) k[r] = &keys(j0 + r, 0);
+          next[r] = &keys(std::min(j0 + block + r, rows - 1), 0);  // the last block refetches the last row
         }
-        float dots[widened_rows];
+        float dots[block];
         canonical_dots_widened(q.data(), q_step, k, static_cast<int>(count), dim, dots, next);
         for (index_t r = 0; r < count; ++r) e[j0 + r] = dots[r] * scale;
       });
