@@ -115,6 +115,38 @@ inline void reduce_lane_trees(f32_vector* v, int count = f32_vector_width) noexc
 }
 #endif
 
+#if TOKENSEL_DETAIL_VECTOR_DOT_TILE
+/// tails[r] = row r's values [full, n) then zeros, 32 in all, for r < count.
+inline void pad_tails(const float* const* row, int count, index_t full, index_t n, float (*tails)[canonical_lanes]) noexcept {
+  for (int r = 0; r < count; ++r) {
+    for (int l = 0; l < canonical_lanes; ++l) tails[r][l] = full + l < n ? row[r][full + l] : 0.0f;
+  }
+}
+
+/// The lane trees of a tile's dots from their lane vectors (lanes[g][r * C + c]: lanes g W ..
+/// g W + W - 1 of dot (r, c)): the whole-vector steps (widths 16 down to W: lane l += lane l + w),
+/// then the rest for W dots at a time across vectors; out[r * out_stride + c] for the real dots.
+inline void finish_dot_tile(f32_vector (*lanes)[dot_tile_rows * dot_tile_cols], int rows, int cols, float* out,
+                            index_t out_stride) noexcept {
+  constexpr int C = dot_tile_cols, D = dot_tile_rows * dot_tile_cols, W = f32_vector_width, V = canonical_lanes / W;
+  for (int v = V / 2; v >= 1; v /= 2) {
+    for (int k = 0; k < v; ++k) {
+      for (int d = 0; d < D; ++d) lanes[k][d] += lanes[k + v][d];
+    }
+  }
+  for (int d0 = 0; d0 < D; d0 += W) {
+    f32_vector group[W];
+    const int count = D - d0 < W ? D - d0 : W;
+    for (int k = 0; k < W; ++k) group[k] = k < count ? lanes[0][d0 + k] : f32_vector{};
+    reduce_lane_trees(group);
+    for (int k = 0; k < count; ++k) {
+      const int r = (d0 + k) / C, c = (d0 + k) % C;
+      if (r < rows && c < cols) out[r * out_stride + c] = group[0][k];
+    }
+  }
+}
+#endif
+
 /// out[r * out_stride + c] = canonical_dot(a[r], b[c], n) for r < rows <= dot_tile_rows and
 /// c < cols <= dot_tile_cols: the same bits, but each loaded vector feeds several dot products
 /// (a register-blocked product, which the one-pair loop cannot be: it does two loads per
@@ -140,12 +172,8 @@ inline void canonical_dot_tile(const float* const* a, int rows, const float* con
   alignas(64) float tail_a[R][L];
   alignas(64) float tail_b[C][L];
   if (tail) {
-    for (int r = 0; r < R; ++r) {
-      for (int l = 0; l < L; ++l) tail_a[r][l] = full + l < n ? pa[r][full + l] : 0.0f;
-    }
-    for (int c = 0; c < C; ++c) {
-      for (int l = 0; l < L; ++l) tail_b[c][l] = full + l < n ? pb[c][full + l] : 0.0f;
-    }
+    pad_tails(pa, R, full, n, tail_a);
+    pad_tails(pb, C, full, n, tail_b);
   }
   vec lanes[V][R * C];
   // The pragmas unroll the tile fully so that the accumulators live in registers.
@@ -182,22 +210,7 @@ TOKENSEL_UNROLL(8)
       for (int c = 0; c < C; ++c) lanes[g][r * C + c] = acc[r][c];
     }
   }
-  // The tree's whole-vector steps (widths 16 down to W): lane l += lane l + w.
-  for (int v = V / 2; v >= 1; v /= 2) {
-    for (int k = 0; k < v; ++k) {
-      for (int d = 0; d < R * C; ++d) lanes[k][d] += lanes[k + v][d];
-    }
-  }
-  for (int d0 = 0; d0 < R * C; d0 += W) {  // the rest of the tree, W dots at a time
-    vec group[W];
-    const int count = R * C - d0 < W ? R * C - d0 : W;
-    for (int k = 0; k < W; ++k) group[k] = k < count ? lanes[0][d0 + k] : vec{};
-    reduce_lane_trees(group);
-    for (int k = 0; k < count; ++k) {
-      const int r = (d0 + k) / C, c = (d0 + k) % C;
-      if (r < rows && c < cols) out[r * out_stride + c] = group[0][k];
-    }
-  }
+  finish_dot_tile(lanes, rows, cols, out, out_stride);
 #else
   float lane[R][C][L];
   for (int r = 0; r < R; ++r) {
