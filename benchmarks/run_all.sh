@@ -155,10 +155,11 @@ for exe in "${exes[@]}"; do
     status=0
     cores="$out/cores/$name.$attempt"
     rm -rf "$cores" && mkdir -p "$cores"
+    exe_path=$(realpath "$exe") json_path="$(realpath "$out")/$name.json"  # before the cd below
     (ulimit -c unlimited 2>/dev/null || true; cd "$cores" &&
-      exec "$(realpath "$exe")" --benchmark_out="$(realpath "$out")/$name.json" --benchmark_out_format=json "$@") >&2 || status=$?
+      exec "$exe_path" --benchmark_out="$json_path" --benchmark_out_format=json "$@") >&2 || status=$?
     if [[ $status -eq 0 ]]; then rm -rf "$cores"; break; fi
-    core=$(ls -t "$cores"/core* 2>/dev/null | head -1 || true)
+    core=$(find "$cores" -maxdepth 1 -type f -name "core*" | head -1)
     trace=""
     if [[ -n $core ]] && command -v gdb >/dev/null; then
       gdb -batch -ex "info threads" -ex "thread apply all bt 20" "$exe" "$core" >"$out/$name.crash$attempt.txt" 2>&1 || true
