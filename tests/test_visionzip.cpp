@@ -468,7 +468,7 @@ TEST(VisionZip, TargetAssignmentEqualsScalarCanonicalDots) {
 }
 
 TEST(VisionZip, VectorLaneTreesEqualCanonicalDotBits) {
-#if defined(__AVX512F__) && defined(__GNUC__)
+#if defined(__AVX512F__) && TOKENSEL_DETAIL_VECTOR_DOT_TILE
   // 16 dots finished together by shuffled tree steps: each must carry canonical_dot's bits.
   for (const index_t n : {index_t{64}, index_t{70}, index_t{13}, index_t{97}}) {
     std::mt19937 gen(static_cast<unsigned>(n) + 5);
@@ -476,10 +476,11 @@ TEST(VisionZip, VectorLaneTreesEqualCanonicalDotBits) {
     std::vector<float> a(16 * n), b(16 * n);
     for (float& v : a) v = g(gen);
     for (float& v : b) v = g(gen);
-    __m512 h[16];
+    tokensel::detail::f32_vector h[16];
     for (index_t j = 0; j < 16; ++j) h[j] = visionzip::detail::half_lanes(&a[j * n], &b[j * n], n);
+    tokensel::detail::reduce_lane_trees(h);
     float dots[16];
-    _mm512_storeu_ps(dots, visionzip::detail::finish_lane_trees(h));
+    _mm512_storeu_ps(dots, h[0]);
     for (index_t j = 0; j < 16; ++j) {
       const float want = tokensel::detail::canonical_dot(&a[j * n], &b[j * n], n);
       EXPECT_EQ(std::bit_cast<std::uint32_t>(dots[j]), std::bit_cast<std::uint32_t>(want)) << "n " << n << " dot " << j;

@@ -322,7 +322,7 @@ void unit_keys(const Policy& policy, const tensor_view<const K, 3>& keys, std::s
   });
 }
 
-#if defined(__AVX512F__) && defined(__GNUC__)
+#if defined(__AVX512F__) && TOKENSEL_DETAIL_VECTOR_DOT_TILE
 /// Lanes l and l + 16 of canonical_dot(a, b, n) added (the lane tree's first step), as one vector:
 /// lane l adds its products i = l mod 32 in ascending order from 0.0f. The last step loads zeros
 /// past n (masked): a +0 or -0 product leaves a lane unchanged, as a lane is never -0 (it starts at
@@ -339,26 +339,6 @@ inline __m512 half_lanes(const float* a, const float* b, index_t n) noexcept {
   return _mm512_add_ps(lo, hi);
 }
 
-/// The rest of the lane tree (l += l + 8, 4, 2, 1) of 16 half_lanes vectors at once: pairs of
-/// vectors are shuffled so that one add does one tree step of both (each add keeps the tree's
-/// operands and order). Returns the 16 canonical dots in input order.
-inline __m512 finish_lane_trees(const __m512* h) noexcept {
-  __m512 s[8], t[4], u[2];
-  for (int k = 0; k < 8; ++k) {  // 128-bit quarters 0, 1 of s[k]: h[2k]; 2, 3: h[2k + 1]
-    s[k] = _mm512_add_ps(_mm512_shuffle_f32x4(h[2 * k], h[2 * k + 1], 0x44), _mm512_shuffle_f32x4(h[2 * k], h[2 * k + 1], 0xee));
-  }
-  for (int k = 0; k < 4; ++k) {  // quarter j of t[k]: h[4k + j]
-    t[k] = _mm512_add_ps(_mm512_shuffle_f32x4(s[2 * k], s[2 * k + 1], 0x88), _mm512_shuffle_f32x4(s[2 * k], s[2 * k + 1], 0xdd));
-  }
-  for (int k = 0; k < 2; ++k) {  // quarter j of u[k]: h[8k + j] (2 values), h[8k + 4 + j] (2 values)
-    u[k] = _mm512_add_ps(_mm512_shuffle_ps(t[2 * k], t[2 * k + 1], 0x44), _mm512_shuffle_ps(t[2 * k], t[2 * k + 1], 0xee));
-  }
-  const __m512 v = _mm512_add_ps(_mm512_shuffle_ps(u[0], u[1], 0x88), _mm512_shuffle_ps(u[0], u[1], 0xdd));
-  // Element 4j + s of v is the dot of h[4s + j]: back to input order.
-  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-  return _mm512_permutexvar_ps(order, v);
-}
-
 /// best[j] = the first target of highest similarity to token p0 + j, j < 16 (tokens past count
 /// repeat p0; their results are not used): 16 tokens per vector of dots, strict > as the scalar scan.
 inline void best_targets16(const float* unit, index_t dh, index_t p0, index_t count, index_t contextual, index_t step,
@@ -369,9 +349,10 @@ inline void best_targets16(const float* unit, index_t dh, index_t p0, index_t co
   __m512i best_t = _mm512_setzero_si512();
   for (index_t t = 0; t < contextual; ++t) {
     const float* g = unit + t * step * dh;
-    __m512 h[16];
+    tokensel::detail::f32_vector h[16];
     for (int j = 0; j < 16; ++j) h[j] = half_lanes(u[j], g, dh);
-    const __m512 sim = finish_lane_trees(h);
+    tokensel::detail::reduce_lane_trees(h);  // the rest of the 16 trees together
+    const __m512 sim = h[0];
     const __mmask16 better = t == 0 ? __mmask16(0xffff) : _mm512_cmp_ps_mask(sim, best_sim, _CMP_GT_OQ);
     best_sim = _mm512_mask_mov_ps(best_sim, better, sim);
     best_t = _mm512_mask_mov_epi32(best_t, better, _mm512_set1_epi32(static_cast<std::int32_t>(t)));
@@ -388,7 +369,7 @@ template <cpu_policy Policy>
 void assign_to_targets(const Policy& policy, std::span<const float> unit, index_t dh, index_t contextual, index_t step,
                        std::span<index_t> owner) {
   const auto count = static_cast<index_t>(owner.size());
-#if defined(__AVX512F__) && defined(__GNUC__)
+#if defined(__AVX512F__) && TOKENSEL_DETAIL_VECTOR_DOT_TILE
   if (contextual <= std::numeric_limits<std::int32_t>::max()) {
     tokensel::detail::parallel_for(policy, (count + 15) / 16, tokensel::detail::bytes_of<float>(count * dh * contextual), [&](index_t b) {
       std::int32_t best[16];
